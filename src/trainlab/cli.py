@@ -1,0 +1,474 @@
+"""The `trainlab` command line.
+
+Exit codes: 0 every run ok; 1 the sweep finished but some runs failed or diverged; 2 bad input
+(config or usage: a one-paragraph message, no traceback); 130 interrupted (state saved).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from trainlab import __version__
+from trainlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainlab.engine import Callback, RunOutcome, RunState
+    from trainlab.plan import Plan, PlannedRun
+
+app = typer.Typer(
+    name="trainlab",
+    help="Run, measure and compare deep-learning training experiments from one YAML file.\n\n"
+         "Start with `trainlab run --example quickstart`, then `trainlab ls`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+# Tables piped to a file or CI log get room to breathe (rich assumes 80 columns there).
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140
+out = Console(width=_WIDTH)
+err = Console(stderr=True, width=_WIDTH)
+
+T = TypeVar("T")
+
+StoreOpt = typer.Option(None, "--store", envvar="TRAINLAB_STORE", metavar="DIR",
+                        help="Store directory [default: ./trainlab-runs, or $TRAINLAB_STORE].")
+SetOpt = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
+                      help="Override a config field for every run, e.g. --set train.epochs=2 "
+                           "(repeatable; grid.KEY=[..] edits a grid axis).")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+ExampleOpt = typer.Option(
+    None, "--example", "-e", metavar="NAME",
+    help="Use a built-in example instead of CONFIG (see `trainlab examples`).")
+
+
+def _fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run ``fn``; bad input becomes a message and exit code 2, never a traceback."""
+    try:
+        return fn()
+    except ConfigError as exc:
+        _fail(_escape(str(exc)))
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"trainlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    """Run, measure and compare deep-learning training experiments."""
+
+
+def _load(config: Path | None, example: str | None, overrides: list[str] | None) -> Any:
+    from trainlab.config import load_sweep
+
+    if config is not None and example is not None:
+        raise ConfigError("give either CONFIG or --example, not both")
+    return load_sweep(config, example=example, overrides=overrides or [])
+
+
+# --- run ---------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    config: Path | None = typer.Argument(None, help="Sweep YAML file.", show_default=False),
+    example: str | None = ExampleOpt,
+    store: Path | None = StoreOpt,
+    overrides: list[str] | None = SetOpt,
+    as_json: bool = JsonOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Train every run of a sweep into the store.
+
+    Finished runs are skipped, interrupted ones resume from their last checkpoint, failed ones
+    are retried. Ctrl-C saves state and exits with 130; rerun the same command to go on.
+    """
+    from trainlab.execute import LocalExecutor
+    from trainlab.plan import make_plan
+    from trainlab.store import open_store
+
+    sweep = _guard(lambda: _load(config, example, overrides))
+    st = _guard(lambda: open_store(store))
+    the_plan = _guard(lambda: make_plan(sweep, st))
+    the_plan.register(st)
+    observer = _Progress(the_plan, quiet=quiet or as_json)
+    try:
+        result = LocalExecutor().execute(the_plan, st, observer)
+    finally:
+        observer.close()
+    if as_json:
+        out.print_json(data=_sweep_json(the_plan, st))
+    else:
+        _print_summary(the_plan, st)
+        if result.interrupted:
+            err.print("[yellow]interrupted:[/] state saved; rerun the same command to resume.")
+    raise typer.Exit(result.exit_code)
+
+
+class _Progress:
+    """Rich progress: a bar over the sweep's runs and one over the current run's steps."""
+
+    def __init__(self, plan: Plan, *, quiet: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.plan, self.quiet = plan, quiet
+        self.live = not quiet and err.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=err, transient=False, disable=not self.live, refresh_per_second=8)
+        self.sweep_task: Any = None
+        self.run_task: Any = None
+        self.started = 0.0
+
+    def on_sweep_start(self, plan: Plan) -> None:
+        skipped = len(plan.runs) - len(plan.todo)
+        if not self.quiet:
+            err.print(f"sweep [bold]{plan.sweep.name}[/]: {len(plan.runs)} runs, "
+                      f"{len(plan.todo)} to train, {skipped} already done")
+        self.progress.start()
+        self.sweep_task = self.progress.add_task(
+            f"sweep {plan.sweep.name}", total=len(plan.todo), info="")
+
+    def callbacks(self, planned: PlannedRun) -> Sequence[Callback]:
+        from trainlab.engine import Callback
+
+        progress, owner = self.progress, self
+        label = _describe(planned)
+
+        class _Bar(Callback):
+            last = 0.0
+
+            def on_run_start(self, state: RunState) -> None:
+                owner.started = time.perf_counter()
+                owner.run_task = progress.add_task(
+                    f"  run {planned.index} {label}", total=state.total_steps,
+                    completed=state.step, info="")
+
+            def on_step_end(self, state: RunState) -> None:
+                # Counting steps reads no tensor; refresh at most 10 times a second.
+                now = time.perf_counter()
+                if now - self.last > 0.1:
+                    self.last = now
+                    progress.update(owner.run_task, completed=state.step)
+
+            def on_log(self, state: RunState, values: Mapping[str, float]) -> None:
+                rate = state.info.tokens_per_example * _batch(state) / max(
+                    values.get("time/step", math.inf), 1e-9)
+                unit = "tok/s" if state.info.task == "lm" else "samples/s"
+                progress.update(owner.run_task, completed=state.step,
+                                info=f"loss {values['train/step_loss']:.4g}  {rate:,.0f} {unit}")
+
+        return [_Bar()]
+
+    def on_run_end(self, planned: PlannedRun, outcome: RunOutcome) -> None:
+        if self.run_task is not None:
+            self.progress.remove_task(self.run_task)
+            self.run_task = None
+        self.progress.advance(self.sweep_task)
+        if self.quiet:
+            return
+        colour = {"ok": "green", "diverged": "yellow", "interrupted": "yellow"}.get(
+            outcome.status, "red")
+        metric = _headline(outcome.summary)
+        line = (f"[{colour}]{outcome.status:>8}[/] run {planned.index} {planned.run_id} "
+                f"{_escape(_describe(planned))}  {metric}")
+        if outcome.status not in ("ok", "interrupted") and outcome.error:
+            line += f"\n         {_escape(outcome.error.strip().splitlines()[-1][:200])}"
+        err.print(line, highlight=False)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _batch(state: RunState) -> int:
+    return int(state.config.data.batch_size)  # type: ignore[attr-defined]
+
+
+def _describe(planned: PlannedRun) -> str:
+    from trainlab.config.grid import short_names
+
+    labels = short_names(list(planned.varied))
+    return " ".join(f"{labels[k]}={_fmt(v)}" for k, v in planned.varied.items())
+
+
+def _headline(summary: Mapping[str, Any]) -> str:
+    parts = []
+    for key in ("test_accuracy", "test_perplexity", "test_rmse", "test_loss"):
+        if key in summary and summary[key] is not None:
+            parts.append(f"{key.replace('_', '/', 1)} {_fmt(summary[key])}")
+            break
+    if summary.get("train_time") is not None:
+        parts.append(f"{summary['train_time']:.1f}s")
+    return "  ".join(parts)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _metric_name(summary: Mapping[str, Any]) -> str | None:
+    return next((m for m in ("accuracy", "perplexity", "rmse") if f"test_{m}" in summary
+                 or f"best_valid_{m}" in summary), None)
+
+
+def _print_summary(plan: Plan, store: Any) -> None:
+    from trainlab.config.grid import short_names
+
+    runs = store.runs(plan.sweep.name).set_index("run_id")
+    labels = short_names(plan.varied)
+    summaries = {p.run_id: (runs.loc[p.run_id, "summary"] if p.run_id in runs.index else {})
+                 for p in plan.runs}
+    metric = next((m for m in map(_metric_name, summaries.values()) if m), None) or "loss"
+    abbrev = {"accuracy": "acc", "perplexity": "ppl", "rmse": "rmse", "loss": "loss"}[metric]
+    table = Table(title=f"sweep {plan.sweep.name}", title_justify="left")
+    columns = ["#", "run", *labels.values(), "status", "best ep", f"valid {abbrev}",
+               f"test {abbrev}", "train s"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("run", "status") else "right")
+    for planned in plan.runs:
+        summary = summaries[planned.run_id]
+        status = runs.loc[planned.run_id, "status"] if planned.run_id in runs.index else "?"
+        cells = [_fmt(summary.get(k)) if summary.get(k) is not None else "" for k in
+                 ("best_epoch", f"best_valid_{metric}", f"test_{metric}")]
+        table.add_row(str(planned.index), planned.run_id[:8],
+                      *[_fmt(planned.varied[k]) for k in plan.varied], status, *cells,
+                      f"{summary['train_time']:.1f}" if "train_time" in summary else "")
+    out.print(table)
+
+
+def _sweep_json(plan: Plan, store: Any) -> dict[str, Any]:
+    runs = store.runs(plan.sweep.name).set_index("run_id")
+    return {"sweep": plan.sweep.name, "varied": plan.varied, "runs": [
+        {"index": p.index, "run_id": p.run_id, "varied": p.varied,
+         "status": runs.loc[p.run_id, "status"], "summary": runs.loc[p.run_id, "summary"]}
+        for p in plan.runs]}
+
+
+# --- plan --------------------------------------------------------------------------------------
+
+
+@app.command()
+def plan(
+    config: Path | None = typer.Argument(None, help="Sweep YAML file.", show_default=False),
+    example: str | None = ExampleOpt,
+    store: Path | None = StoreOpt,
+    overrides: list[str] | None = SetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """List the runs a sweep expands to: varied keys, ids, status in the store, next action.
+
+    Checks every run (devices, data, model shapes) without training or writing anything.
+    """
+    from trainlab.plan import make_plan
+    from trainlab.store import open_store
+
+    sweep = _guard(lambda: _load(config, example, overrides))
+    st = None
+    try:
+        st = open_store(store, create=False)
+    except ConfigError:
+        st = None
+    the_plan = _guard(lambda: make_plan(sweep, st))
+    if as_json:
+        out.print_json(data={"sweep": sweep.name, "varied": the_plan.varied, "runs": [
+            {"index": r.index, "run_id": r.run_id, "varied": r.varied, "status": r.status,
+             "action": r.action, "config": r.run.config.to_dict()} for r in the_plan.runs]})
+        return
+    from trainlab.config.grid import short_names
+
+    table = Table(title=f"sweep {sweep.name}: {len(the_plan.runs)} runs, "
+                        f"{len(the_plan.todo)} to do", title_justify="left")
+    for col in ["#", "run id", *short_names(the_plan.varied).values(), "status", "action"]:
+        table.add_column(col)
+    for r in the_plan.runs:
+        table.add_row(str(r.index), r.run_id, *[_fmt(r.varied[k]) for k in the_plan.varied],
+                      r.status, r.action)
+    out.print(table)
+
+
+# --- ls / show ---------------------------------------------------------------------------------
+
+
+@app.command("ls")
+def ls(
+    store: Path | None = StoreOpt,
+    sweep: str | None = typer.Option(None, "--sweep", help="Only this sweep's runs."),
+    status: str | None = typer.Option(None, "--status", help="Only runs with this status."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List the sweeps and runs in the store."""
+    from trainlab.config.grid import short_names
+    from trainlab.records import STATUSES
+    from trainlab.store import open_store
+
+    st = _guard(lambda: open_store(store, create=False))
+    if status is not None and status not in STATUSES:
+        _fail(f"`--status`: unknown status {status!r}; valid: {', '.join(STATUSES)}")
+    if sweep is not None and st.sweep_info(sweep) is None:
+        names = list(st.sweeps()["sweep"])
+        _fail(f"`--sweep`: no sweep {sweep!r} in {st.root}; sweeps: {', '.join(names) or 'none'}")
+    runs = st.runs(sweep)
+    if status is not None:
+        runs = runs[runs["status"] == status]
+    records = runs.to_dict(orient="records")
+    for r in records:
+        r["index"] = None if r["index"] is None or r["index"] != r["index"] else int(r["index"])
+    if as_json:
+        out.print_json(data=[{k: r[k] for k in ("run_id", "sweep", "index", "status",
+                                                  "summary", "overrides")} for r in records])
+        return
+    table = Table(title=f"store {st.root}", title_justify="left")
+    for col in ("sweep", "#", "run id", "status", "settings", "result", "train s"):
+        table.add_column(col)
+    for r in records:
+        summary: dict[str, Any] = r["summary"]
+        labels = short_names(list(r["overrides"]))
+        settings = " ".join(f"{labels[k]}={_fmt(v)}" for k, v in r["overrides"].items())
+        table.add_row(str(r["sweep"] or "-"), "" if r["index"] is None else str(r["index"]),
+                      r["run_id"], r["status"], settings, _headline(summary).split("  ")[0],
+                      f"{summary['train_time']:.1f}" if "train_time" in summary else "")
+    out.print(table)
+
+
+@app.command()
+def show(
+    run_id: str = typer.Argument(..., metavar="RUN", help="Run id (a unique prefix is enough)."),
+    store: Path | None = StoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show one run: config, status, environment, summary and its per-epoch metrics."""
+    from trainlab.store import open_store
+
+    st = _guard(lambda: open_store(store, create=False))
+    full = _guard(lambda: st.find_run(run_id))
+    runs = st.runs()
+    row = runs[runs["run_id"] == full].iloc[0]
+    metrics = st.metrics([full])
+    if as_json:
+        out.print_json(data={
+            "run_id": full, "sweeps": sorted(set(runs[runs["run_id"] == full]["sweep"].dropna())),
+            "status": row["status"], "error": row["error"], "config": row["config"],
+            "env": row["env"], "summary": row["summary"],
+            "metrics": metrics.to_dict(orient="records")})
+        return
+    out.print(f"[bold]run {full}[/]  status {row['status']}  attempts {row['attempts']}")
+    out.print_json(data={"config": row["config"]})
+    if row["error"]:
+        out.print(f"[red]error:[/] {_escape(str(row['error']))}", highlight=False)
+    out.print_json(data={"summary": row["summary"], "env": row["env"]})
+    epochs = metrics[metrics["epoch"] > 0]
+    per_epoch = epochs[epochs["key"].str.match(r"^(train|valid)/(loss|accuracy|perplexity|rmse)$")
+                       | epochs["key"].isin(["time/train", "throughput/samples_per_s"])]
+    if not per_epoch.empty:
+        wide = per_epoch.pivot_table(index="epoch", columns="key", values="value", aggfunc="last")
+        table = Table(title="per epoch", title_justify="left")
+        table.add_column("epoch")
+        for col in wide.columns:
+            table.add_column(str(col), justify="right")
+        for epoch, values in wide.iterrows():
+            table.add_row(str(epoch), *[_fmt(v) for v in values])
+        out.print(table)
+
+
+# --- examples ----------------------------------------------------------------------------------
+
+
+@app.command()
+def examples(
+    name: str | None = typer.Argument(None, help="Print this example's YAML."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List the built-in examples (all run offline), or print one's YAML."""
+    from trainlab.config import example_names, example_text
+    from trainlab.config.load import parse_yaml
+
+    if name is not None:
+        text = _guard(lambda: example_text(name))
+        sys.stdout.write(text)
+        return
+    rows = []
+    for n in example_names():
+        doc = parse_yaml(example_text(n), n)
+        rows.append({"name": n, "description": str(doc.get("description", "")).strip()})
+    if as_json:
+        out.print_json(data=rows)
+        return
+    table = Table(title="built-in examples: trainlab run --example NAME", title_justify="left")
+    table.add_column("name")
+    table.add_column("description")
+    for r in rows:
+        table.add_row(r["name"], r["description"])
+    out.print(table)
+
+
+@app.command()
+def components(
+    kind: str | None = typer.Argument(
+        None, help="data, model, optimizer, schedule or train (default: all)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List the registered components and every option each takes, with defaults."""
+    from trainlab.docs import KINDS, describe
+
+    if kind is not None and kind not in KINDS:
+        _fail(f"`KIND`: unknown kind {kind!r}; valid: {', '.join(KINDS)}")
+    entries = describe([kind] if kind else list(KINDS))
+    if as_json:
+        out.print_json(data=entries)
+        return
+    for entry in entries:
+        out.print(f"[bold]{entry['kind']}.name: {entry['name']}[/]  {entry['doc']}",
+                  highlight=False)
+        for f in entry["fields"]:
+            desc = f"  {f['description']}" if f["description"] else ""
+            out.print(f"    {f['name']}: {f['type']} = {f['default']}{desc}", highlight=False,
+                      markup=False)
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,18 @@
+"""Registries of the pluggable components; importing this package registers every entry."""
+
+from typing import Any
+
+from trainlab.components.datasets import DATASETS, DataInfo, Dataset, DataSpec, load_dataset
+from trainlab.components.models import MODELS, build_model, count_parameters
+from trainlab.components.optimizers import OPTIMIZERS, build_optimizer
+from trainlab.components.schedules import SCHEDULES, Schedule, ScheduleContext, build_schedule
+from trainlab.registry import Registry
+
+REGISTRIES: dict[str, Registry[Any]] = {
+    "data": DATASETS, "model": MODELS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+
+__all__ = [
+    "DATASETS", "MODELS", "OPTIMIZERS", "REGISTRIES", "SCHEDULES", "DataInfo", "DataSpec",
+    "Dataset", "Schedule", "ScheduleContext", "build_model", "build_optimizer",
+    "build_schedule", "count_parameters", "load_dataset",
+]

@@ -1,0 +1,338 @@
+"""Datasets: each builder returns train/valid/test tensors that live in memory.
+
+Splits are deterministic (a fixed split seed, independent of the run's seed) so every run of a
+sweep sees the same examples.  ``data.limit`` caps the number of training examples.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from pydantic import Field, PositiveInt, model_validator
+
+from trainlab.components.base import Spec
+from trainlab.errors import ConfigError
+from trainlab.registry import Registry
+
+Task = Literal["classification", "regression", "lm"]
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a model needs to know about its data."""
+
+    name: str
+    task: Task
+    input_shape: tuple[int, ...]  # one example, e.g. (1, 8, 8), (64,), or (seq_len,) of tokens
+    num_outputs: int  # classes; vocabulary size for "lm"; target width for "regression"
+    n_train: int
+    n_valid: int
+    n_test: int
+    tokens_per_example: int = 1  # seq_len for language modelling, so tokens/s is derivable
+
+
+@dataclass(frozen=True)
+class Split:
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.inputs.shape[0])
+
+    def head(self, n: int) -> Split:
+        return Split(self.inputs[:n], self.targets[:n])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    info: DataInfo
+    train: Split
+    valid: Split
+    test: Split
+    vocab: tuple[str, ...] | None = None
+
+
+class DataSpec(Spec):
+    """Options every dataset has."""
+
+    batch_size: PositiveInt = Field(default=32, description="training batch size")
+    eval_batch_size: PositiveInt | None = Field(
+        default=None,
+        description="batch size for validation and test (default: max(batch_size, 256))"
+    )
+    limit: PositiveInt | None = Field(default=None, description="cap on training examples")
+
+
+class _SplitFractions(DataSpec):
+    valid_fraction: float = Field(default=0.15, ge=0.0, lt=1.0, description="share for validation")
+    test_fraction: float = Field(default=0.15, ge=0.0, lt=1.0, description="share for test")
+    split_seed: int = Field(default=0, description="seed of the split (not the run's seed)")
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_data(self) -> _SplitFractions:
+        if self.valid_fraction + self.test_fraction >= 0.9:
+            raise ValueError(
+                f"valid_fraction + test_fraction must be < 0.9; got "
+                f"{self.valid_fraction} + {self.test_fraction}"
+            )
+        return self
+
+
+Builder = Callable[..., Dataset]
+DATASETS: Registry[Builder] = Registry("dataset")
+
+_CACHE: dict[str, Dataset] = {}
+
+
+def load_dataset(spec: DataSpec) -> Dataset:
+    """The dataset ``spec`` names, with ``limit`` applied; built once per process."""
+    key = json.dumps(spec.model_dump(mode="json", exclude={"batch_size", "eval_batch_size"}),
+                     sort_keys=True)
+    if key not in _CACHE:
+        entry = DATASETS.get(spec.name, field="data.name")
+        data: Dataset = entry.build(spec)
+        if spec.limit is not None and spec.limit < len(data.train):
+            data = replace(data, train=data.train.head(spec.limit),
+                           info=replace(data.info, n_train=spec.limit))
+        _CACHE[key] = data
+    return _CACHE[key]
+
+
+def _split_indices(n: int, valid: float, test: float, seed: int) -> tuple[np.ndarray, ...]:
+    order = np.random.default_rng(seed).permutation(n)
+    n_valid, n_test = round(n * valid), round(n * test)
+    return order[n_valid + n_test:], order[:n_valid], order[n_valid:n_valid + n_test]
+
+
+def _from_arrays(name: str, x: np.ndarray, y: np.ndarray, task: Task,
+                 spec: _SplitFractions, input_shape: tuple[int, ...] | None = None) -> Dataset:
+    tr, va, te = _split_indices(len(x), spec.valid_fraction, spec.test_fraction, spec.split_seed)
+    return _assemble(name, (x[tr], y[tr]), (x[va], y[va]), (x[te], y[te]), task, input_shape)
+
+
+def _assemble(name: str, train: tuple[np.ndarray, np.ndarray],
+              valid: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+              task: Task, input_shape: tuple[int, ...] | None = None) -> Dataset:
+    def split(xy: tuple[np.ndarray, np.ndarray]) -> Split:
+        x = torch.as_tensor(np.ascontiguousarray(xy[0]), dtype=torch.float32)
+        if input_shape is not None:
+            x = x.reshape(len(x), *input_shape)
+        if task == "classification":
+            y = torch.as_tensor(np.ascontiguousarray(xy[1]), dtype=torch.long)
+        else:
+            y = torch.as_tensor(np.ascontiguousarray(xy[1]), dtype=torch.float32)
+            if y.ndim == 1:
+                y = y[:, None]
+        return Split(x, y)
+
+    tr, va, te = split(train), split(valid), split(test)
+    if task == "classification":
+        all_y = np.concatenate([train[1], valid[1], test[1]])
+        if all_y.size and (all_y.min() < 0 or not np.all(np.equal(np.mod(all_y, 1), 0))):
+            raise ConfigError(f"data {name!r}: classification labels must be integers >= 0")
+        outputs = int(all_y.max()) + 1 if all_y.size else 0
+    else:
+        outputs = int(tr.targets.shape[1])
+    info = DataInfo(name, task, tuple(tr.inputs.shape[1:]), outputs, len(tr), len(va), len(te))
+    return Dataset(info, tr, va, te)
+
+
+# --- digits -----------------------------------------------------------------------------------
+
+
+class DigitsSpec(_SplitFractions):
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes)."""
+
+
+@DATASETS.register("digits", spec=DigitsSpec)
+def build_digits(spec: DigitsSpec) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits, as 1x8x8 images scaled to [0, 1]."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    return _from_arrays("digits", x, bunch.target, "classification", spec, (1, 8, 8))
+
+
+# --- synthetic --------------------------------------------------------------------------------
+
+
+class SyntheticSpec(_SplitFractions):
+    """Random inputs labelled by a random linear teacher: learnable, any shape, no files."""
+
+    task: Literal["classification", "regression"] = "classification"
+    n_samples: PositiveInt = 2048
+    shape: list[PositiveInt] = Field(default_factory=lambda: [32], min_length=1,
+                                     description="shape of one example, e.g. [1, 28, 28]")
+    n_classes: int = Field(default=10, ge=2)
+    targets: PositiveInt = Field(default=1, description="regression target width")
+    noise: float = Field(default=0.1, ge=0.0, description="noise added to the teacher's scores")
+    seed: int = Field(default=0, description="seed of the generated data")
+
+
+@DATASETS.register("synthetic", spec=SyntheticSpec)
+def build_synthetic(spec: SyntheticSpec) -> Dataset:
+    """Gaussian inputs of a given shape; labels from a random linear teacher plus noise."""
+    rng = np.random.default_rng(spec.seed)
+    shape = tuple(spec.shape)
+    width = int(np.prod(shape))
+    x = rng.standard_normal((spec.n_samples, width)).astype(np.float32)
+    outputs = spec.n_classes if spec.task == "classification" else spec.targets
+    teacher = rng.standard_normal((width, outputs)) / np.sqrt(width)
+    scores = x @ teacher + spec.noise * rng.standard_normal((spec.n_samples, outputs))
+    y = scores.argmax(1) if spec.task == "classification" else scores.astype(np.float32)
+    return _from_arrays("synthetic", x, y, spec.task, spec, shape)
+
+
+# --- local files: npz and csv -----------------------------------------------------------------
+
+
+class _FileSpec(_SplitFractions):
+    path: str = Field(description="path of the local file")
+    task: Literal["auto", "classification", "regression"] = Field(
+        default="auto", description="auto: classification when every target is an integer"
+    )
+
+
+def _infer_task(y: np.ndarray, task: str) -> Task:
+    if task != "auto":
+        return task  # type: ignore[return-value]
+    integral = np.issubdtype(y.dtype, np.integer) or (
+        np.issubdtype(y.dtype, np.floating) and np.all(np.equal(np.mod(y, 1), 0))
+    )
+    return "classification" if integral and y.ndim == 1 else "regression"
+
+
+def _existing(path: str, field: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"`{field}`: no such file {path!r}", field=field)
+    return p
+
+
+class NpzSpec(_FileSpec):
+    """A local .npz with arrays x, y (split here) or x_train, y_train, x_valid, ... (kept)."""
+
+
+@DATASETS.register("npz", spec=NpzSpec)
+def build_npz(spec: NpzSpec) -> Dataset:
+    """A local NumPy .npz file: keys x and y, or x_train/y_train/x_valid/y_valid/x_test/y_test."""
+    path = _existing(spec.path, "data.path")
+    with np.load(path, allow_pickle=False) as arrays:
+        keys = set(arrays.files)
+        if {"x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test"} <= keys:
+            parts = [(arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in ("train", "valid", "test")]
+            task = _infer_task(np.concatenate([p[1] for p in parts]), spec.task)
+            return _assemble(path.stem, parts[0], parts[1], parts[2], task)
+        if {"x", "y"} <= keys:
+            x, y = arrays["x"], arrays["y"]
+            if len(x) != len(y):
+                raise ConfigError(f"data file {spec.path!r}: x has {len(x)} rows, y has {len(y)}")
+            return _from_arrays(path.stem, x, y, _infer_task(y, spec.task), spec, x.shape[1:])
+    raise ConfigError(
+        f"data file {spec.path!r} has arrays {sorted(keys)}; expected x and y, or "
+        "x_train, y_train, x_valid, y_valid, x_test and y_test", field="data.path")
+
+
+class CsvSpec(_FileSpec):
+    """A local CSV file with a header row: numeric feature columns and one target column."""
+
+    target: str | None = Field(default=None, description="target column (default: the last)")
+    delimiter: str = ","
+
+
+@DATASETS.register("csv", spec=CsvSpec)
+def build_csv(spec: CsvSpec) -> Dataset:
+    """A local CSV with a header: numeric features and one target column (default: the last)."""
+    import pandas as pd
+
+    path = _existing(spec.path, "data.path")
+    try:
+        frame = pd.read_csv(path, sep=spec.delimiter)
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise ConfigError(f"data file {spec.path!r} could not be read as CSV: {exc}") from None
+    target = spec.target if spec.target is not None else str(frame.columns[-1])
+    if target not in frame.columns:
+        raise ConfigError(f"`data.target`: column {target!r} is not in {spec.path!r}; columns: "
+                          f"{', '.join(map(str, frame.columns))}", field="data.target")
+    features = frame.drop(columns=[target])
+    bad = [str(c) for c in features.columns if not np.issubdtype(features[c].dtype, np.number)]
+    if bad:
+        raise ConfigError(f"data file {spec.path!r}: feature columns must be numeric; "
+                          f"not numeric: {', '.join(bad)}")
+    y = frame[target].to_numpy()
+    task = _infer_task(y, spec.task)
+    if task == "classification" and not np.issubdtype(y.dtype, np.number):
+        y = np.unique(y, return_inverse=True)[1]
+    return _from_arrays(path.stem, features.to_numpy(np.float32), y, task, spec)
+
+
+# --- pydoc-lm ---------------------------------------------------------------------------------
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+class PydocLMSpec(DataSpec):
+    """Word-level language modelling on the documentation text CPython ships (pydoc_data)."""
+
+    seq_len: int = Field(default=64, ge=2, description="tokens per training sequence")
+    min_freq: PositiveInt = Field(default=2, description="rarer words become <unk>")
+    valid_fraction: float = Field(default=0.1, gt=0.0, lt=0.5, description="share of tokens")
+    test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5, description="share of tokens")
+    split_seed: int = Field(default=0, description="seed of the paragraph split")
+
+
+def pydoc_paragraphs() -> list[list[str]]:
+    """The paragraphs of ``pydoc_data.topics`` (topics in sorted order), each as lower-cased
+    word tokens ending in ``<eos>``."""
+    from pydoc_data.topics import topics
+
+    paragraphs = (p for k in sorted(topics) for p in re.split(r"\n\s*\n", topics[k]))
+    return [[*words, "<eos>"] for words in (_WORD.findall(p.lower()) for p in paragraphs)
+            if words]
+
+
+@DATASETS.register("pydoc-lm", spec=PydocLMSpec)
+def build_pydoc_lm(spec: PydocLMSpec) -> Dataset:
+    """Word-level LM corpus from CPython's bundled docs: paragraphs split into train, valid
+    and test by a fixed seed; the vocabulary comes from train (rarer words are <unk>)."""
+    docs = pydoc_paragraphs()
+    order = np.random.default_rng(spec.split_seed).permutation(len(docs))
+    total = sum(len(d) for d in docs)
+    parts: list[list[str]] = [[], [], []]  # valid, test, train
+    for i in order:  # fill valid, then test, to their share of tokens; the rest is train
+        if len(parts[0]) < spec.valid_fraction * total:
+            parts[0].extend(docs[i])
+        elif len(parts[1]) < spec.test_fraction * total:
+            parts[1].extend(docs[i])
+        else:
+            parts[2].extend(docs[i])
+    valid_words, test_words, train_words = parts
+    counts = Counter(train_words)
+    kept = sorted(w for w, c in counts.items() if c >= spec.min_freq and w != "<unk>")
+    vocab = ["<unk>", *kept]
+    index = {w: i for i, w in enumerate(vocab)}
+
+    def chunks(words: list[str]) -> Split:
+        ids = torch.tensor([index.get(w, 0) for w in words], dtype=torch.long)
+        n = (len(ids) - 1) // spec.seq_len
+        if n < 1:
+            raise ConfigError(f"`data.seq_len` = {spec.seq_len} is longer than a split of "
+                              f"pydoc-lm ({len(ids)} tokens)", field="data.seq_len")
+        # Non-overlapping windows; targets are the inputs shifted by one token.
+        x = ids[: n * spec.seq_len].view(n, spec.seq_len)
+        y = ids[1: n * spec.seq_len + 1].view(n, spec.seq_len)
+        return Split(x, y)
+
+    train, valid, test = chunks(train_words), chunks(valid_words), chunks(test_words)
+    info = DataInfo("pydoc-lm", "lm", (spec.seq_len,), len(vocab), len(train), len(valid),
+                    len(test), tokens_per_example=spec.seq_len)
+    return Dataset(info, train, valid, test, tuple(vocab))

@@ -1,0 +1,120 @@
+"""Reading sweep files: YAML, built-in examples, and ``--set key=value`` overrides."""
+
+from __future__ import annotations
+
+import copy
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from trainlab.config.grid import check_key, set_dotted
+from trainlab.config.schema import SweepConfig, config_error
+from trainlab.errors import ConfigError, closest
+
+
+def example_names() -> list[str]:
+    files = resources.files("trainlab.examples")
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def example_text(name: str) -> str:
+    names = example_names()
+    if name not in names:
+        guess = closest(name, names)
+        hint = f" did you mean {guess!r}?" if guess else ""
+        raise ConfigError(f"`--example`: unknown example {name!r}.{hint} Built-in examples: "
+                          f"{', '.join(names)}.", field="--example")
+    return resources.files("trainlab.examples").joinpath(f"{name}.yaml").read_text()
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{source}: YAML syntax error{where}: {problem}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: a sweep file must be a YAML mapping with name, data, "
+                          f"model, ...; got {type(doc).__name__}")
+    return doc
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as YAML (``--set optimizer.lr=0.01``)."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"`--set`: expected key=value (e.g. optimizer.lr=0.01); got {item!r}",
+                          field="--set")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key, parsed
+
+
+def apply_overrides(doc: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """The sweep document with ``--set`` items applied.
+
+    ``--set section.field=v`` pins the field for every run: it sets the base, removes a grid
+    axis over that key and overrides it in explicit runs.  ``--set grid.KEY=[...]``,
+    ``--set seeds=[...]`` and ``--set name=...`` edit those parts directly.
+    """
+    doc = copy.deepcopy(doc)
+    for item in items:
+        key, value = parse_override(item)
+        if key in ("name", "description", "seeds"):
+            doc[key] = value
+        elif key.startswith("grid."):
+            grid_key = key[len("grid."):]
+            check_key(grid_key, "`--set` grid key")
+            doc.setdefault("grid", {})
+            if not isinstance(doc["grid"], dict):
+                doc["grid"] = {}
+            doc["grid"][grid_key] = value if isinstance(value, list) else [value]
+        else:
+            check_key(key, "`--set` key")
+            set_dotted(doc, key, value)
+            if isinstance(doc.get("grid"), dict):
+                doc["grid"].pop(key, None)
+            for entry in doc.get("runs") or []:
+                if isinstance(entry, dict):
+                    entry.pop(key, None)
+                    section, _, field = key.partition(".")
+                    nested = entry.get(section)
+                    if isinstance(nested, dict):
+                        nested.pop(field, None)
+    return doc
+
+
+def validate_sweep(doc: dict[str, Any], source: str) -> SweepConfig:
+    try:
+        return SweepConfig.model_validate(doc)
+    except ValidationError as exc:
+        err = config_error(exc)
+        raise ConfigError(f"{source}: {err}", field=err.field) from None
+
+
+def load_sweep(path: str | Path | None = None, *, example: str | None = None,
+               overrides: list[str] | None = None) -> SweepConfig:
+    """Read, override and validate a sweep file (or a built-in example)."""
+    if example is not None:
+        text, source = example_text(example), f"example {example!r}"
+    elif path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist"
+                              + (" (it is a directory)" if p.is_dir() else ""), field="CONFIG")
+        text, source = p.read_text(), str(path)
+    else:
+        raise ConfigError("give a CONFIG file or --example NAME (see `trainlab examples`)")
+    doc = parse_yaml(text, source)
+    if "name" not in doc and path is not None:
+        doc["name"] = Path(path).stem
+    doc = apply_overrides(doc, overrides or [])
+    return validate_sweep(doc, source)

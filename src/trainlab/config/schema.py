@@ -1,0 +1,223 @@
+"""The config schema: a sweep file, and the resolved config of one run.
+
+A sweep file holds free-form component sections (``data``, ``model``, ``optimizer``,
+``schedule``) whose fields depend on the component's ``name``; each is validated against the
+spec its registry entry declares once the run's values are known (after grid expansion).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
+
+from trainlab.components import REGISTRIES
+from trainlab.components.base import Spec
+from trainlab.errors import ConfigError, closest
+from trainlab.registry import Registry
+
+SECTIONS = ("data", "model", "optimizer", "schedule", "train")
+COMPONENT_SECTIONS = ("data", "model", "optimizer", "schedule")
+MONITORS = ("valid/loss", "valid/accuracy", "valid/perplexity", "valid/rmse")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EarlyStoppingSpec(_Frozen):
+    patience: PositiveInt = Field(default=3, description="evaluations without improvement")
+    min_delta: float = Field(default=0.0, ge=0.0)
+
+
+class TrainSpec(_Frozen):
+    """How to train: epochs, seed, device, logging cadence and safety nets."""
+
+    epochs: PositiveInt = 10
+    seed: int = 0
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                        description="auto | cpu | cuda | cuda:N | mps")
+    log_every: PositiveInt = Field(
+        default=50, description="steps between train-loss / LR / grad-norm records")
+    eval_every: PositiveInt | None = Field(
+        default=None, description="validate every N steps (default: at the end of each epoch)")
+    monitor: Literal["valid/loss", "valid/accuracy", "valid/perplexity", "valid/rmse"] = Field(
+        default="valid/loss", description="metric choosing the best checkpoint and early stopping")
+    clip_grad_norm: PositiveFloat | None = None
+    early_stopping: EarlyStoppingSpec | None = None
+    checkpoint: bool = Field(default=True, description="checkpoint every epoch, for resume")
+    threads: PositiveInt | None = Field(default=None, description="torch intra-op threads")
+
+
+class SweepConfig(_Frozen):
+    """A sweep file, before expansion."""
+
+    name: str = Field(min_length=1, pattern=r"^[^\s/\\]+$")
+    description: str = ""
+    data: dict[str, Any]
+    model: dict[str, Any]
+    optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adam"})
+    schedule: dict[str, Any] = Field(default_factory=lambda: {"name": "constant"})
+    train: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    runs: list[dict[str, Any]] = Field(default_factory=list)
+    seeds: list[int] | None = None
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_lists_not_empty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            if not values:
+                raise ValueError(f"grid key {key!r} has an empty list; give at least one value")
+        return grid
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_unique(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers; got {seeds}")
+        return seeds
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The resolved config of one run: concrete component specs, every default filled in."""
+
+    data: Spec
+    model: Spec
+    optimizer: Spec
+    schedule: Spec
+    train: TrainSpec
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {s: getattr(self, s).model_dump(mode="json") for s in SECTIONS}
+
+    @property
+    def run_id(self) -> str:
+        """A stable id: the hash of the canonical resolved config."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    def flat(self) -> dict[str, Any]:
+        """The config as dotted keys (``model.hidden_dim``) to plain values."""
+        return flatten(self.to_dict())
+
+    @staticmethod
+    def from_dict(raw: dict[str, Any]) -> RunConfig:
+        return resolve_run(raw)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def component_fields(registry: Registry[Any]) -> set[str]:
+    """Every field name any entry of ``registry`` accepts."""
+    return {f for entry in registry for f in entry.spec.model_fields}
+
+
+def section_fields(section: str) -> set[str]:
+    if section == "train":
+        return set(TrainSpec.model_fields)
+    return component_fields(REGISTRIES[section])
+
+
+def resolve_component(section: str, raw: Any) -> Spec:
+    """Validate one component section against the spec of the entry its ``name`` picks.
+
+    Fields that belong to another entry of the same kind are dropped, so a grid over
+    ``model.name`` can share one base section; a field no entry knows is an error.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"`{section}` must be a mapping with a `name`; got {raw!r}",
+                          field=section)
+    registry = REGISTRIES[section]
+    if "name" not in raw:
+        raise ConfigError(f"`{section}.name` is missing; choose one of: "
+                          f"{', '.join(registry.names())}", field=f"{section}.name")
+    entry = registry.get(raw["name"], field=f"{section}.name")
+    own = entry.spec.model_fields
+    others = component_fields(registry)
+    for key in raw:
+        if key not in own and key not in others:
+            raise unknown_field(section, key, set(own))
+    values = {k: v for k, v in raw.items() if k in own}
+    try:
+        spec: Spec = entry.spec.model_validate(values)  # type: ignore[assignment]
+        return spec
+    except ValidationError as exc:
+        raise config_error(exc, section) from None
+
+
+def resolve_run(raw: dict[str, Any]) -> RunConfig:
+    """A fully resolved :class:`RunConfig` from nested sections."""
+    defaults = {"optimizer": {"name": "adam"}, "schedule": {"name": "constant"}}
+    specs = {s: resolve_component(s, raw[s] if s in raw else defaults.get(s))
+             for s in COMPONENT_SECTIONS}
+    train_raw = raw.get("train") or {}
+    if not isinstance(train_raw, dict):
+        raise ConfigError(f"`train` must be a mapping; got {train_raw!r}", field="train")
+    try:
+        train = TrainSpec.model_validate(train_raw)
+    except ValidationError as exc:
+        raise config_error(exc, "train") from None
+    return RunConfig(train=train, **specs)
+
+
+def unknown_field(section: str, key: str, valid: set[str]) -> ConfigError:
+    prefix = f"{section}." if section else ""
+    guess = closest(key, valid)
+    hint = f" did you mean `{prefix}{guess}`?" if guess else ""
+    return ConfigError(f"`{prefix}{key}` is not a config field.{hint} Valid fields: "
+                       f"{', '.join(sorted(valid))}.", field=f"{prefix}{key}")
+
+
+def config_error(exc: ValidationError, prefix: str = "") -> ConfigError:
+    """A pydantic ValidationError as one readable message naming each field and value."""
+    lines = []
+    first_field = None
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        first_field = first_field or loc
+        if err["type"] == "extra_forbidden":
+            section, _, key = loc.rpartition(".")
+            valid = _fields_at(section)
+            lines.append(str(unknown_field(section, key, valid)))
+            continue
+        if err["type"] == "missing":
+            lines.append(f"`{loc}` is required")
+            continue
+        msg = err["msg"].replace("Input should be", "must be").replace("Value error, ", "")
+        got = err.get("input")
+        lines.append(f"`{loc}` {msg}; got {got!r}" if loc else f"{msg}; got {got!r}")
+    return ConfigError("\n".join(lines), field=first_field)
+
+
+def _fields_at(section: str) -> set[str]:
+    if section == "train" or section.startswith("train."):
+        model: type[BaseModel] = TrainSpec
+        for part in section.split(".")[1:]:
+            ann = model.model_fields[part].annotation
+            model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
+                          and issubclass(a, BaseModel)), model)
+        return set(model.model_fields)
+    if section in COMPONENT_SECTIONS:
+        return section_fields(section)
+    return set(SweepConfig.model_fields) if not section else set()

@@ -1,0 +1,503 @@
+"""The one training loop.
+
+Per step it does what a plain hand-written loop does (index a batch from memory, forward,
+backward, optimizer step) plus a list append: no host sync, no extra kernels.  Every
+``train.log_every`` steps it reads the interval's loss, the gradient norm (computed on that
+step only) and the LR in one sync, and writes them through the sink.  At each epoch end it
+validates, records times, throughput and peak memory, and checkpoints for resume.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from trainlab.components import (
+    DataInfo,
+    Schedule,
+    ScheduleContext,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    count_parameters,
+    load_dataset,
+)
+from trainlab.components.datasets import Split
+from trainlab.config.schema import RunConfig
+from trainlab.engine.callbacks import Callback, EarlyStopping, StopTraining
+from trainlab.engine.checkpoint import load_verified, save_atomic
+from trainlab.engine.measure import Clock, PeakMemory, grad_norm, resolve_device
+from trainlab.engine.tasks import TASKS, TaskKind
+from trainlab.errors import Diverged
+from trainlab.records import MetricRecord, NullSink, RecordSink
+
+
+@dataclass
+class RunState:
+    """What callbacks may read: the run's objects and counters, updated as it trains."""
+
+    run_id: str
+    config: RunConfig
+    info: DataInfo
+    device: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    steps_per_epoch: int
+    epoch: int = 0  # the epoch in progress (1-based); after setup, the last completed
+    step: int = 0  # optimizer steps done
+    start_step: int = 0  # where this process started (non-zero after resume)
+    train_time: float = 0.0  # seconds spent in training steps, excluding eval and I/O
+    last: dict[str, float] = field(default_factory=dict)  # the latest recorded host values
+
+    @property
+    def total_steps(self) -> int:
+        return self.config.train.epochs * self.steps_per_epoch
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_id: str
+    status: str  # ok | failed | diverged | interrupted | oom
+    error: str | None
+    summary: dict[str, Any]
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of training examples in ``epoch``: a function of (seed, epoch) only.
+
+    Using a generator of its own (never the global RNG) keeps dropout masks independent of
+    data order, and makes a resumed run see exactly the batches an uninterrupted one would.
+    """
+    epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(config: RunConfig, *, run_id: str | None = None, run_dir: Path | None = None,
+          sink: RecordSink | None = None, callbacks: Sequence[Callback] = (),
+          resume: bool = True) -> RunOutcome:
+    """Train one run to the end and evaluate its best checkpoint on the test split.
+
+    Never raises for a run that fails: the outcome says ``failed`` (with the traceback),
+    ``diverged``, ``oom`` or ``interrupted`` (Ctrl-C; state up to the last epoch is saved).
+    """
+    trainer = _Trainer(config, run_id or config.run_id, run_dir, sink or NullSink(),
+                       list(callbacks), resume)
+    return trainer.run()
+
+
+class _Trainer:
+    def __init__(self, config: RunConfig, run_id: str, run_dir: Path | None, sink: RecordSink,
+                 callbacks: list[Callback], resume: bool) -> None:
+        self.config, self.run_id, self.run_dir, self.sink = config, run_id, run_dir, sink
+        self.callbacks, self.resume = callbacks, resume
+        self.buffer: list[MetricRecord] = []
+        self.io_time = 0.0  # sink writes and checkpoints: kept out of the training time
+        self.best: dict[str, Any] = {}
+        self.stop_reason: str | None = None
+        self.epoch_stats: list[dict[str, float]] = []
+        self.state: RunState | None = None
+
+    # --- the run -------------------------------------------------------------------------
+
+    def run(self) -> RunOutcome:
+        status, error = "ok", None
+        try:
+            self._setup()
+            self._fit()
+            self._test()
+        except Diverged as exc:
+            status, error = "diverged", str(exc)
+        except KeyboardInterrupt:
+            status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+        except torch.cuda.OutOfMemoryError as exc:
+            status, error = "oom", _oom_message(self.config, exc)
+        except MemoryError as exc:
+            status, error = "oom", _oom_message(self.config, exc)
+        except Exception as exc:
+            if "can't allocate memory" in str(exc) or "out of memory" in str(exc):
+                status, error = "oom", _oom_message(self.config, exc)
+            else:
+                status, error = "failed", traceback.format_exc()
+        finally:
+            try:
+                self._flush()
+            except KeyboardInterrupt:
+                status, error = "interrupted", "interrupted by the user (Ctrl-C)"
+        if self.state is not None:
+            for cb in self.callbacks:
+                cb.on_run_end(self.state, status)
+        return RunOutcome(self.run_id, status, error, self._summary())
+
+    def _setup(self) -> None:
+        cfg = self.config
+        tc = cfg.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        device = resolve_device(tc.device)
+        self.clock = Clock(device)
+        self.t0 = time.perf_counter()
+        self.elapsed_offset = 0.0
+        data = load_dataset(cfg.data)  # type: ignore[arg-type]
+        self.task: TaskKind = TASKS[data.info.task]
+        seed_everything(tc.seed)
+        model = build_model(cfg.model, data.info).to(device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = build_optimizer(cfg.optimizer, self.params)  # type: ignore[arg-type]
+        bs = cfg.data.batch_size  # type: ignore[attr-defined]
+        steps_per_epoch = math.ceil(len(data.train) / bs)
+        schedule = build_schedule(cfg.schedule, optimizer,
+                                  ScheduleContext(tc.epochs, steps_per_epoch))
+        self.train_split = _to(data.train, device)
+        self.valid_split = _to(data.valid, device)
+        self.test_split = _to(data.test, device)
+        default_eval = bs if data.info.task == "lm" else max(bs, 256)
+        self.eval_bs = cfg.data.eval_batch_size or default_eval  # type: ignore[attr-defined]
+        self.memory = PeakMemory(device)
+        self.memory.reset()
+        self.state = state = RunState(self.run_id, cfg, data.info, device, model, optimizer,
+                                      schedule, steps_per_epoch)
+        if tc.early_stopping is not None and not any(
+                isinstance(c, EarlyStopping) for c in self.callbacks):
+            self.callbacks.append(EarlyStopping(
+                tc.monitor, tc.early_stopping.patience, tc.early_stopping.min_delta,
+                self._higher_is_better(tc.monitor)))
+        total, trainable = count_parameters(model)
+        self.best["params_total"], self.best["params_trainable"] = total, trainable
+        ckpt = load_verified(self.run_dir / "last.pt") if self.resume and self.run_dir else None
+        if ckpt is not None:
+            self._restore(ckpt)
+            self.sink.rewind(self.run_id, state.epoch)
+        else:
+            self.sink.rewind(self.run_id, -1)
+            self._record(0, {"params/total": total, "params/trainable": trainable}, epoch=0)
+        state.start_step = state.step
+        for cb in self.callbacks:
+            cb.on_run_start(state)
+
+    def _fit(self) -> None:
+        state = self._st
+        if self.stop_reason is not None:
+            return
+        for epoch in range(state.epoch + 1, self.config.train.epochs + 1):
+            state.epoch = epoch
+            for cb in self.callbacks:
+                cb.on_epoch_start(state)
+            self._train_epoch(epoch)
+            if self.stop_reason is not None:
+                break
+
+    # --- one epoch -------------------------------------------------------------------------
+
+    def _train_epoch(self, epoch: int) -> None:
+        state, task, tc = self._st, self.task, self.config.train
+        model, optimizer, schedule = state.model, state.optimizer, state.schedule
+        params = self.params
+        x_all, y_all = self.train_split.inputs, self.train_split.targets
+        bs = self.config.data.batch_size  # type: ignore[attr-defined]
+        order = epoch_permutation(len(self.train_split), tc.seed, epoch).to(state.device)
+        log_every, eval_every, clip = tc.log_every, tc.eval_every, tc.clip_grad_norm
+        keep = task.keeps_outputs
+        step_callbacks = [c for c in self.callbacks
+                          if type(c).on_step_end is not Callback.on_step_end]
+        self.epoch_sums = [0.0, 0.0, 0]  # loss sum, metric sum, weight
+        self.pending: list[tuple[Tensor, Tensor | None, Tensor | None, int]] = []
+        self.paused = 0.0  # eval and I/O inside this epoch, subtracted from training time
+        io_before = self.io_time
+        model.train()
+        t_start = self.clock.now()
+        self.t_interval, self.paused_at_interval = t_start, 0.0
+        evaluated_at = -1
+        for idx in order.split(bs):
+            is_log = (state.step + 1) % log_every == 0
+            x, y = x_all[idx], y_all[idx]
+            optimizer.zero_grad(set_to_none=True)
+            out = model(x)
+            loss = task.loss(out, y)
+            loss.backward()
+            norm = None
+            if clip is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, clip)
+            elif is_log:
+                norm = grad_norm(params)
+            optimizer.step()
+            schedule.after_step()
+            self.pending.append((loss.detach(), out.detach() if keep else None,
+                                 y if keep else None, y.numel()))
+            state.step += 1
+            for cb in step_callbacks:
+                cb.on_step_end(state)
+            if is_log:
+                self._log_interval(norm)
+            if eval_every is not None and state.step % eval_every == 0:
+                t, io0 = time.perf_counter(), self.io_time
+                self._validate()
+                evaluated_at = state.step
+                model.train()
+                # I/O inside validation (best.pt) is already in io_time: count it once.
+                self.paused += time.perf_counter() - t - (self.io_time - io0)
+                if self.stop_reason is not None:
+                    break
+        self._log_interval(None)
+        t_end = self.clock.now()
+        epoch_time = t_end - t_start - self.paused - (self.io_time - io_before)
+        state.train_time += epoch_time
+        loss_sum, metric_sum, weight = self.epoch_sums
+        values = {f"train/{k}": v for k, v in task.finalize(loss_sum, metric_sum, weight).items()}
+        if evaluated_at != state.step:
+            self._validate()
+        schedule.after_epoch()
+        n = len(self.train_split)
+        values.update({
+            "time/epoch_train": epoch_time,
+            "time/train": state.train_time,
+            "throughput/samples_per_s": n / epoch_time if epoch_time > 0 else float("nan"),
+        })
+        if state.info.task == "lm":
+            values["throughput/tokens_per_s"] = (
+                values["throughput/samples_per_s"] * state.info.tokens_per_example)
+        values.update(self.memory.read())
+        self.epoch_stats.append(values)
+        self._record(state.step, values)
+        self._flush()
+        self._checkpoint(epoch)
+        merged = {**values, **state.last}
+        for cb in self.callbacks:
+            cb.on_epoch_end(state, merged)
+
+    def _log_interval(self, norm: torch.Tensor | None) -> None:
+        """Read the interval's values in one host sync and record them."""
+        if not self.pending:
+            return
+        state, task = self._st, self.task
+        pending, self.pending = self.pending, []
+        weights = torch.tensor([p[3] for p in pending], dtype=torch.float32,
+                               device=state.device)
+        loss_sum = (torch.stack([p[0] for p in pending]).float() * weights).sum()
+        parts = [loss_sum]
+        if task.keeps_outputs:
+            outs = torch.cat([p[1] for p in pending if p[1] is not None])
+            ys = torch.cat([p[2] for p in pending if p[2] is not None])
+            parts.append((outs.argmax(-1) == ys).sum().float())
+        if norm is not None:
+            parts.append(norm.float())
+        host = torch.stack(parts).tolist()  # the one sync of this interval
+        now = self.clock.now()
+        weight = sum(p[3] for p in pending)
+        loss = host[0] / weight
+        if not math.isfinite(loss):
+            lr = state.optimizer.param_groups[0]["lr"]
+            raise Diverged(f"train loss became {loss} by step {state.step} (epoch {state.epoch},"
+                           f" lr {lr:.3g})")
+        self.epoch_sums[0] += host[0]
+        self.epoch_sums[1] += host[1] if task.keeps_outputs else 0.0
+        self.epoch_sums[2] += weight
+        busy = now - self.t_interval - (self.paused - self.paused_at_interval)
+        values = {"train/step_loss": loss, "time/step": busy / len(pending)}
+        groups = state.optimizer.param_groups
+        values["lr"] = groups[0]["lr"]
+        if len(groups) > 1:
+            values.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)})
+        if norm is not None:
+            values["grad_norm"] = host[-1]
+        self._record(state.step, values)
+        self._flush()
+        for cb in self.callbacks:
+            cb.on_log(state, values)
+        # The next interval starts after this bookkeeping, so time/step is steps alone.
+        self.t_interval, self.paused_at_interval = time.perf_counter(), self.paused
+
+    # --- evaluation --------------------------------------------------------------------------
+
+    def _evaluate(self, split: Split) -> tuple[dict[str, float], float, int]:
+        """(loss and metric, seconds, batches) over ``split``; one host sync at the end."""
+        state, task = self._st, self.task
+        model = state.model
+        was_training = model.training
+        model.eval()
+        t = self.clock.now()
+        loss_sum = torch.zeros((), device=state.device)
+        metric_sum = torch.zeros((), device=state.device)
+        count = batches = 0
+        with torch.inference_mode():
+            for start in range(0, len(split), self.eval_bs):
+                x = split.inputs[start:start + self.eval_bs]
+                y = split.targets[start:start + self.eval_bs]
+                batch_loss, batch_metric = task.sums(model(x), y)
+                loss_sum += batch_loss.float()
+                metric_sum += batch_metric.float()
+                count += task.weight(y)
+                batches += 1
+        host = torch.stack([loss_sum, metric_sum]).tolist()
+        seconds = self.clock.now() - t
+        model.train(was_training)
+        return task.finalize(host[0], host[1], count), seconds, batches
+
+    def _validate(self) -> None:
+        state = self._st
+        if len(self.valid_split) == 0:
+            return
+        result, seconds, batches = self._evaluate(self.valid_split)
+        values = {f"valid/{k}": v for k, v in result.items()}
+        if not math.isfinite(values["valid/loss"]):
+            raise Diverged(f"validation loss became {values['valid/loss']} at step "
+                           f"{state.step} (epoch {state.epoch})")
+        values["time/eval"] = seconds
+        values["eval/latency_per_batch_s"] = seconds / max(batches, 1)
+        self._record(state.step, values)
+        state.schedule.after_eval(values["valid/loss"])
+        self._track_best(values)
+        try:
+            for cb in self.callbacks:
+                cb.on_eval_end(state, values)
+        except StopTraining as stop:
+            self.stop_reason = f"stopped early at epoch {state.epoch}: {stop.reason}"
+
+    def _higher_is_better(self, key: str) -> bool:
+        return key.endswith("accuracy")
+
+    def _track_best(self, values: dict[str, float]) -> None:
+        monitor = self.config.train.monitor
+        if monitor not in values:
+            monitor = "valid/loss"
+        value = values[monitor]
+        best = self.best.get("best_value")
+        sign = 1.0 if self._higher_is_better(monitor) else -1.0
+        if best is None or sign * (value - best) > 0:
+            state = self._st
+            self.best.update(best_value=value, best_monitor=monitor, best_epoch=state.epoch,
+                             best_step=state.step, best_valid=dict(values))
+            if self.run_dir is not None:
+                t = time.perf_counter()
+                save_atomic({"model": state.model.state_dict(), "epoch": state.epoch,
+                             "step": state.step}, self.run_dir / "best.pt")
+                self.io_time += time.perf_counter() - t
+            else:
+                self.best_state = {k: v.detach().clone() for k, v in
+                                   state.model.state_dict().items()}
+
+    def _test(self) -> None:
+        state = self._st
+        if self.run_dir is not None and (self.run_dir / "best.pt").is_file():
+            best = load_verified(self.run_dir / "best.pt")
+            if best is not None:
+                state.model.load_state_dict(best["model"])
+        elif getattr(self, "best_state", None) is not None:
+            state.model.load_state_dict(self.best_state)
+        if len(self.test_split) == 0:
+            return
+        result, _, _ = self._evaluate(self.test_split)
+        values = {f"test/{k}": v for k, v in result.items()}
+        self.best["test"] = values
+        self._record(state.step, values)
+
+    # --- records, checkpoints, resume -----------------------------------------------------------
+
+    def _record(self, step: int, values: dict[str, float], epoch: int | None = None) -> None:
+        state = self._st
+        now = self.elapsed_offset + (time.perf_counter() - self.t0)
+        ep = state.epoch if epoch is None else epoch
+        for key, value in values.items():
+            self.buffer.append(MetricRecord(self.run_id, key, step, ep, now, float(value)))
+        state.last.update(values)
+
+    def _flush(self) -> None:
+        if self.buffer:
+            t = time.perf_counter()
+            records, self.buffer = self.buffer, []
+            self.sink.write(records)
+            self.io_time += time.perf_counter() - t
+
+    def _checkpoint(self, epoch: int) -> None:
+        if self.run_dir is None or not self.config.train.checkpoint:
+            return
+        state = self._st
+        t = time.perf_counter()
+        payload = {
+            "epoch": epoch, "step": state.step, "train_time": state.train_time,
+            "elapsed": self.elapsed_offset + (time.perf_counter() - self.t0),
+            "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+            "schedule": state.schedule.state_dict(), "best": self.best,
+            "stop_reason": self.stop_reason, "epoch_stats": self.epoch_stats,
+            "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
+            "rng": {
+                "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                "python": random.getstate(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            },
+        }
+        save_atomic(payload, self.run_dir / "last.pt")
+        self.io_time += time.perf_counter() - t
+
+    def _restore(self, ckpt: dict[str, Any]) -> None:
+        state = self._st
+        state.model.load_state_dict(ckpt["model"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+        state.schedule.load_state_dict(ckpt["schedule"])
+        state.epoch, state.step = ckpt["epoch"], ckpt["step"]
+        state.train_time = ckpt["train_time"]
+        self.elapsed_offset = ckpt["elapsed"]
+        self.best = ckpt["best"]
+        self.stop_reason = ckpt.get("stop_reason")
+        self.epoch_stats = ckpt.get("epoch_stats", [])
+        rng = ckpt["rng"]
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        saved = ckpt.get("callbacks", {})
+        for cb in self.callbacks:
+            if type(cb).__name__ in saved:
+                cb.load_state_dict(saved[type(cb).__name__])
+
+    @property
+    def _st(self) -> RunState:
+        assert self.state is not None, "setup has not run"
+        return self.state
+
+    def _summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in self.best.items() if k != "best_valid"}
+        out.update({f"best_{k.replace('/', '_')}": v
+                    for k, v in self.best.get("best_valid", {}).items()})
+        test = out.pop("test", None)
+        if test:
+            out.update({k.replace("/", "_"): v for k, v in test.items()})
+        if self.state is not None:
+            out.update(epochs=self.state.epoch, steps=self.state.step,
+                       train_time=self.state.train_time, device=str(self.state.device))
+        if self.epoch_stats:
+            rates = [s["throughput/samples_per_s"] for s in self.epoch_stats
+                     if math.isfinite(s["throughput/samples_per_s"])]
+            out["samples_per_s"] = statistics.median(rates) if rates else None
+            out["peak_memory_bytes"] = max(s["memory/peak_bytes"] for s in self.epoch_stats)
+        if self.stop_reason:
+            out["stopped_early"] = self.stop_reason
+        return out
+
+
+def _to(split: Split, device: torch.device) -> Split:
+    return Split(split.inputs.to(device), split.targets.to(device))
+
+
+def _oom_message(config: RunConfig, exc: BaseException) -> str:
+    bs = config.data.batch_size  # type: ignore[attr-defined]
+    return (f"out of memory at data.batch_size={bs}: {str(exc).splitlines()[0][:300]}. "
+            f"Try data.batch_size={max(1, bs // 2)} or a smaller model.")

@@ -1,0 +1,62 @@
+"""The exceptions trainlab raises on purpose.
+
+``TrainlabError`` is the root.  ``ConfigError`` (and its ``UnknownNameError``) mean bad input:
+the CLI prints the message and exits with code 2.  ``RunError`` is a run that could not finish.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class TrainlabError(Exception):
+    """Base class of every error trainlab raises on purpose."""
+
+
+class ConfigError(TrainlabError):
+    """Bad input: a config, a command-line option or a store that cannot be used.
+
+    The message names the field, the bad value and what would be valid.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def within(self, where: str) -> ConfigError:
+        """The same error with a location such as "in sweep lm, run 3" appended."""
+        err = type(self).__new__(type(self))
+        err.__dict__.update(self.__dict__)
+        err.args = (f"{self.args[0]} ({where})",)
+        return err
+
+
+class UnknownNameError(ConfigError):
+    """A name that no registry entry has; the message lists the choices and the closest one."""
+
+    def __init__(self, kind: str, name: object, choices: Iterable[str], *,
+                 field: str | None = None) -> None:
+        self.kind = kind
+        self.name = name
+        self.choices = sorted(choices)
+        self.suggestion = closest(str(name), self.choices)
+        where = f"`{field}`: " if field else ""
+        hint = f"; did you mean {self.suggestion!r}?" if self.suggestion else ""
+        choices = ", ".join(self.choices)
+        message = f"{where}unknown {kind} {name!r}{hint} Valid choices: {choices}."
+        super().__init__(message, field=field)
+
+
+class RunError(TrainlabError):
+    """A run that could not go on (its data, model or optimizer failed to build, say)."""
+
+
+class Diverged(RunError):
+    """The loss became NaN or infinite."""
+
+
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice most like ``name``, or None when nothing is close."""
+    matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return matches[0] if matches else None

@@ -1,0 +1,1 @@
+"""Built-in example sweeps (YAML files beside this module); all run offline."""

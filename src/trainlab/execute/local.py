@@ -1,0 +1,91 @@
+"""The local executor: the runs of a sweep one after another in this process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from trainlab.engine import Callback, RunOutcome, train
+from trainlab.engine.measure import environment, resolve_device
+from trainlab.plan import Plan, PlannedRun
+from trainlab.store import Store
+
+
+class SweepObserver(Protocol):
+    """Hooks for whoever shows progress (the CLI)."""
+
+    def on_sweep_start(self, plan: Plan) -> None:
+        """Before the first run."""
+
+    def callbacks(self, planned: PlannedRun) -> Sequence[Callback]:
+        """Engine callbacks to attach to this run."""
+
+    def on_run_end(self, planned: PlannedRun, outcome: RunOutcome) -> None:
+        """After a run is stored."""
+
+
+class NullObserver:
+    """An observer that shows nothing."""
+
+    def on_sweep_start(self, plan: Plan) -> None:
+        pass
+
+    def callbacks(self, planned: PlannedRun) -> Sequence[Callback]:
+        return ()
+
+    def on_run_end(self, planned: PlannedRun, outcome: RunOutcome) -> None:
+        pass
+
+
+@dataclass
+class SweepResult:
+    plan: Plan
+    outcomes: list[RunOutcome] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """0 every run of the sweep ok; 1 some run failed or diverged; 130 interrupted."""
+        if self.interrupted:
+            return 130
+        trained = {o.run_id for o in self.outcomes}
+        skipped_bad = any(r.status == "diverged" and r.run_id not in trained
+                          for r in self.plan.runs)
+        return 0 if all(o.status == "ok" for o in self.outcomes) and not skipped_bad else 1
+
+
+def run_one(planned: PlannedRun, store: Store, callbacks: Sequence[Callback] = ()) -> RunOutcome:
+    """Train one planned run, storing its status, environment, metrics and outcome."""
+    config = planned.run.config
+    threads = torch.get_num_threads()
+    try:
+        store.start_run(planned.run_id, environment(resolve_device(config.train.device)))
+        outcome = train(config, run_id=planned.run_id, run_dir=store.run_dir(planned.run_id),
+                        sink=store, callbacks=callbacks)
+    except KeyboardInterrupt:
+        outcome = RunOutcome(planned.run_id, "interrupted", "interrupted by the user", {})
+    finally:
+        torch.set_num_threads(threads)
+    store.finish_run(planned.run_id, outcome.status, outcome.error, outcome.summary)
+    return outcome
+
+
+class LocalExecutor:
+    """Runs one after another in this process; Ctrl-C stops the sweep after saving state."""
+
+    def execute(self, plan: Plan, store: Store, observer: SweepObserver | None = None
+                ) -> SweepResult:
+        observer = observer or NullObserver()
+        result = SweepResult(plan)
+        observer.on_sweep_start(plan)
+        for planned in plan.todo:
+            outcome = run_one(planned, store, observer.callbacks(planned))
+            result.outcomes.append(outcome)
+            observer.on_run_end(planned, outcome)
+            if outcome.status == "interrupted":
+                result.interrupted = True
+                break
+        return result

@@ -1,0 +1,139 @@
+"""Planning: which runs of a sweep to train, resume or skip, checked before anything trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from trainlab.components import build_model, build_optimizer, build_schedule, load_dataset
+from trainlab.components.schedules import ScheduleContext
+from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_keys
+from trainlab.engine.measure import device_available
+from trainlab.engine.tasks import TASKS
+from trainlab.errors import ConfigError
+from trainlab.store import Store
+
+Action = Literal["train", "resume", "retry", "skip", "busy"]
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    run: ExpandedRun
+    status: str  # the status in the store, or "new"
+    action: Action
+    varied: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return self.run.run_id
+
+    @property
+    def index(self) -> int:
+        return self.run.index
+
+    @property
+    def todo(self) -> bool:
+        return self.action in ("train", "resume", "retry")
+
+
+@dataclass(frozen=True)
+class Plan:
+    sweep: SweepConfig
+    runs: list[PlannedRun]
+    varied: list[str]
+
+    @property
+    def todo(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.todo]
+
+    def register(self, store: Store) -> None:
+        """Write the sweep and its runs to the store (new runs as pending)."""
+        store.register_sweep(
+            self.sweep.name, self.sweep.model_dump(mode="json"), self.varied,
+            [(r.run_id, r.index, _jsonable(r.run.overrides), r.run.config.to_dict())
+             for r in self.runs])
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(values, default=str))
+
+
+def make_plan(sweep: SweepConfig, store: Store | None, *, check: bool = True) -> Plan:
+    """Expand the sweep, check every run can be built, and decide what to do with each."""
+    runs = expand(sweep)
+    if check:
+        check_runs(sweep, runs)
+    keys = varied_keys(runs)
+    statuses = store.statuses(r.run_id for r in runs) if store is not None else {}
+    planned = []
+    for run in runs:
+        info = statuses.get(run.run_id)
+        status = info["status"] if info else "new"
+        planned.append(PlannedRun(run, status, _action(info), values_of(run, keys)))
+    return Plan(sweep, planned, keys)
+
+
+def _action(info: dict[str, Any] | None) -> Action:
+    if info is None or info["status"] == "pending":
+        return "train"
+    status = info["status"]
+    if status in ("ok", "diverged"):
+        return "skip"
+    if status == "running":
+        if _alive_elsewhere(info.get("host"), info.get("pid")):
+            return "busy"
+        return "resume"  # its process is gone: a crash or a kill
+    if status == "interrupted":
+        return "resume"
+    return "retry"  # failed, oom
+
+
+def _alive_elsewhere(host: str | None, pid: int | None) -> bool:
+    if pid is None or pid == os.getpid():
+        return False
+    if host != socket.gethostname():
+        return True  # another machine: assume it is still working
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_runs(sweep: SweepConfig, runs: list[ExpandedRun]) -> None:
+    """Raise ConfigError for a run that cannot be built: a missing device, data that does not
+    load, a model that does not fit its data.  Models are built on the meta device (no memory,
+    no time)."""
+    for run in runs:
+        where = f"in sweep {sweep.name}, run {run.index}"
+        cfg = run.config
+        if not device_available(cfg.train.device):
+            raise ConfigError(
+                f"`train.device`: {cfg.train.device!r} is not available on this machine "
+                f"(cuda available: {torch.cuda.is_available()}); use auto or cpu",
+                field="train.device").within(where)
+        try:
+            data = load_dataset(cfg.data)  # type: ignore[arg-type]
+            task = TASKS[data.info.task]
+            monitor = cfg.train.monitor.split("/", 1)[1]
+            if monitor not in ("loss", task.metric):
+                raise ConfigError(
+                    f"`train.monitor`: {cfg.train.monitor!r} is not measured on {task.name} "
+                    f"data; use valid/loss or valid/{task.metric}", field="train.monitor")
+            with torch.device("meta"):
+                model = build_model(cfg.model, data.info)
+                params = [p for p in model.parameters() if p.requires_grad]
+                if not params:
+                    raise ConfigError("the model has no trainable parameters", field="model")
+                optimizer = build_optimizer(cfg.optimizer, params)  # type: ignore[arg-type]
+                steps = -(-len(data.train) // cfg.data.batch_size)  # type: ignore[attr-defined]
+                build_schedule(cfg.schedule, optimizer, ScheduleContext(cfg.train.epochs, steps))
+        except ConfigError as exc:
+            raise exc.within(where) from None

@@ -1,0 +1,158 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from trainlab.config import expand, load_sweep, varied_keys
+from trainlab.config.load import apply_overrides, validate_sweep
+from trainlab.config.schema import resolve_run
+from trainlab.errors import ConfigError
+
+
+def _sweep(doc: dict[str, Any], sets: list[str] | None = None):
+    return validate_sweep(apply_overrides(doc, sets or []), "test")
+
+
+def _set(doc: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(doc)
+    node = doc
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return doc
+
+
+# Each bad input must raise ConfigError whose message names the field and the bad value.
+BAD = [
+    ("unknown model", "model.name", "lstmm", ["model.name", "lstmm", "did you mean 'lstm'"]),
+    ("unknown dataset", "data.name", "digts", ["data.name", "digts", "digits"]),
+    ("unknown optimizer", "optimizer.name", "adamm", ["optimizer.name", "adamm", "adam"]),
+    ("unknown schedule", "schedule.name", "stepp", ["schedule.name", "stepp", "step"]),
+    ("lr zero", "optimizer.lr", 0, ["optimizer.lr", "greater than 0", "0"]),
+    ("lr negative", "optimizer.lr", -0.1, ["optimizer.lr", "-0.1"]),
+    ("lr not a number", "optimizer.lr", "fast", ["optimizer.lr", "fast"]),
+    ("batch size zero", "data.batch_size", 0, ["data.batch_size", "0"]),
+    ("batch size negative", "data.batch_size", -4, ["data.batch_size", "-4"]),
+    ("epochs wrong type", "train.epochs", "ten", ["train.epochs", "ten"]),
+    ("unknown model field", "model.hiden_dim", 8, ["model.hiden_dim", "did you mean",
+                                                   "hidden_dim"]),
+    ("unknown train field", "train.epoch", 3, ["train.epoch", "epochs"]),
+    ("bad activation", "model.activation", "swish", ["model.activation", "swish", "relu"]),
+    ("bad device", "train.device", "tpu", ["train.device", "tpu"]),
+    ("dropout too high", "model.dropout", 1.5, ["model.dropout", "1.5"]),
+    ("weight decay negative", "optimizer.weight_decay", -1, ["optimizer.weight_decay", "-1"]),
+]
+
+
+@pytest.mark.parametrize(("case", "key", "value", "expected"), BAD, ids=[b[0] for b in BAD])
+def test_bad_values_name_field_and_value(tiny: dict, case: str, key: str, value: Any,
+                                         expected: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        expand(_sweep(_set(tiny, key, value)))
+    message = str(info.value)
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+
+
+BAD_GRID = [
+    ("grid key not a field", {"model.hiden_dim": [1, 2]}, ["model.hiden_dim", "hidden_dim"]),
+    ("grid key bad section", {"modle.name": ["mlp"]}, ["modle.name", "model"]),
+    ("grid key no field", {"model": ["mlp"]}, ["model"]),
+    ("grid empty list", {"model.hidden_dim": []}, ["model.hidden_dim", "empty"]),
+    ("grid value bad", {"optimizer.lr": [0.1, -1.0]}, ["optimizer.lr", "-1.0", "run 2"]),
+    ("grid unknown name", {"model.name": ["mlp", "transformer"]}, ["transformer", "gpt"]),
+]
+
+
+@pytest.mark.parametrize(("case", "grid", "expected"), BAD_GRID, ids=[b[0] for b in BAD_GRID])
+def test_bad_grids(tiny: dict, case: str, grid: dict, expected: list[str]) -> None:
+    tiny["grid"] = grid
+    with pytest.raises(ConfigError) as info:
+        expand(_sweep(tiny))
+    for part in expected:
+        assert part in str(info.value)
+
+
+def test_missing_sections_and_unknown_top_level(tiny: dict) -> None:
+    del tiny["model"]
+    with pytest.raises(ConfigError, match="model"):
+        _sweep(tiny)
+    with pytest.raises(ConfigError, match="did you mean `optimizer"):
+        _sweep({**_set(tiny, "model", {"name": "mlp"}), "optimiser": {"name": "sgd"}})
+
+
+def test_yaml_errors_and_missing_file(write_config, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="YAML syntax error at line 3"):
+        load_sweep(write_config("name: x\ndata: {name: digits\nmodel: {}\n"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_sweep(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="must be a YAML mapping"):
+        load_sweep(write_config("- a\n- b\n"))
+
+
+def test_grid_runs_and_seeds_expand_in_order(tiny: dict) -> None:
+    tiny["grid"] = {"model.hidden_dim": [8, 16], "optimizer.name": ["adam", "sgd"]}
+    tiny["runs"] = [{"model.hidden_dim": 32, "optimizer.name": "adamw"},
+                    {"model": {"hidden_dim": 8}, "optimizer": {"name": "adam"}}]  # a duplicate
+    tiny["seeds"] = [0, 1]
+    runs = expand(_sweep(tiny))
+    assert len(runs) == (4 + 1) * 2
+    assert [r.index for r in runs] == list(range(1, 11))
+    assert runs[0].overrides == {"model.hidden_dim": 8, "optimizer.name": "adam", "train.seed": 0}
+    assert runs[1].config.train.seed == 1
+    assert runs[-1].config.optimizer.name == "adamw"
+    assert len({r.run_id for r in runs}) == len(runs)
+    assert varied_keys(runs) == ["model.hidden_dim", "optimizer.name", "train.seed"]
+
+
+def test_run_id_is_stable_and_canonical(tiny: dict) -> None:
+    a = resolve_run(tiny)
+    b = resolve_run(_set(_set(tiny, "optimizer.lr", 1e-2), "model.activation", "relu"))
+    assert a.run_id == b.run_id  # 0.01 == 1e-2, and relu is the default
+    assert a.run_id == resolve_run(copy.deepcopy(tiny)).run_id
+    c = resolve_run(_set(tiny, "optimizer.lr", 0.02))
+    assert c.run_id != a.run_id
+    assert len(a.run_id) == 12
+    # int vs float for a float field is the same run
+    assert resolve_run(_set(tiny, "optimizer.lr", 1)).run_id == \
+        resolve_run(_set(tiny, "optimizer.lr", 1.0)).run_id
+
+
+def test_fields_of_other_components_are_dropped_for_this_run(tiny: dict) -> None:
+    # A base written for lstm can be swept over model.name: mlp ignores embed_dim.
+    tiny["model"] = {"name": "mlp", "hidden_dim": 16, "embed_dim": 64, "heads": 2}
+    cfg = resolve_run(tiny)
+    assert "embed_dim" not in cfg.to_dict()["model"]
+
+
+def test_set_pins_a_key_for_every_run(tiny: dict) -> None:
+    tiny["grid"] = {"optimizer.lr": [0.1, 0.01], "model.hidden_dim": [4, 8]}
+    tiny["runs"] = [{"optimizer.lr": 0.5}]
+    sweep = _sweep(tiny, ["optimizer.lr=0.003", "train.epochs=1"])
+    runs = expand(sweep)
+    assert {r.config.optimizer.lr for r in runs} == {0.003}
+    assert {r.config.train.epochs for r in runs} == {1}
+    assert len(runs) == 3  # the explicit run lost its only key: it is the base config
+    assert runs[-1].config.model.hidden_dim == 16
+    sweep = _sweep(tiny, ["grid.model.hidden_dim=[1, 2, 3]"])
+    assert sweep.grid["model.hidden_dim"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("item", ["novalue", "=3", "model.hiden_dim=3", "grid.nope.x=[1]"])
+def test_bad_set_items(tiny: dict, item: str) -> None:
+    with pytest.raises(ConfigError):
+        _sweep(tiny, [item])
+
+
+def test_examples_expand() -> None:
+    qs = expand(load_sweep(example="quickstart"))
+    assert len(qs) == 8
+    lm = load_sweep(example="lm-optimizers")
+    runs = expand(lm)
+    assert len(runs) == 12
+    assert varied_keys(runs) == ["model.name", "model.layers", "optimizer.name"]
+    with pytest.raises(ConfigError, match="did you mean 'quickstart'"):
+        load_sweep(example="quickstrat")
