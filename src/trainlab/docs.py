@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from trainlab.components import REGISTRIES
 from trainlab.config.schema import TrainSpec
 
-KINDS = ("data", "model", "optimizer", "schedule", "train")
+KINDS = ("data", "model", "optimizer", "schedule", "finetune", "train")
 
 
 def _type_name(annotation: Any) -> str:
@@ -83,5 +83,20 @@ def markdown(kinds: list[str] | None = None) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def update_readme(path: str) -> None:
+    """Replace the README's generated reference block with the current one."""
+    from pathlib import Path
+
+    start, end = "<!-- reference:start -->\n", "<!-- reference:end -->"
+    text = Path(path).read_text()
+    head, rest = text.split(start, 1)
+    Path(path).write_text(head + start + markdown() + end + rest.split(end, 1)[1])
+
+
 if __name__ == "__main__":
-    print(markdown(), end="")
+    import sys
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--update":
+        update_readme(sys.argv[2])
+    else:
+        print(markdown(), end="")

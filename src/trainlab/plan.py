@@ -10,7 +10,13 @@ from typing import Any, Literal
 
 import torch
 
-from trainlab.components import build_model, build_optimizer, build_schedule, load_dataset
+from trainlab.components import (
+    build_finetune,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    load_dataset,
+)
 from trainlab.components.schedules import ScheduleContext
 from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_keys
 from trainlab.engine.measure import device_available
@@ -129,10 +135,13 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun]) -> None:
                     f"data; use valid/loss or valid/{task.metric}", field="train.monitor")
             with torch.device("meta"):
                 model = build_model(cfg.model, data.info)
-                params = [p for p in model.parameters() if p.requires_grad]
-                if not params:
-                    raise ConfigError("the model has no trainable parameters", field="model")
-                optimizer = build_optimizer(cfg.optimizer, params)  # type: ignore[arg-type]
+                lr = cfg.optimizer.lr  # type: ignore[attr-defined]
+                groups = build_finetune(cfg.finetune, model, lr).param_groups
+                if not any(p.requires_grad for g in groups for p in g["params"]):
+                    raise ConfigError("nothing to train: the model has no trainable parameters "
+                                      f"under finetune.name={cfg.finetune.name!r}",
+                                      field="finetune.name")
+                optimizer = build_optimizer(cfg.optimizer, groups)  # type: ignore[arg-type]
                 steps = -(-len(data.train) // cfg.data.batch_size)  # type: ignore[attr-defined]
                 build_schedule(cfg.schedule, optimizer, ScheduleContext(cfg.train.epochs, steps))
         except ConfigError as exc:

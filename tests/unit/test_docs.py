@@ -12,7 +12,7 @@ def test_readme_reference_matches_the_code() -> None:
     text = README.read_text()
     start = text.index("<!-- reference:start -->\n") + len("<!-- reference:start -->\n")
     end = text.index("<!-- reference:end -->")
-    assert text[start:end] == markdown(), "regenerate with: python -m trainlab.docs"
+    assert text[start:end] == markdown(), "regenerate: python -m trainlab.docs --update README.md"
 
 
 def test_every_component_is_documented() -> None:

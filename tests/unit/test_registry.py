@@ -48,6 +48,7 @@ def test_unknown_name_lists_choices_and_closest() -> None:
     ("optimizer", {"sgd", "momentum", "nesterov", "adam", "adamw", "rmsprop", "adagrad"}),
     ("schedule", {"constant", "step", "multistep", "exponential", "cosine", "warmup-linear",
                   "onecycle", "cyclic", "slanted-triangular", "plateau"}),
+    ("finetune", {"full"}),
 ])
 def test_first_entries_are_registered(kind: str, expected: set[str]) -> None:
     assert expected <= set(REGISTRIES[kind].names())

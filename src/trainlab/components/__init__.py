@@ -3,16 +3,18 @@
 from typing import Any
 
 from trainlab.components.datasets import DATASETS, DataInfo, Dataset, DataSpec, load_dataset
+from trainlab.components.finetune import FINETUNE, FinetuneSetup, build_finetune
 from trainlab.components.models import MODELS, build_model, count_parameters
 from trainlab.components.optimizers import OPTIMIZERS, build_optimizer
 from trainlab.components.schedules import SCHEDULES, Schedule, ScheduleContext, build_schedule
 from trainlab.registry import Registry
 
 REGISTRIES: dict[str, Registry[Any]] = {
-    "data": DATASETS, "model": MODELS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+    "data": DATASETS, "model": MODELS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+    "finetune": FINETUNE}
 
 __all__ = [
-    "DATASETS", "MODELS", "OPTIMIZERS", "REGISTRIES", "SCHEDULES", "DataInfo", "DataSpec",
-    "Dataset", "Schedule", "ScheduleContext", "build_model", "build_optimizer",
-    "build_schedule", "count_parameters", "load_dataset",
+    "DATASETS", "FINETUNE", "MODELS", "OPTIMIZERS", "REGISTRIES", "SCHEDULES", "DataInfo",
+    "DataSpec", "Dataset", "FinetuneSetup", "Schedule", "ScheduleContext", "build_finetune",
+    "build_model", "build_optimizer", "build_schedule", "count_parameters", "load_dataset",
 ]

@@ -27,8 +27,10 @@ from trainlab.components.base import Spec
 from trainlab.errors import ConfigError, closest
 from trainlab.registry import Registry
 
-SECTIONS = ("data", "model", "optimizer", "schedule", "train")
-COMPONENT_SECTIONS = ("data", "model", "optimizer", "schedule")
+SECTIONS = ("data", "model", "optimizer", "schedule", "finetune", "train")
+COMPONENT_SECTIONS = ("data", "model", "optimizer", "schedule", "finetune")
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "optimizer": {"name": "adam"}, "schedule": {"name": "constant"}, "finetune": {"name": "full"}}
 MONITORS = ("valid/loss", "valid/accuracy", "valid/perplexity", "valid/rmse")
 
 
@@ -67,8 +69,9 @@ class SweepConfig(_Frozen):
     description: str = ""
     data: dict[str, Any]
     model: dict[str, Any]
-    optimizer: dict[str, Any] = Field(default_factory=lambda: {"name": "adam"})
-    schedule: dict[str, Any] = Field(default_factory=lambda: {"name": "constant"})
+    optimizer: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULTS["optimizer"]))
+    schedule: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULTS["schedule"]))
+    finetune: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULTS["finetune"]))
     train: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     runs: list[dict[str, Any]] = Field(default_factory=list)
@@ -98,6 +101,7 @@ class RunConfig:
     model: Spec
     optimizer: Spec
     schedule: Spec
+    finetune: Spec
     train: TrainSpec
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -168,8 +172,7 @@ def resolve_component(section: str, raw: Any) -> Spec:
 
 def resolve_run(raw: dict[str, Any]) -> RunConfig:
     """A fully resolved :class:`RunConfig` from nested sections."""
-    defaults = {"optimizer": {"name": "adam"}, "schedule": {"name": "constant"}}
-    specs = {s: resolve_component(s, raw[s] if s in raw else defaults.get(s))
+    specs = {s: resolve_component(s, raw[s] if s in raw else DEFAULTS.get(s))
              for s in COMPONENT_SECTIONS}
     train_raw = raw.get("train") or {}
     if not isinstance(train_raw, dict):

@@ -27,6 +27,7 @@ from trainlab.components import (
     DataInfo,
     Schedule,
     ScheduleContext,
+    build_finetune,
     build_model,
     build_optimizer,
     build_schedule,
@@ -159,8 +160,11 @@ class _Trainer:
         self.task: TaskKind = TASKS[data.info.task]
         seed_everything(tc.seed)
         model = build_model(cfg.model, data.info).to(device)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = build_optimizer(cfg.optimizer, self.params)  # type: ignore[arg-type]
+        tuning = build_finetune(cfg.finetune, model, cfg.optimizer.lr)  # type: ignore[attr-defined]
+        self.callbacks.extend(tuning.callbacks)
+        # Every parameter the strategy may ever train; frozen ones have no .grad and are skipped.
+        self.params = [p for g in tuning.param_groups for p in g["params"]]
+        optimizer = build_optimizer(cfg.optimizer, tuning.param_groups)  # type: ignore[arg-type]
         bs = cfg.data.batch_size  # type: ignore[attr-defined]
         steps_per_epoch = math.ceil(len(data.train) / bs)
         schedule = build_schedule(cfg.schedule, optimizer,
