@@ -44,7 +44,10 @@ def run(config: str | os.PathLike[str] | dict[str, Any] | SweepConfig | None = N
     st = store if isinstance(store, Store) else open_store(store)
     the_plan = make_plan(sweep, st)
     the_plan.register(st)
-    return LocalExecutor().execute(the_plan, st, observer)
+    from trainlab.engine.interrupt import graceful_sigint
+
+    with graceful_sigint():
+        return LocalExecutor().execute(the_plan, st, observer)
 
 
 def _existing_store(path: str | os.PathLike[str] | None) -> Store | None:

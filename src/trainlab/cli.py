@@ -114,9 +114,17 @@ def run(
     st = _guard(lambda: open_store(store))
     the_plan = _guard(lambda: make_plan(sweep, st))
     the_plan.register(st)
+    from trainlab.engine.interrupt import graceful_sigint
+
     observer = _Progress(the_plan, quiet=quiet or as_json)
+
+    def notify() -> None:
+        err.print("\n[yellow]Ctrl-C:[/] stopping after the current step and saving state; "
+                  "press Ctrl-C again to quit at once.")
+
     try:
-        result = LocalExecutor().execute(the_plan, st, observer)
+        with graceful_sigint(notify):
+            result = LocalExecutor().execute(the_plan, st, observer)
     finally:
         observer.close()
     if as_json:
@@ -198,8 +206,8 @@ class _Progress:
         self.progress.advance(self.sweep_task)
         if self.quiet:
             return
-        colour = {"ok": "green", "diverged": "yellow", "interrupted": "yellow"}.get(
-            outcome.status, "red")
+        colour = {"ok": "green", "diverged": "yellow", "interrupted": "yellow",
+                  "busy": "cyan"}.get(outcome.status, "red")
         metric = _headline(outcome.summary)
         line = (f"[{colour}]{outcome.status:>8}[/] run {planned.index} {planned.run_id} "
                 f"{_escape(_describe(planned))}  {metric}")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,7 +20,7 @@ from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_
 from trainlab.engine.measure import device_available
 from trainlab.engine.tasks import TASKS
 from trainlab.errors import ConfigError
-from trainlab.store import Store
+from trainlab.store import Store, held_elsewhere
 
 Action = Literal["train", "resume", "retry", "skip", "busy"]
 
@@ -91,26 +89,12 @@ def _action(info: dict[str, Any] | None) -> Action:
     if status in ("ok", "diverged"):
         return "skip"
     if status == "running":
-        if _alive_elsewhere(info.get("host"), info.get("pid")):
+        if held_elsewhere(info):
             return "busy"
         return "resume"  # its process is gone: a crash or a kill
     if status == "interrupted":
         return "resume"
     return "retry"  # failed, oom
-
-
-def _alive_elsewhere(host: str | None, pid: int | None) -> bool:
-    if pid is None or pid == os.getpid():
-        return False
-    if host != socket.gethostname():
-        return True  # another machine: assume it is still working
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def check_runs(sweep: SweepConfig, runs: list[ExpandedRun]) -> None:
@@ -146,3 +130,6 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun]) -> None:
                 build_schedule(cfg.schedule, optimizer, ScheduleContext(cfg.train.epochs, steps))
         except ConfigError as exc:
             raise exc.within(where) from None
+        except (ValueError, TypeError) as exc:
+            # A builder (torch, mostly) refused a value our specs let through: still bad input.
+            raise ConfigError(f"run {run.index} cannot be built: {exc}").within(where) from None

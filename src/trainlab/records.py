@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 Status = Literal["pending", "running", "ok", "failed", "diverged", "interrupted", "oom"]
+# An outcome (never a stored status): another live process holds the run, so it was skipped.
+BUSY = "busy"
 FINISHED: tuple[Status, ...] = ("ok", "diverged")  # a rerun skips these
 STATUSES: tuple[Status, ...] = ("pending", "running", "ok", "failed", "diverged", "interrupted",
                                 "oom")
@@ -33,8 +35,9 @@ class RecordSink(Protocol):
     def write(self, records: Sequence[MetricRecord]) -> None:
         """Persist records (one transaction)."""
 
-    def rewind(self, run_id: str, epoch: int) -> None:
-        """Drop the run's records of epochs after ``epoch`` (all of them for -1)."""
+    def rewind(self, run_id: str, step: int) -> None:
+        """Drop the run's records after optimizer step ``step`` (all of them for -1): what a
+        resume from a checkpoint taken at that step will record again."""
 
 
 class NullSink:
@@ -46,5 +49,5 @@ class NullSink:
     def write(self, records: Sequence[MetricRecord]) -> None:
         self.records.extend(records)
 
-    def rewind(self, run_id: str, epoch: int) -> None:
-        self.records = [r for r in self.records if r.run_id != run_id or r.epoch <= epoch]
+    def rewind(self, run_id: str, step: int) -> None:
+        self.records = [r for r in self.records if r.run_id != run_id or r.step <= step]

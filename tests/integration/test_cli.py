@@ -4,6 +4,7 @@ input."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,13 @@ def _run(*args: str) -> Any:
     return runner.invoke(app, list(args), catch_exceptions=False)
 
 
-def _db_bytes(store: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in sorted(store.glob("trainlab.db*")))
+def _db_bytes(store: Path) -> str:
+    """The store's content (not its file bytes: SQLite may checkpoint its WAL on close)."""
+    conn = sqlite3.connect(store / "trainlab.db")
+    try:
+        return "\n".join(conn.iterdump())
+    finally:
+        conn.close()
 
 
 def test_run_then_rerun_trains_nothing(tiny: dict, write_config, store_dir: Path) -> None:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sqlite3
 import stat
 from pathlib import Path
 
@@ -9,7 +11,9 @@ import pytest
 import trainlab
 from trainlab.errors import ConfigError
 from trainlab.records import MetricRecord
-from trainlab.store import Store, open_store
+from trainlab.store import MIGRATIONS, SCHEMA_VERSION, Store, open_store
+
+DATA = Path(__file__).resolve().parents[1] / "data"
 
 
 def _rec(run: str, key: str, step: int, epoch: int, value: float) -> MetricRecord:
@@ -26,7 +30,7 @@ def test_write_read_and_rewind(tmp_path: Path) -> None:
     frame = store.metrics(["r1"])
     assert list(frame["step"]) == [10, 20, 30] and frame["value"].iloc[-1] == 9.0
     assert list(frame.columns) == ["run_id", "key", "step", "epoch", "time", "value"]
-    store.rewind("r1", 1)
+    store.rewind("r1", 10)
     assert list(store.metrics(["r1"])["epoch"]) == [1]
     store.rewind("r1", -1)
     assert store.metrics(["r1"]).empty
@@ -77,4 +81,62 @@ def test_missing_and_unwritable_stores_are_config_errors(tmp_path: Path) -> None
 def test_wal_mode_and_schema_version(tmp_path: Path) -> None:
     store = Store(tmp_path / "s")
     assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert store.conn.execute("SELECT value FROM meta").fetchone()[0] == "1"
+    assert store.schema_version == SCHEMA_VERSION == max(MIGRATIONS)
+
+
+def test_a_store_from_the_first_schema_is_migrated(tmp_path: Path) -> None:
+    """tests/data/store-v1.db was written by trainlab's first schema (2 finished runs)."""
+    shutil.copytree(DATA / "", tmp_path / "old", dirs_exist_ok=True)
+    (tmp_path / "old" / "store-v1.db").rename(tmp_path / "old" / "trainlab.db")
+    store = open_store(tmp_path / "old", create=False)
+    assert store.schema_version == SCHEMA_VERSION
+    runs = store.runs("legacy")
+    assert list(runs["status"]) == ["ok", "ok"] and len(store.metrics(runs["run_id"])) == 82
+    columns = {r[1] for r in store.conn.execute("PRAGMA table_info(runs)")}
+    assert "heartbeat" in columns
+    statuses = store.statuses(runs["run_id"])
+    assert all(v["heartbeat"] is None for v in statuses.values())
+    store.close()
+    again = open_store(tmp_path / "old")  # idempotent
+    assert again.schema_version == SCHEMA_VERSION
+
+
+def test_a_newer_store_is_refused(tmp_path: Path) -> None:
+    store = open_store(tmp_path / "s")
+    store.conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    store.close()
+    with pytest.raises(ConfigError, match="newer than this trainlab"):
+        open_store(tmp_path / "s")
+
+
+def test_a_locked_store_says_so(tmp_path: Path) -> None:
+    open_store(tmp_path / "s").close()
+    holder = sqlite3.connect(tmp_path / "s" / "trainlab.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(ConfigError, match="locked by another process"):
+            open_store(tmp_path / "s", timeout=0.2).register_sweep("x", {}, [], [])
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_a_read_only_store_can_still_be_read(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    store = open_store(tmp_path / "s")
+    store.register_sweep("a", {}, [], [("r1", 1, {}, {})])
+    store.close()
+    real_connect = sqlite3.connect
+
+    def read_only_media(target: object, *args: object, **kwargs: object) -> sqlite3.Connection:
+        conn = real_connect(target, *args, **kwargs)  # type: ignore[arg-type]
+        if "immutable=1" not in str(target):
+            conn.close()
+            raise sqlite3.OperationalError("attempt to write a readonly database")
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", read_only_media)
+    reader = open_store(tmp_path / "s", create=False)
+    assert reader.read_only and list(reader.runs("a")["run_id"]) == ["r1"]
+    with pytest.raises(ConfigError, match="cannot be used"):
+        open_store(tmp_path / "s")  # a writer gets a clear message

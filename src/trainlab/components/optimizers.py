@@ -7,7 +7,7 @@ decoupled from the adaptive step (Loshchilov & Hutter).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from pydantic import Field, PositiveFloat
@@ -60,8 +60,11 @@ def build_nesterov(spec: MomentumSpec, params: Params) -> torch.optim.Optimizer:
                            weight_decay=spec.weight_decay)
 
 
+Beta = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
 class AdamSpec(OptimizerSpec):
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = Field(default=(0.9, 0.999), description="each in [0, 1)")
     eps: PositiveFloat = 1e-8
     amsgrad: bool = False
 

@@ -1,5 +1,10 @@
-"""Checkpoints written atomically with a checksum, so a kill mid-write never leaves a file
-that loads as garbage."""
+"""Checkpoints written atomically with a checksum, keeping the previous one as a fallback.
+
+A kill at any moment leaves either the new checkpoint or the previous one loadable: the new
+file is written under a temporary name and fsynced, the old one is moved aside to
+``<name>.prev``, then the checksum and the file are renamed into place.  A checkpoint whose
+bytes do not match its checksum (truncated, corrupted) is rejected with a warning.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,15 @@ from typing import Any
 import torch
 
 
-def save_atomic(payload: dict[str, Any], path: Path) -> None:
+def _sums(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _prev(path: Path) -> Path:
+    return path.with_name(path.name + ".prev")
+
+
+def save_atomic(payload: dict[str, Any], path: Path, *, keep_previous: bool = False) -> None:
     """Write ``payload`` to ``path`` via a temporary file, fsync and rename."""
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -25,20 +38,22 @@ def save_atomic(payload: dict[str, Any], path: Path) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-    sums = path.with_name(path.name + ".sha256")
-    sums_tmp = sums.with_name(sums.name + ".tmp")
+    if keep_previous and path.is_file() and _sums(path).is_file():
+        os.replace(_sums(path), _sums(_prev(path)))
+        os.replace(path, _prev(path))
+    sums_tmp = _sums(path).with_name(_sums(path).name + ".tmp")
     sums_tmp.write_text(digest)
-    # Rename the checksum first: a checkpoint without a matching checksum is rejected.
-    os.replace(sums_tmp, sums)
+    # The checksum goes first: a file without its matching checksum is never trusted.
+    os.replace(sums_tmp, _sums(path))
     os.replace(tmp, path)
 
 
-def load_verified(path: Path) -> dict[str, Any] | None:
-    """The checkpoint at ``path``, or None (with a warning) if missing, truncated or corrupt."""
+def load_verified(path: Path, *, quiet_if_missing: bool = True) -> dict[str, Any] | None:
+    """The checkpoint at ``path``, or None (with a warning) if truncated or corrupt."""
     if not path.is_file():
         return None
     data = path.read_bytes()
-    sums = path.with_name(path.name + ".sha256")
+    sums = _sums(path)
     expected = sums.read_text().strip() if sums.is_file() else None
     if expected != hashlib.sha256(data).hexdigest():
         warnings.warn(f"checkpoint {path} is corrupt or incomplete (checksum mismatch); "
@@ -52,3 +67,18 @@ def load_verified(path: Path) -> dict[str, Any] | None:
         warnings.warn(f"checkpoint {path} could not be loaded ({exc}); ignoring it",
                       RuntimeWarning, stacklevel=2)
         return None
+
+
+def load_latest(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """The newest good checkpoint of ``path`` or its ``.prev``, and a note when it fell back."""
+    current = load_verified(path)
+    if current is not None:
+        return current, None
+    previous = load_verified(_prev(path))
+    if previous is not None:
+        return previous, (f"checkpoint {path.name} was missing or unusable; resumed from the "
+                          f"previous one (epoch {previous.get('epoch')}, step "
+                          f"{previous.get('step')})")
+    if path.is_file():
+        return None, f"checkpoint {path.name} was unusable; restarted the run from scratch"
+    return None, None

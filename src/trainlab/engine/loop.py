@@ -36,11 +36,12 @@ from trainlab.components import (
 )
 from trainlab.components.datasets import Split
 from trainlab.config.schema import RunConfig
+from trainlab.engine import interrupt
 from trainlab.engine.callbacks import Callback, EarlyStopping, StopTraining
-from trainlab.engine.checkpoint import load_verified, save_atomic
+from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
 from trainlab.engine.measure import Clock, PeakMemory, grad_norm, resolve_device
 from trainlab.engine.tasks import TASKS, TaskKind
-from trainlab.errors import Diverged
+from trainlab.errors import Diverged, RunError
 from trainlab.records import MetricRecord, NullSink, RecordSink
 
 
@@ -114,6 +115,8 @@ class _Trainer:
         self.best: dict[str, Any] = {}
         self.stop_reason: str | None = None
         self.epoch_stats: list[dict[str, float]] = []
+        self.partial: dict[str, Any] | None = None  # where a mid-epoch checkpoint left off
+        self.notes: list[str] = []
         self.state: RunState | None = None
 
     # --- the run -------------------------------------------------------------------------
@@ -185,10 +188,15 @@ class _Trainer:
                 self._higher_is_better(tc.monitor)))
         total, trainable = count_parameters(model)
         self.best["params_total"], self.best["params_trainable"] = total, trainable
-        ckpt = load_verified(self.run_dir / "last.pt") if self.resume and self.run_dir else None
+        ckpt = None
+        if self.resume and self.run_dir is not None:
+            ckpt, note = load_latest(self.run_dir / "last.pt")
+            if note:
+                self.notes.append(note)
         if ckpt is not None:
             self._restore(ckpt)
-            self.sink.rewind(self.run_id, state.epoch)
+            # Records after the checkpoint's step are redone by this process.
+            self.sink.rewind(self.run_id, state.step)
         else:
             self.sink.rewind(self.run_id, -1)
             self._record(0, {"params/total": total, "params/trainable": trainable}, epoch=0)
@@ -201,16 +209,21 @@ class _Trainer:
         if self.stop_reason is not None:
             return
         for epoch in range(state.epoch + 1, self.config.train.epochs + 1):
+            if interrupt.stop_requested():
+                raise KeyboardInterrupt
             state.epoch = epoch
-            for cb in self.callbacks:
-                cb.on_epoch_start(state)
-            self._train_epoch(epoch)
+            partial, self.partial = self.partial, None
+            if partial is None or partial["epoch"] != epoch:
+                partial = None
+                for cb in self.callbacks:
+                    cb.on_epoch_start(state)
+            self._train_epoch(epoch, partial)
             if self.stop_reason is not None:
                 break
 
     # --- one epoch -------------------------------------------------------------------------
 
-    def _train_epoch(self, epoch: int) -> None:
+    def _train_epoch(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
         state, task, tc = self._st, self.task, self.config.train
         model, optimizer, schedule = state.model, state.optimizer, state.schedule
         params = self.params
@@ -221,15 +234,20 @@ class _Trainer:
         keep = task.keeps_outputs
         step_callbacks = [c for c in self.callbacks
                           if type(c).on_step_end is not Callback.on_step_end]
-        self.epoch_sums = [0.0, 0.0, 0]  # loss sum, metric sum, weight
+        stop = interrupt.FLAG
+        # A resumed partial epoch (after Ctrl-C) goes on from its batch with its sums so far.
+        first_batch = partial["batch"] if partial else 0
+        self.epoch_sums = list(partial["sums"]) if partial else [0.0, 0.0, 0]
+        time_before = partial["train_time"] if partial else 0.0
+        evaluated_at = partial["evaluated_at"] if partial else -1
         self.pending: list[tuple[Tensor, Tensor | None, Tensor | None, int]] = []
         self.paused = 0.0  # eval and I/O inside this epoch, subtracted from training time
         io_before = self.io_time
         model.train()
         t_start = self.clock.now()
         self.t_interval, self.paused_at_interval = t_start, 0.0
-        evaluated_at = -1
-        for idx in order.split(bs):
+        batches = order.split(bs)
+        for batch, idx in enumerate(batches[first_batch:], first_batch + 1):
             is_log = (state.step + 1) % log_every == 0
             x, y = x_all[idx], y_all[idx]
             optimizer.zero_grad(set_to_none=True)
@@ -259,9 +277,16 @@ class _Trainer:
                 self.paused += time.perf_counter() - t - (self.io_time - io0)
                 if self.stop_reason is not None:
                     break
+            if stop[0] and batch < len(batches):
+                self._log_interval(None)
+                spent = self.clock.now() - t_start - self.paused - (self.io_time - io_before)
+                self._checkpoint(epoch - 1, partial={
+                    "epoch": epoch, "batch": batch, "sums": self.epoch_sums,
+                    "train_time": time_before + spent, "evaluated_at": evaluated_at})
+                raise KeyboardInterrupt
         self._log_interval(None)
         t_end = self.clock.now()
-        epoch_time = t_end - t_start - self.paused - (self.io_time - io_before)
+        epoch_time = time_before + t_end - t_start - self.paused - (self.io_time - io_before)
         state.train_time += epoch_time
         loss_sum, metric_sum, weight = self.epoch_sums
         values = {f"train/{k}": v for k, v in task.finalize(loss_sum, metric_sum, weight).items()}
@@ -292,26 +317,27 @@ class _Trainer:
             return
         state, task = self._st, self.task
         pending, self.pending = self.pending, []
-        weights = torch.tensor([p[3] for p in pending], dtype=torch.float32,
-                               device=state.device)
-        loss_sum = (torch.stack([p[0] for p in pending]).float() * weights).sum()
-        parts = [loss_sum]
+        n = len(pending)
+        parts = [torch.stack([p[0] for p in pending]).float()]
         if task.keeps_outputs:
             outs = torch.cat([p[1] for p in pending if p[1] is not None])
             ys = torch.cat([p[2] for p in pending if p[2] is not None])
-            parts.append((outs.argmax(-1) == ys).sum().float())
+            parts.append((outs.argmax(-1) == ys).sum().float().view(1))
         if norm is not None:
-            parts.append(norm.float())
-        host = torch.stack(parts).tolist()  # the one sync of this interval
+            parts.append(norm.float().view(1))
+        host = torch.cat(parts).tolist()  # the one sync of this interval
         now = self.clock.now()
         weight = sum(p[3] for p in pending)
-        loss = host[0] / weight
+        # Exact summation on the host: the epoch's loss does not depend on where intervals
+        # (or a Ctrl-C) split it.
+        loss_sum = math.fsum(v * p[3] for v, p in zip(host[:n], pending))
+        loss = loss_sum / weight
         if not math.isfinite(loss):
             lr = state.optimizer.param_groups[0]["lr"]
             raise Diverged(f"train loss became {loss} by step {state.step} (epoch {state.epoch},"
                            f" lr {lr:.3g})")
-        self.epoch_sums[0] += host[0]
-        self.epoch_sums[1] += host[1] if task.keeps_outputs else 0.0
+        self.epoch_sums[0] += loss_sum
+        self.epoch_sums[1] += host[n] if task.keeps_outputs else 0.0
         self.epoch_sums[2] += weight
         busy = now - self.t_interval - (self.paused - self.paused_at_interval)
         values = {"train/step_loss": loss, "time/step": busy / len(pending)}
@@ -390,8 +416,8 @@ class _Trainer:
                              best_step=state.step, best_valid=dict(values))
             if self.run_dir is not None:
                 t = time.perf_counter()
-                save_atomic({"model": state.model.state_dict(), "epoch": state.epoch,
-                             "step": state.step}, self.run_dir / "best.pt")
+                self._save({"model": state.model.state_dict(), "epoch": state.epoch,
+                            "step": state.step}, "best.pt")
                 self.io_time += time.perf_counter() - t
             else:
                 self.best_state = {k: v.detach().clone() for k, v in
@@ -429,13 +455,16 @@ class _Trainer:
             self.sink.write(records)
             self.io_time += time.perf_counter() - t
 
-    def _checkpoint(self, epoch: int) -> None:
-        if self.run_dir is None or not self.config.train.checkpoint:
+    def _checkpoint(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
+        """Save what resume needs; ``epoch`` is the last completed epoch, ``partial`` where
+        an interrupted epoch stands (its next batch, sums and time so far)."""
+        if self.run_dir is None or (not self.config.train.checkpoint and partial is None):
             return
         state = self._st
         t = time.perf_counter()
         payload = {
             "epoch": epoch, "step": state.step, "train_time": state.train_time,
+            "partial": partial,
             "elapsed": self.elapsed_offset + (time.perf_counter() - self.t0),
             "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "schedule": state.schedule.state_dict(), "best": self.best,
@@ -447,8 +476,16 @@ class _Trainer:
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             },
         }
-        save_atomic(payload, self.run_dir / "last.pt")
+        self._save(payload, "last.pt", keep_previous=True)
         self.io_time += time.perf_counter() - t
+
+    def _save(self, payload: dict[str, Any], name: str, keep_previous: bool = False) -> None:
+        assert self.run_dir is not None
+        try:
+            save_atomic(payload, self.run_dir / name, keep_previous=keep_previous)
+        except OSError as exc:  # a full disk, a vanished mount: say which file and why
+            raise RunError(f"could not write the checkpoint {self.run_dir / name}: "
+                           f"{exc.strerror or exc}") from exc
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         state = self._st
@@ -461,6 +498,7 @@ class _Trainer:
         self.best = ckpt["best"]
         self.stop_reason = ckpt.get("stop_reason")
         self.epoch_stats = ckpt.get("epoch_stats", [])
+        self.partial = ckpt.get("partial")
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
@@ -494,6 +532,8 @@ class _Trainer:
             out["peak_memory_bytes"] = max(s["memory/peak_bytes"] for s in self.epoch_stats)
         if self.stop_reason:
             out["stopped_early"] = self.stop_reason
+        if self.notes:
+            out["notes"] = self.notes
         return out
 
 

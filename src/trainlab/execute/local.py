@@ -8,7 +8,7 @@ from typing import Protocol
 
 import torch
 
-from trainlab.engine import Callback, RunOutcome, train
+from trainlab.engine import Callback, RunOutcome, interrupt, train
 from trainlab.engine.measure import environment, resolve_device
 from trainlab.plan import Plan, PlannedRun
 from trainlab.store import Store
@@ -54,15 +54,21 @@ class SweepResult:
         trained = {o.run_id for o in self.outcomes}
         skipped_bad = any(r.status == "diverged" and r.run_id not in trained
                           for r in self.plan.runs)
-        return 0 if all(o.status == "ok" for o in self.outcomes) and not skipped_bad else 1
+        # "busy" runs are another process's to finish: they do not fail this sweep.
+        bad = [o for o in self.outcomes if o.status not in ("ok", "busy")]
+        return 1 if bad or skipped_bad else 0
 
 
 def run_one(planned: PlannedRun, store: Store, callbacks: Sequence[Callback] = ()) -> RunOutcome:
-    """Train one planned run, storing its status, environment, metrics and outcome."""
+    """Train one planned run, storing its status, environment, metrics and outcome.
+
+    A run that another live process has claimed meanwhile is left alone (status ``busy``).
+    """
     config = planned.run.config
     threads = torch.get_num_threads()
+    if not store.start_run(planned.run_id, environment(resolve_device(config.train.device))):
+        return RunOutcome(planned.run_id, "busy", "another process is training this run", {})
     try:
-        store.start_run(planned.run_id, environment(resolve_device(config.train.device)))
         outcome = train(config, run_id=planned.run_id, run_dir=store.run_dir(planned.run_id),
                         sink=store, callbacks=callbacks)
     except KeyboardInterrupt:
@@ -82,6 +88,9 @@ class LocalExecutor:
         result = SweepResult(plan)
         observer.on_sweep_start(plan)
         for planned in plan.todo:
+            if interrupt.stop_requested():  # Ctrl-C between runs: start no new run
+                result.interrupted = True
+                break
             outcome = run_one(planned, store, observer.callbacks(planned))
             result.outcomes.append(outcome)
             observer.on_run_end(planned, outcome)

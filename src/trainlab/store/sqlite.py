@@ -26,10 +26,10 @@ from trainlab.errors import ConfigError
 from trainlab.records import MetricRecord
 
 DEFAULT_STORE = "trainlab-runs"
-SCHEMA_VERSION = 1
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
+    # Version 1 as first released; later changes are MIGRATIONS below.
     """CREATE TABLE IF NOT EXISTS runs (
         run_id TEXT PRIMARY KEY,
         config TEXT NOT NULL,
@@ -67,22 +67,60 @@ _SCHEMA = [
 ]
 
 
+# Each entry upgrades the store from the version before it; a new store is created at version
+# 1 by _SCHEMA and then migrated like an old one, so both paths run the same statements.
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        # When the run last wrote: a "running" run on another host whose heartbeat is old
+        # is treated as crashed (a pid check only works on the same host).
+        "ALTER TABLE runs ADD COLUMN heartbeat REAL",
+        "CREATE INDEX IF NOT EXISTS sweep_runs_run ON sweep_runs (run_id)",
+    ],
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+STALE_AFTER_S = 600.0  # a run on another host that wrote nothing for this long has crashed
+
+
+def held_elsewhere(info: dict[str, Any]) -> bool:
+    """Whether a ``running`` run (its host, pid, heartbeat) is alive in another process."""
+    pid, host, heartbeat = info.get("pid"), info.get("host"), info.get("heartbeat")
+    if pid is None or (pid == os.getpid() and host == socket.gethostname()):
+        return False
+    if host != socket.gethostname():
+        # Another machine: trust its heartbeat (every record written refreshes it).
+        return heartbeat is not None and time.time() - heartbeat < STALE_AFTER_S
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def store_path(path: str | os.PathLike[str] | None = None) -> Path:
     """The store directory: ``path``, else $TRAINLAB_STORE, else ./trainlab-runs."""
     return Path(path or os.environ.get("TRAINLAB_STORE") or DEFAULT_STORE).expanduser()
 
 
-def open_store(path: str | os.PathLike[str] | None = None, *, create: bool = True) -> Store:
-    """Open (and with ``create``, make) the store at ``path``; see :func:`store_path`."""
-    return Store(store_path(path), create=create)
+def open_store(path: str | os.PathLike[str] | None = None, *, create: bool = True,
+               timeout: float = 30.0) -> Store:
+    """Open (and with ``create``, make) the store at ``path``; see :func:`store_path`.
+
+    ``timeout`` is how long to wait for another process's write lock.
+    """
+    return Store(store_path(path), create=create, timeout=timeout)
 
 
 class Store:
     """Runs and their metrics.  Safe for several processes (WAL, busy timeout)."""
 
-    def __init__(self, root: Path, *, create: bool = True) -> None:
+    def __init__(self, root: Path, *, create: bool = True, timeout: float = 30.0) -> None:
         self.root = root
         self.db_path = root / "trainlab.db"
+        self.read_only = False
         if not create and not self.db_path.is_file():
             raise ConfigError(f"no trainlab store at {str(root)!r} (looked for {self.db_path}); "
                               "run a sweep first, or pass --store / set TRAINLAB_STORE",
@@ -91,40 +129,79 @@ class Store:
             if create:
                 root.mkdir(parents=True, exist_ok=True)
                 (root / "runs").mkdir(exist_ok=True)
-            self.conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None)
-            self.conn.execute("PRAGMA busy_timeout = 30000")
-            if create:
-                self.conn.execute("PRAGMA journal_mode = WAL")
-                self.conn.execute("PRAGMA synchronous = NORMAL")
-                self._migrate()
-            else:
-                self._check_version()
+            self.conn = sqlite3.connect(self.db_path, timeout=timeout, isolation_level=None)
+            self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise ConfigError(
+                    f"the store at {str(root)!r} is locked by another process (waited "
+                    f"{timeout:g} s); wait for it or use another --store", field="--store"
+                ) from None
+            if create or "readonly" not in str(exc).replace("-", "").replace(" ", ""):
+                raise self._unusable(exc) from None
+            self._open_read_only()
         except (OSError, sqlite3.Error) as exc:
-            raise ConfigError(f"the store at {str(root)!r} cannot be used: {exc}. Choose a "
-                              "writable directory with --store or TRAINLAB_STORE.",
-                              field="--store") from None
+            raise self._unusable(exc) from None
+
+    def _unusable(self, exc: BaseException) -> ConfigError:
+        return ConfigError(f"the store at {str(self.root)!r} cannot be used: {exc}. Choose a "
+                           "writable directory with --store or TRAINLAB_STORE.",
+                           field="--store")
+
+    def _open_read_only(self) -> None:
+        """Readers of a store on read-only media: no locks, no migration."""
+        self.conn = sqlite3.connect(f"file:{self.db_path}?immutable=1", uri=True,
+                                    isolation_level=None)
+        self.read_only = True
+        version = self._version()
+        if version is None:
+            raise ConfigError(f"{self.db_path} is not a trainlab store", field="--store")
+        if version != SCHEMA_VERSION:
+            raise ConfigError(f"the store at {str(self.root)!r} is read-only and has schema "
+                              f"version {version}; this trainlab reads version "
+                              f"{SCHEMA_VERSION}. Open it once with write access to upgrade it.",
+                              field="--store")
 
     # --- schema --------------------------------------------------------------------------------
 
-    def _migrate(self) -> None:
-        with self._tx():
-            for statement in _SCHEMA:
-                self.conn.execute(statement)
-            row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            if row is None:
-                self.conn.execute("INSERT INTO meta VALUES ('schema_version', ?)",
-                                  (str(SCHEMA_VERSION),))
-            elif int(row[0]) > SCHEMA_VERSION:
-                raise ConfigError(f"the store at {self.root} has schema {row[0]}, newer than this "
-                                  f"trainlab understands ({SCHEMA_VERSION}); upgrade trainlab")
+    def _version(self) -> int | None:
+        try:
+            row = self.conn.execute(
+                "SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return int(row[0]) if row else None
 
-    def _check_version(self) -> None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            raise ConfigError(f"{self.db_path} is not a trainlab store")
+    def _migrate(self) -> None:
+        version = self._version()
+        if version is not None and version > SCHEMA_VERSION:
+            raise ConfigError(f"the store at {self.root} has schema version {version}, newer "
+                              f"than this trainlab understands ({SCHEMA_VERSION}); upgrade "
+                              "trainlab", field="--store")
+        if version == SCHEMA_VERSION:
+            return
+        with self._tx():
+            version = self._version()  # another process may have migrated meanwhile
+            if version is None:
+                for statement in _SCHEMA:
+                    self.conn.execute(statement)
+                self.conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+                version = 1
+            for target in sorted(v for v in MIGRATIONS if v > version):
+                for statement in MIGRATIONS[target]:
+                    self.conn.execute(statement)
+                self.conn.execute("UPDATE meta SET value=? WHERE key='schema_version'",
+                                  (str(target),))
+
+    @property
+    def schema_version(self) -> int | None:
+        return self._version()
 
     def _tx(self) -> _Transaction:
-        return _Transaction(self.conn)
+        return _Transaction(self.conn, self.root)
 
     def close(self) -> None:
         self.conn.close()
@@ -162,13 +239,22 @@ class Store:
                 self.conn.execute("INSERT INTO sweep_runs VALUES (?, ?, ?, ?)",
                                   (name, run_id, index, json.dumps(overrides, default=str)))
 
-    def start_run(self, run_id: str, env: dict[str, Any]) -> None:
+    def start_run(self, run_id: str, env: dict[str, Any]) -> bool:
+        """Claim the run for this process and mark it running; False when another live
+        process holds it (two sweeps that share a run never train it twice at once)."""
         with self._tx():
+            row = self.conn.execute("SELECT status, host, pid, heartbeat FROM runs WHERE "
+                                    "run_id=?", (run_id,)).fetchone()
+            if row is not None and row[0] == "running" and held_elsewhere(
+                    {"host": row[1], "pid": row[2], "heartbeat": row[3]}):
+                return False
             self.conn.execute(
                 "UPDATE runs SET status='running', started=COALESCE(started, ?), finished=NULL, "
-                "error=NULL, env=?, host=?, pid=?, attempts=attempts+1 WHERE run_id=?",
+                "error=NULL, env=?, host=?, pid=?, attempts=attempts+1, heartbeat=? "
+                "WHERE run_id=?",
                 (time.time(), json.dumps(env, default=str), socket.gethostname(), os.getpid(),
-                 run_id))
+                 time.time(), run_id))
+        return True
 
     def finish_run(self, run_id: str, status: str, error: str | None,
                    summary: dict[str, Any]) -> None:
@@ -181,15 +267,18 @@ class Store:
         """Insert metric rows in one transaction (a rewritten (run, key, step) replaces)."""
         if not records:
             return
+        now = time.time()
         with self._tx():
             self.conn.executemany(
                 "INSERT OR REPLACE INTO metrics VALUES (?, ?, ?, ?, ?, ?)",
                 [(r.run_id, r.key, r.step, r.epoch, r.time, r.value) for r in records])
+            self.conn.executemany("UPDATE runs SET heartbeat=? WHERE run_id=?",
+                                  [(now, run) for run in {r.run_id for r in records}])
 
-    def rewind(self, run_id: str, epoch: int) -> None:
-        """Drop the run's rows after ``epoch``: what a resume from that checkpoint redoes."""
+    def rewind(self, run_id: str, step: int) -> None:
+        """Drop the run's rows after ``step``: what a resume from that checkpoint redoes."""
         with self._tx():
-            self.conn.execute("DELETE FROM metrics WHERE run_id=? AND epoch>?", (run_id, epoch))
+            self.conn.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (run_id, step))
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -248,15 +337,16 @@ class Store:
         return pd.DataFrame(rows, columns=["run_id", "key", "step", "epoch", "time", "value"])
 
     def statuses(self, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """Status, host and pid of the given runs that are in the store."""
+        """Status, host, pid and last write time of the given runs that are in the store."""
         ids = list(run_ids)
         out: dict[str, dict[str, Any]] = {}
         for chunk in range(0, len(ids), 500):
             part = ids[chunk:chunk + 500]
             rows = self.conn.execute(
-                f"SELECT run_id, status, host, pid FROM runs WHERE run_id IN "
+                f"SELECT run_id, status, host, pid, heartbeat FROM runs WHERE run_id IN "
                 f"({','.join('?' * len(part))})", part).fetchall()
-            out.update({r[0]: {"status": r[1], "host": r[2], "pid": r[3]} for r in rows})
+            out.update({r[0]: {"status": r[1], "host": r[2], "pid": r[3], "heartbeat": r[4]}
+                        for r in rows})
         return out
 
     def find_run(self, prefix: str) -> str:
@@ -276,11 +366,17 @@ class Store:
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): one writer at a time, no lost update."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def __init__(self, conn: sqlite3.Connection, root: Path) -> None:
+        self.conn, self.root = conn, root
 
     def __enter__(self) -> None:
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise ConfigError(f"the store at {str(self.root)!r} is locked by another process; "
+                              "wait for it or use another --store", field="--store") from None
 
     def __exit__(self, exc_type: object, *rest: object) -> None:
         self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
