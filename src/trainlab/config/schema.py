@@ -60,6 +60,15 @@ class TrainSpec(_Frozen):
     early_stopping: EarlyStoppingSpec | None = None
     checkpoint: bool = Field(default=True, description="checkpoint every epoch, for resume")
     threads: PositiveInt | None = Field(default=None, description="torch intra-op threads")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="autocast dtype for forward and loss (fp16 adds a grad scaler)")
+    compile: bool = Field(default=False, description="torch.compile the model (compile time "
+                          "is recorded as time/compile, apart from training time)")
+    channels_last: Literal["auto"] | bool = Field(
+        default="auto", description="channels-last memory format for conv models (auto: on CUDA)")
+    data_on_device: Literal["auto"] | bool = Field(
+        default="auto", description="keep the whole dataset on the accelerator (auto: when it "
+        "takes under half the free memory); else pinned host batches copied asynchronously")
 
 
 class SweepConfig(_Frozen):

@@ -39,7 +39,9 @@ from trainlab.config.schema import RunConfig
 from trainlab.engine import interrupt
 from trainlab.engine.callbacks import Callback, EarlyStopping, StopTraining
 from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
+from trainlab.engine.flops import measure_peak_flops, train_step_flops
 from trainlab.engine.measure import Clock, PeakMemory, grad_norm, resolve_device
+from trainlab.engine.speed import Speed, decide
 from trainlab.engine.tasks import TASKS, TaskKind
 from trainlab.errors import Diverged, RunError
 from trainlab.records import MetricRecord, NullSink, RecordSink
@@ -172,9 +174,17 @@ class _Trainer:
         steps_per_epoch = math.ceil(len(data.train) / bs)
         schedule = build_schedule(cfg.schedule, optimizer,
                                   ScheduleContext(tc.epochs, steps_per_epoch))
-        self.train_split = _to(data.train, device)
-        self.valid_split = _to(data.valid, device)
-        self.test_split = _to(data.test, device)
+        self.speed: Speed = decide(tc, model, device, [data.train, data.valid, data.test])
+        place = (lambda s: _to(s, device)) if self.speed.data_on_device else _pinned
+        self.train_split = place(data.train)
+        self.valid_split = place(data.valid)
+        self.test_split = place(data.test)
+        self.warmup_time: float | None = None  # the first step in this process, timed apart
+        # Model FLOPs utilization: FLOPs traced on the meta device against the matmul peak
+        # measured now, in this process, under the same load as the run.
+        with torch.random.fork_rng(devices=[]):  # measuring must not move the run's RNG
+            self.step_flops = train_step_flops(cfg.model, data.info, bs)
+            self.peak_flops = measure_peak_flops(device, self.speed.amp_dtype or torch.float32)
         default_eval = bs if data.info.task == "lm" else max(bs, 256)
         self.eval_bs = cfg.data.eval_batch_size or default_eval  # type: ignore[attr-defined]
         self.memory = PeakMemory(device)
@@ -199,7 +209,11 @@ class _Trainer:
             self.sink.rewind(self.run_id, state.step)
         else:
             self.sink.rewind(self.run_id, -1)
-            self._record(0, {"params/total": total, "params/trainable": trainable}, epoch=0)
+            constants = {"params/total": total, "params/trainable": trainable,
+                         "perf/peak_flops_per_s": self.peak_flops}
+            if self.step_flops is not None:
+                constants["perf/flops_per_step"] = self.step_flops
+            self._record(0, constants, epoch=0)
         state.start_step = state.step
         for cb in self.callbacks:
             cb.on_run_start(state)
@@ -229,7 +243,13 @@ class _Trainer:
         params = self.params
         x_all, y_all = self.train_split.inputs, self.train_split.targets
         bs = self.config.data.batch_size  # type: ignore[attr-defined]
-        order = epoch_permutation(len(self.train_split), tc.seed, epoch).to(state.device)
+        order = epoch_permutation(len(self.train_split), tc.seed, epoch).to(x_all.device)
+        speed = self.speed
+        forward, fetch, scaler = speed.forward, speed.fetcher(self.train_split), speed.scaler
+        amp = speed.amp_dtype is not None
+        # The first step a process takes pays for lazy initialisation (kernel selection,
+        # allocator growth, compilation with train.compile): it is timed apart as warm-up.
+        warming = self.warmup_time is None
         log_every, eval_every, clip = tc.log_every, tc.eval_every, tc.clip_grad_norm
         keep = task.keeps_outputs
         step_callbacks = [c for c in self.callbacks
@@ -239,6 +259,7 @@ class _Trainer:
         first_batch = partial["batch"] if partial else 0
         self.epoch_sums = list(partial["sums"]) if partial else [0.0, 0.0, 0]
         time_before = partial["train_time"] if partial else 0.0
+        samples = partial.get("samples", 0) if partial else 0  # timed samples of this epoch
         evaluated_at = partial["evaluated_at"] if partial else -1
         self.pending: list[tuple[Tensor, Tensor | None, Tensor | None, int]] = []
         self.paused = 0.0  # eval and I/O inside this epoch, subtracted from training time
@@ -248,19 +269,43 @@ class _Trainer:
         self.t_interval, self.paused_at_interval = t_start, 0.0
         batches = order.split(bs)
         for batch, idx in enumerate(batches[first_batch:], first_batch + 1):
+            if warming:
+                t_warm = self.clock.now()
             is_log = (state.step + 1) % log_every == 0
-            x, y = x_all[idx], y_all[idx]
+            x, y = (x_all[idx], y_all[idx]) if fetch is None else fetch(idx)
             optimizer.zero_grad(set_to_none=True)
-            out = model(x)
-            loss = task.loss(out, y)
-            loss.backward()
+            if amp:
+                with speed.autocast():
+                    out = forward(x)
+                    loss = task.loss(out, y)
+            else:
+                out = forward(x)
+                loss = task.loss(out, y)
             norm = None
-            if clip is not None:
-                norm = torch.nn.utils.clip_grad_norm_(params, clip)
-            elif is_log:
-                norm = grad_norm(params)
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                if clip is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                elif is_log:
+                    norm = grad_norm(params)
+                optimizer.step()
+            else:  # fp16: scale the loss; unscale before reading or clipping gradients
+                scaler.scale(loss).backward()
+                if clip is not None or is_log:
+                    scaler.unscale_(optimizer)
+                    norm = (torch.nn.utils.clip_grad_norm_(params, clip) if clip is not None
+                            else grad_norm(params))
+                scaler.step(optimizer)
+                scaler.update()
             schedule.after_step()
+            if warming:
+                self.warmup_time = self.clock.now() - t_warm
+                self.paused += self.warmup_time
+                samples -= len(idx)
+                key = "time/compile" if speed.compiled else "time/warmup"
+                self._record(state.step + 1, {key: self.warmup_time})
+                warming = False
+            samples += len(idx)
             self.pending.append((loss.detach(), out.detach() if keep else None,
                                  y if keep else None, y.numel()))
             state.step += 1
@@ -282,7 +327,8 @@ class _Trainer:
                 spent = self.clock.now() - t_start - self.paused - (self.io_time - io_before)
                 self._checkpoint(epoch - 1, partial={
                     "epoch": epoch, "batch": batch, "sums": self.epoch_sums,
-                    "train_time": time_before + spent, "evaluated_at": evaluated_at})
+                    "train_time": time_before + spent, "evaluated_at": evaluated_at,
+                    "samples": samples})
                 raise KeyboardInterrupt
         self._log_interval(None)
         t_end = self.clock.now()
@@ -293,15 +339,19 @@ class _Trainer:
         if evaluated_at != state.step:
             self._validate()
         schedule.after_epoch()
-        n = len(self.train_split)
         values.update({
             "time/epoch_train": epoch_time,
             "time/train": state.train_time,
-            "throughput/samples_per_s": n / epoch_time if epoch_time > 0 else float("nan"),
+            "throughput/samples_per_s": samples / epoch_time if epoch_time > 0 else float("nan"),
         })
         if state.info.task == "lm":
             values["throughput/tokens_per_s"] = (
                 values["throughput/samples_per_s"] * state.info.tokens_per_example)
+        if self.step_flops is not None and epoch_time > 0:
+            # FLOPs scale with samples (the last batch of an epoch may be short).
+            rate = self.step_flops * samples / bs / epoch_time
+            values["perf/flops_per_s"] = rate
+            values["perf/mfu"] = rate / self.peak_flops
         values.update(self.memory.read())
         self.epoch_stats.append(values)
         self._record(state.step, values)
@@ -358,7 +408,7 @@ class _Trainer:
 
     def _evaluate(self, split: Split) -> tuple[dict[str, float], float, int]:
         """(loss and metric, seconds, batches) over ``split``; one host sync at the end."""
-        state, task = self._st, self.task
+        state, task, speed = self._st, self.task, self.speed
         model = state.model
         was_training = model.training
         model.eval()
@@ -366,11 +416,16 @@ class _Trainer:
         loss_sum = torch.zeros((), device=state.device)
         metric_sum = torch.zeros((), device=state.device)
         count = batches = 0
-        with torch.inference_mode():
+        with torch.inference_mode(), speed.autocast():
             for start in range(0, len(split), self.eval_bs):
                 x = split.inputs[start:start + self.eval_bs]
                 y = split.targets[start:start + self.eval_bs]
-                batch_loss, batch_metric = task.sums(model(x), y)
+                if not speed.data_on_device:
+                    x = x.to(state.device, non_blocking=True)
+                    y = y.to(state.device, non_blocking=True)
+                if speed.channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                batch_loss, batch_metric = task.sums(speed.forward(x), y)
                 loss_sum += batch_loss.float()
                 metric_sum += batch_metric.float()
                 count += task.weight(y)
@@ -468,6 +523,7 @@ class _Trainer:
             "elapsed": self.elapsed_offset + (time.perf_counter() - self.t0),
             "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
             "schedule": state.schedule.state_dict(), "best": self.best,
+            "scaler": self.speed.scaler.state_dict() if self.speed.scaler else None,
             "stop_reason": self.stop_reason, "epoch_stats": self.epoch_stats,
             "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
             "rng": {
@@ -492,6 +548,8 @@ class _Trainer:
         state.model.load_state_dict(ckpt["model"])
         state.optimizer.load_state_dict(ckpt["optimizer"])
         state.schedule.load_state_dict(ckpt["schedule"])
+        if self.speed.scaler is not None and ckpt.get("scaler"):
+            self.speed.scaler.load_state_dict(ckpt["scaler"])
         state.epoch, state.step = ckpt["epoch"], ckpt["step"]
         state.train_time = ckpt["train_time"]
         self.elapsed_offset = ckpt["elapsed"]
@@ -530,6 +588,14 @@ class _Trainer:
                      if math.isfinite(s["throughput/samples_per_s"])]
             out["samples_per_s"] = statistics.median(rates) if rates else None
             out["peak_memory_bytes"] = max(s["memory/peak_bytes"] for s in self.epoch_stats)
+            mfus = [s["perf/mfu"] for s in self.epoch_stats if "perf/mfu" in s]
+            out["mfu"] = statistics.median(mfus) if mfus else None
+        if getattr(self, "speed", None) is not None and self.state is not None:
+            out["speed"] = self.speed.describe(self.state.optimizer)
+            out["flops_per_step"] = self.step_flops
+            out["peak_flops_per_s"] = self.peak_flops
+            if self.warmup_time is not None:
+                out["compile_time" if self.speed.compiled else "warmup_time"] = self.warmup_time
         if self.stop_reason:
             out["stopped_early"] = self.stop_reason
         if self.notes:
@@ -539,6 +605,11 @@ class _Trainer:
 
 def _to(split: Split, device: torch.device) -> Split:
     return Split(split.inputs.to(device), split.targets.to(device))
+
+
+def _pinned(split: Split) -> Split:
+    """Host-resident data for an accelerator that cannot hold it: page-locked for async copies."""
+    return Split(split.inputs.pin_memory(), split.targets.pin_memory())
 
 
 def _oom_message(config: RunConfig, exc: BaseException) -> str:

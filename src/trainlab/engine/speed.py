@@ -1,0 +1,109 @@
+"""Speed options that keep results honest: each is decided once per run and recorded with it.
+
+- precision: autocast to bf16 or fp16 for forward and loss; fp16 adds a gradient scaler.
+- compile: ``torch.compile`` of the forward model; the first step (where compilation happens)
+  is timed apart and reported as ``time/compile``, not as training time.
+- channels_last: the channels-last memory format for models with 2-D convolutions
+  (auto: on CUDA, where cuDNN prefers it; on CPU it was no faster here).
+- data_on_device: the whole dataset lives on the accelerator when it takes under half the free
+  memory (batches are then gathered on the device, no copies); otherwise it stays in pinned
+  host memory and each batch is copied asynchronously.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trainlab.components.datasets import Split
+from trainlab.config.schema import TrainSpec
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Speed:
+    """The decided speed options of one run and the helpers the loop calls."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    scaler: Any | None  # torch.amp.GradScaler for fp16
+    channels_last: bool
+    data_on_device: bool
+    forward: nn.Module  # the compiled model, or the model itself
+    compiled: bool
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def fetcher(self, split: Split) -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
+        """A batch fetcher for host-resident data or channels-last; None: plain indexing."""
+        if self.data_on_device and not self.channels_last:
+            return None
+        device, cl = self.device, self.channels_last
+        on_device = self.data_on_device
+        inputs, targets = split.inputs, split.targets
+
+        def fetch(idx: Tensor) -> tuple[Tensor, Tensor]:
+            if on_device:
+                x, y = inputs[idx], targets[idx]
+            else:
+                host = idx.cpu()
+                # Pinned (page-locked) batches let the copy overlap the previous step.
+                x = inputs[host].pin_memory().to(device, non_blocking=True)
+                y = targets[host].pin_memory().to(device, non_blocking=True)
+            if cl and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            return x, y
+
+        return fetch
+
+    def describe(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """What was on, for the run's summary and report."""
+        defaults = optimizer.defaults
+        return {
+            "fused": bool(defaults.get("fused")),
+            "foreach": bool(defaults.get("foreach")),
+            "precision": {None: "fp32", torch.bfloat16: "bf16",
+                          torch.float16: "fp16"}[self.amp_dtype],
+            "compile": self.compiled,
+            "channels_last": self.channels_last,
+            "data_on_device": self.data_on_device,
+            "threads": torch.get_num_threads(),
+        }
+
+
+def _has_conv2d(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def _fits_on_device(splits: list[Split], device: torch.device) -> bool:
+    if device.type != "cuda":
+        return True
+    need = sum(t.numel() * t.element_size() for s in splits for t in (s.inputs, s.targets))
+    free, _ = torch.cuda.mem_get_info(device)
+    return need < free / 2
+
+
+def decide(train: TrainSpec, model: nn.Module, device: torch.device,
+           splits: list[Split]) -> Speed:
+    """Resolve the run's speed options ("auto" included) for this model and device."""
+    channels_last = (train.channels_last if isinstance(train.channels_last, bool)
+                     else device.type == "cuda") and _has_conv2d(model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    on_device = (train.data_on_device if isinstance(train.data_on_device, bool)
+                 else _fits_on_device(splits, device)) or device.type == "cpu"
+    amp_dtype = _DTYPES.get(train.precision)
+    scaler = torch.amp.GradScaler(device.type) if train.precision == "fp16" else None
+    forward: nn.Module = model
+    if train.compile:
+        forward = torch.compile(model)  # type: ignore[assignment]
+    return Speed(device, amp_dtype, scaler, channels_last, on_device, forward, train.compile)
