@@ -1,0 +1,221 @@
+"""What the benchmarks share: workloads, contenders, and a steady allocator.
+
+Every contender trains the same model on the same data with the same seed; each is timed over
+the training steps of one epoch (validation and checkpoints excluded for all), after the same
+warm-up.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+
+
+def steady_allocator(module: str) -> None:
+    """Re-execute ``python -m module`` with glibc's malloc thresholds set high.
+
+    The defaults cause hundreds to thousands of page faults per step on these small models and
+    2x timing outliers; every contender then runs under the same, steadier settings.
+    """
+    if any(os.environ.get(k) != v for k, v in _MALLOC.items()):
+        os.execve(sys.executable, [sys.executable, "-m", module, *sys.argv[1:]],
+                  {**os.environ, **_MALLOC})
+
+
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from trainlab.components import build_model, build_optimizer, load_dataset  # noqa: E402
+from trainlab.config.schema import resolve_component, resolve_run  # noqa: E402
+from trainlab.engine import Callback, RunState, epoch_permutation, train  # noqa: E402
+from trainlab.engine.tasks import TASKS  # noqa: E402
+from trainlab.store import open_store  # noqa: E402
+
+FMNIST = {"name": "synthetic", "n_samples": 12000, "shape": [1, 28, 28], "n_classes": 10}
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "mlp-fmnist-b10": {
+        "data": {**FMNIST, "n_samples": 3000, "batch_size": 10},
+        "model": {"name": "mlp", "hidden_dim": 256},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+    },
+    "mlp-fmnist-b32": {
+        "data": {**FMNIST, "n_samples": 6000, "batch_size": 32},
+        "model": {"name": "mlp", "hidden_dim": 256},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+    },
+    "mlp-fmnist-b256": {
+        "data": {**FMNIST, "n_samples": 24000, "batch_size": 256},
+        "model": {"name": "mlp", "hidden_dim": 256},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+    },
+    "digits-mlp": {
+        "data": {"name": "digits", "batch_size": 32},
+        "model": {"name": "mlp", "hidden_dim": 128},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+    },
+    "lstm-lm": {
+        "data": {"name": "pydoc-lm", "seq_len": 32, "batch_size": 32, "limit": 1500},
+        "model": {"name": "lstm", "embed_dim": 64, "hidden_dim": 128, "dropout": 0.1},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+    },
+    "gpt-lm": {
+        "data": {"name": "pydoc-lm", "seq_len": 32, "batch_size": 32, "limit": 1500},
+        "model": {"name": "gpt", "embed_dim": 64, "hidden_dim": 128, "heads": 4},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+    },
+}
+
+
+def with_options(raw: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with dotted ``options`` (``train.precision: bf16``) applied."""
+    out = copy.deepcopy(raw)
+    for key, value in options.items():
+        section, field = key.split(".", 1)
+        out.setdefault(section, {})[field] = value
+    return out
+
+
+class StepTimer(Callback):
+    """Wall time from the start of an epoch to the end of its last step."""
+
+    def __init__(self) -> None:
+        self.epochs: list[tuple[float, int]] = []
+
+    def on_epoch_start(self, state: RunState) -> None:
+        self.start, self.first_step = time.perf_counter(), state.step
+
+    def on_step_end(self, state: RunState) -> None:
+        self.end = time.perf_counter()
+        self.steps = state.step - self.first_step
+
+    def on_epoch_end(self, state: RunState, values: Any) -> None:
+        self.epochs.append((self.end - self.start, self.steps))
+
+
+def engine(raw: dict[str, Any], store_root: Path) -> float:
+    """trainlab's engine, every measurement on, records into a real SQLite store."""
+    config = resolve_run(raw)
+    timer = StepTimer()
+    store = open_store(store_root)
+    run_id = f"bench-{time.perf_counter_ns()}"
+    store.register_sweep("bench", {}, [], [(run_id, 1, {}, config.to_dict())])
+    outcome = train(config, run_id=run_id, run_dir=store.run_dir(run_id), sink=store,
+                    callbacks=[timer], resume=False)
+    assert outcome.status == "ok", outcome.error
+    store.close()
+    seconds, steps = timer.epochs[-1]
+    return seconds / steps
+
+
+def _prepare(raw: dict[str, Any], trainlab_optimizer: bool) -> tuple[Any, Any, Any, Any]:
+    config = resolve_run(raw)
+    data = load_dataset(config.data)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model, data.info)
+    if trainlab_optimizer:
+        opt = build_optimizer(config.optimizer, model.parameters())
+    else:  # what people write: torch's defaults (the for-loop kernels on CPU)
+        spec = config.optimizer
+        opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
+               "sgd": torch.optim.SGD}[spec.name](model.parameters(), lr=spec.lr)
+    return config, data, model, opt
+
+
+def plain(raw: dict[str, Any], _: Path, trainlab_optimizer: bool = False) -> float:
+    """A hand-written loop: batches indexed from memory, nothing measured."""
+    config, data, model, opt = _prepare(raw, trainlab_optimizer)
+    loss_fn = TASKS[data.info.task].loss
+    x_all, y_all = data.train.inputs, data.train.targets
+    batches = epoch_permutation(len(x_all), config.train.seed, 1).split(config.data.batch_size)
+    model.train()
+    start = time.perf_counter()
+    for idx in batches:
+        x, y = x_all[idx], y_all[idx]
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return (time.perf_counter() - start) / len(batches)
+
+
+def script(raw: dict[str, Any], _: Path) -> float:
+    """A typical course script: DataLoader, loss.item() every step, a tqdm bar."""
+    config, data, model, opt = _prepare(raw, False)
+    loss_fn = TASKS[data.info.task].loss
+    loader = DataLoader(TensorDataset(data.train.inputs, data.train.targets),
+                        batch_size=config.data.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    try:
+        from tqdm import tqdm
+
+        def wrap(it: Any) -> Any:
+            return tqdm(it, leave=False, file=sys.stderr, mininterval=0.1)
+    except ImportError:
+        wrap = iter
+    model.train()
+    running, n = 0.0, 0
+    start = time.perf_counter()
+    for x, y in wrap(loader):
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        running += loss.item()  # the habit: a host sync every step
+        n += 1
+    return (time.perf_counter() - start) / n
+
+
+def lightning(raw: dict[str, Any], _: Path, progress_bar: bool = False) -> float:
+    """Lightning's Trainer with a DataLoader over the same tensors."""
+    import lightning as L
+
+    config, data, model, _opt = _prepare(raw, False)
+    loss_fn = TASKS[data.info.task].loss
+    spec = config.optimizer
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return loss_fn(self.model(x), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+            return cls[spec.name](self.model.parameters(), lr=spec.lr)
+
+    class Timer(L.Callback):
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            self.start, self.n = time.perf_counter(), 0
+
+        def on_train_batch_end(self, *args: Any) -> None:
+            self.end, self.n = time.perf_counter(), self.n + 1
+
+    timer = Timer()
+    loader = DataLoader(TensorDataset(data.train.inputs, data.train.targets),
+                        batch_size=config.data.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False,
+                            enable_checkpointing=False, enable_model_summary=False,
+                            enable_progress_bar=progress_bar, num_sanity_val_steps=0,
+                            callbacks=[timer])
+        trainer.fit(Module(), loader)
+    return (timer.end - timer.start) / timer.n
+
+
+Contender = Callable[[dict[str, Any], Path], float]
+
+
+def model_spec(raw: dict[str, Any]) -> Any:
+    return resolve_component("model", raw["model"])
