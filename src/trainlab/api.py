@@ -38,12 +38,23 @@ def plan(config: str | os.PathLike[str] | dict[str, Any] | SweepConfig, *,
 
 def run(config: str | os.PathLike[str] | dict[str, Any] | SweepConfig | None = None, *,
         store: str | os.PathLike[str] | Store | None = None, overrides: list[str] | None = None,
-        example: str | None = None, observer: SweepObserver | None = None) -> SweepResult:
-    """Plan and train a sweep into the store; finished runs are skipped, interrupted resumed."""
+        example: str | None = None, observer: SweepObserver | None = None,
+        estimate: bool = True) -> SweepResult:
+    """Plan and train a sweep into the store; finished runs are skipped, interrupted resumed.
+
+    With ``estimate`` each run to train is first predicted (see :mod:`trainlab.estimate`) and
+    the prediction is stored with it, as ``trainlab run`` does.
+    """
+    from trainlab.estimate import estimate_runs
+
     sweep = load(config or {}, overrides=overrides, example=example)
     st = store if isinstance(store, Store) else open_store(store)
     the_plan = make_plan(sweep, st)
+    estimates = (estimate_runs({r.run_id: r.run.config for r in the_plan.todo})
+                 if estimate and the_plan.todo else {})
     the_plan.register(st)
+    if estimates:
+        st.set_estimates({k: e.to_dict() for k, e in estimates.items()})
     from trainlab.engine.interrupt import graceful_sigint
 
     with graceful_sigint():

@@ -47,6 +47,10 @@ SetOpt = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
                       help="Override a config field for every run, e.g. --set train.epochs=2 "
                            "(repeatable; grid.KEY=[..] edits a grid axis).")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+FitOpt = typer.Option(
+    None, "--fit-memory", metavar="BYTES|auto",
+    help="Refuse runs whose predicted peak memory exceeds this (8e9, 16GiB, auto = the "
+         "device's memory) and suggest the largest batch size that fits.")
 ExampleOpt = typer.Option(
     None, "--example", "-e", metavar="NAME",
     help="Use a built-in example instead of CONFIG (see `trainlab examples`).")
@@ -100,6 +104,11 @@ def run(
     overrides: list[str] | None = SetOpt,
     as_json: bool = JsonOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    estimate: bool = typer.Option(
+        True, "--estimate/--no-estimate",
+        help="Predict each run's peak memory and time first (a short calibration probe per "
+             "distinct setup) and store the prediction with the run."),
+    fit_memory: str | None = FitOpt,
 ) -> None:
     """Train every run of a sweep into the store.
 
@@ -113,7 +122,16 @@ def run(
     sweep = _guard(lambda: _load(config, example, overrides))
     st = _guard(lambda: open_store(store))
     the_plan = _guard(lambda: make_plan(sweep, st))
+    estimates: dict[str, Any] = {}
+    if fit_memory:
+        _validate_size(fit_memory)
+    if (estimate or fit_memory) and the_plan.todo:
+        estimates = _estimate(the_plan, the_plan.todo, calibrate=True, quiet=quiet or as_json)
+        if fit_memory:
+            _guard(lambda: _check_fit(the_plan, estimates, fit_memory))
     the_plan.register(st)
+    if estimates:
+        st.set_estimates({k: e.to_dict() for k, e in estimates.items()})
     from trainlab.engine.interrupt import graceful_sigint
 
     observer = _Progress(the_plan, quiet=quiet or as_json)
@@ -283,6 +301,116 @@ def _sweep_json(plan: Plan, store: Any) -> dict[str, Any]:
         {"index": p.index, "run_id": p.run_id, "varied": p.varied,
          "status": runs.loc[p.run_id, "status"], "summary": runs.loc[p.run_id, "summary"]}
         for p in plan.runs]}
+
+
+# --- estimate ----------------------------------------------------------------------------------
+
+
+def _estimate(plan: Plan, runs: Sequence[PlannedRun], *, calibrate: bool,
+              quiet: bool) -> dict[str, Any]:
+    from trainlab.estimate import estimate_runs
+
+    if not quiet:
+        err.print(f"estimating {len(runs)} runs"
+                  + (" (a short calibration probe per distinct setup)" if calibrate else ""))
+    configs = {r.run_id: r.run.config for r in runs}
+    return estimate_runs(configs, calibrate=calibrate)
+
+
+def _check_fit(plan: Plan, estimates: Mapping[str, Any], budget_text: str) -> None:
+    from trainlab.engine.measure import resolve_device
+    from trainlab.estimate import largest_fitting_batch, memory_budget
+
+    problems = []
+    for planned in plan.runs:
+        est = estimates.get(planned.run_id)
+        if est is None:
+            continue
+        config = planned.run.config
+        budget = memory_budget(budget_text, resolve_device(config.train.device))
+        if est.peak_bytes > budget:
+            best = largest_fitting_batch(config, budget, est)
+            hint = (f"data.batch_size={best} fits" if best else "no batch size fits: use a "
+                    "smaller model or a bigger device")
+            problems.append(f"run {planned.index} ({_describe(planned)}): predicted peak "
+                            f"{_mb(est.peak_bytes)} > {_mb(budget)}; {hint}")
+    if problems:
+        raise ConfigError("`--fit-memory`: some runs will not fit:\n  " + "\n  ".join(problems))
+
+
+def _validate_size(text: str) -> None:
+    """Fail fast on a malformed --fit-memory, before any probe runs."""
+    import torch
+
+    from trainlab.estimate import memory_budget
+
+    _guard(lambda: memory_budget(text, torch.device("cpu")))
+
+
+def _mb(n: float) -> str:
+    """Bytes for people: 3 significant digits in the largest binary unit below the value."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+@app.command("estimate")
+def estimate_cmd(
+    config: Path | None = typer.Argument(None, help="Sweep YAML file.", show_default=False),
+    example: str | None = ExampleOpt,
+    overrides: list[str] | None = SetOpt,
+    calibrate: bool = typer.Option(
+        True, "--calibrate/--no-calibrate",
+        help="Time and measure a few real steps per distinct setup (default), or predict from "
+             "FLOPs over the measured matmul peak and traced memory (instant, a lower bound)."),
+    fit_memory: str | None = FitOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Predict parameters, peak memory and time of every run before running it."""
+    from trainlab.config.grid import short_names
+    from trainlab.plan import make_plan
+
+    sweep = _guard(lambda: _load(config, example, overrides))
+    if fit_memory:
+        _validate_size(fit_memory)
+    the_plan = _guard(lambda: make_plan(sweep, None))
+    estimates = _guard(lambda: _estimate(the_plan, the_plan.runs, calibrate=calibrate,
+                                         quiet=as_json))
+    total = sum(e.run_s for e in estimates.values())
+    if as_json:
+        out.print_json(data={"sweep": sweep.name, "total_run_s": total, "runs": [
+            {"index": r.index, "run_id": r.run_id, "varied": r.varied,
+             **estimates[r.run_id].to_dict()} for r in the_plan.runs]})
+    else:
+        labels = short_names(the_plan.varied)
+        method = next(iter(estimates.values())).method
+        table = Table(title=f"sweep {sweep.name}: predicted ({method} method); whole sweep "
+                            f"{_seconds(total)}", title_justify="left")
+        for col in ["#", *labels.values(), "params", "trainable", "weights+grads+opt",
+                    "activations", "peak memory", "ms/step", "s/epoch", "run"]:
+            table.add_column(col, justify="right")
+        for r in the_plan.runs:
+            e = estimates[r.run_id]
+            table.add_row(
+                str(r.index), *[_fmt(r.varied[k]) for k in the_plan.varied],
+                f"{e.params_total:,}", f"{e.params_trainable:,}",
+                _mb(e.param_bytes + e.grad_bytes + e.optimizer_bytes),
+                _mb(e.activation_bytes) if e.activation_bytes is not None else "?",
+                _mb(e.peak_bytes), f"{e.step_s * 1e3:.3g}",
+                f"{e.epoch_train_s + e.epoch_eval_s:.3g}", _seconds(e.run_s))
+        out.print(table)
+        out.print("peak memory is what the run reports as memory/peak_bytes: on CPU the "
+                  "process's peak RSS (Python, torch and the data included); activations are "
+                  "traced on the meta device.", highlight=False)
+    if fit_memory:
+        _guard(lambda: _check_fit(the_plan, estimates, fit_memory))
+
+
+def _seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
 
 # --- plan --------------------------------------------------------------------------------------

@@ -169,3 +169,33 @@ def test_a_run_that_raises_is_failed_and_the_sweep_goes_on(
     assert list(runs["status"]) == ["failed", "ok"]
     assert "simulated crash in forward" in runs["error"].iloc[0]
     assert "simulated crash" in result.output  # the reason is shown, not just "failed"
+
+
+def test_estimate_command_and_stored_estimates(tiny: dict, write_config,
+                                               store_dir: Path) -> None:
+    tiny["grid"] = {"model.hidden_dim": [4, 8]}
+    cfg = write_config(tiny)
+    shown = _run("estimate", str(cfg), "--json")
+    assert shown.exit_code == 0, shown.output
+    data = json.loads(shown.output)
+    assert [r["method"] for r in data["runs"]] == ["probe", "probe"]
+    assert data["total_run_s"] == pytest.approx(sum(r["run_s"] for r in data["runs"]))
+    assert data["runs"][0]["params_total"] == 8 * 4 + 4 + 4 * 3 + 3
+    table = _run("estimate", str(cfg), "--no-calibrate")
+    assert table.exit_code == 0 and "flops method" in table.output
+    ran = _run("run", str(cfg), "--store", str(store_dir), "-q")
+    assert ran.exit_code == 0
+    runs = open_store(store_dir).runs("tiny")
+    assert all(e["method"] == "probe" and e["peak_bytes"] > 0 for e in runs["estimate"])
+
+
+def test_fit_memory_refuses_runs_that_do_not_fit(tiny: dict, write_config,
+                                                 store_dir: Path) -> None:
+    cfg = write_config(tiny)
+    result = _run("run", str(cfg), "--store", str(store_dir), "--fit-memory", "10MB")
+    assert result.exit_code == 2
+    assert "will not fit" in result.output and "predicted peak" in result.output
+    assert not (store_dir / "trainlab.db").exists() or open_store(store_dir).runs().empty
+    assert _run("estimate", str(cfg), "--fit-memory", "1TiB").exit_code == 0
+    bad = _run("estimate", str(cfg), "--fit-memory", "plenty")
+    assert bad.exit_code == 2 and "is not a size" in bad.output

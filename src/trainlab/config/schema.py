@@ -66,6 +66,8 @@ class TrainSpec(_Frozen):
                           "is recorded as time/compile, apart from training time)")
     channels_last: Literal["auto"] | bool = Field(
         default="auto", description="channels-last memory format for conv models (auto: on CUDA)")
+    gpu_sample_every: PositiveFloat = Field(
+        default=0.5, description="seconds between NVML samples of GPU utilization and memory")
     data_on_device: Literal["auto"] | bool = Field(
         default="auto", description="keep the whole dataset on the accelerator (auto: when it "
         "takes under half the free memory); else pinned host batches copied asynchronously")

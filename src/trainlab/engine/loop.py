@@ -41,6 +41,7 @@ from trainlab.engine.callbacks import Callback, EarlyStopping, StopTraining
 from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
 from trainlab.engine.measure import Clock, PeakMemory, grad_norm, resolve_device
+from trainlab.engine.sampler import nvml_sampler
 from trainlab.engine.speed import Speed, decide
 from trainlab.engine.tasks import TASKS, TaskKind
 from trainlab.errors import Diverged, RunError
@@ -143,6 +144,9 @@ class _Trainer:
             else:
                 status, error = "failed", traceback.format_exc()
         finally:
+            sampler = getattr(self, "sampler", None)
+            if sampler is not None:
+                sampler.stop()
             try:
                 self._flush()
             except KeyboardInterrupt:
@@ -189,6 +193,9 @@ class _Trainer:
         self.eval_bs = cfg.data.eval_batch_size or default_eval  # type: ignore[attr-defined]
         self.memory = PeakMemory(device)
         self.memory.reset()
+        self.sampler = nvml_sampler(device, tc.gpu_sample_every)
+        if self.sampler is not None:
+            self.sampler.start()
         self.state = state = RunState(self.run_id, cfg, data.info, device, model, optimizer,
                                       schedule, steps_per_epoch)
         if tc.early_stopping is not None and not any(
@@ -353,6 +360,8 @@ class _Trainer:
             values["perf/flops_per_s"] = rate
             values["perf/mfu"] = rate / self.peak_flops
         values.update(self.memory.read())
+        if self.sampler is not None:
+            values.update(self.sampler.drain())
         self.epoch_stats.append(values)
         self._record(state.step, values)
         self._flush()

@@ -111,6 +111,19 @@ def rss_peak_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def rss_bytes() -> int:
+    """The process's current resident set size."""
+    try:
+        match = re.search(r"VmRSS:\s+(\d+)\s+kB", _STATUS.read_text())
+        if match:
+            return int(match.group(1)) * 1024
+    except OSError:
+        pass
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
 def grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
     """The global L2 norm of the gradients, left on the device (no host sync)."""
     grads = [p.grad for p in params if p.grad is not None]

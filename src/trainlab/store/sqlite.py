@@ -76,6 +76,8 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE runs ADD COLUMN heartbeat REAL",
         "CREATE INDEX IF NOT EXISTS sweep_runs_run ON sweep_runs (run_id)",
     ],
+    # The run's predicted memory and time, made before it trained (trainlab.estimate).
+    3: ["ALTER TABLE runs ADD COLUMN estimate TEXT"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -239,6 +241,12 @@ class Store:
                 self.conn.execute("INSERT INTO sweep_runs VALUES (?, ?, ?, ?)",
                                   (name, run_id, index, json.dumps(overrides, default=str)))
 
+    def set_estimates(self, estimates: dict[str, dict[str, Any]]) -> None:
+        """Store each run's prediction (replacing an older one)."""
+        with self._tx():
+            self.conn.executemany("UPDATE runs SET estimate=? WHERE run_id=?",
+                                  [(json.dumps(e), r) for r, e in estimates.items()])
+
     def start_run(self, run_id: str, env: dict[str, Any]) -> bool:
         """Claim the run for this process and mark it running; False when another live
         process holds it (two sweeps that share a run never train it twice at once)."""
@@ -301,7 +309,8 @@ class Store:
         """One row per (sweep, run): run_id, sweep, index, status, config (dict), times, ..."""
         query = (
             "SELECT r.run_id, m.sweep, m.idx, r.status, r.config, m.overrides, r.created, "
-            "r.started, r.finished, r.error, r.env, r.summary, r.attempts, r.host, r.pid "
+            "r.started, r.finished, r.error, r.env, r.summary, r.attempts, r.host, r.pid, "
+            "r.estimate "
             "FROM runs r LEFT JOIN sweep_runs m ON m.run_id = r.run_id")
         params: tuple[Any, ...] = ()
         if sweep is not None:
@@ -310,9 +319,10 @@ class Store:
         query += " ORDER BY m.sweep, m.idx, r.created"
         rows = self.conn.execute(query, params).fetchall()
         columns = ["run_id", "sweep", "index", "status", "config", "overrides", "created",
-                   "started", "finished", "error", "env", "summary", "attempts", "host", "pid"]
+                   "started", "finished", "error", "env", "summary", "attempts", "host", "pid",
+                   "estimate"]
         frame = pd.DataFrame(rows, columns=columns)
-        for col in ("config", "overrides", "env", "summary"):
+        for col in ("config", "overrides", "env", "summary", "estimate"):
             frame[col] = [json.loads(v) if isinstance(v, str) else {} for v in frame[col]]
         frame["index"] = frame["index"].astype("Int64")
         return frame

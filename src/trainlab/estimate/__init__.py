@@ -1,0 +1,207 @@
+"""Predicted memory and time of every run of a sweep, before it runs.
+
+Two methods, named in every estimate:
+
+- ``probe`` (default): a calibration probe per distinct setup (data, model, optimizer,
+  fine-tuning, speed options, device) runs a few real steps on the target device and measures
+  seconds per step, seconds per evaluation batch and the step's memory (see ``probe.py``);
+- ``flops`` (``--no-calibrate``): time from FLOPs per step over the device's measured matmul
+  peak (a lower bound: small models reach 10-60 % of it), memory from exact parameter,
+  gradient and optimizer-state bytes plus activations traced on the meta device.
+
+Peak memory means what the run will report as ``memory/peak_bytes``: on CUDA the allocator's
+peak; on CPU the process's peak resident set size, so the prediction adds the process's
+current size (Python, torch, the loaded data) to what the step adds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from trainlab.components import build_finetune, build_model, load_dataset
+from trainlab.config.schema import RunConfig
+from trainlab.engine.flops import measure_peak_flops, train_step_flops
+from trainlab.engine.measure import resolve_device, rss_bytes
+from trainlab.errors import ConfigError
+from trainlab.estimate.memory import state_bytes, trace
+from trainlab.estimate.probe import Probe, probe
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One run's predicted parameters, memory and time."""
+
+    method: str  # probe | flops
+    params_total: int
+    params_trainable: int
+    param_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    activation_bytes: int | None  # traced on the meta device
+    base_bytes: int  # process RSS / allocated bytes before the model (data included)
+    step_bytes: int  # what the model, optimizer and a step add
+    peak_bytes: int  # predicted memory/peak_bytes
+    flops_per_step: int | None
+    peak_flops_per_s: float
+    step_s: float
+    epoch_train_s: float
+    epoch_eval_s: float
+    run_s: float
+    probe_s: float  # the cost of the estimate itself
+    note: str | None = None  # why the probe could not be used, when it could not
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _setup_key(config: RunConfig) -> str:
+    """Runs that differ only in what cannot change step time or memory share a probe."""
+    d = config.to_dict()
+    opt = {k: v for k, v in d["optimizer"].items() if k not in ("lr", "weight_decay")}
+    train = {k: d["train"][k] for k in ("device", "precision", "compile", "channels_last",
+                                        "data_on_device", "threads")}
+    return json.dumps([d["data"], d["model"], opt, d["finetune"], train], sort_keys=True)
+
+
+def estimate_run(config: RunConfig, *, calibrate: bool = True,
+                 cache: dict[str, Any] | None = None) -> Estimate:
+    """Predict ``config``'s peak memory and time (``cache`` shares probes between runs)."""
+    cache = {} if cache is None else cache
+    device = resolve_device(config.train.device)
+    data = load_dataset(config.data)  # type: ignore[arg-type]
+    bs = config.data.batch_size  # type: ignore[attr-defined]
+    key = _setup_key(config)
+    if key not in cache:
+        cache[key] = _measure_setup(config, device, calibrate)
+    parts, measured, note = cache[key]
+    steps_per_epoch = math.ceil(len(data.train) / bs)
+    default_eval = bs if data.info.task == "lm" else max(bs, 256)
+    eval_bs = config.data.eval_batch_size or default_eval  # type: ignore[attr-defined]
+    eval_batches = math.ceil(len(data.valid) / eval_bs)
+    test_batches = math.ceil(len(data.test) / eval_bs)
+    if measured is not None:
+        step_s, eval_batch_s = measured.step_s, measured.eval_batch_s
+        base, step_bytes, probe_s = measured.base_bytes, measured.step_bytes, measured.seconds
+    else:
+        rate = parts["peak_flops"]
+        flops = parts["flops"] or 0
+        step_s = flops / rate
+        eval_batch_s = flops / 3 * eval_bs / bs / rate  # forward is about a third of a step
+        base = parts["base"]
+        step_bytes = parts["state"].total + (parts["trace"] or {}).get("activations", 0)
+        probe_s = 0.0
+    epoch_train = steps_per_epoch * step_s
+    epoch_eval = eval_batches * eval_batch_s
+    epochs = config.train.epochs
+    state = parts["state"]
+    return Estimate(
+        method="probe" if measured is not None else "flops",
+        params_total=parts["params_total"], params_trainable=parts["params_trainable"],
+        param_bytes=state.params, grad_bytes=state.grads, optimizer_bytes=state.optimizer,
+        activation_bytes=(parts["trace"] or {}).get("activations"),
+        base_bytes=base, step_bytes=step_bytes, peak_bytes=base + step_bytes,
+        flops_per_step=parts["flops"], peak_flops_per_s=parts["peak_flops"], step_s=step_s,
+        epoch_train_s=epoch_train, epoch_eval_s=epoch_eval,
+        run_s=epochs * (epoch_train + epoch_eval) + test_batches * eval_batch_s,
+        probe_s=probe_s, note=note)
+
+
+def _measure_setup(config: RunConfig, device: torch.device,
+                   calibrate: bool) -> tuple[dict[str, Any], Probe | None, str | None]:
+    data = load_dataset(config.data)  # type: ignore[arg-type]
+    bs = config.data.batch_size  # type: ignore[attr-defined]
+    lr = config.optimizer.lr  # type: ignore[attr-defined]
+    with torch.device("meta"):
+        model = build_model(config.model, data.info)
+        tuning = build_finetune(config.finetune, model, lr)
+    trainable = [p for g in tuning.param_groups for p in g["params"] if p.requires_grad]
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision,
+                                                                   torch.float32)
+    with torch.random.fork_rng(devices=[]):
+        parts: dict[str, Any] = {
+            "params_total": total,
+            "params_trainable": sum(p.numel() for p in trainable),
+            "state": state_bytes(model, config.optimizer, trainable),
+            "trace": trace(config.model, config.finetune, data.info, bs, lr),
+            "flops": train_step_flops(config.model, data.info, bs),
+            "peak_flops": measure_peak_flops(device, dtype),
+            "base": (torch.cuda.memory_allocated(device) if device.type == "cuda"
+                     else rss_bytes()),
+        }
+    measured, note = None, None
+    if calibrate:
+        try:
+            measured = probe(config)
+        except torch.cuda.OutOfMemoryError:
+            note = "the probe ran out of memory: the traced estimate says by how much"
+        except Exception as exc:  # the run itself will fail and be stored with its error
+            note = f"the probe failed ({type(exc).__name__}: {exc}); predicted from FLOPs"
+    return parts, measured, note
+
+
+def largest_fitting_batch(config: RunConfig, budget: int, estimate: Estimate) -> int | None:
+    """The largest batch size whose predicted peak fits ``budget`` bytes (None: not even 1).
+
+    Activation memory grows linearly with the batch; the probe's (or trace's) step memory at
+    the configured batch gives the slope, the state (parameters, gradients, optimizer) the
+    intercept.
+    """
+    bs = config.data.batch_size  # type: ignore[attr-defined]
+    fixed = estimate.base_bytes + estimate.param_bytes + estimate.grad_bytes + \
+        estimate.optimizer_bytes
+    per_example = max(estimate.peak_bytes - fixed, 0) / bs
+    if fixed >= budget:
+        return None
+    if per_example == 0:
+        return bs
+    return max(0, int((budget - fixed) // per_example)) or None
+
+
+def memory_budget(value: str, device: torch.device) -> int:
+    """``--fit-memory``: a byte count (``8e9``, ``16GiB``, ``512MB``) or ``auto``."""
+    if value == "auto":
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[1])
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    units = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12, "kib": 2**10,
+             "mib": 2**20, "gib": 2**30, "tib": 2**40}
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("kmgtib")
+    unit = text[len(number):]
+    try:
+        if unit not in units:
+            raise ValueError
+        return int(float(number) * units[unit])
+    except ValueError:
+        raise ConfigError(f"`--fit-memory`: {value!r} is not a size; give bytes (8e9), a size "
+                          "with a unit (16GiB, 512MB) or auto", field="--fit-memory") from None
+
+
+__all__ = ["Estimate", "estimate_run", "largest_fitting_batch", "memory_budget"]
+
+
+def estimate_runs(configs: dict[str, RunConfig], *, calibrate: bool = True,
+                  on_setup: Any = None) -> dict[str, Estimate]:
+    """Estimates for several runs (keyed by run id), one probe per distinct setup.
+
+    ``on_setup(done, total)`` is called as setups are measured (for a progress display).
+    """
+    cache: dict[str, Any] = {}
+    keys = {_setup_key(c) for c in configs.values()}
+    out = {}
+    for run_id, config in configs.items():
+        out[run_id] = estimate_run(config, calibrate=calibrate, cache=cache)
+        if on_setup is not None:
+            on_setup(len(cache), len(keys))
+    return out
+
+
+__all__ += ["estimate_runs"]

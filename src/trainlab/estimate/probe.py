@@ -1,0 +1,92 @@
+"""The calibration probe: a few real training steps of a run's model on the target device.
+
+It measures what the run will see: seconds per step (warm-up excluded, median of the timed
+steps), seconds per evaluation batch, and the step's memory (the process's resident set size
+growth on CPU, the allocator's peak on CUDA) at the configured batch size.  It uses its own
+model and optimizer instances and a forked RNG, so it changes nothing in the runs it predicts.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from trainlab.components import build_finetune, build_model, build_optimizer, load_dataset
+from trainlab.config.schema import RunConfig
+from trainlab.engine.measure import PeakMemory, resolve_device, rss_bytes, synchronize
+from trainlab.engine.speed import decide
+from trainlab.engine.tasks import TASKS
+
+
+@dataclass(frozen=True)
+class Probe:
+    step_s: float  # median seconds per training step (warm-up excluded)
+    eval_batch_s: float  # seconds per evaluation batch
+    step_bytes: int  # memory the model, optimizer and one step added
+    base_bytes: int  # process RSS (CPU) or allocated bytes (CUDA) before the model existed
+    steps_timed: int
+    seconds: float  # what the probe itself cost
+
+
+def probe(config: RunConfig, *, min_steps: int = 5, max_steps: int = 20,
+          budget_s: float = 1.0) -> Probe:
+    """Measure a few real steps of ``config`` on its device (at most about ``budget_s``)."""
+    t_begin = time.perf_counter()
+    device = resolve_device(config.train.device)
+    data = load_dataset(config.data)  # type: ignore[arg-type]
+    task = TASKS[data.info.task]
+    bs = config.data.batch_size  # type: ignore[attr-defined]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        memory = PeakMemory(device)
+        memory.reset()
+        base = (torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes())
+        model = build_model(config.model, data.info).to(device)
+        tuning = build_finetune(config.finetune, model, config.optimizer.lr)  # type: ignore[attr-defined]
+        optimizer = build_optimizer(config.optimizer, tuning.param_groups)  # type: ignore[arg-type]
+        speed = decide(config.train, model, device, [data.train])
+        n = len(data.train)
+        gen = torch.Generator().manual_seed(0)
+        times: list[float] = []
+        warm: list[float] = []
+        steps = 0
+        while len(times) < max_steps:
+            idx = torch.randint(0, n, (min(bs, n),), generator=gen)
+            x, y = data.train.inputs[idx].to(device), data.train.targets[idx].to(device)
+            synchronize(device)
+            t = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            with speed.autocast():
+                loss = task.loss(speed.forward(x), y)
+            loss.backward()
+            optimizer.step()
+            synchronize(device)
+            seconds = time.perf_counter() - t
+            steps += 1
+            # Warm-up (lazy initialisation, kernel selection) lasts until steps stop getting
+            # faster: at least two steps, at most ten.
+            if len(warm) < 2 or (len(warm) < 10 and not times and seconds < 0.67 * min(warm)):
+                warm.append(seconds)
+                continue
+            times.append(seconds)
+            if len(times) >= min_steps and sum(times) > budget_s:
+                break
+        default_eval = bs if data.info.task == "lm" else max(bs, 256)
+        eval_bs = config.data.eval_batch_size or default_eval  # type: ignore[attr-defined]
+        split = data.valid if len(data.valid) else data.train
+        model.eval()
+        eval_times = []
+        with torch.inference_mode(), speed.autocast():
+            for _ in range(3):
+                x = split.inputs[:eval_bs].to(device)
+                synchronize(device)
+                t = time.perf_counter()
+                task.sums(speed.forward(x), split.targets[:eval_bs].to(device))
+                synchronize(device)
+                eval_times.append(time.perf_counter() - t)
+        peak = memory.read()["memory/peak_bytes"]
+        del model, optimizer, tuning, speed
+    return Probe(statistics.median(times), min(eval_times[1:]), max(0, int(peak) - base), base,
+                 len(times), time.perf_counter() - t_begin)
