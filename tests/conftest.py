@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -46,3 +47,12 @@ def write_config(tmp_path: Path):
 @pytest.fixture
 def store_dir(tmp_path: Path) -> Path:
     return tmp_path / "store"
+
+
+def store_content(store: Path) -> str:
+    """A store's content as SQL (not its file bytes: SQLite may checkpoint its WAL on close)."""
+    conn = sqlite3.connect(store / "trainlab.db")
+    try:
+        return "\n".join(conn.iterdump())
+    finally:
+        conn.close()

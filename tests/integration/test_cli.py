@@ -4,13 +4,13 @@ input."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import store_content
 from trainlab.cli import app
 from trainlab.store import open_store
 
@@ -19,15 +19,6 @@ runner = CliRunner()
 
 def _run(*args: str) -> Any:
     return runner.invoke(app, list(args), catch_exceptions=False)
-
-
-def _db_bytes(store: Path) -> str:
-    """The store's content (not its file bytes: SQLite may checkpoint its WAL on close)."""
-    conn = sqlite3.connect(store / "trainlab.db")
-    try:
-        return "\n".join(conn.iterdump())
-    finally:
-        conn.close()
 
 
 def test_run_then_rerun_trains_nothing(tiny: dict, write_config, store_dir: Path) -> None:
@@ -79,13 +70,13 @@ def test_bad_config_exits_2_and_leaves_the_store_untouched(
         message: str) -> None:
     good = write_config(tiny, "good.yaml")
     assert _run("run", str(good), "--store", str(store_dir), "-q").exit_code == 0
-    before = _db_bytes(store_dir)
+    before = store_content(store_dir)
     bad = write_config({**tiny, **change}, "bad.yaml")
     result = _run("run", str(bad), "--store", str(store_dir))
     assert result.exit_code == 2
     assert message in result.output
     assert "Traceback" not in result.output
-    assert _db_bytes(store_dir) == before
+    assert store_content(store_dir) == before
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -4,7 +4,6 @@ message, never a traceback, and leave the store untouched."""
 from __future__ import annotations
 
 import copy
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from tests.conftest import store_content
 from trainlab.cli import app
 from trainlab.docs import describe
 
@@ -65,19 +65,10 @@ def broken_configs(draw: st.DrawFn) -> str:
     return yaml.safe_dump(doc, allow_unicode=True)
 
 
-def _store_bytes(store: Path) -> str:
-    """The store's content (not its file bytes: SQLite may checkpoint its WAL on close)."""
-    conn = sqlite3.connect(store / "trainlab.db")
-    try:
-        return "\n".join(conn.iterdump())
-    finally:
-        conn.close()
-
-
 def _fuzz(text: str, store: Path, tmp: Path) -> None:
     config = tmp / "fuzz.yaml"
     config.write_text(text)
-    before = _store_bytes(store)
+    before = store_content(store)
     planned = runner.invoke(app, ["plan", str(config), "--store", str(store)])
     assert planned.exit_code in (0, 2), planned.output  # 1 would be an uncaught exception
     assert "Traceback" not in planned.output
@@ -86,7 +77,7 @@ def _fuzz(text: str, store: Path, tmp: Path) -> None:
         ran = runner.invoke(app, ["run", str(config), "--store", str(store), "-q"])
         assert ran.exit_code == 2, ran.output
         assert "Traceback" not in ran.output
-        assert _store_bytes(store) == before
+        assert store_content(store) == before
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from trainlab.components import DataInfo, build_model
 from trainlab.components.base import Spec
+from trainlab.engine.measure import synchronize
 
 
 def train_step_flops(model_spec: Spec, info: DataInfo, batch_size: int) -> int | None:
@@ -59,29 +60,22 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
         a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
         b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
         torch.mm(a, b)
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         torch.mm(a, b)
-        _sync(device)
+        synchronize(device)
         if time.perf_counter() - start > 0.02 or n >= (8192 if device.type == "cuda" else 2048):
             break
         n *= 2
     best = 0.0
     for _ in range(3):
         torch.mm(a, b)  # warm-up: kernel selection, caches
-        _sync(device)
+        synchronize(device)
         reps, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds / 3:
             torch.mm(a, b)
             reps += 1
-        _sync(device)
+        synchronize(device)
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
     _PEAKS[key] = best
     return best
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
