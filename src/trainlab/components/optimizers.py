@@ -7,12 +7,13 @@ decoupled from the adaptive step (Loshchilov & Hutter).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, field_validator
 
 from trainlab.components.base import Spec
+from trainlab.errors import RunError
 from trainlab.registry import Registry
 
 Params = Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
@@ -21,12 +22,44 @@ OPTIMIZERS: Registry[Builder] = Registry("optimizer")
 
 
 class OptimizerSpec(Spec):
-    lr: PositiveFloat = 1e-3
+    lr: float | Literal["auto"] = Field(
+        default=1e-3, description="learning rate, or auto: an LR range test picks it")
     weight_decay: float = Field(default=0.0, ge=0.0, description="L2 penalty")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_positive_or_auto(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("must be a number greater than 0, or auto (an LR range test "
+                             "picks it)") from None
+        if isinstance(value, bool) or not number > 0:
+            raise ValueError("must be greater than 0 (or auto: an LR range test picks it)")
+        return number
 
 
 def build_optimizer(spec: OptimizerSpec, params: Params) -> torch.optim.Optimizer:
     return OPTIMIZERS.get(spec.name, field="optimizer.name").build(spec, params)
+
+
+def is_auto(spec: Any) -> bool:
+    """Whether an optimizer spec leaves its learning rate to the LR range test."""
+    return getattr(spec, "lr", None) == "auto"
+
+
+def with_lr(spec: OptimizerSpec, lr: float) -> OptimizerSpec:
+    """The same optimizer spec with a concrete learning rate (``lr: auto`` resolved)."""
+    return spec.model_copy(update={"lr": float(lr)})
+
+
+def _lr(spec: OptimizerSpec) -> float:
+    if spec.lr == "auto":
+        raise RunError("optimizer.lr is 'auto' and was not resolved: `trainlab run` runs the LR "
+                       "range test first; from Python use trainlab.lr_study.resolve_auto_lr")
+    return spec.lr
 
 
 class SGDSpec(OptimizerSpec):
@@ -42,21 +75,21 @@ class MomentumSpec(OptimizerSpec):
 @OPTIMIZERS.register("sgd", spec=SGDSpec)
 def build_sgd(spec: SGDSpec, params: Params) -> torch.optim.Optimizer:
     """Plain SGD (momentum 0 unless set)."""
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+    return torch.optim.SGD(params, lr=_lr(spec), momentum=spec.momentum,
                            weight_decay=spec.weight_decay)
 
 
 @OPTIMIZERS.register("momentum", spec=MomentumSpec)
 def build_momentum(spec: MomentumSpec, params: Params) -> torch.optim.Optimizer:
     """SGD with heavy-ball momentum (0.9 by default)."""
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum,
+    return torch.optim.SGD(params, lr=_lr(spec), momentum=spec.momentum,
                            weight_decay=spec.weight_decay)
 
 
 @OPTIMIZERS.register("nesterov", spec=MomentumSpec)
 def build_nesterov(spec: MomentumSpec, params: Params) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum (0.9 by default)."""
-    return torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, nesterov=True,
+    return torch.optim.SGD(params, lr=_lr(spec), momentum=spec.momentum, nesterov=True,
                            weight_decay=spec.weight_decay)
 
 
@@ -69,7 +102,7 @@ class AdamSpec(OptimizerSpec):
 @OPTIMIZERS.register("adam", spec=AdamSpec)
 def build_adam(spec: AdamSpec, params: Params) -> torch.optim.Optimizer:
     """Adam; weight_decay is L2 added to the gradient."""
-    return torch.optim.Adam(params, lr=spec.lr, betas=spec.betas, eps=spec.eps,
+    return torch.optim.Adam(params, lr=_lr(spec), betas=spec.betas, eps=spec.eps,
                             weight_decay=spec.weight_decay, amsgrad=spec.amsgrad)
 
 
@@ -80,7 +113,7 @@ class AdamWSpec(AdamSpec):
 @OPTIMIZERS.register("adamw", spec=AdamWSpec)
 def build_adamw(spec: AdamWSpec, params: Params) -> torch.optim.Optimizer:
     """AdamW: Adam with decoupled weight decay (0.01 by default, as torch)."""
-    return torch.optim.AdamW(params, lr=spec.lr, betas=spec.betas, eps=spec.eps,
+    return torch.optim.AdamW(params, lr=_lr(spec), betas=spec.betas, eps=spec.eps,
                              weight_decay=spec.weight_decay, amsgrad=spec.amsgrad)
 
 
@@ -93,7 +126,7 @@ class RMSpropSpec(OptimizerSpec):
 @OPTIMIZERS.register("rmsprop", spec=RMSpropSpec)
 def build_rmsprop(spec: RMSpropSpec, params: Params) -> torch.optim.Optimizer:
     """RMSprop."""
-    return torch.optim.RMSprop(params, lr=spec.lr, alpha=spec.alpha, eps=spec.eps,
+    return torch.optim.RMSprop(params, lr=_lr(spec), alpha=spec.alpha, eps=spec.eps,
                                momentum=spec.momentum, weight_decay=spec.weight_decay)
 
 
@@ -105,5 +138,5 @@ class AdagradSpec(OptimizerSpec):
 @OPTIMIZERS.register("adagrad", spec=AdagradSpec)
 def build_adagrad(spec: AdagradSpec, params: Params) -> torch.optim.Optimizer:
     """Adagrad."""
-    return torch.optim.Adagrad(params, lr=spec.lr, eps=spec.eps, lr_decay=spec.lr_decay,
+    return torch.optim.Adagrad(params, lr=_lr(spec), eps=spec.eps, lr_decay=spec.lr_decay,
                                weight_decay=spec.weight_decay)
