@@ -47,8 +47,8 @@ def plot_lr_range(record: Mapping[str, Any], stem: str | Path, title: str = "") 
         if finite:
             # Keep the diverging tail from squashing the interesting part of the curve.
             low, start = min(finite), finite[0]
-            span = max(start - low, 1e-12)
-            ax.set_ylim(low - 0.1 * span, max(start, low) + 0.6 * span)
+            span = max(start - low, 1e-3 * max(abs(low), 1e-9))
+            ax.set_ylim(low - 0.1 * span, start + 0.6 * span)
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel(f"{record.get('settings', {}).get('loss', 'train')} loss")
     trust = "trusted" if sug.get("trusted") else "NOT trusted: " + ", ".join(

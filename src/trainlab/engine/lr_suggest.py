@@ -7,8 +7,8 @@ touches torch, so each is tested on curves written by hand.
 - :func:`steepest` — the LR where the loss falls fastest per *decade* of LR, d loss / d log(lr).
   Differentiating against the index instead (as some tools do) is only right for an
   exponential ramp; against log(lr) it is right for any ramp.
-- :func:`valley` — the middle of the longest descending stretch of the curve (fastai's
-  "valley"): robust to a noisy, flat start where the steepest point can be a blip.
+- :func:`valley` — the middle of the longest descending stretch of the fall (fastai's
+  "valley"): robust to noise, where the steepest point can be a blip.
 - :func:`minimum_tenth` — the LR of the lowest loss divided by 10 (the classic rule of thumb:
   at the minimum the loss is already about to blow up).
 - :func:`candidates` — N LRs spaced log-uniformly between where the loss starts falling fast
@@ -102,19 +102,19 @@ def steepest(lrs: ArrayLike, losses: ArrayLike) -> float | None:
 
 def valley(lrs: ArrayLike, losses: ArrayLike,
            fraction: float = FALL_FRACTION) -> float | None:
-    """The LR halfway (in points) along the longest descending stretch of the falling curve.
+    """The LR halfway (in points) along the longest descending stretch of the fall.
 
     The stretch is the longest strictly decreasing subsequence (points may be skipped, so a
-    little noise does not break it), as in fastai's ``valley``, searched from where the loss
-    starts falling fast (see :func:`fall_range`): on a clean curve the loss creeps down from
-    the very first point, and a stretch starting there would put the valley decades too low.
-    None when no stretch of at least 3 points descends.
+    little noise does not break it), as in fastai's ``valley``, searched within the curve's
+    10-90 % fall (:func:`fall_range`): a clean curve creeps down from its very first point and
+    creeps on along its floor, and a stretch that ran through either would put the valley
+    decades away from the fall.  None when no stretch of at least 3 points descends.
     """
     lr, loss = _clean(lrs, losses)
     span = fall_range(lr, loss, fraction)
     if span is None:
         return None
-    lr, loss = lr[span[0]:], loss[span[0]:]
+    lr, loss = lr[span[0]:span[1] + 1], loss[span[0]:span[1] + 1]
     n = len(loss)
     length = np.ones(n, dtype=int)
     first = np.arange(n)  # where the best decreasing subsequence ending at i starts
@@ -158,7 +158,8 @@ def fall_range(lrs: ArrayLike, losses: ArrayLike,
         return None
     low = int(np.argmin(loss))
     drop = loss[0] - loss[low]
-    if low == 0 or not drop > 0:
+    # A drop within rounding of the start (a flat curve smoothed) is no drop.
+    if low == 0 or not drop > 1e-12 * max(1.0, abs(loss[0])):
         return None
     head = loss[: low + 1]
     start = int(np.nonzero(head <= loss[0] - fraction * drop)[0][0])
