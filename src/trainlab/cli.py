@@ -466,7 +466,7 @@ def examples(
 @app.command()
 def components(
     kind: str | None = typer.Argument(
-        None, help="data, model, optimizer, schedule or train (default: all)."),
+        None, help="data, model, optimizer, schedule, finetune, train or lr_find (default: all)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """List the registered components and every option each takes, with defaults."""

@@ -42,35 +42,35 @@ def lr_find(
     example: str | None = ExampleOpt,
     store: Path | None = StoreOpt,
     overrides: list[str] | None = SetOpt,
-    start: float | None = typer.Option(None, "--start", help="First LR [default: 1e-7]."),
-    end: float | None = typer.Option(None, "--end", help="Last LR [default: 10]."),
+    start: float | None = typer.Option(None, "--start", help="First LR (default 1e-7)."),
+    end: float | None = typer.Option(None, "--end", help="Last LR (default 10)."),
     steps: int | None = typer.Option(None, "--steps", help="Steps of the ramp, >= 10 "
-                                                           "[default: 100]."),
+                                                           "(default 100)."),
     epochs: float | None = typer.Option(None, "--epochs", help="Ramp over this many epochs "
                                                                "instead of --steps."),
-    mode: str | None = typer.Option(None, "--mode", help="exp or linear [default: exp]."),
+    mode: str | None = typer.Option(None, "--mode", help="exp or linear (default exp)."),
     smooth: float | None = typer.Option(None, "--smooth", help="EMA weight of the past loss, "
-                                                               "in [0, 1) [default: 0.9]."),
+                                                               "in [0, 1) (default 0.9)."),
     diverge: float | None = typer.Option(None, "--diverge", help="Stop once the smoothed loss "
                                                                  "passes this x its best "
-                                                                 "[default: 4]."),
+                                                                 "(default 4)."),
     valid: bool = typer.Option(False, "--valid", help="Measure the validation loss after each "
                                                       "update (slower) instead of the next "
                                                       "batch's training loss."),
     suggest: str | None = typer.Option(None, "--suggest", help="The suggestion optimizer.lr: "
                                                                "auto uses: valley, steepest or "
-                                                               "minimum [default: valley]."),
+                                                               "minimum (default valley)."),
     candidates: int | None = typer.Option(None, "--candidates", help="Candidate LRs per test "
-                                                                     "[default: 4]."),
+                                                                     "(default 4)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the test's initialisation "
-                                                         "and batch order [default: 0]."),
+                                                         "and batch order (default 0)."),
     emit_grid: Path | None = typer.Option(None, "--emit-grid", metavar="FILE",
                                           help="Write the follow-up sweep (candidates x "
                                                "schedules) that `trainlab run` accepts."),
     schedules: str = typer.Option("constant,step", "--schedules",
                                   help="Schedules of the follow-up sweep, comma-separated."),
     out_dir: Path | None = typer.Option(None, "--out", metavar="DIR",
-                                        help="Where the figures go [default: STORE/lr-ranges]."),
+                                        help="Where the figures go (default STORE/lr-ranges)."),
     rerun: bool = typer.Option(False, "--rerun", help="Run the test again even when the store "
                                                       "holds it."),
     as_json: bool = JsonOpt,

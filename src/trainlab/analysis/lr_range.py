@@ -1,6 +1,6 @@
 """The LR range test figure: loss against LR (log axis) with the suggestions marked, and the LR
-against the step.  Drawn with matplotlib's Agg backend (no display needed), saved as PNG and
-SVG.  Works from a result's ``to_dict()`` (what the store keeps), so a report can redraw it.
+against the step.  Drawn headless (matplotlib's Agg canvas; no display needed), saved as PNG
+and SVG.  Works from a result's ``to_dict()`` (what the store keeps), so a report can redraw it.
 """
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ _MARKS = (("steepest", "steepest", "tab:red", "o"), ("valley", "valley", "tab:gr
 
 def plot_lr_range(record: Mapping[str, Any], stem: str | Path, title: str = "") -> list[Path]:
     """Draw one range test (``LRRangeResult.to_dict()``) to ``stem``.png and ``stem``.svg."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # A bare Figure renders through the Agg (PNG) and SVG canvases: no pyplot, no GUI backend,
+    # and no change to the backend of a session (a notebook) that imported us.
     from matplotlib.figure import Figure
 
     lrs = [float(v) for v in record["lrs"]]

@@ -26,7 +26,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,7 +214,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batc
     lrs = ramp(settings, steps)
     params = [p for g in groups for p in g["params"]]
     with preserved_rng():
-        guard = preserved_training_state(model, optimizer) if restore else _nothing()
+        guard: AbstractContextManager[None] = (
+            preserved_training_state(model, optimizer) if restore else nullcontext())
         with guard:
             curve = _run(model, optimizer, batches, loss_fn, settings, lrs, scales, evaluate,
                          clip_grad_norm, params)
@@ -225,11 +226,6 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batc
     return LRRangeResult(measured_lrs, losses, [float(v) for v in smoothed], initial, stopped,
                          len(measured_lrs), steps, seconds, settings.model_dump(mode="json"),
                          found, str(device))
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def _run(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, loss_fn: LossFn,
