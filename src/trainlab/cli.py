@@ -23,6 +23,7 @@ from trainlab.errors import ConfigError
 
 if TYPE_CHECKING:
     from trainlab.engine import Callback, RunOutcome, RunState
+    from trainlab.lr_study import AutoLR
     from trainlab.plan import Plan, PlannedRun
 
 app = typer.Typer(
@@ -233,6 +234,13 @@ class _Progress:
             line += f"\n         {_escape(outcome.error.strip().splitlines()[-1][:200])}"
         err.print(line, highlight=False)
 
+    def on_lr_range(self, choice: AutoLR) -> None:
+        if self.quiet:
+            return
+        from trainlab.cli_lr_find import auto_line
+
+        err.print(_escape(auto_line(choice)), highlight=False)
+
     def close(self) -> None:
         self.progress.stop()
 
@@ -438,21 +446,33 @@ def plan(
     except ConfigError:
         st = None
     the_plan = _guard(lambda: make_plan(sweep, st))
+    from trainlab.cli_lr_find import auto_cell, auto_lrs
+
+    auto = auto_lrs(the_plan, st)
     if as_json:
         out.print_json(data={"sweep": sweep.name, "varied": the_plan.varied, "runs": [
             {"index": r.index, "run_id": r.run_id, "varied": r.varied, "status": r.status,
-             "action": r.action, "config": r.run.config.to_dict()} for r in the_plan.runs]})
+             "action": r.action, "config": r.run.config.to_dict(),
+             **({"lr_auto": auto[r.run_id]} if r.run_id in auto else {})}
+            for r in the_plan.runs]})
         return
     from trainlab.config.grid import short_names
 
     table = Table(title=f"sweep {sweep.name}: {len(the_plan.runs)} runs, "
                         f"{len(the_plan.todo)} to do", title_justify="left")
-    for col in ["#", "run id", *short_names(the_plan.varied).values(), "status", "action"]:
+    lr_col = ["lr"] if auto else []
+    for col in ["#", "run id", *short_names(the_plan.varied).values(), *lr_col, "status",
+                "action"]:
         table.add_column(col)
     for r in the_plan.runs:
+        lr_cell = [auto_cell(auto.get(r.run_id))] if auto else []
         table.add_row(str(r.index), r.run_id, *[_fmt(r.varied[k]) for k in the_plan.varied],
-                      r.status, r.action)
+                      *lr_cell, r.status, r.action)
     out.print(table)
+    if auto:
+        out.print("lr auto: an LR range test runs once per distinct data, model, optimizer and "
+                  "fine-tuning before training (`trainlab lr-find` runs it alone).",
+                  highlight=False)
 
 
 # --- ls / show ---------------------------------------------------------------------------------
@@ -524,6 +544,15 @@ def show(
     out.print_json(data={"config": row["config"]})
     if row["error"]:
         out.print(f"[red]error:[/] {_escape(str(row['error']))}", highlight=False)
+    summary = row["summary"] or {}
+    if "lr_chosen" in summary:
+        trust = "trusted" if summary.get("lr_trusted") else (
+            "not trusted: " + ", ".join(summary.get("lr_flags") or []))
+        lr = summary["lr_chosen"]
+        out.print(f"optimizer.lr: auto -> {lr:.4g} " if lr is not None else
+                  "optimizer.lr: auto -> no LR ", end="", highlight=False)
+        out.print(f"({summary.get('lr_method')} of LR range test {summary.get('lr_range_id')}; "
+                  f"{trust})", highlight=False)
     out.print_json(data={"summary": row["summary"], "env": row["env"]})
     epochs = metrics[metrics["epoch"] > 0]
     per_epoch = epochs[epochs["key"].str.match(r"^(train|valid)/(loss|accuracy|perplexity|rmse)$")
@@ -573,7 +602,7 @@ def examples(
 @app.command()
 def components(
     kind: str | None = typer.Argument(
-        None, help="data, model, optimizer, schedule or train (default: all)."),
+        None, help="data, model, optimizer, schedule, finetune, train or lr_find (default: all)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """List the registered components and every option each takes, with defaults."""
@@ -592,6 +621,9 @@ def components(
             desc = f"  {f['description']}" if f["description"] else ""
             out.print(f"    {f['name']}: {f['type']} = {f['default']}{desc}", highlight=False,
                       markup=False)
+
+
+from trainlab import cli_lr_find  # noqa: E402, F401  (registers `lr-find`)
 
 
 def main() -> None:

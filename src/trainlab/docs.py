@@ -8,9 +8,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from trainlab.components import REGISTRIES
-from trainlab.config.schema import TrainSpec
+from trainlab.config.schema import LRFindSpec, TrainSpec
 
-KINDS = ("data", "model", "optimizer", "schedule", "finetune", "train")
+KINDS = ("data", "model", "optimizer", "schedule", "finetune", "train", "lr_find")
+_SECTIONS: dict[str, type[BaseModel]] = {"train": TrainSpec, "lr_find": LRFindSpec}
 
 
 def _type_name(annotation: Any) -> str:
@@ -52,9 +53,10 @@ def describe(kinds: list[str]) -> list[dict[str, Any]]:
     """For each kind, each entry: name, one-line doc, and its fields (type, default, text)."""
     entries: list[dict[str, Any]] = []
     for kind in kinds:
-        if kind == "train":
-            entries.append({"kind": "train", "name": "(train options)",
-                            "doc": TrainSpec.__doc__ or "", "fields": _fields(TrainSpec)})
+        if kind in _SECTIONS:
+            spec = _SECTIONS[kind]
+            entries.append({"kind": kind, "name": f"({kind} options)",
+                            "doc": spec.__doc__ or "", "fields": _fields(spec)})
             continue
         for entry in REGISTRIES[kind]:
             entries.append({"kind": kind, "name": entry.name, "doc": entry.doc,
@@ -70,7 +72,8 @@ def markdown(kinds: list[str] | None = None) -> str:
     """The config reference as Markdown (the README embeds this; a test keeps them equal)."""
     lines: list[str] = []
     for entry in describe(list(kinds or KINDS)):
-        title = "train" if entry["kind"] == "train" else f"{entry['kind']}.name: {entry['name']}"
+        title = (entry["kind"] if entry["kind"] in _SECTIONS
+                 else f"{entry['kind']}.name: {entry['name']}")
         lines += [f"**`{title}`** — {entry['doc'].strip()}", ""]
         if not entry["fields"]:
             lines += ["(no options)", ""]

@@ -15,6 +15,7 @@ from trainlab.components import (
     build_schedule,
     load_dataset,
 )
+from trainlab.components.optimizers import is_auto, with_lr
 from trainlab.components.schedules import ScheduleContext
 from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_keys
 from trainlab.engine.measure import device_available
@@ -117,15 +118,22 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun]) -> None:
                 raise ConfigError(
                     f"`train.monitor`: {cfg.train.monitor!r} is not measured on {task.name} "
                     f"data; use valid/loss or valid/{task.metric}", field="train.monitor")
+            if (is_auto(cfg.optimizer) and cfg.lr_find is not None
+                    and cfg.lr_find.loss == "valid" and len(data.valid) == 0):
+                raise ConfigError("`lr_find.loss`: valid needs a validation split and this "
+                                  "data has none; use train", field="lr_find.loss")
             with torch.device("meta"):
                 model = build_model(cfg.model, data.info)
-                lr = cfg.optimizer.lr  # type: ignore[attr-defined]
+                # lr: auto is chosen at run time; any LR checks that the optimizer builds.
+                opt_spec = with_lr(cfg.optimizer, 1.0) if is_auto(  # type: ignore[arg-type]
+                    cfg.optimizer) else cfg.optimizer
+                lr = opt_spec.lr  # type: ignore[attr-defined]
                 groups = build_finetune(cfg.finetune, model, lr).param_groups
                 if not any(p.requires_grad for g in groups for p in g["params"]):
                     raise ConfigError("nothing to train: the model has no trainable parameters "
                                       f"under finetune.name={cfg.finetune.name!r}",
                                       field="finetune.name")
-                optimizer = build_optimizer(cfg.optimizer, groups)  # type: ignore[arg-type]
+                optimizer = build_optimizer(opt_spec, groups)  # type: ignore[arg-type]
                 steps = -(-len(data.train) // cfg.data.batch_size)  # type: ignore[attr-defined]
                 build_schedule(cfg.schedule, optimizer, ScheduleContext(cfg.train.epochs, steps))
         except ConfigError as exc:

@@ -111,6 +111,8 @@ def test_csv(tmp_path: Path) -> None:
 DIGITS = {"name": "digits", "limit": 64}
 LM = {"name": "pydoc-lm", "seq_len": 8, "limit": 64}
 MODEL_CASES = [
+    ({"name": "linear"}, DIGITS),
+    ({"name": "linear", "bias": False}, DIGITS),
     ({"name": "mlp", "hidden": [16, 8], "dropout": 0.1, "batch_norm": True}, DIGITS),
     ({"name": "cnn", "channels": [4, 8], "fc": [16]}, DIGITS),
     ({"name": "cnn", "channels": [4], "padding": "valid", "kernel_size": 3, "pool": "avg"},
@@ -141,6 +143,20 @@ def test_every_model_is_covered() -> None:
     assert {c[0]["name"] for c in MODEL_CASES} == set(MODELS.names())
 
 
+def test_linear_is_one_affine_map() -> None:
+    info = _data(**DIGITS).info
+    model = build_model(resolve_component("model", {"name": "linear"}), info)
+    assert count_parameters(model)[0] == 64 * 10 + 10
+    x = torch.rand(3, 1, 8, 8)
+    # Affine: f(a + b) - f(b) = f(a) - f(0).
+    y = torch.rand(3, 1, 8, 8)
+    zero = torch.zeros(3, 1, 8, 8)
+    assert torch.allclose(model(x + y) - model(y), model(x) - model(zero), atol=1e-5)
+    no_bias = build_model(resolve_component("model", {"name": "linear", "bias": False}), info)
+    assert count_parameters(no_bias)[0] == 64 * 10 and torch.equal(no_bias(zero),
+                                                                   torch.zeros(3, 10))
+
+
 def test_tied_weights_are_counted_once() -> None:
     info = _data(**LM).info
     tied = build_model(resolve_component("model", {"name": "gpt", "embed_dim": 16}), info)
@@ -163,6 +179,7 @@ def test_gpt_is_causal() -> None:
 @pytest.mark.parametrize(("spec", "data", "message"), [
     ({"name": "lstm"}, DIGITS, "works on lm data"),
     ({"name": "mlp"}, LM, "works on classification or regression"),
+    ({"name": "linear"}, LM, "works on classification or regression"),
     ({"name": "cnn"}, {"name": "synthetic", "shape": [8]}, "image data"),
     ({"name": "cnn", "channels": [4, 4, 4, 4], "padding": "valid"}, DIGITS, "shrink"),
     ({"name": "gpt", "embed_dim": 10, "heads": 4}, LM, "divisible by heads"),

@@ -1,4 +1,4 @@
-"""Models: MLP, LeNet-5-style CNN, LSTM language model, GPT-1-style decoder.
+"""Models: linear, MLP, LeNet-5-style CNN, LSTM language model, GPT-1-style decoder.
 
 Each builder takes its spec and the :class:`DataInfo` of the run's data and returns an
 ``nn.Module`` mapping a batch of inputs to outputs (logits, or ``[B, T, V]`` for language
@@ -54,7 +54,7 @@ def _needs(info: DataInfo, tasks: tuple[str, ...], model: str) -> None:
         raise ConfigError(
             f"`model.name`: {model!r} works on {' or '.join(tasks)} data, but dataset "
             f"{info.name!r} is a {info.task} task; for language modelling use lstm or gpt, "
-            "for classification or regression use mlp or cnn", field="model.name")
+            "for classification or regression use linear, mlp or cnn", field="model.name")
 
 
 # --- MLP --------------------------------------------------------------------------------------
@@ -89,6 +89,24 @@ def build_mlp(spec: MLPSpec, info: DataInfo) -> nn.Module:
         width = size
     layers.append(nn.Linear(width, info.num_outputs))
     return nn.Sequential(*layers)
+
+
+# --- linear ------------------------------------------------------------------------------------
+
+
+class LinearSpec(Spec):
+    """One affine layer on flattened inputs: linear or logistic regression."""
+
+    bias: bool = True
+
+
+@MODELS.register("linear", spec=LinearSpec)
+def build_linear(spec: LinearSpec, info: DataInfo) -> nn.Module:
+    """One linear layer on flattened inputs: least squares (regression) or multinomial logistic
+    regression (classification); the baseline every other model should beat."""
+    _needs(info, ("classification", "regression"), "linear")
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(info.input_shape), info.num_outputs,
+                                                 bias=spec.bias))
 
 
 # --- CNN (LeNet-5 family) ---------------------------------------------------------------------

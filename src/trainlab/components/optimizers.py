@@ -10,10 +10,10 @@ from collections.abc import Callable, Iterable
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, PositiveFloat
+from pydantic import Field, PositiveFloat, field_validator
 
 from trainlab.components.base import Spec
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, RunError
 from trainlab.registry import Registry
 
 Params = Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
@@ -22,11 +22,26 @@ OPTIMIZERS: Registry[Builder] = Registry("optimizer")
 
 
 class OptimizerSpec(Spec):
-    lr: PositiveFloat = 1e-3
+    lr: float | Literal["auto"] = Field(
+        default=1e-3, description="learning rate, or auto: an LR range test picks it")
     weight_decay: float = Field(default=0.0, ge=0.0, description="L2 penalty")
     fused: Literal["auto"] | bool = Field(
         default="auto", description="fused kernels (auto: on where they change weights only "
         "at float rounding: adam, adamw, adagrad, plain sgd); else foreach")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_positive_or_auto(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("must be a number greater than 0, or auto (an LR range test "
+                             "picks it)") from None
+        if isinstance(value, bool) or not number > 0:
+            raise ValueError("must be greater than 0 (or auto: an LR range test picks it)")
+        return number
 
 
 def build_optimizer(spec: OptimizerSpec, params: Params) -> torch.optim.Optimizer:
@@ -64,6 +79,23 @@ def _kernels(spec: OptimizerSpec, params: Params, *, exact: bool,
     return {"foreach": True} if device is not None and device.type != "meta" else {}
 
 
+def is_auto(spec: Any) -> bool:
+    """Whether an optimizer spec leaves its learning rate to the LR range test."""
+    return getattr(spec, "lr", None) == "auto"
+
+
+def with_lr(spec: OptimizerSpec, lr: float) -> OptimizerSpec:
+    """The same optimizer spec with a concrete learning rate (``lr: auto`` resolved)."""
+    return spec.model_copy(update={"lr": float(lr)})
+
+
+def _lr(spec: OptimizerSpec) -> float:
+    if spec.lr == "auto":
+        raise RunError("optimizer.lr is 'auto' and was not resolved: `trainlab run` runs the LR "
+                       "range test first; from Python use trainlab.lr_study.resolve_auto_lr")
+    return spec.lr
+
+
 class SGDSpec(OptimizerSpec):
     """Stochastic gradient descent."""
 
@@ -78,7 +110,7 @@ class MomentumSpec(OptimizerSpec):
 def build_sgd(spec: SGDSpec, params: Params) -> torch.optim.Optimizer:
     """Plain SGD (momentum 0 unless set)."""
     plist: list[Any] = list(params)
-    return torch.optim.SGD(plist, lr=spec.lr, momentum=spec.momentum,
+    return torch.optim.SGD(plist, lr=_lr(spec), momentum=spec.momentum,
                            weight_decay=spec.weight_decay,
                            **_kernels(spec, plist, exact=spec.momentum == 0.0))
 
@@ -87,7 +119,7 @@ def build_sgd(spec: SGDSpec, params: Params) -> torch.optim.Optimizer:
 def build_momentum(spec: MomentumSpec, params: Params) -> torch.optim.Optimizer:
     """SGD with heavy-ball momentum (0.9 by default)."""
     plist: list[Any] = list(params)
-    return torch.optim.SGD(plist, lr=spec.lr, momentum=spec.momentum,
+    return torch.optim.SGD(plist, lr=_lr(spec), momentum=spec.momentum,
                            weight_decay=spec.weight_decay, **_kernels(spec, plist, exact=False))
 
 
@@ -95,7 +127,7 @@ def build_momentum(spec: MomentumSpec, params: Params) -> torch.optim.Optimizer:
 def build_nesterov(spec: MomentumSpec, params: Params) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum (0.9 by default)."""
     plist: list[Any] = list(params)
-    return torch.optim.SGD(plist, lr=spec.lr, momentum=spec.momentum, nesterov=True,
+    return torch.optim.SGD(plist, lr=_lr(spec), momentum=spec.momentum, nesterov=True,
                            weight_decay=spec.weight_decay, **_kernels(spec, plist, exact=False))
 
 
@@ -112,7 +144,7 @@ class AdamSpec(OptimizerSpec):
 def build_adam(spec: AdamSpec, params: Params) -> torch.optim.Optimizer:
     """Adam; weight_decay is L2 added to the gradient."""
     plist: list[Any] = list(params)
-    return torch.optim.Adam(plist, lr=spec.lr, betas=spec.betas, eps=spec.eps,
+    return torch.optim.Adam(plist, lr=_lr(spec), betas=spec.betas, eps=spec.eps,
                             weight_decay=spec.weight_decay, amsgrad=spec.amsgrad,
                             **_kernels(spec, plist, exact=True))
 
@@ -125,7 +157,7 @@ class AdamWSpec(AdamSpec):
 def build_adamw(spec: AdamWSpec, params: Params) -> torch.optim.Optimizer:
     """AdamW: Adam with decoupled weight decay (0.01 by default, as torch)."""
     plist: list[Any] = list(params)
-    return torch.optim.AdamW(plist, lr=spec.lr, betas=spec.betas, eps=spec.eps,
+    return torch.optim.AdamW(plist, lr=_lr(spec), betas=spec.betas, eps=spec.eps,
                              weight_decay=spec.weight_decay, amsgrad=spec.amsgrad,
                              **_kernels(spec, plist, exact=True))
 
@@ -140,7 +172,7 @@ class RMSpropSpec(OptimizerSpec):
 def build_rmsprop(spec: RMSpropSpec, params: Params) -> torch.optim.Optimizer:
     """RMSprop (no fused kernel in torch: foreach)."""
     plist: list[Any] = list(params)
-    return torch.optim.RMSprop(plist, lr=spec.lr, alpha=spec.alpha, eps=spec.eps,
+    return torch.optim.RMSprop(plist, lr=_lr(spec), alpha=spec.alpha, eps=spec.eps,
                                momentum=spec.momentum, weight_decay=spec.weight_decay,
                                **_kernels(spec, plist, exact=False, fused_exists=False))
 
@@ -154,5 +186,5 @@ class AdagradSpec(OptimizerSpec):
 def build_adagrad(spec: AdagradSpec, params: Params) -> torch.optim.Optimizer:
     """Adagrad."""
     plist: list[Any] = list(params)
-    return torch.optim.Adagrad(plist, lr=spec.lr, eps=spec.eps, lr_decay=spec.lr_decay,
+    return torch.optim.Adagrad(plist, lr=_lr(spec), eps=spec.eps, lr_decay=spec.lr_decay,
                                weight_decay=spec.weight_decay, **_kernels(spec, plist, exact=True))

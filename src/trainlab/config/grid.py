@@ -85,6 +85,7 @@ def expand(sweep: SweepConfig) -> list[ExpandedRun]:
         for key in entry:
             check_key(key, f"runs[{i}] key")
     base = {s: copy.deepcopy(getattr(sweep, s)) for s in SECTIONS}
+    base["lr_find"] = copy.deepcopy(sweep.lr_find)  # used by runs with optimizer.lr: auto
     keys = list(sweep.grid)
     points = [dict(zip(keys, combo)) for combo in itertools.product(*sweep.grid.values())]
     points += extra

@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from trainlab.config.grid import check_key, set_dotted
-from trainlab.config.schema import SweepConfig, config_error
+from trainlab.config.schema import LRFindSpec, SweepConfig, config_error, unknown_field
 from trainlab.errors import ConfigError, closest
 
 
@@ -63,13 +63,21 @@ def apply_overrides(doc: dict[str, Any], items: list[str]) -> dict[str, Any]:
 
     ``--set section.field=v`` pins the field for every run: it sets the base, removes a grid
     axis over that key and overrides it in explicit runs.  ``--set grid.KEY=[...]``,
-    ``--set seeds=[...]`` and ``--set name=...`` edit those parts directly.
+    ``--set seeds=[...]``, ``--set lr_find.FIELD=v`` and ``--set name=...`` edit those parts
+    directly.
     """
     doc = copy.deepcopy(doc)
     for item in items:
         key, value = parse_override(item)
         if key in ("name", "description", "seeds"):
             doc[key] = value
+        elif key.startswith("lr_find."):
+            field = key[len("lr_find."):]
+            if field not in LRFindSpec.model_fields:
+                raise unknown_field("lr_find", field, set(LRFindSpec.model_fields))
+            if not isinstance(doc.get("lr_find"), dict):
+                doc["lr_find"] = {}
+            doc["lr_find"][field] = value
         elif key.startswith("grid."):
             grid_key = key[len("grid."):]
             check_key(grid_key, "`--set` grid key")

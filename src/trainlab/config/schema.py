@@ -19,11 +19,14 @@ from pydantic import (
     PositiveFloat,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
 from trainlab.components import REGISTRIES
 from trainlab.components.base import Spec
+from trainlab.components.optimizers import is_auto
+from trainlab.engine.lr_suggest import METHODS
 from trainlab.errors import ConfigError, closest
 from trainlab.registry import Registry
 
@@ -73,6 +76,48 @@ class TrainSpec(_Frozen):
         "takes under half the free memory); else pinned host batches copied asynchronously")
 
 
+class LRFindSpec(_Frozen):
+    """The LR range test: `trainlab lr-find`, and `optimizer.lr: auto` in a sweep."""
+
+    start: PositiveFloat = Field(default=1e-7, description="first LR of the ramp")
+    end: PositiveFloat = Field(default=10.0, description="last LR of the ramp")
+    steps: int = Field(default=100, ge=10, description="optimizer steps of the ramp")
+    epochs: PositiveFloat | None = Field(
+        default=None, description="ramp over this many epochs instead (overrides steps)")
+    mode: Literal["exp", "linear"] = Field(default="exp", description="shape of the ramp")
+    smooth: float = Field(default=0.9, ge=0.0, lt=1.0,
+                          description="EMA weight of the past loss (0: no smoothing)")
+    diverge: float = Field(default=4.0, gt=1.0,
+                           description="stop once the smoothed loss passes this x its best")
+    loss: Literal["train", "valid"] = Field(
+        default="train", description="train: the next batch's loss; valid: the validation loss")
+    suggest: str = Field(default="valley",
+                         description="what lr: auto uses: valley | steepest | minimum")
+    candidates: int = Field(default=4, ge=1, le=32, description="candidate LRs to emit")
+    seed: int = Field(default=0, description="seed of the test's initialisation and batches")
+
+    @field_validator("suggest")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:
+            guess = closest(value, METHODS)
+            hint = f"; did you mean {guess!r}?" if guess else ""
+            raise ValueError(f"is not a suggestion method{hint} Valid: {', '.join(METHODS)}")
+        return value
+
+    @field_validator("end")
+    @classmethod
+    def _range_increases(cls, end: float, info: ValidationInfo) -> float:
+        start = info.data.get("start")
+        if start is not None and end <= start:
+            raise ValueError(f"must be above start ({start:g}): the range of LRs must increase")
+        return end
+
+    def curve_settings(self) -> dict[str, Any]:
+        """The settings that shape the curve (not how it is read): the test's identity."""
+        return self.model_dump(mode="json", exclude={"suggest", "candidates"})
+
+
 class SweepConfig(_Frozen):
     """A sweep file, before expansion."""
 
@@ -87,6 +132,7 @@ class SweepConfig(_Frozen):
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     runs: list[dict[str, Any]] = Field(default_factory=list)
     seeds: list[int] | None = None
+    lr_find: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("grid")
     @classmethod
@@ -114,9 +160,13 @@ class RunConfig:
     schedule: Spec
     finetune: Spec
     train: TrainSpec
+    lr_find: LRFindSpec | None = None  # only with optimizer.lr: auto (then part of the run id)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {s: getattr(self, s).model_dump(mode="json") for s in SECTIONS}
+        out = {s: getattr(self, s).model_dump(mode="json") for s in SECTIONS}
+        if self.lr_find is not None:
+            out["lr_find"] = self.lr_find.model_dump(mode="json")
+        return out
 
     @property
     def run_id(self) -> str:
@@ -192,7 +242,21 @@ def resolve_run(raw: dict[str, Any]) -> RunConfig:
         train = TrainSpec.model_validate(train_raw)
     except ValidationError as exc:
         raise config_error(exc, "train") from None
-    return RunConfig(train=train, **specs)
+    lr_find = resolve_lr_find(raw.get("lr_find"))
+    # The range test's settings belong to a run only when they choose its LR.
+    return RunConfig(train=train, lr_find=lr_find if is_auto(specs["optimizer"]) else None,
+                     **specs)
+
+
+def resolve_lr_find(raw: Any, overrides: dict[str, Any] | None = None) -> LRFindSpec:
+    """The ``lr_find`` section (plus command-line ``overrides``) as validated settings."""
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"`lr_find` must be a mapping; got {raw!r}", field="lr_find")
+    values = {**(raw or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    try:
+        return LRFindSpec.model_validate(values)
+    except ValidationError as exc:
+        raise config_error(exc, "lr_find") from None
 
 
 def unknown_field(section: str, key: str, valid: set[str]) -> ConfigError:
@@ -234,4 +298,6 @@ def _fields_at(section: str) -> set[str]:
         return set(model.model_fields)
     if section in COMPONENT_SECTIONS:
         return section_fields(section)
+    if section == "lr_find":
+        return set(LRFindSpec.model_fields)
     return set(SweepConfig.model_fields) if not section else set()

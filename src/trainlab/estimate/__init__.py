@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from trainlab.components import build_finetune, build_model, load_dataset
+from trainlab.components.optimizers import is_auto, with_lr
 from trainlab.config.schema import RunConfig
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
 from trainlab.engine.measure import resolve_device, rss_bytes
@@ -72,6 +73,9 @@ def estimate_run(config: RunConfig, *, calibrate: bool = True,
                  cache: dict[str, Any] | None = None) -> Estimate:
     """Predict ``config``'s peak memory and time (``cache`` shares probes between runs)."""
     cache = {} if cache is None else cache
+    if is_auto(config.optimizer):
+        # Step time and memory do not depend on the LR: estimate before the range test picks it.
+        config = replace(config, optimizer=with_lr(config.optimizer, 1e-3))  # type: ignore[arg-type]
     device = resolve_device(config.train.device)
     data = load_dataset(config.data)  # type: ignore[arg-type]
     bs = config.data.batch_size  # type: ignore[attr-defined]

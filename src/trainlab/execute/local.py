@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from trainlab.components.optimizers import is_auto
 from trainlab.engine import Callback, RunOutcome, interrupt, train
 from trainlab.engine.measure import environment, resolve_device
 from trainlab.plan import Plan, PlannedRun
+from trainlab.records import MetricRecord, RecordSink
 from trainlab.store import Store
+
+if TYPE_CHECKING:
+    from trainlab.lr_study import AutoLR
 
 
 class SweepObserver(Protocol):
@@ -25,6 +30,9 @@ class SweepObserver(Protocol):
 
     def on_run_end(self, planned: PlannedRun, outcome: RunOutcome) -> None:
         """After a run is stored."""
+
+    # Optional: ``on_lr_range(choice: AutoLR)`` after each range test of ``optimizer.lr: auto``
+    # (looked up with getattr, so observers without it keep working).
 
 
 class NullObserver:
@@ -59,24 +67,73 @@ class SweepResult:
         return 1 if bad or skipped_bad else 0
 
 
-def run_one(planned: PlannedRun, store: Store, callbacks: Sequence[Callback] = ()) -> RunOutcome:
+def run_one(planned: PlannedRun, store: Store, callbacks: Sequence[Callback] = (),
+            auto: AutoLR | None = None) -> RunOutcome:
     """Train one planned run, storing its status, environment, metrics and outcome.
 
     A run that another live process has claimed meanwhile is left alone (status ``busy``).
+    A run with ``optimizer.lr: auto`` trains with the LR its range test chose (``auto``, from
+    :func:`trainlab.lr_study.resolve_auto_lrs`; looked up or run here when not given).  Its id
+    stays the hash of the config as written; the chosen LR goes into its summary and into the
+    metric ``lr/chosen`` at step 0.
     """
     config = planned.run.config
     threads = torch.get_num_threads()
+    sink: RecordSink = store
+    extra: dict[str, object] = {}
     if not store.start_run(planned.run_id, environment(resolve_device(config.train.device))):
         return RunOutcome(planned.run_id, "busy", "another process is training this run", {})
     try:
+        if is_auto(config.optimizer):
+            auto = auto or _resolve(planned, store)
+            extra = auto.summary()
+            if auto.lr is None:
+                status = "failed" if auto.outcome is None else "diverged"
+                outcome = RunOutcome(planned.run_id, status, auto.error, {})
+                store.finish_run(planned.run_id, status, auto.error, extra)
+                return outcome
+            config = auto.apply(config)
+            sink = _StartRecords(store, [MetricRecord(planned.run_id, "lr/chosen", 0, 0, 0.0,
+                                                      auto.lr)])
         outcome = train(config, run_id=planned.run_id, run_dir=store.run_dir(planned.run_id),
-                        sink=store, callbacks=callbacks)
+                        sink=sink, callbacks=callbacks)
     except KeyboardInterrupt:
         outcome = RunOutcome(planned.run_id, "interrupted", "interrupted by the user", {})
     finally:
         torch.set_num_threads(threads)
-    store.finish_run(planned.run_id, outcome.status, outcome.error, outcome.summary)
+    store.finish_run(planned.run_id, outcome.status, outcome.error, {**outcome.summary, **extra})
     return outcome
+
+
+def _resolve(planned: PlannedRun, store: Store) -> AutoLR:
+    import traceback
+
+    from trainlab.lr_study import AutoLR, auto_group, resolve_auto_lr
+
+    try:
+        return resolve_auto_lr(planned.run.config, store)
+    except Exception:
+        rid, settings = auto_group(planned.run.config)
+        return AutoLR(rid, settings.suggest, None,
+                      error="the LR range test failed:\n" + traceback.format_exc())
+
+
+class _StartRecords:
+    """A sink that writes ``records`` again after each full rewind of the run.
+
+    The loop rewinds a fresh run to nothing before it starts (a resume keeps step 0), so rows
+    that belong at step 0 (``lr/chosen``) are written right after that rewind.
+    """
+
+    def __init__(self, sink: RecordSink, records: Sequence[MetricRecord]) -> None:
+        self.sink, self.records = sink, list(records)
+
+    def write(self, records: Sequence[MetricRecord]) -> None:
+        self.sink.write(records)
+
+    def rewind(self, run_id: str, step: int) -> None:
+        self.sink.rewind(run_id, step)
+        self.sink.write([r for r in self.records if r.run_id == run_id and r.step > step])
 
 
 class LocalExecutor:
@@ -87,14 +144,34 @@ class LocalExecutor:
         observer = observer or NullObserver()
         result = SweepResult(plan)
         observer.on_sweep_start(plan)
+        chosen = resolve_plan_lrs(plan, store, observer)
         for planned in plan.todo:
             if interrupt.stop_requested():  # Ctrl-C between runs: start no new run
                 result.interrupted = True
                 break
-            outcome = run_one(planned, store, observer.callbacks(planned))
+            auto = None
+            if is_auto(planned.run.config.optimizer):
+                from trainlab.lr_study import auto_group
+
+                auto = chosen.get(auto_group(planned.run.config)[0])
+            outcome = run_one(planned, store, observer.callbacks(planned), auto)
             result.outcomes.append(outcome)
             observer.on_run_end(planned, outcome)
             if outcome.status == "interrupted":
                 result.interrupted = True
                 break
         return result
+
+
+def resolve_plan_lrs(plan: Plan, store: Store, observer: SweepObserver | None = None
+                     ) -> dict[str, AutoLR]:
+    """Run the range tests of the plan's ``optimizer.lr: auto`` runs still to train, once per
+    range group, before any run trains.  Executors that train in other processes call this in
+    the parent so no test runs twice."""
+    todo = [p.run for p in plan.todo if is_auto(p.run.config.optimizer)]
+    if not todo:
+        return {}
+    from trainlab.lr_study import resolve_auto_lrs
+
+    hook = getattr(observer, "on_lr_range", None)
+    return resolve_auto_lrs(todo, store, sweep=plan.sweep.name, on_result=hook)

@@ -64,6 +64,22 @@ _SCHEMA = [
         value REAL,
         PRIMARY KEY (run_id, key, step)) WITHOUT ROWID""",
     """CREATE INDEX IF NOT EXISTS metrics_epoch ON metrics (run_id, epoch)""",
+    # LR range tests (`trainlab lr-find`, `optimizer.lr: auto`): one row per distinct test, its
+    # id the hash of what shapes the curve (data, model, optimizer without its LR, fine-tuning,
+    # clipping, device, ramp settings); `result` holds the curve, stop, cost and suggestions.
+    """CREATE TABLE IF NOT EXISTS lr_ranges (
+        range_id TEXT PRIMARY KEY,
+        config TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        status TEXT NOT NULL,
+        result TEXT NOT NULL,
+        env TEXT,
+        created REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS lr_range_sweeps (
+        sweep TEXT NOT NULL,
+        range_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        PRIMARY KEY (sweep, range_id))""",
 ]
 
 
@@ -358,6 +374,75 @@ class Store:
             out.update({r[0]: {"status": r[1], "host": r[2], "pid": r[3], "heartbeat": r[4]}
                         for r in rows})
         return out
+
+    # --- LR range tests -------------------------------------------------------------------------
+
+    def write_lr_range(self, range_id: str, config: dict[str, Any], settings: dict[str, Any],
+                       status: str, result: dict[str, Any], env: dict[str, Any] | None = None,
+                       ) -> None:
+        """Store (or replace) one LR range test: ``result`` is ``LRRangeResult.to_dict()``."""
+        with self._tx():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO lr_ranges VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (range_id, json.dumps(config), json.dumps(settings), status,
+                 json.dumps(result, default=str), json.dumps(env or {}, default=str),
+                 time.time()))
+
+    def link_lr_range(self, sweep: str, range_id: str, label: dict[str, Any]) -> None:
+        """Record that ``sweep`` used the test ``range_id`` for its runs labelled ``label``
+        (the sweep's varied values, e.g. ``{"optimizer.name": "sgd"}``)."""
+        with self._tx():
+            self.conn.execute("INSERT OR REPLACE INTO lr_range_sweeps VALUES (?, ?, ?)",
+                              (sweep, range_id, json.dumps(label, default=str)))
+
+    def lr_range(self, range_id: str) -> dict[str, Any] | None:
+        """One stored range test: range_id, config, settings, status, result, env, created."""
+        row = self.conn.execute(
+            "SELECT range_id, config, settings, status, result, env, created FROM lr_ranges "
+            "WHERE range_id=?", (range_id,)).fetchone()
+        if row is None:
+            return None
+        return {"range_id": row[0], "config": json.loads(row[1]), "settings": json.loads(row[2]),
+                "status": row[3], "result": json.loads(row[4]), "env": json.loads(row[5] or "{}"),
+                "created": row[6]}
+
+    def lr_ranges(self, sweep: str | None = None) -> pd.DataFrame:
+        """The stored LR range tests, one row per (test, sweep that used it).
+
+        Columns: range_id, sweep (None for a test no sweep is linked to), label (dict of the
+        sweep's varied values for the runs it served), status (ok | untrusted | diverged),
+        created, config (dict), settings (dict), result (dict: the whole record), and for
+        convenience from the result: lrs, losses, smoothed (lists), stopped, stop_lr, steps,
+        seconds, steepest, valley, minimum (LR of the lowest loss / 10), min_loss_lr,
+        candidates (list), trusted (bool), flags (list of {code, message}), explanation.
+        """
+        query = ("SELECT r.range_id, m.sweep, m.label, r.status, r.created, r.config, "
+                 "r.settings, r.result FROM lr_ranges r "
+                 "LEFT JOIN lr_range_sweeps m ON m.range_id = r.range_id")
+        params: tuple[Any, ...] = ()
+        if sweep is not None:
+            query += " WHERE m.sweep = ?"
+            params = (sweep,)
+        rows = self.conn.execute(query + " ORDER BY m.sweep, r.created", params).fetchall()
+        records = []
+        for rid, sw, label, status, created, config, settings, result in rows:
+            res = json.loads(result)
+            sug = res.get("suggestions", {})
+            records.append({
+                "range_id": rid, "sweep": sw, "label": json.loads(label) if label else {},
+                "status": status, "created": created, "config": json.loads(config),
+                "settings": json.loads(settings), "result": res, "lrs": res.get("lrs"),
+                "losses": res.get("losses"), "smoothed": res.get("smoothed"),
+                "stopped": res.get("stopped"), "stop_lr": res.get("stop_lr"),
+                "steps": res.get("steps"), "seconds": res.get("seconds"),
+                **{k: sug.get(k) for k in ("steepest", "valley", "minimum", "min_loss_lr",
+                                           "candidates", "trusted", "flags")},
+                "explanation": res.get("explanation")})
+        columns = ["range_id", "sweep", "label", "status", "created", "config", "settings",
+                   "result", "lrs", "losses", "smoothed", "stopped", "stop_lr", "steps",
+                   "seconds", "steepest", "valley", "minimum", "min_loss_lr", "candidates",
+                   "trusted", "flags", "explanation"]
+        return pd.DataFrame(records, columns=columns)
 
     def find_run(self, prefix: str) -> str:
         """The full id of the run whose id starts with ``prefix``."""

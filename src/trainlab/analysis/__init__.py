@@ -1,0 +1,1 @@
+"""Analysis: figures and tables read from the store."""

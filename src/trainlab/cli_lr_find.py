@@ -1,0 +1,245 @@
+"""`trainlab lr-find`, and how `plan`, `run` and `show` talk about `optimizer.lr: auto`.
+
+Registered on the app by :mod:`trainlab.cli` (imported at its end).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.table import Table
+
+from trainlab.cli import (
+    ExampleOpt,
+    JsonOpt,
+    SetOpt,
+    StoreOpt,
+    _escape,
+    _guard,
+    _load,
+    app,
+    err,
+    out,
+)
+from trainlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainlab.lr_study import AutoLR, LRFindReport, RangeOutcome
+    from trainlab.plan import Plan
+
+
+_LR_OPTIONS = {"start": "--start", "end": "--end", "steps": "--steps", "epochs": "--epochs",
+               "mode": "--mode", "smooth": "--smooth", "diverge": "--diverge", "loss": "--valid",
+               "suggest": "--suggest", "candidates": "--candidates", "seed": "--seed"}
+
+
+@app.command("lr-find")
+def lr_find(
+    config: Path | None = typer.Argument(None, help="Sweep YAML file.", show_default=False),
+    example: str | None = ExampleOpt,
+    store: Path | None = StoreOpt,
+    overrides: list[str] | None = SetOpt,
+    start: float | None = typer.Option(None, "--start", help="First LR (default 1e-7)."),
+    end: float | None = typer.Option(None, "--end", help="Last LR (default 10)."),
+    steps: int | None = typer.Option(None, "--steps", help="Steps of the ramp, >= 10 "
+                                                           "(default 100)."),
+    epochs: float | None = typer.Option(None, "--epochs", help="Ramp over this many epochs "
+                                                               "instead of --steps."),
+    mode: str | None = typer.Option(None, "--mode", help="exp or linear (default exp)."),
+    smooth: float | None = typer.Option(None, "--smooth", help="EMA weight of the past loss, "
+                                                               "in [0, 1) (default 0.9)."),
+    diverge: float | None = typer.Option(None, "--diverge", help="Stop once the smoothed loss "
+                                                                 "passes this x its best "
+                                                                 "(default 4)."),
+    valid: bool = typer.Option(False, "--valid", help="Measure the validation loss after each "
+                                                      "update (slower) instead of the next "
+                                                      "batch's training loss."),
+    suggest: str | None = typer.Option(None, "--suggest", help="The suggestion optimizer.lr: "
+                                                               "auto uses: valley, steepest or "
+                                                               "minimum (default valley)."),
+    candidates: int | None = typer.Option(None, "--candidates", help="Candidate LRs per test "
+                                                                     "(default 4)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the test's initialisation "
+                                                         "and batch order (default 0)."),
+    emit_grid: Path | None = typer.Option(None, "--emit-grid", metavar="FILE",
+                                          help="Write the follow-up sweep (candidates x "
+                                               "schedules) that `trainlab run` accepts."),
+    schedules: str = typer.Option("constant,step", "--schedules",
+                                  help="Schedules of the follow-up sweep, comma-separated."),
+    out_dir: Path | None = typer.Option(None, "--out", metavar="DIR",
+                                        help="Where the figures go (default STORE/lr-ranges)."),
+    rerun: bool = typer.Option(False, "--rerun", help="Run the test again even when the store "
+                                                      "holds it."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """LR range test: ramp the LR up, record the loss, suggest LRs and say how far to trust them.
+
+    One test per distinct data, model, optimizer and fine-tuning of the sweep (a grid over
+    optimizer.name gives one per optimizer). Settings come from the sweep's `lr_find` section,
+    then these options. Each test is stored (a rerun reuses it) and drawn (PNG and SVG); exit
+    code 1 when a test could not suggest anything (it diverged from the start).
+    """
+    from trainlab.config.schema import resolve_lr_find
+    from trainlab.lr_study import LRFindReport
+    from trainlab.plan import check_runs
+    from trainlab.store import open_store
+
+    sweep = _guard(lambda: _load(config, example, overrides))
+    given = {"start": start, "end": end, "steps": steps, "epochs": epochs, "mode": mode,
+             "smooth": smooth, "diverge": diverge, "loss": "valid" if valid else None,
+             "suggest": suggest, "candidates": candidates, "seed": seed}
+    settings = _guard(lambda: _cli_settings(resolve_lr_find, sweep.lr_find, given))
+    names = [s.strip() for s in schedules.split(",") if s.strip()]
+    if emit_grid is not None:
+        _guard(lambda: _check_schedules(names))
+    from trainlab.config import expand
+
+    runs = _guard(lambda: expand(sweep))
+    _guard(lambda: check_runs(sweep, runs))
+    st = _guard(lambda: open_store(store))
+    report = LRFindReport(sweep.name)
+    figures_dir = out_dir or st.root / "lr-ranges"
+    from trainlab.lr_study import range_groups, run_group
+
+    length = (f"{settings.steps} steps" if settings.epochs is None
+              else f"{settings.epochs:g} epochs")
+    for group in range_groups(runs, lambda run: settings):
+        if not as_json:
+            err.print(f"lr-find {_escape(group.describe())}: range {group.range_id}, {length} "
+                      f"from {settings.start:g} to {settings.end:g} ...", highlight=False)
+        outcome = run_group(group, st, sweep=sweep.name, rerun=rerun)
+        report.outcomes.append(outcome)
+        report.figures[group.range_id] = [str(p) for p in _draw(outcome, figures_dir,
+                                                                sweep.name)]
+    if emit_grid is not None:
+        _emit(report, sweep, names, emit_grid)
+    if as_json:
+        out.print_json(data=report.to_dict())
+    else:
+        _print_ranges(report)
+    raise typer.Exit(report.exit_code)
+
+
+def _cli_settings(resolve: Callable[..., Any], section: dict[str, Any],
+                  given: dict[str, Any]) -> Any:
+    try:
+        return resolve(section, given)
+    except ConfigError as exc:
+        message = str(exc)
+        for name, flag in _LR_OPTIONS.items():
+            if given.get(name) is not None:
+                message = message.replace(f"`lr_find.{name}`", f"`{flag}` (lr_find.{name})")
+        raise ConfigError(message, field=exc.field) from None
+
+
+def _check_schedules(names: list[str]) -> None:
+    from trainlab.components import SCHEDULES
+
+    if not names:
+        raise ConfigError("`--schedules`: give at least one schedule name, e.g. constant,step",
+                          field="--schedules")
+    for name in names:
+        SCHEDULES.get(name, field="--schedules")
+
+
+def _draw(outcome: RangeOutcome, folder: Path, sweep: str) -> list[Path]:
+    from trainlab.analysis.lr_range import plot_lr_range
+
+    title = f"{sweep}: {outcome.group.describe()}"
+    return plot_lr_range(outcome.result.to_dict(), folder / outcome.group.range_id, title)
+
+
+def _emit(report: LRFindReport, sweep: Any, schedules: list[str], path: Path) -> None:
+    from trainlab.lr_study import followup_document, write_followup
+
+    usable = [o for o in report.outcomes if o.result.suggestions.candidates]
+    if not usable:
+        err.print("[red]no follow-up sweep written:[/] no range test gave candidate LRs")
+        return
+    doc, skipped = followup_document(sweep, report.outcomes, schedules)
+    report.grid_runs = _guard(lambda: write_followup(doc, path, usable))
+    report.grid_path = str(path)
+    report.skipped = [o.group.range_id for o in skipped]
+
+
+def _print_ranges(report: LRFindReport) -> None:
+    table = Table(title=f"LR range tests of sweep {report.sweep}", title_justify="left")
+    for col in ("test", "range id", "steps", "seconds", "stopped at", "steepest", "valley",
+                "min/10", "candidates", "trust"):
+        table.add_column(col, justify="left" if col in ("test", "trust", "candidates")
+                         else "right")
+    notes = []
+    for o in report.outcomes:
+        r, sug = o.result, o.result.suggestions
+        stopped = "end" if r.stopped == "end" else (
+            f"{r.stop_lr:.3g}" if r.stop_lr is not None else r.stopped)
+        trust = {"ok": "[green]trusted[/]", "untrusted": "[yellow]not trusted[/]",
+                 "diverged": "[red]no LR[/]"}[r.status]
+        cands = ", ".join(f"{c:.3g}" for c in sug.candidates or [])
+        table.add_row(_escape(o.group.describe()), o.group.range_id,
+                      f"{r.steps}/{r.planned_steps}",
+                      f"{r.seconds:.1f}" + (" (stored)" if o.reused else ""), stopped,
+                      *[f"{v:.3g}" if v is not None else "-" for v in
+                        (sug.steepest, sug.valley, sug.minimum)], cands, trust)
+        if r.status != "ok":
+            notes.append(f"{o.group.describe()}: {r.explain()}")
+    out.print(table)
+    for note in notes:
+        out.print(f"[yellow]note:[/] {_escape(note)}", highlight=False)
+    for rid, paths in report.figures.items():
+        out.print(f"figure {rid}: {', '.join(paths)}", highlight=False)
+    if report.grid_path is not None:
+        out.print(f"follow-up sweep: {report.grid_path} ({report.grid_runs} runs); train it with"
+                  f" `trainlab run {report.grid_path}`", highlight=False)
+
+
+# --- optimizer.lr: auto in run, plan and show ----------------------------------------------
+
+
+def auto_line(choice: AutoLR) -> str:
+    """One line about the range test behind ``optimizer.lr: auto`` for a group of runs."""
+    outcome = choice.outcome
+    where = f"lr-find {outcome.group.describe()} " if outcome is not None else "lr-find "
+    if choice.lr is None:
+        return f"{where}(range {choice.range_id}): no LR: {choice.error}"
+    result = outcome.result if outcome is not None else None
+    cost = "" if result is None else (
+        f"{result.steps} steps, {result.seconds:.1f} s" + (", stored" if outcome
+                                                            and outcome.reused else ""))
+    line = f"{where}(range {choice.range_id}): lr {choice.lr:.3g} by {choice.method} ({cost})"
+    if result is not None and not result.suggestions.assessment.trusted:
+        line += "\n         not trusted: " + "; ".join(
+            f.message for f in result.suggestions.assessment.flags)
+    return line
+
+
+def auto_lrs(plan: Plan, store: Any) -> dict[str, dict[str, Any]]:
+    """For runs with optimizer.lr: auto: range id, and the LR chosen if the store has it."""
+    from trainlab.components.optimizers import is_auto
+    from trainlab.engine.lr_range import LRRangeResult
+    from trainlab.lr_study import auto_group
+
+    out: dict[str, dict[str, Any]] = {}
+    for r in plan.runs:
+        if not is_auto(r.run.config.optimizer):
+            continue
+        rid, settings = auto_group(r.run.config)
+        record = store.lr_range(rid) if store is not None else None
+        chosen = None
+        if record is not None:
+            result = LRRangeResult.from_dict(record["result"], settings)
+            chosen = result.suggestions.get(settings.suggest)
+        out[r.run_id] = {"range_id": rid, "method": settings.suggest, "stored": bool(record),
+                         "lr": chosen}
+    return out
+
+
+def auto_cell(info: dict[str, Any] | None) -> str:
+    if info is None:
+        return ""
+    if info["lr"] is not None:
+        return f"auto: {info['lr']:.3g}"
+    return "auto (no LR)" if info["stored"] else "auto (to find)"
