@@ -4,6 +4,7 @@ input."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,18 @@ def _run(*args: str) -> Any:
 
 
 def _db_bytes(store: Path) -> bytes:
-    return b"".join(p.read_bytes() for p in sorted(store.glob("trainlab.db*")))
+    """The store's content, as SQL.
+
+    Not the files' bytes: a finished command's Store can sit in a reference cycle until the
+    garbage collector closes its connection, and SQLite checkpoints the WAL into the main file
+    on that close, which changes the bytes (not the content) at a moment that depends on what
+    other tests allocated.  A read-only connection never checkpoints.
+    """
+    conn = sqlite3.connect(f"file:{store / 'trainlab.db'}?mode=ro", uri=True)
+    try:
+        return "\n".join(conn.iterdump()).encode()
+    finally:
+        conn.close()
 
 
 def test_run_then_rerun_trains_nothing(tiny: dict, write_config, store_dir: Path) -> None:
