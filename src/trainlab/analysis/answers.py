@@ -244,7 +244,7 @@ def generalization(frames: SweepFrames, configs: pd.DataFrame) -> Answer:
     if smaller:
         text += (f" Runs {', '.join(r['run'] for r in smaller)} have smaller gaps but much worse "
                  f"validation {a} (they underfit rather than generalize).")
-    text += (f" Train {a} is the running average over the best epoch with dropout on, so gaps "
+    text += (f" Train {a} is the running average over the best epoch in training mode, so gaps "
              "compare runs rather than measure the true generalization error.")
     return Answer("generalization", question, text, columns, evidence, [win["run"]])
 

@@ -245,8 +245,8 @@ def _curve_caption(frames: SweepFrames, layout: FigureLayout, info: dict[str, An
         else:
             parts.append("x: wall-clock seconds since the run started, at each epoch's end "
                          "(evaluation, checkpoints and store writes included).")
-    parts.append("Training values are running averages over each epoch (dropout on); "
-                 "validation is measured at each epoch's end.")
+    parts.append("Training values are running averages over each epoch in training mode "
+                 "(dropout active); validation is measured at each epoch's end.")
     if info["log"]:
         parts.append("Log-scaled y axis; panels share their axes.")
     else:

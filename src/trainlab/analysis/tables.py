@@ -331,8 +331,9 @@ def _caption(frames: SweepFrames, table: Table, lead: str, group_key: str | None
     explained = [c.explain for c in table.columns if c.explain]
     if any(c.kind == "metric" for c in table.columns):
         explained.insert(0, f"{m.abbrev}: {m.description}; train {m.abbrev} is the running "
-                            "average over the training epoch (dropout on), valid and test are "
-                            "measured after it (test: the best-validation checkpoint)")
+                            "average over the training epoch in training mode (dropout "
+                            "active), valid and test are measured after it (test: the "
+                            "best-validation checkpoint)")
     parts.append("Columns: " + "; ".join(explained) + ".")
     keys = ", ".join(frames.label(k) for k in frames.keys)
     if table.name == "system":
