@@ -50,8 +50,11 @@ def store_dir(tmp_path: Path) -> Path:
 
 
 def store_content(store: Path) -> str:
-    """A store's content as SQL (not its file bytes: SQLite may checkpoint its WAL on close)."""
-    conn = sqlite3.connect(store / "trainlab.db")
+    """A store's content as SQL (not its file bytes: SQLite may checkpoint its WAL on close).
+
+    Read-only, so reading it never checkpoints the WAL itself.
+    """
+    conn = sqlite3.connect(f"file:{store / 'trainlab.db'}?mode=ro", uri=True)
     try:
         return "\n".join(conn.iterdump())
     finally:

@@ -1,0 +1,383 @@
+"""Answers to the questions reports ask, each with the runs it names and the numbers behind it.
+
+- wall-clock: the configuration that first reaches a target validation metric (by default
+  within 10 % of the sweep's best; 1 point of accuracy), and the best one at an equal budget
+  of training time;
+- generalization: the smallest train/validation gap at the best epoch among configurations
+  whose validation metric is within the same tolerance of the best;
+- the Pareto fronts of quality against training time and against peak memory;
+- overfitting: validation worsening for ``k`` epochs in a row while training improves;
+- divergence and failures.
+
+Seed runs of one configuration are averaged first (curves epoch by epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from trainlab.analysis.frames import Metric, SweepFrames, aggregate, curves
+from trainlab.analysis.tables import format_number, sort_frame
+
+RELATIVE_TOLERANCE = 0.10  # lower-is-better metrics: within 10 % of the best
+ACCURACY_TOLERANCE = 0.01  # accuracy: within one percentage point of the best
+
+
+@dataclass
+class Answer:
+    key: str
+    question: str
+    answer: str  # the verdict, naming runs and numbers
+    columns: list[str] = field(default_factory=list)  # evidence column order
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[str] = field(default_factory=list)  # run numbers the verdict names
+    figure: str | None = None  # name of the figure that shows it
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: NaN becomes None, numpy scalars plain numbers."""
+        return {"key": self.key, "question": self.question, "answer": self.answer,
+                "runs": self.runs, "columns": self.columns,
+                "evidence": [{k: _plain(v) for k, v in row.items()} for row in self.evidence],
+                "figure": self.figure}
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def answer_all(frames: SweepFrames, *, target: float | None = None,
+               overfit_epochs: int = 2) -> list[Answer]:
+    configs = config_frame(frames)
+    return [time_to_target(frames, configs, target), time_budget(frames, configs),
+            generalization(frames, configs), pareto(frames, configs, "train_time"),
+            pareto(frames, configs, "peak_memory_bytes"),
+            overfitting(frames, configs, overfit_epochs), divergence(frames)]
+
+
+def config_frame(frames: SweepFrames) -> pd.DataFrame:
+    """One row per configuration, seeds averaged, finished runs first in table order."""
+    m = frames.metric.name
+    cols = [f"valid_{m}", f"train_{m}", "valid_loss", "train_loss", "train_time",
+            "peak_memory_bytes", "best_epoch", "time_to_best"]
+    cols = [c for c in cols if c in frames.runs.columns]
+    configs = aggregate(frames.runs, frames.keys, cols)
+    return sort_frame(configs, frames.keys, order_from=frames.runs)
+
+
+def tolerance_bound(metric: Metric, best: float) -> float:
+    """The worst value still "within tolerance" of ``best``."""
+    if metric.higher_is_better:
+        return best - (ACCURACY_TOLERANCE if metric.name == "accuracy"
+                       else RELATIVE_TOLERANCE * abs(best))
+    return best + RELATIVE_TOLERANCE * abs(best)
+
+
+def _tolerance_text(metric: Metric) -> str:
+    if metric.higher_is_better and metric.name == "accuracy":
+        return f"within {ACCURACY_TOLERANCE * 100:g} point of accuracy of the best"
+    return f"within {RELATIVE_TOLERANCE:.0%} of the best"
+
+
+def _reaches(metric: Metric, value: float, bound: float) -> bool:
+    return value >= bound if metric.higher_is_better else value <= bound
+
+
+def _who(frames: SweepFrames, row: pd.Series) -> str:
+    what = frames.describe(row)
+    runs = frames.run_numbers(row)
+    label = f"run {runs}" if len(row["indices"]) == 1 else f"runs {runs}"
+    return f"{label} ({what})" if what else label
+
+
+def _ok(configs: pd.DataFrame) -> pd.DataFrame:
+    return configs[configs["status"] == "ok"]
+
+
+def time_to_target(frames: SweepFrames, configs: pd.DataFrame,
+                   target: float | None = None) -> Answer:
+    m = frames.metric
+    a = m.abbrev
+    question = "Which configuration is best if wall-clock time matters most?"
+    ok = _ok(configs)
+    best = m.best_of(ok[f"valid_{m.name}"])
+    if not math.isfinite(best):
+        return Answer("wall_clock", question, "No finished run has a validation value.")
+    bound = target if target is not None else tolerance_bound(m, best)
+    why = ("the target you gave" if target is not None else
+           f"{_tolerance_text(m)}, {format_number(best)}")
+    rows: list[dict[str, Any]] = []
+    for _, row in ok.iterrows():
+        xs, ys, _, _ = curves(frames, row["run_ids"], f"valid/{m.name}", "time/train")
+        epochs, _, _, _ = curves(frames, row["run_ids"], f"valid/{m.name}", "epoch")
+        hit = next((i for i, y in enumerate(ys) if _reaches(m, y, bound)), None)
+        rows.append({"run": frames.run_numbers(row), "config": frames.describe(row),
+                     "epoch": int(epochs[hit]) if hit is not None else None,
+                     "seconds": float(xs[hit]) if hit is not None else None,
+                     f"best valid {a}": row[f"valid_{m.name}"], "_row": row})
+    reached = sorted((r for r in rows if r["seconds"] is not None), key=lambda r: r["seconds"])
+    cmp = "≥" if m.higher_is_better else "≤"
+    evidence = [{k: v for k, v in r.items() if k != "_row"} for r in
+                reached + [r for r in rows if r["seconds"] is None]]
+    columns = ["run", "config", "epoch", "seconds", f"best valid {a}"]
+    if not reached:
+        return Answer("wall_clock", question, f"No run reaches valid {a} {cmp} "
+                      f"{format_number(bound)} ({why}).", columns, evidence)
+    win = reached[0]
+    tied = [r for r in reached[1:] if math.isclose(r["seconds"], win["seconds"], rel_tol=1e-9)]
+    text = (f"{_who(frames, win['_row']).capitalize()}: it is the first to reach validation "
+            f"{a} {cmp} {format_number(bound)} ({why}), after {win['seconds']:.1f} s of training"
+            f" (epoch {win['epoch']})")
+    if tied:
+        text += ", tied with " + ", ".join(f"run {r['run']} (epoch {r['epoch']})" for r in tied)
+    text += "."
+    rest = reached[1 + len(tied):]
+    if rest:
+        nxt = rest[0]
+        text += (f" Next: run {nxt['run']} at {nxt['seconds']:.1f} s (epoch {nxt['epoch']}).")
+    missing = len(rows) - len(reached)
+    if missing:
+        text += f" {missing} of {len(rows)} configurations never reach it."
+    text += (" Times are cumulative training seconds (evaluation excluded) at the end of the "
+             "epoch where the target is first met, so they have epoch granularity.")
+    return Answer("wall_clock", question, text, columns, evidence,
+                  [win["run"]] + [r["run"] for r in tied])
+
+
+def time_budget(frames: SweepFrames, configs: pd.DataFrame) -> Answer:
+    m = frames.metric
+    a = m.abbrev
+    question = "Which configuration gives the best result for an equal amount of training time?"
+    ok = _ok(configs)
+    totals = [t for t in ok["train_time"] if math.isfinite(t)]
+    if not totals:
+        return Answer("time_budget", question, "No finished run recorded its training time.")
+    budget = min(totals)
+    rows: list[dict[str, Any]] = []
+    for _, row in ok.iterrows():
+        xs, ys, _, _ = curves(frames, row["run_ids"], f"valid/{m.name}", "time/train")
+        inside = [y for x, y in zip(xs, ys) if x <= budget * (1 + 1e-9)]
+        rows.append({"run": frames.run_numbers(row), "config": frames.describe(row),
+                     f"best valid {a} within budget": m.best_of(inside) if inside else None,
+                     "validations within budget": len(inside), "_row": row})
+    scored = [r for r in rows if r[f"best valid {a} within budget"] is not None]
+    scored.sort(key=lambda r: r[f"best valid {a} within budget"],
+                reverse=m.higher_is_better)
+    evidence = [{k: v for k, v in r.items() if k != "_row"} for r in
+                scored + [r for r in rows if r not in scored]]
+    columns = ["run", "config", f"best valid {a} within budget", "validations within budget"]
+    win = scored[0]
+    text = (f"With the same {budget:.1f} s of training for every configuration (the shortest "
+            f"run's total), {_who(frames, win['_row'])} is best: validation {a} "
+            f"{format_number(win[f'best valid {a} within budget'])}.")
+    if len(scored) > 1:
+        nxt = scored[1]
+        text += (f" Runner-up: run {nxt['run']} with "
+                 f"{format_number(nxt[f'best valid {a} within budget'])}.")
+    return Answer("time_budget", question, text, columns, evidence, [win["run"]])
+
+
+def _gap(m: Metric, train: float, valid: float) -> float:
+    if m.name == "perplexity":
+        return valid / train if train > 0 else math.nan
+    return train - valid if m.higher_is_better else valid - train
+
+
+def _gap_size(m: Metric, gap: float) -> float:
+    """How far apart train and validation are, whichever is ahead (a ratio's log for PPL)."""
+    if not math.isfinite(gap) or (m.name == "perplexity" and gap <= 0):
+        return math.inf
+    return abs(math.log(gap)) if m.name == "perplexity" else abs(gap)
+
+
+def generalization(frames: SweepFrames, configs: pd.DataFrame) -> Answer:
+    m = frames.metric
+    a = m.abbrev
+    question = "Which configuration generalizes best?"
+    ok = _ok(configs)
+    best = m.best_of(ok[f"valid_{m.name}"])
+    if not math.isfinite(best):
+        return Answer("generalization", question, "No finished run has a validation value.")
+    bound = tolerance_bound(m, best)
+    gap_name = (f"gap (valid {a} / train {a})" if m.name == "perplexity"
+                else f"gap (train {a} - valid {a})" if m.higher_is_better
+                else f"gap (valid {a} - train {a})")
+    rows: list[dict[str, Any]] = []
+    for _, row in ok.iterrows():
+        train, valid = row[f"train_{m.name}"], row[f"valid_{m.name}"]
+        rows.append({"run": frames.run_numbers(row), "config": frames.describe(row),
+                     f"train {a}": train, f"valid {a}": valid, gap_name: _gap(m, train, valid),
+                     "within tolerance": bool(math.isfinite(valid) and _reaches(m, valid, bound)),
+                     "_row": row})
+    rows.sort(key=lambda r: (not r["within tolerance"], _gap_size(m, r[gap_name])))
+    evidence = [{k: v for k, v in r.items() if k != "_row"} for r in rows]
+    columns = ["run", "config", f"train {a}", f"valid {a}", gap_name, "within tolerance"]
+    win = next((r for r in rows if r["within tolerance"] and math.isfinite(r[gap_name])), None)
+    if win is None:
+        return Answer("generalization", question, "No finished run has train and validation "
+                      "values at its best epoch.", columns, evidence)
+    gap_text = (f"{win[gap_name]:.2f}x" if m.name == "perplexity"
+                else format_number(win[gap_name]))
+    text = (f"{_who(frames, win['_row']).capitalize()}: the smallest train/validation gap "
+            "in either direction "
+            f"({gap_text}: train {a} {format_number(win[f'train {a}'])}, validation "
+            f"{format_number(win[f'valid {a}'])} at its best epoch) among the configurations "
+            f"whose validation {a} is {_tolerance_text(m)} ({format_number(best)}; bound "
+            f"{format_number(bound)}).")
+    close = [r for r in rows if r is not win and r["within tolerance"]
+             and _gap_size(m, r[gap_name]) <= 1.05 * _gap_size(m, win[gap_name])]
+    if close:
+        many = len(close) > 1
+        text += (f" Run{'s' if many else ''} {', '.join(r['run'] for r in close)} "
+                 f"come{'' if many else 's'} within 5 % of that gap"
+                 + (": with one seed, treat them as equal." if not frames.seeded else "."))
+    smaller = [r for r in rows if not r["within tolerance"]
+               and _gap_size(m, r[gap_name]) < _gap_size(m, win[gap_name])]
+    if smaller:
+        text += (f" Runs {', '.join(r['run'] for r in smaller)} have smaller gaps but much worse "
+                 f"validation {a} (they underfit rather than generalize).")
+    text += (f" Train {a} is the running average over the best epoch in training mode, so gaps "
+             "compare runs rather than measure the true generalization error.")
+    return Answer("generalization", question, text, columns, evidence, [win["run"]])
+
+
+def pareto_front(costs: Sequence[float], values: Sequence[float],
+                 higher_is_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and value."""
+    sign = -1.0 if higher_is_better else 1.0
+    pts = [(c, sign * v, i) for i, (c, v) in enumerate(zip(costs, values))
+           if math.isfinite(c) and math.isfinite(v)]
+    front = []
+    for c, v, i in pts:
+        dominated = any((c2 <= c and v2 <= v) and (c2 < c or v2 < v) for c2, v2, _ in pts)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: costs[i])
+
+
+def pareto(frames: SweepFrames, configs: pd.DataFrame, cost: str) -> Answer:
+    m = frames.metric
+    a = m.abbrev
+    what = "training time" if cost == "train_time" else "peak memory"
+    unit = "s" if cost == "train_time" else "MiB"
+    scale = 1.0 if cost == "train_time" else 1 / 2**20
+    key = "pareto_time" if cost == "train_time" else "pareto_memory"
+    question = f"Which configurations trade validation {a} against {what} best (Pareto front)?"
+    ok = _ok(configs).reset_index(drop=True)
+    costs = [float(c) * scale for c in ok[cost]]
+    values = [float(v) for v in ok[f"valid_{m.name}"]]
+    front = pareto_front(costs, values, m.higher_is_better)
+    evidence = [{"run": frames.run_numbers(r), "config": frames.describe(r),
+                 f"{what} ({unit})": costs[i], f"best valid {a}": values[i],
+                 "on front": i in front} for i, r in ok.iterrows()]
+    evidence.sort(key=lambda e: (not e["on front"], e[f"{what} ({unit})"]))
+    columns = ["run", "config", f"{what} ({unit})", f"best valid {a}", "on front"]
+    if not front:
+        return Answer(key, question, f"No finished run recorded its {what}.", columns, evidence)
+    steps = "; ".join(f"run {frames.run_numbers(ok.iloc[i])} ({frames.describe(ok.iloc[i])}): "
+                      f"{costs[i]:,.1f} {unit}, {a} {format_number(values[i])}" for i in front)
+    text = (f"{len(front)} of {len(ok)} configurations are on the front (none of the others is "
+            f"both cheaper in {what} and better in validation {a}), from cheapest to best: "
+            f"{steps}.")
+    if cost == "peak_memory_bytes":
+        text += " " + _memory_caveat(frames)
+    return Answer(key, question, text, columns, evidence,
+                  [frames.run_numbers(ok.iloc[i]) for i in front], figure=key)
+
+
+def _memory_caveat(frames: SweepFrames) -> str:
+    devices = {str((s or {}).get("device", "")) for s in frames.runs["summary"]}
+    if any(d.startswith("cuda") for d in devices):
+        return "Memory is the CUDA allocator's peak."
+    return ("Memory is the process's peak resident set size on CPU, which includes Python and "
+            "torch themselves, so differences between small models are small.")
+
+
+def overfit_spans(train: Sequence[float], valid: Sequence[float], epochs: Sequence[int],
+                  higher_is_better: bool, k: int) -> list[tuple[int, int]]:
+    """(first, last) epochs of each stretch of at least ``k`` epochs in a row in which the
+    validation metric got worse at every epoch while the training metric got better."""
+    sign = 1.0 if higher_is_better else -1.0
+    spans, start = [], None
+    for i in range(1, len(valid)):
+        worse = sign * (valid[i] - valid[i - 1]) < 0
+        better = sign * (train[i] - train[i - 1]) > 0
+        if worse and better:
+            start = i - 1 if start is None else start
+            if i == len(valid) - 1 and i - start >= k:
+                spans.append((int(epochs[start]), int(epochs[i])))
+        else:
+            if start is not None and i - 1 - start >= k:
+                spans.append((int(epochs[start]), int(epochs[i - 1])))
+            start = None
+    return spans
+
+
+def overfitting(frames: SweepFrames, configs: pd.DataFrame, k: int = 2) -> Answer:
+    m = frames.metric
+    a = m.abbrev
+    question = f"Which runs overfit (validation {a} worse for {k}+ epochs while train improves)?"
+    rows: list[dict[str, Any]] = []
+    for _, row in configs.iterrows():
+        epochs, train, _, _ = curves(frames, row["run_ids"], f"train/{m.name}", "epoch")
+        ev, valid, _, _ = curves(frames, row["run_ids"], f"valid/{m.name}", "epoch")
+        common = sorted(set(epochs.tolist()) & set(ev.tolist()))
+        tr = [float(train[list(epochs).index(e)]) for e in common]
+        va = [float(valid[list(ev).index(e)]) for e in common]
+        for first, last in overfit_spans(tr, va, common, m.higher_is_better, k):
+            i, j = common.index(first), common.index(last)
+            rows.append({"run": frames.run_numbers(row), "config": frames.describe(row),
+                         "from epoch": first, "to epoch": last,
+                         f"valid {a}": f"{format_number(va[i])} -> {format_number(va[j])}",
+                         f"train {a}": f"{format_number(tr[i])} -> {format_number(tr[j])}"})
+    columns = ["run", "config", "from epoch", "to epoch", f"valid {a}", f"train {a}"]
+    if not rows:
+        return Answer("overfitting", question, f"None: no configuration's validation {a} got "
+                      f"worse for {k} epochs in a row while its train {a} improved.", columns)
+    flagged = [str(r) for r in dict.fromkeys(r["run"] for r in rows)]
+    text = (f"{len(flagged)} of {len(configs)} configurations overfit: "
+            + "; ".join(f"run {r['run']} ({r['config']}) from epoch {r['from epoch']} to "
+                        f"{r['to epoch']}, validation {a} {r[f'valid {a}']} while train "
+                        f"{a} {r[f'train {a}']}" for r in rows[:6])
+            + ("; ..." if len(rows) > 6 else "") + ".")
+    text += (" The test column uses each run's best-validation checkpoint, not its last epoch; "
+             "more data, dropout or weight decay, or early stopping would help.")
+    return Answer("overfitting", question, text, columns, rows, flagged)
+
+
+def divergence(frames: SweepFrames) -> Answer:
+    question = "Did any run diverge or fail?"
+    rows = [{"run": str(r["index"]), "config": frames.describe(r), "status": r["status"],
+             "epochs done": r["epochs_done"], "message": r["error"] or ""}
+            for _, r in frames.runs.iterrows() if r["status"] != "ok"]
+    rows += [{"run": str(s["index"]), "config": "", "status": s["status"], "epochs done": 0,
+              "message": s["error"] or "no epoch recorded"} for s in frames.skipped]
+    columns = ["run", "config", "status", "epochs done", "message"]
+    total = len(frames.runs) + len(frames.skipped)
+    if not rows:
+        return Answer("divergence", question, f"No: all {total} runs finished normally.",
+                      columns)
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    parts = ", ".join(f"{n} {s}" for s, n in counts.items())
+    detail = "; ".join(f"run {r['run']} {r['status']}" + (f": {r['message']}" if r["message"]
+                                                         else "") for r in rows[:5])
+    text = (f"{parts} of {total} runs: {detail}." + (" ..." if len(rows) > 5 else "")
+            + " Diverged and failed runs are left out of every other answer and of the bold "
+              "marks.")
+    return Answer("divergence", question, text, columns, rows,
+                  [r["run"] for r in rows])
+
+
+__all__ = ["ACCURACY_TOLERANCE", "RELATIVE_TOLERANCE", "Answer", "answer_all",
+           "config_frame", "generalization", "overfit_spans", "overfitting", "pareto",
+           "pareto_front", "time_budget", "time_to_target", "tolerance_bound"]

@@ -1,0 +1,377 @@
+"""Tidy frames from the store: one row per run, one row per (run, epoch), seeds aggregated.
+
+Analysis only reads the store.  Everything downstream (tables, figures, answers) works on the
+:class:`SweepFrames` built here, so it can be tested on hand-made frames or hand-made stores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trainlab.errors import ConfigError, closest
+
+SEED_KEY = "train.seed"
+# Keys recorded every log interval; everything else with epoch > 0 is an epoch-level value.
+_STEP_KEYS = ("train/step_loss", "lr", "grad_norm", "time/step")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A quality metric: how to name it, which way is better, how to draw it."""
+
+    name: str
+    abbrev: str
+    higher_is_better: bool
+    log_scale: bool
+    description: str
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.higher_is_better else a < b
+
+    def best_of(self, values: Iterable[float]) -> float:
+        finite = [v for v in values if _finite(v)]
+        if not finite:
+            return math.nan
+        return max(finite) if self.higher_is_better else min(finite)
+
+
+METRICS: dict[str, Metric] = {
+    "perplexity": Metric("perplexity", "PPL", False, True, "perplexity (exp of the mean "
+                         "per-token cross-entropy; lower is better)"),
+    "accuracy": Metric("accuracy", "Acc", True, False, "accuracy (share of correct "
+                       "predictions; higher is better)"),
+    "rmse": Metric("rmse", "RMSE", False, False, "root mean squared error (lower is better)"),
+    "loss": Metric("loss", "Loss", False, False, "loss (the training objective; lower is "
+                   "better)"),
+}
+
+
+@dataclass
+class SweepFrames:
+    """One sweep, read from the store and shaped for reporting."""
+
+    name: str
+    varied: list[str]  # the sweep's varied keys in config order (train.seed included)
+    keys: list[str]  # the varied keys that define a configuration (train.seed excluded)
+    labels: dict[str, str]  # column label of each varied key
+    runs: pd.DataFrame  # one row per reported run (see _run_rows)
+    epochs: pd.DataFrame  # one row per (run_id, epoch): a column per epoch-level metric key
+    metric: Metric  # the quality metric the tables and answers rank by
+    metrics: list[str]  # quality metrics recorded for train and valid, task metric first
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # runs without metrics
+    config: dict[str, Any] = field(default_factory=dict)  # the sweep file as stored
+
+    @property
+    def seeded(self) -> bool:
+        """True when some configuration ran with more than one seed."""
+        return bool(len(self.runs)) and int(self.runs.groupby("group").size().max()) > 1
+
+    def label(self, key: str) -> str:
+        return self.labels.get(key, key)
+
+    def resolve_key(self, name: str, option: str) -> str:
+        """A varied key given by its label or dotted name; ConfigError naming the choices."""
+        by_label = {v: k for k, v in self.labels.items() if k in self.keys}
+        if name in self.keys:
+            return name
+        if name in by_label:
+            return by_label[name]
+        choices = [self.labels[k] for k in self.keys]
+        guess = closest(name, choices + self.keys)
+        hint = f" did you mean {guess!r}?" if guess else ""
+        valid = ", ".join(choices) if choices else "none (nothing varies in this sweep)"
+        raise ConfigError(f"`{option}`: {name!r} is not a varied key of sweep {self.name}.{hint}"
+                          f" Valid: {valid}.", field=option)
+
+    def describe(self, row: pd.Series | dict[str, Any], keys: Sequence[str] | None = None,
+                 sep: str = ", ") -> str:
+        """``model=lstm, layers=1, optimizer=adam`` for a run or group row."""
+        return sep.join(f"{self.label(k)}={format_value(row[k])}"
+                        for k in (self.keys if keys is None else keys))
+
+    def run_numbers(self, row: pd.Series | dict[str, Any]) -> str:
+        """"3" for a run, "1-3" or "1, 4, 7" for a seed group."""
+        return format_indices(row["indices"]) if "indices" in row else str(row["index"])
+
+
+def load_sweep(store: Any, sweep: str | None, metric: str | None = None) -> SweepFrames:
+    """Read one sweep from ``store`` (the most recently updated one when ``sweep`` is None)."""
+    name = pick_sweep(store, sweep)
+    info = store.sweep_info(name)
+    runs = store.runs(name)
+    if runs.empty:
+        raise ConfigError(f"`--sweep`: sweep {name!r} has no runs in {store.root}",
+                          field="--sweep")
+    long = store.metrics(list(runs["run_id"]))
+    return build_frames(name, list(info["varied"]), runs, long, metric=metric,
+                        config=info["config"])
+
+
+def pick_sweep(store: Any, sweep: str | None) -> str:
+    sweeps = store.sweeps()
+    names = list(sweeps["sweep"])
+    if not names:
+        raise ConfigError(f"the store at {store.root} holds no sweeps; run one first "
+                          "(`trainlab run --example quickstart`)", field="--store")
+    if sweep is None:
+        return str(names[-1])  # ordered by last update
+    if sweep not in names:
+        guess = closest(sweep, names)
+        hint = f" did you mean {guess!r}?" if guess else ""
+        raise ConfigError(f"`--sweep`: no sweep {sweep!r} in {store.root}.{hint} Sweeps: "
+                          f"{', '.join(names)}.", field="--sweep")
+    return sweep
+
+
+def build_frames(name: str, varied: list[str], runs: pd.DataFrame, long: pd.DataFrame, *,
+                 metric: str | None = None, config: dict[str, Any] | None = None) -> SweepFrames:
+    """The frames of one sweep from ``store.runs(name)`` and ``store.metrics(...)`` frames."""
+    from trainlab.config.grid import short_names
+
+    keys = [k for k in varied if k != SEED_KEY]
+    labels = short_names(varied)
+    epochs = epoch_frame(long)
+    has_epochs = set(epochs["run_id"]) if not epochs.empty else set()
+    skipped = [{"index": _int(r["index"]), "run_id": r["run_id"], "status": r["status"],
+                "error": _last_line(r["error"])}
+               for _, r in runs.iterrows() if r["run_id"] not in has_epochs]
+    runs = runs[runs["run_id"].isin(has_epochs)].reset_index(drop=True)
+    if runs.empty:
+        states = ", ".join(sorted({str(s["status"]) for s in skipped})) or "none"
+        raise ConfigError(f"`--sweep`: sweep {name!r} has no run with recorded epochs yet "
+                          f"(run statuses: {states}); run it with `trainlab run` first",
+                          field="--sweep")
+    recorded = [m for m in METRICS if f"valid/{m}" in epochs.columns]
+    chosen = _choose_metric(recorded, metric, name)
+    ordered = [chosen.name] + [m for m in recorded if m != chosen.name]
+    rows = _run_rows(runs, epochs, varied, ordered)
+    # A run still training has no summary yet: its parameter counts are recorded at epoch 0.
+    for col, key in (("params_total", "params/total"), ("params_trainable", "params/trainable")):
+        counts = long[long["key"] == key].groupby("run_id")["value"].last()
+        rows[col] = [v if _finite(v) else _num(counts.get(r, math.nan))
+                     for v, r in zip(rows[col], rows["run_id"])]
+    return SweepFrames(name=name, varied=varied, keys=keys, labels=labels, runs=rows,
+                       epochs=epochs, metric=chosen, metrics=ordered, skipped=skipped,
+                       config=config or {})
+
+
+def epoch_frame(long: pd.DataFrame) -> pd.DataFrame:
+    """Wide per-epoch values: the last value of each epoch-level key in each epoch.
+
+    ``wall`` is the run's wall-clock seconds at that epoch's end (evaluation included);
+    ``time/train`` the cumulative training seconds (evaluation and I/O excluded).
+    """
+    if long.empty:
+        return pd.DataFrame(columns=["run_id", "epoch", "wall"])
+    per_epoch = long[(long["epoch"] > 0) & ~long["key"].isin(_STEP_KEYS)
+                     & ~long["key"].str.startswith("lr/") & ~long["key"].str.startswith("test/")]
+    if per_epoch.empty:
+        return pd.DataFrame(columns=["run_id", "epoch", "wall"])
+    per_epoch = per_epoch.sort_values(["run_id", "step", "time"])
+    wide = per_epoch.pivot_table(index=["run_id", "epoch"], columns="key", values="value",
+                                 aggfunc="last")
+    wall = per_epoch.groupby(["run_id", "epoch"])["time"].max().rename("wall")
+    wide = wide.join(wall).reset_index()
+    wide.columns.name = None
+    # An epoch without a training record (interrupted mid-epoch) is not a finished epoch.
+    if "time/train" in wide.columns:
+        wide = wide[wide["time/train"].notna()]
+    return wide.reset_index(drop=True)
+
+
+def _choose_metric(recorded: list[str], metric: str | None, sweep: str) -> Metric:
+    if metric is None:
+        return METRICS[next((m for m in recorded if m != "loss"), "loss")]
+    if metric not in recorded:
+        guess = closest(metric, recorded)
+        hint = f" did you mean {guess!r}?" if guess else ""
+        raise ConfigError(f"`--metric`: {metric!r} was not recorded for sweep {sweep}.{hint} "
+                          f"Recorded: {', '.join(recorded) or 'none'}.", field="--metric")
+    return METRICS[metric]
+
+
+def _run_rows(runs: pd.DataFrame, epochs: pd.DataFrame, varied: list[str],
+              metrics: list[str]) -> pd.DataFrame:
+    keys = [k for k in varied if k != SEED_KEY]
+    rows = []
+    for _, run in runs.iterrows():
+        flat = flatten(run["config"])
+        summary: dict[str, Any] = run["summary"] or {}
+        ep = epochs[epochs["run_id"] == run["run_id"]].set_index("epoch").sort_index()
+        monitor = str(flat.get("train.monitor") or "valid/loss")
+        best_epoch = _int(summary.get("best_epoch")) or _best_epoch(ep, monitor)
+        at_best = ep.loc[best_epoch] if best_epoch in ep.index else None
+        row: dict[str, Any] = {
+            "run_id": run["run_id"], "index": _int(run["index"]), "status": run["status"],
+            "error": _last_line(run["error"]), "config": run["config"], "env": run["env"],
+            "summary": summary, "monitor": monitor, "best_epoch": best_epoch,
+            "epochs_done": int(ep.index.max()) if len(ep) else 0,
+            "time_to_best": _get(at_best, "time/train"),
+            "train_time": _col_last(ep, "time/train"),
+            "wall_time": _col_last(ep, "wall"),
+            "samples_per_s": _median(ep, "throughput/samples_per_s"),
+            "tokens_per_s": _median(ep, "throughput/tokens_per_s"),
+            "epoch_time": _median(ep, "time/epoch_train"),
+            "eval_time": _median(ep, "time/eval"),
+            "peak_memory_bytes": _col_max(ep, "memory/peak_bytes"),
+            "utilization": _median(ep, "device/utilization"),
+            "params_total": _num(summary.get("params_total")),
+            "params_trainable": _num(summary.get("params_trainable")),
+        }
+        for key in varied:
+            row[key] = flat.get(key)
+        for m in metrics:
+            best_valid = _num(summary.get(f"best_valid_{m}"))
+            row[f"valid_{m}"] = best_valid if _finite(best_valid) else _get(at_best, f"valid/{m}")
+            row[f"train_{m}"] = _get(at_best, f"train/{m}")
+            row[f"test_{m}"] = _num(summary.get(f"test_{m}"))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame["group"] = [group_label(r, keys) for _, r in frame.iterrows()]
+    return frame
+
+
+def group_label(row: pd.Series | dict[str, Any], keys: Sequence[str]) -> str:
+    """A stable label of a run's configuration (its varied values other than the seed)."""
+    return "|".join(format_value(row[k]) for k in keys) or "all"
+
+
+def _best_epoch(ep: pd.DataFrame, monitor: str) -> int | None:
+    if monitor not in ep.columns or ep[monitor].dropna().empty:
+        return None
+    values = ep[monitor].dropna()
+    best = values.idxmax() if monitor.endswith("accuracy") else values.idxmin()
+    return int(best)  # type: ignore[call-overload]
+
+
+def aggregate(runs: pd.DataFrame, keys: Sequence[str], columns: Sequence[str]) -> pd.DataFrame:
+    """One row per configuration: mean, ``<col>_std`` (sample std; NaN for n=1) and ``n``.
+
+    ``indices`` and ``run_ids`` list the runs of each group, in sweep order.
+    """
+    out = []
+    for _, part in runs.groupby("group", sort=False):
+        first = part.iloc[0]
+        row: dict[str, Any] = {k: first[k] for k in keys}
+        row.update(group=first["group"], n=len(part), indices=list(part["index"]),
+                   run_ids=list(part["run_id"]), status=_group_status(part["status"]),
+                   index=first["index"])
+        for col in columns:
+            values = pd.to_numeric(part[col], errors="coerce").to_numpy(dtype=float)
+            finite = values[np.isfinite(values)]
+            row[col] = float(finite.mean()) if len(finite) else math.nan
+            row[f"{col}_std"] = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _group_status(statuses: pd.Series) -> str:
+    values = sorted(set(statuses))
+    return values[0] if len(values) == 1 else "/".join(values)
+
+
+def curves(frames: SweepFrames, run_ids: Sequence[str], key: str,
+           x: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(x, mean, std, n) of ``key`` over ``x`` (``epoch`` or a time column) across runs.
+
+    Seeds are averaged epoch by epoch over the runs that reached that epoch; the x of a time
+    axis is the mean time at which they reached it.
+    """
+    ep = frames.epochs
+    part = ep[ep["run_id"].isin(run_ids)]
+    if key not in part.columns or part[key].dropna().empty:
+        return np.array([]), np.array([]), np.array([]), 0
+    part = part[["run_id", "epoch", key] + ([x] if x != "epoch" else [])].dropna(subset=[key])
+    grouped = part.groupby("epoch")
+    xs = (np.asarray(grouped.size().index, dtype=float) if x == "epoch"
+          else grouped[x].mean().to_numpy(dtype=float))
+    mean = grouped[key].mean().to_numpy(dtype=float)
+    std = grouped[key].std(ddof=1).fillna(0.0).to_numpy(dtype=float)
+    return xs, mean, std, int(part["run_id"].nunique())
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as dotted keys (``model.hidden_dim``)."""
+    out: dict[str, Any] = {}
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(format_value(v) for v in value) + "]"
+    return str(value)
+
+
+def format_indices(indices: Sequence[Any]) -> str:
+    nums = sorted(int(i) for i in indices if i is not None)
+    if len(nums) > 2 and nums == list(range(nums[0], nums[-1] + 1)):
+        return f"{nums[0]}-{nums[-1]}"
+    return ", ".join(map(str, nums))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float | np.floating | np.integer) and math.isfinite(value)
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _int(value: Any) -> int | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return None
+    return int(value)
+
+
+def _get(row: pd.Series | None, key: str) -> float:
+    if row is None or key not in row.index:
+        return math.nan
+    return _num(row[key])
+
+
+def _col_last(ep: pd.DataFrame, key: str) -> float:
+    if key not in ep.columns or ep[key].dropna().empty:
+        return math.nan
+    return float(ep[key].dropna().iloc[-1])
+
+
+def _col_max(ep: pd.DataFrame, key: str) -> float:
+    if key not in ep.columns or ep[key].dropna().empty:
+        return math.nan
+    return float(ep[key].max())
+
+
+def _median(ep: pd.DataFrame, key: str) -> float:
+    # The median over epochs: the first epoch carries warm-up (allocator, caches).
+    if key not in ep.columns or ep[key].dropna().empty:
+        return math.nan
+    return float(ep[key].median())
+
+
+def _last_line(error: Any) -> str | None:
+    if not error or not isinstance(error, str):
+        return None
+    return error.strip().splitlines()[-1][:300]
+
+
+__all__ = ["METRICS", "SEED_KEY", "Metric", "SweepFrames", "aggregate", "build_frames",
+           "curves", "epoch_frame", "flatten", "format_indices", "format_value", "group_label",
+           "load_sweep", "pick_sweep"]

@@ -1,0 +1,136 @@
+"""The self-contained HTML report: figures inline (base64 PNG), styles and a small script inline,
+no network.  The page layout lives in ``templates/report.html``."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+from importlib import resources
+from string import Template
+from typing import TYPE_CHECKING, Any
+
+from trainlab.analysis.render import to_html
+from trainlab.analysis.tables import format_number
+
+if TYPE_CHECKING:
+    from trainlab.analysis.answers import Answer
+    from trainlab.analysis.report import Report
+
+
+def render_html(report: Report, pngs: dict[str, bytes]) -> str:
+    from trainlab import __version__
+    from trainlab.analysis.report import sections
+
+    frames = report.frames
+    esc = html.escape
+    toc: list[tuple[str, str]] = [("summary", "Summary"), ("answers", "Answers")]
+    figure_sections = sections(report)
+    toc += [(anchor, heading) for anchor, heading, _ in figure_sections]
+    toc += [("system", "Memory and throughput"), ("runs", "Runs and their configs")]
+    body = [f"<h1>Report: sweep {esc(frames.name)}</h1>", f'<p class="meta">{_meta(report)}</p>',
+            '<nav class="toc" aria-label="contents"><b>Contents</b><ol>'
+            + "".join(f'<li><a href="#{a}">{esc(h)}</a></li>' for a, h in toc) + "</ol></nav>"]
+    body += ['<section id="summary"><h2>Summary</h2><div class="scroll">',
+             to_html(report.summary, 1), "</div></section>"]
+    body += ['<section id="answers"><h2>Answers</h2>']
+    body += [_answer(a) for a in report.answers]
+    body.append("</section>")
+    number = 0
+    for anchor, heading, figs in figure_sections:
+        body.append(f'<section id="{anchor}"><h2>{esc(heading)}</h2>')
+        for fig in figs:
+            number += 1
+            data = base64.b64encode(pngs[fig.name]).decode("ascii")
+            body.append(
+                f'<figure id="fig-{esc(fig.name)}"><img src="data:image/png;base64,{data}" '
+                f'alt="{esc(fig.title)}"><figcaption><b>Figure {number}.</b> '
+                f"{esc(fig.caption)} <span class=\"meta\">(files: figures/{esc(fig.name)}.png, "
+                f".svg)</span></figcaption></figure>")
+        body.append("</section>")
+    body += ['<section id="system"><h2>Memory and throughput</h2><div class="scroll">',
+             to_html(report.system, 2), "</div></section>"]
+    body += ['<section id="runs"><h2>Runs and their configs</h2>',
+             "<p>Each run's resolved config (every default filled in), summary and environment; "
+             "run numbers in the tables link here.</p>"]
+    body += [_run(frames, row) for _, row in frames.runs.sort_values("index").iterrows()]
+    for s in frames.skipped:
+        body.append(f'<details class="run" id="run-{s["index"]}"><summary>run {s["index"]} · '
+                    f'{esc(str(s["run_id"]))} · {esc(str(s["status"]))} · no epoch recorded'
+                    f"</summary><pre>{esc(str(s.get('error') or ''))}</pre></details>")
+    body.append("</section>")
+    template = Template(resources.files("trainlab.analysis").joinpath(
+        "templates/report.html").read_text(encoding="utf-8"))
+    return template.substitute(title=esc(f"trainlab report: {frames.name}"),
+                               version=esc(__version__), body="\n".join(body))
+
+
+def _meta(report: Report) -> str:
+    frames = report.frames
+    varied = ", ".join(f"{frames.label(k)} (<code>{html.escape(k)}</code>)"
+                       for k in frames.varied) or "nothing"
+    when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    skipped = (f" {len(frames.skipped)} runs without a recorded epoch are left out."
+               if frames.skipped else "")
+    return (f"{len(frames.runs)} runs from the store at <code>{html.escape(report.store_root)}"
+            f"</code>; varied: {varied}; quality metric: {html.escape(frames.metric.name)}. "
+            f"Generated {when}.{skipped}")
+
+
+def _answer(answer: Answer) -> str:
+    esc = html.escape
+    parts = [f'<div class="answer" id="answer-{esc(answer.key)}"><h3>{esc(answer.question)}</h3>',
+             f"<p>{esc(answer.answer)}</p>"]
+    if answer.figure:
+        parts.append(f'<p class="meta">See the figure <a href="#fig-{esc(answer.figure)}">'
+                     f"{esc(answer.figure.replace('_', ' '))}</a>.</p>")
+    if answer.evidence:
+        head = "".join(f'<th scope="col">{esc(c)}</th>' for c in answer.columns)
+        rows = []
+        for r in answer.evidence:
+            cells = []
+            for c in answer.columns:
+                value = r.get(c)
+                sort = value if isinstance(value, int | float) and not isinstance(value, bool) \
+                    else ""
+                text = _evidence(value)
+                if c == "run" and value is not None:
+                    first = str(value).replace("-", ",").split(",")[0].strip()
+                    text = f'<a href="#run-{esc(first)}" class="runlink">{esc(text)}</a>'
+                else:
+                    text = esc(text)
+                cells.append(f'<td data-sort="{esc(str(sort))}">{text}</td>')
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append(f'<div class="scroll"><table class="sortable evidence">'
+                     f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+                     "</div>")
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def _evidence(value: Any) -> str:
+    from trainlab.analysis.report import format_evidence
+
+    return format_evidence(value)
+
+
+def _run(frames: Any, row: Any) -> str:
+    esc = html.escape
+    summary = row["summary"] or {}
+    m = frames.metric.name
+    headline = []
+    for key in (f"best_valid_{m}", f"test_{m}"):
+        if isinstance(summary.get(key), int | float):
+            headline.append(f"{key.replace('_', ' ')} {format_number(float(summary[key]))}")
+    desc = frames.describe(row) or "base config"
+    payload = json.dumps({"run_id": row["run_id"], "config": row["config"], "summary": summary,
+                          "env": row["env"]}, indent=1, default=str)
+    error = (f'<p class="note">{esc(str(row["error"]))}</p>' if row["error"] else "")
+    return (f'<details class="run" id="run-{row["index"]}"><summary>run {row["index"]} · '
+            f"<code>{esc(row['run_id'])}</code> · {esc(str(row['status']))} · {esc(desc)}"
+            f"{' · ' + esc(', '.join(headline)) if headline else ''}</summary>{error}"
+            f"<pre>{esc(payload)}</pre></details>")
+
+
+__all__ = ["render_html"]

@@ -1,0 +1,399 @@
+"""Tables: the summary table (quality at the best epoch, time, memory) and the system table.
+
+A :class:`Table` holds typed columns, raw values, the sort order, groups and the marks
+("best" in bold, or "tie" where the best's lead is within the noise); ``render.py`` writes it
+as Markdown, LaTeX, HTML and CSV.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+
+from trainlab.analysis.frames import SEED_KEY, SweepFrames, aggregate, format_value
+from trainlab.errors import ConfigError, closest
+
+Kind = Literal["run", "text", "int", "metric", "seconds", "bytes", "rate", "count", "percent"]
+Mark = Literal["best", "tie"] | None
+
+TIE_SYMBOL = "≈"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # the frame column
+    header: str  # short header (abbreviations explained in the caption)
+    kind: Kind
+    explain: str = ""  # the caption's sentence for this header ("" for self-explanatory ones)
+
+
+@dataclass
+class Table:
+    """A rendered-agnostic table: columns, rows of raw values and marks."""
+
+    name: str  # file stem: summary, system
+    title: str
+    columns: list[Column]
+    rows: list[dict[str, Any]]  # raw values by column key (+ "<key>_std", "n", "run_ids")
+    marks: list[Mark]
+    groups: list[str]  # the group label of each row (a rule is drawn between groups)
+    caption: str
+    seeded: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def cell(self, row: int, col: Column) -> str:
+        """The cell's text (no markup): numbers formatted, mean ± std with seeds."""
+        values = self.rows[row]
+        value = values.get(col.key)
+        if col.kind == "run" and values.get("indices") is not None:
+            return _indices(values["indices"])
+        text = format_cell(value, col.kind)
+        std = values.get(f"{col.key}_std")
+        if self.seeded and col.kind in ("metric", "seconds", "rate", "bytes") and _finite(std):
+            text = f"{text} ± {format_cell(std, col.kind)}"
+        return text
+
+    def sort_value(self, row: int, col: Column) -> Any:
+        value = self.rows[row].get(col.key)
+        if col.kind == "run":
+            return min(self.rows[row].get("indices") or [value or 0])
+        return value
+
+
+def format_cell(value: Any, kind: Kind) -> str:
+    if kind in ("text", "run"):
+        return format_value(value) if not isinstance(value, list) else _indices(value)
+    if not _finite(value):
+        return "-"
+    v = float(value)
+    if kind == "int":
+        return f"{round(v)}"
+    if kind == "count":
+        return f"{round(v):,}"
+    if kind == "bytes":
+        return f"{v / 2**20:,.0f}"
+    if kind == "rate":
+        return f"{v:,.0f}"
+    if kind == "seconds":
+        return f"{v:.1f}" if v >= 1 else f"{v:.3f}"
+    if kind == "percent":
+        return f"{v:.0f}"
+    return format_number(v)
+
+
+def format_number(v: float) -> str:
+    """About four significant digits, never in scientific notation for usual magnitudes."""
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.1f}"
+    if a >= 10:
+        return f"{v:.2f}"
+    if a >= 0.001 or a == 0:
+        return f"{v:.3f}" if a >= 1 or a == 0 else f"{v:.4f}"
+    return f"{v:.3g}"
+
+
+# --- marking the best ---------------------------------------------------------------------------
+
+
+def mark_best(means: Sequence[float], stds: Sequence[float], higher_is_better: bool,
+              eligible: Sequence[bool] | None = None) -> list[Mark]:
+    """Bold the best row where its lead exceeds the noise; otherwise mark the tie.
+
+    The rule: the best is the best mean among eligible rows.  Another row ties with it when
+    the gap between the two means is at most the larger of their two standard deviations
+    (without a std, n = 1, only an exactly equal value ties).  A best without ties is
+    ``"best"``; a best with ties is ``"tie"``, and so is every row tied with it.
+    """
+    ok = list(eligible) if eligible is not None else [True] * len(means)
+    candidates = [i for i, m in enumerate(means) if ok[i] and _finite(m)]
+    marks: list[Mark] = [None] * len(means)
+    if not candidates:
+        return marks
+    sign = 1.0 if higher_is_better else -1.0
+    best = max(candidates, key=lambda i: (sign * means[i], -i))
+    tied = [i for i in candidates if i != best
+            and abs(means[best] - means[i]) <= _noise(stds[best], stds[i], means[best])]
+    if not tied:
+        marks[best] = "best"
+    else:
+        for i in (best, *tied):
+            marks[i] = "tie"
+    return marks
+
+
+def _noise(a: float, b: float, scale: float) -> float:
+    spread = max(a if _finite(a) else 0.0, b if _finite(b) else 0.0)
+    return max(spread, 1e-12 * max(abs(scale), 1.0))
+
+
+# --- sorting and grouping -----------------------------------------------------------------------
+
+
+def sort_frame(frame: pd.DataFrame, keys: Sequence[str], order_from: pd.DataFrame | None = None,
+               descending: Sequence[bool] | None = None) -> pd.DataFrame:
+    """Rows sorted by ``keys`` in turn: numbers ascending, text in the order it first appears
+    in the sweep (``order_from``, by run number; as the grid lists it), missing values last."""
+    if frame.empty or not keys:
+        return frame.reset_index(drop=True)
+    source = order_from if order_from is not None else frame
+    source = source.sort_values("index") if "index" in source.columns else source
+    desc = list(descending) if descending is not None else [False] * len(keys)
+
+    def ranker(key: str) -> Any:
+        first = list(dict.fromkeys(format_value(v) for v in source[key]))
+
+        def value(v: Any) -> tuple[int, float, str]:
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                return (2, 0.0, "")
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                text = format_value(v)
+                return (1, float(first.index(text)) if text in first else math.inf, text)
+            return (0, float(v), "")
+        return value
+
+    out = frame.copy()
+    sort_cols = []
+    for i, key in enumerate(keys):
+        col = f"__sort{i}"
+        if key in source.columns:
+            rank = ranker(key)
+            values = [rank(v) for v in out[key]]
+        else:
+            values = [(0, float(v), "") if _finite(v) else (2, 0.0, "") for v in out[key]]
+        if desc[i]:
+            values = [(g, -x, s) for g, x, s in values]
+        out[col] = values
+        sort_cols.append(col)
+    out = out.sort_values(sort_cols, kind="stable").drop(columns=sort_cols)
+    return out.reset_index(drop=True)
+
+
+def resolve_sort(frames: SweepFrames, spec: str | None, columns: Sequence[Column]
+                 ) -> tuple[list[str], list[bool]]:
+    """``--sort`` (comma-separated labels, ``-`` for descending) as frame columns."""
+    if not spec:
+        return list(frames.keys), [False] * len(frames.keys)
+    by_header = {c.header: c.key for c in columns if c.kind != "text"}
+    by_header.update({"run": "index", "#": "index"})
+    keys, desc = [], []
+    for raw in (s.strip() for s in spec.split(",")):
+        if not raw:
+            continue
+        name = raw.lstrip("-")
+        if name in by_header:
+            keys.append(by_header[name])
+        else:
+            try:
+                keys.append(frames.resolve_key(name, "--sort"))
+            except ConfigError:
+                choices = [frames.label(k) for k in frames.keys] + list(by_header)
+                guess = closest(name, choices)
+                hint = f" did you mean {guess!r}?" if guess else ""
+                raise ConfigError(f"`--sort`: unknown column {name!r}.{hint} Valid: "
+                                  f"{', '.join(choices)} (prefix - for descending).",
+                                  field="--sort") from None
+        desc.append(raw.startswith("-"))
+    return keys, desc
+
+
+def resolve_group(frames: SweepFrames, group: str | None) -> str | None:
+    """The key whose values group rows for "best" (default: the first varied key when at least
+    two vary, e.g. the architecture); ``none`` for the whole table."""
+    if group is None:
+        return frames.keys[0] if len(frames.keys) >= 2 else None
+    if group.lower() in ("none", "all", ""):
+        return None
+    return frames.resolve_key(group, "--group")
+
+
+# --- the tables ---------------------------------------------------------------------------------
+
+
+def summary_table(frames: SweepFrames, *, sort: str | None = None,
+                  group: str | None = None) -> Table:
+    """One row per run (per configuration with seeds): quality at the best epoch and costs."""
+    m = frames.metric
+    lm = "tokens_per_s" in frames.runs.columns and frames.runs["tokens_per_s"].notna().any()
+    both = frames.runs[["params_total", "params_trainable"]].dropna()
+    split_params = bool((both["params_total"] != both["params_trainable"]).any())
+    cols = [Column("index", "#", "run", "#: run number in the sweep (as `trainlab ls` shows)")]
+    cols += [Column(k, frames.label(k), "text") for k in frames.keys]
+    for name in frames.metrics[:1]:
+        a = m.abbrev
+        cols += [Column(f"train_{name}", f"train {a}", "metric"),
+                 Column(f"valid_{name}", f"valid {a}", "metric"),
+                 Column(f"test_{name}", f"test {a}", "metric")]
+    cols += [
+        Column("best_epoch", "ep*", "int", "ep*: the epoch with the best validation "
+               "(by the run's train.monitor); train and valid columns are at that epoch"),
+        Column("time_to_best", "t* (s)", "seconds", "t*: training seconds to reach ep*"),
+        Column("train_time", "T (s)", "seconds", "T: total training seconds"),
+        Column("tokens_per_s" if lm else "samples_per_s", "thr (tok/s)" if lm else "thr (ex/s)",
+               "rate", "thr: training throughput, median over epochs, in "
+               + ("tokens" if lm else "examples") + " per second"),
+        Column("peak_memory_bytes", "mem (MiB)", "bytes", "mem: " + _memory_note(frames)),
+    ]
+    if split_params:
+        cols += [Column("params_total", "params", "count", "params: parameters in the model"),
+                 Column("params_trainable", "trainable", "count",
+                        "trainable: parameters the optimizer updates")]
+    else:
+        cols.append(Column("params_total", "params", "count",
+                           "params: parameters in the model (all trainable)"))
+    return _build(frames, "summary", "Summary", cols, sort=sort, group=group,
+                  lead=_summary_lead(frames))
+
+
+def system_table(frames: SweepFrames, *, sort: str | None = None,
+                 order: Sequence[str] | None = None) -> Table:
+    """Per run: peak memory, throughput, time per epoch, evaluation time, utilization.
+
+    ``order`` (configuration labels, e.g. the summary table's) fixes the row order instead.
+    """
+    runs = frames.runs
+    lm = runs["tokens_per_s"].notna().any()
+    cols = [Column("index", "#", "run", "#: run number in the sweep")]
+    cols += [Column(k, frames.label(k), "text") for k in frames.keys]
+    cols.append(Column("device", "device", "text", "device: where the run trained"))
+    cols += [Column("peak_memory_bytes", "mem (MiB)", "bytes", "mem: " + _memory_note(frames)),
+             Column("samples_per_s", "thr (ex/s)", "rate",
+                    "thr: training examples per second, median over epochs")]
+    if lm:
+        cols.append(Column("tokens_per_s", "thr (tok/s)", "rate",
+                           "thr (tok/s): training tokens per second, median over epochs"))
+    cols += [Column("epoch_time", "t/ep (s)", "seconds",
+                    "t/ep: training seconds per epoch (median; evaluation excluded)"),
+             Column("eval_time", "eval (s)", "seconds",
+                    "eval: seconds per validation pass (median)")]
+    if runs["utilization"].notna().any():
+        cols.append(Column("utilization", "util (%)", "percent",
+                           "util: device utilization, median over epochs"))
+    cols.append(Column("params_total", "params", "count", "params: parameters in the model"))
+    lead = ("System costs of each run, measured by trainlab during training.")
+    return _build(frames, "system", "Memory and throughput", cols, sort=sort, group=None,
+                  lead=lead, extra_text=["device"], order=order)
+
+
+def _build(frames: SweepFrames, name: str, title: str, cols: list[Column], *,
+           sort: str | None, group: str | None, lead: str,
+           extra_text: Sequence[str] = (), order: Sequence[str] | None = None) -> Table:
+    runs = frames.runs.copy()
+    runs["device"] = [str(s.get("device") or _env_device(e)) for s, e in
+                      zip(runs["summary"], runs["env"])]
+    numeric = [c.key for c in cols if c.kind not in ("text", "run")]
+    seeded = frames.seeded
+    frame = aggregate(runs, [*frames.keys, *extra_text], numeric) if seeded else runs
+    if order is not None:
+        rank = {g: i for i, g in enumerate(order)}
+        frame = frame.sort_values("group", key=lambda col: col.map(
+            lambda g: rank.get(g, len(rank))), kind="stable").reset_index(drop=True)
+    else:
+        keys, desc = resolve_sort(frames, sort, cols)
+        frame = sort_frame(frame, keys, order_from=frames.runs, descending=desc)
+    group_key = resolve_group(frames, group) if name == "summary" else None
+    groups = ([format_value(v) for v in frame[group_key]] if group_key
+              else ["all"] * len(frame))
+    marks: list[Mark] = [None] * len(frame)
+    if name == "summary":
+        metric_col = f"valid_{frames.metric.name}"
+        for g in dict.fromkeys(groups):
+            idx = [i for i, x in enumerate(groups) if x == g]
+            sub = mark_best([frame[metric_col].iloc[i] for i in idx],
+                            [frame[f"{metric_col}_std"].iloc[i] if seeded else math.nan
+                             for i in idx], frames.metric.higher_is_better,
+                            [frame["status"].iloc[i] == "ok" for i in idx])
+            for i, mk in zip(idx, sub):
+                marks[i] = mk
+    if seeded:
+        cols = [*cols, Column("n", "n", "int", "n: seeds (runs) averaged")]
+    rows: list[dict[str, Any]] = [{str(k): v for k, v in r.items()}
+                                  for r in frame.to_dict(orient="records")]
+    table = Table(name, title, cols, rows, marks, groups if group_key else [], "",
+                  seeded=seeded)
+    table.caption = _caption(frames, table, lead, group_key, sort)
+    if any(r.get("status") not in ("ok", None) for r in rows):
+        bad = [f"{frames.run_numbers(r)} ({r['status']})" for r in rows if r["status"] != "ok"]
+        table.notes.append("Not finished normally: " + "; ".join(bad) + ".")
+    return table
+
+
+def _caption(frames: SweepFrames, table: Table, lead: str, group_key: str | None,
+             sort: str | None) -> str:
+    m = frames.metric
+    parts = [lead]
+    explained = [c.explain for c in table.columns if c.explain]
+    if any(c.kind == "metric" for c in table.columns):
+        explained.insert(0, f"{m.abbrev}: {m.description}; train {m.abbrev} is the running "
+                            "average over the training epoch in training mode (dropout "
+                            "active), valid and test are measured after it (test: the "
+                            "best-validation checkpoint)")
+    parts.append("Columns: " + "; ".join(explained) + ".")
+    keys = ", ".join(frames.label(k) for k in frames.keys)
+    if table.name == "system":
+        parts.append("Rows in the order of the summary table.")
+    elif sort:
+        parts.append(f"Sorted by {sort}.")
+    elif keys:
+        parts.append(f"Sorted by {keys}.")
+    if table.name == "summary":
+        where = f"for each {frames.label(group_key)}" if group_key else "over the table"
+        rule = (f"Bold: the best validation {m.abbrev} {where} ("
+                + ("highest" if m.higher_is_better else "lowest") + "; finished runs only)")
+        if table.seeded:
+            rule += (f", bold only where its lead over the runner-up exceeds the noise: the gap "
+                     f"between two means must be larger than the larger of their two standard "
+                     f"deviations; otherwise the best and every run within that gap are marked "
+                     f"{TIE_SYMBOL} (tied)")
+        else:
+            rule += (f"; {TIE_SYMBOL} marks runs tied for best. One seed per configuration: no "
+                     "noise estimate, so small leads may not be meaningful")
+        parts.append(rule + ".")
+    if table.seeded:
+        parts.append("With seeds: mean ± sample standard deviation over n runs that differ only "
+                     f"in {SEED_KEY}; # lists their run numbers.")
+    parts.append("-: not recorded.")
+    return " ".join(parts)
+
+
+def _summary_lead(frames: SweepFrames) -> str:
+    return (f"Results of sweep {frames.name} at each run's best validation epoch "
+            f"({len(frames.runs)} runs).")
+
+
+def _memory_note(frames: SweepFrames) -> str:
+    devices = {str((s or {}).get("device", "")) for s in frames.runs["summary"]}
+    if devices and all(d.startswith("cuda") for d in devices):
+        return "peak CUDA memory allocated by tensors (MiB)"
+    if any(d.startswith("cuda") for d in devices):
+        return ("peak memory in MiB: CUDA allocator peak on GPU runs, peak resident set size of "
+                "the process on CPU runs")
+    return ("peak resident set size of the training process in MiB (CPU; includes Python and "
+            "torch themselves, a few hundred MiB)")
+
+
+def _env_device(env: Any) -> str:
+    return str((env or {}).get("device", "")) if isinstance(env, dict) else ""
+
+
+def _indices(values: list[Any]) -> str:
+    from trainlab.analysis.frames import format_indices
+
+    return format_indices(values)
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return value is not None and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+__all__ = ["TIE_SYMBOL", "Column", "Table", "format_cell", "format_number", "mark_best",
+           "resolve_group", "resolve_sort", "sort_frame", "summary_table", "system_table"]
