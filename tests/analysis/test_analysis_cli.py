@@ -164,3 +164,29 @@ def test_report_of_a_trained_sweep_with_seeds(tiny: dict, write_config, store_di
 
 def test_lm_fixture_matches_the_varied_keys(lm_store) -> None:
     assert lm_store.sweep_info("lm")["varied"] == LM_VARIED
+
+
+def test_report_shows_mfu_speed_estimates_and_lr_ranges(tiny: dict, write_config,
+                                                        store_dir: Path, tmp_path: Path) -> None:
+    """What the other parts of trainlab record reaches the report: MFU and speed options in
+    the system table, predicted against measured memory and time, and the sweep's LR range
+    tests (figure and suggestions)."""
+    tiny["optimizer"] = {"name": "adam", "lr": "auto"}
+    tiny["lr_find"] = {"steps": 30, "start": 1e-5, "end": 10}
+    tiny["grid"] = {"model.hidden_dim": [4, 16]}
+    cfg = write_config(tiny)
+    assert _run("run", str(cfg), "--store", str(store_dir), "-q").exit_code in (0, 1)
+    out = tmp_path / "rep"
+    result = _run("report", "--store", str(store_dir), "--out", str(out), "--format", "png")
+    assert result.exit_code == 0, result.output
+    system = list(csv.DictReader(io.StringIO((out / "tables" / "system.csv").read_text())))
+    assert all(0 < float(r["mfu_pct"]) < 100 for r in system)
+    assert {r["speed"] for r in system} == {"fused"}
+    estimates = list(csv.DictReader(io.StringIO(
+        (out / "tables" / "estimates.csv").read_text())))
+    assert len(estimates) == 2
+    assert all(float(r["predicted_peak_bytes"]) > 0 and r["mem_error_pct"] for r in estimates)
+    assert list((out / "figures").glob("lr-range-1.png"))
+    page = (out / "report.html").read_text()
+    assert 'id="lr-range"' in page and 'id="estimates"' in page and "MFU" in page
+    assert "LR range test suggestions" in (out / "report.md").read_text()

@@ -93,7 +93,8 @@ def test_a_store_from_the_first_schema_is_migrated(tmp_path: Path) -> None:
     runs = store.runs("legacy")
     assert list(runs["status"]) == ["ok", "ok"] and len(store.metrics(runs["run_id"])) == 82
     columns = {r[1] for r in store.conn.execute("PRAGMA table_info(runs)")}
-    assert "heartbeat" in columns
+    assert {"heartbeat", "estimate"} <= columns
+    assert store.lr_ranges().empty  # version 4's tables exist
     statuses = store.statuses(runs["run_id"])
     assert all(v["heartbeat"] is None for v in statuses.values())
     store.close()

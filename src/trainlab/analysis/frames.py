@@ -220,10 +220,23 @@ def _run_rows(runs: pd.DataFrame, epochs: pd.DataFrame, varied: list[str],
             "epoch_time": _median(ep, "time/epoch_train"),
             "eval_time": _median(ep, "time/eval"),
             "peak_memory_bytes": _col_max(ep, "memory/peak_bytes"),
-            "utilization": _median(ep, "device/utilization"),
+            # GPU utilization sampled through NVML (the mean of each epoch's samples).
+            "utilization": _median(ep, "gpu/utilization_mean"),
+            "mfu": _median(ep, "perf/mfu"),
+            "speed": speed_text(summary.get("speed")),
+            "grad_norm": _num(summary.get("grad_norm_median")),
             "params_total": _num(summary.get("params_total")),
             "params_trainable": _num(summary.get("params_trainable")),
         }
+        total, trainable = row["params_total"], row["params_trainable"]
+        row["trainable_pct"] = (100 * trainable / total if _finite(total) and _finite(trainable)
+                                and total else math.nan)
+        raw_estimate = run.get("estimate")
+        estimate: dict[str, Any] = raw_estimate if isinstance(raw_estimate, dict) else {}
+        row["predicted_peak_bytes"] = _num(estimate.get("peak_bytes"))
+        row["predicted_epoch_time"] = _num(estimate.get("epoch_train_s"))
+        row["predicted_run_time"] = _num(estimate.get("run_s"))
+        row["estimate_method"] = estimate.get("method")
         for key in varied:
             row[key] = flat.get(key)
         for m in metrics:
@@ -235,6 +248,18 @@ def _run_rows(runs: pd.DataFrame, epochs: pd.DataFrame, varied: list[str],
     frame = pd.DataFrame(rows)
     frame["group"] = [group_label(r, keys) for _, r in frame.iterrows()]
     return frame
+
+
+def speed_text(speed: Any) -> str | None:
+    """The speed options a run had on, short (``fused bf16 compile``), or None if unknown."""
+    if not isinstance(speed, dict):
+        return None
+    on = [name for name in ("fused", "compile", "channels_last") if speed.get(name)]
+    if speed.get("precision") not in (None, "fp32"):
+        on.insert(0, str(speed["precision"]))
+    if speed.get("foreach") and not speed.get("fused"):
+        on.append("foreach")
+    return " ".join(on) or "none"
 
 
 def group_label(row: pd.Series | dict[str, Any], keys: Sequence[str]) -> str:

@@ -28,7 +28,10 @@ def render_html(report: Report, pngs: dict[str, bytes]) -> str:
     toc: list[tuple[str, str]] = [("summary", "Summary"), ("answers", "Answers")]
     figure_sections = sections(report)
     toc += [(anchor, heading) for anchor, heading, _ in figure_sections]
-    toc += [("system", "Memory and throughput"), ("runs", "Runs and their configs")]
+    toc += [("system", "Memory and throughput")]
+    if report.estimates is not None:
+        toc.append(("estimates", "Predicted and measured"))
+    toc.append(("runs", "Runs and their configs"))
     body = [f"<h1>Report: sweep {esc(frames.name)}</h1>", f'<p class="meta">{_meta(report)}</p>',
             '<nav class="toc" aria-label="contents"><b>Contents</b><ol>'
             + "".join(f'<li><a href="#{a}">{esc(h)}</a></li>' for a, h in toc) + "</ol></nav>"]
@@ -40,6 +43,8 @@ def render_html(report: Report, pngs: dict[str, bytes]) -> str:
     number = 0
     for anchor, heading, figs in figure_sections:
         body.append(f'<section id="{anchor}"><h2>{esc(heading)}</h2>')
+        if anchor == "lr-range":
+            body.append(_lr_range_table(report))
         for fig in figs:
             number += 1
             data = base64.b64encode(pngs[fig.name]).decode("ascii")
@@ -51,6 +56,9 @@ def render_html(report: Report, pngs: dict[str, bytes]) -> str:
         body.append("</section>")
     body += ['<section id="system"><h2>Memory and throughput</h2><div class="scroll">',
              to_html(report.system, 2), "</div></section>"]
+    if report.estimates is not None:
+        body += ['<section id="estimates"><h2>Predicted and measured</h2><div class="scroll">',
+                 to_html(report.estimates, 3), "</div></section>"]
     body += ['<section id="runs"><h2>Runs and their configs</h2>',
              "<p>Each run's resolved config (every default filled in), summary and environment; "
              "run numbers in the tables link here.</p>"]
@@ -64,6 +72,20 @@ def render_html(report: Report, pngs: dict[str, bytes]) -> str:
         "templates/report.html").read_text(encoding="utf-8"))
     return template.substitute(title=esc(f"trainlab report: {frames.name}"),
                                version=esc(__version__), body="\n".join(body))
+
+
+def _lr_range_table(report: Report) -> str:
+    """The stored range tests' suggestions, as an HTML table (from the Markdown rows)."""
+    from trainlab.analysis.report import lr_range_markdown
+
+    lines = lr_range_markdown(report).splitlines()
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+    esc = html.escape
+    return ('<div class="scroll"><table class="sortable"><thead><tr>'
+            + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+            + "</tbody></table></div>")
 
 
 def _meta(report: Report) -> str:

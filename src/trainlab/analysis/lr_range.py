@@ -16,6 +16,17 @@ _MARKS = (("steepest", "steepest", "tab:red", "o"), ("valley", "valley", "tab:gr
 
 def plot_lr_range(record: Mapping[str, Any], stem: str | Path, title: str = "") -> list[Path]:
     """Draw one range test (``LRRangeResult.to_dict()``) to ``stem``.png and ``stem``.svg."""
+    fig = lr_range_figure(record, title)
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    for path in paths:
+        fig.savefig(path, dpi=120)
+    return paths
+
+
+def lr_range_figure(record: Mapping[str, Any], title: str = "") -> Any:
+    """The figure of one range test (a matplotlib Figure, not yet saved)."""
     # A bare Figure renders through the Agg (PNG) and SVG canvases: no pyplot, no GUI backend,
     # and no change to the backend of a session (a notebook) that imported us.
     from matplotlib.figure import Figure
@@ -62,12 +73,7 @@ def plot_lr_range(record: Mapping[str, Any], stem: str | Path, title: str = "") 
     ax_lr.set_title(f"{record.get('steps', len(lrs))} steps in {record.get('seconds', 0):.1f} s,"
                     f" stopped: {record.get('stopped')}", fontsize=10)
     ax_lr.grid(True, which="both", alpha=0.3)
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
-    for path in paths:
-        fig.savefig(path, dpi=120)
-    return paths
+    return fig
 
 
 def _at(lrs: list[float], values: list[float], lr: float) -> float:
@@ -77,4 +83,4 @@ def _at(lrs: list[float], values: list[float], lr: float) -> float:
     return value if math.isfinite(value) else math.nan
 
 
-__all__ = ["plot_lr_range"]
+__all__ = ["lr_range_figure", "plot_lr_range"]

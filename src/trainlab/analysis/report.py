@@ -20,7 +20,13 @@ from trainlab.analysis.frames import SweepFrames, load_sweep
 from trainlab.analysis.layout import FigureLayout, default_layout, explicit_layout
 from trainlab.analysis.plots import Clock, Figure, XAxis, curve_figures, pareto_figure
 from trainlab.analysis.render import to_csv, to_html, to_latex, to_markdown
-from trainlab.analysis.tables import Table, format_number, summary_table, system_table
+from trainlab.analysis.tables import (
+    Table,
+    estimate_table,
+    format_number,
+    summary_table,
+    system_table,
+)
 from trainlab.errors import ConfigError
 
 
@@ -49,6 +55,12 @@ class Report:
     figures: list[Figure]
     layouts: list[FigureLayout] = field(default_factory=list)
     store_root: str = ""
+    estimates: Table | None = None  # predicted against measured, when runs were predicted
+    lr_ranges: list[dict[str, Any]] = field(default_factory=list)  # the sweep's range tests
+
+    @property
+    def tables(self) -> list[Table]:
+        return [t for t in (self.summary, self.system, self.estimates) if t is not None]
 
     def close(self) -> None:
         for fig in self.figures:
@@ -73,12 +85,41 @@ def build_report(store: Any, options: ReportOptions) -> Report:
             for x in axes:
                 figures += curve_figures(frames, layouts, metric, x, options.clock)
         figures += _pareto_figures(frames)
+        ranges = _lr_ranges(store, frames.name)
+        figures += [_lr_range_figure(i, r) for i, r in enumerate(ranges, 1)]
     except BaseException:
         for fig in figures:
             fig.close()
         raise
+    estimates = estimate_table(frames, order=[r["group"] for r in summary.rows])
     return Report(frames, options, summary, system, answers, figures, layouts,
-                  str(getattr(store, "root", "")))
+                  str(getattr(store, "root", "")), estimates, ranges)
+
+
+def _lr_ranges(store: Any, sweep: str) -> list[dict[str, Any]]:
+    """The LR range tests stored for this sweep (none for a store without them)."""
+    reader = getattr(store, "lr_ranges", None)
+    if reader is None:
+        return []
+    frame = reader(sweep)
+    return [] if frame.empty else frame.to_dict(orient="records")
+
+
+def _lr_range_figure(number: int, record: dict[str, Any]) -> Figure:
+    from trainlab.analysis.lr_range import lr_range_figure
+
+    label = ", ".join(f"{k}={v}" for k, v in (record.get("label") or {}).items()) or "all runs"
+    result = record["result"]
+    sug = result.get("suggestions", {})
+    trust = ("trusted" if sug.get("trusted") else "not trusted: " + "; ".join(
+        f.get("message", f.get("code", "")) for f in sug.get("flags", [])))
+    caption = (f"LR range test {record['range_id']} ({label}): loss against learning rate on a "
+               "log axis (raw and smoothed), with the suggestions marked and the candidate "
+               f"band shaded; right: LR against step. {result.get('steps')} steps in "
+               f"{float(result.get('seconds') or 0):.1f} s, stopped: {result.get('stopped')}. "
+               f"The curve is {trust}.")
+    fig = lr_range_figure(result, label)
+    return Figure(f"lr-range-{number}", f"LR range test: {label}", caption, fig, "lr-range")
 
 
 def _check_options(options: ReportOptions) -> None:
@@ -140,7 +181,7 @@ def write_report(report: Report, out: Path) -> list[Path]:
     except OSError as exc:
         raise ConfigError(f"`--out`: cannot create {str(out)!r}: {exc}", field="--out") from None
     written: list[Path] = []
-    for table in (report.summary, report.system):
+    for table in report.tables:
         for ext, text in (("md", to_markdown(table)), ("tex", to_latex(table)),
                           ("csv", to_csv(table)), ("html", to_html(table))):
             path = out / "tables" / f"{table.name}.{ext}"
@@ -210,7 +251,30 @@ def sections(report: Report) -> list[tuple[str, str, list[Figure]]]:
     pareto = [f for f in report.figures if f.section == "pareto"]
     if pareto:
         out.append(("pareto", "Pareto fronts", pareto))
+    ranges = [f for f in report.figures if f.section == "lr-range"]
+    if ranges:
+        out.append(("lr-range", "LR range tests", ranges))
     return out
+
+
+def lr_range_markdown(report: Report) -> str:
+    """The suggestions of each stored range test, as a Markdown table."""
+    head = ("| test | steepest | valley | min / 10 | candidates | trusted | steps | seconds |\n"
+            "|---|---|---|---|---|---|---|---|")
+    rows = []
+    for r in report.lr_ranges:
+        label = ", ".join(f"{k}={v}" for k, v in (r.get("label") or {}).items()) or "all"
+        cands = ", ".join(f"{c:.3g}" for c in r.get("candidates") or []) or "-"
+        flags = ", ".join(f.get("code", "") for f in r.get("flags") or [])
+        rows.append(f"| {label} | {_g(r.get('steepest'))} | {_g(r.get('valley'))} | "
+                    f"{_g(r.get('minimum'))} | {cands} | "
+                    f"{'yes' if r.get('trusted') else 'no: ' + flags} | {r.get('steps')} | "
+                    f"{float(r.get('seconds') or 0):.1f} |")
+    return "\n".join([head, *rows])
+
+
+def _g(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.3g}"
 
 
 def render_markdown(report: Report) -> str:
@@ -228,7 +292,11 @@ def render_markdown(report: Report) -> str:
             number += 1
             lines += [f"![{fig.title}](figures/{fig.name}.png)", "",
                       f"*Figure {number}: {fig.caption}*", ""]
+    if report.lr_ranges:
+        lines += ["## LR range test suggestions", "", lr_range_markdown(report), ""]
     lines += ["## Memory and throughput", "", to_markdown(report.system, 2)]
+    if report.estimates is not None:
+        lines += ["## Predicted and measured", "", to_markdown(report.estimates, 3)]
     return "\n".join(lines)
 
 

@@ -17,7 +17,8 @@ import pandas as pd
 from trainlab.analysis.frames import SEED_KEY, SweepFrames, aggregate, format_value
 from trainlab.errors import ConfigError, closest
 
-Kind = Literal["run", "text", "int", "metric", "seconds", "bytes", "rate", "count", "percent"]
+Kind = Literal["run", "text", "int", "metric", "number", "seconds", "bytes", "rate", "count",
+               "percent", "signed"]
 Mark = Literal["best", "tie"] | None
 
 TIE_SYMBOL = "≈"
@@ -53,7 +54,8 @@ class Table:
             return _indices(values["indices"])
         text = format_cell(value, col.kind)
         std = values.get(f"{col.key}_std")
-        if self.seeded and col.kind in ("metric", "seconds", "rate", "bytes") and _finite(std):
+        if self.seeded and col.kind in ("metric", "number", "seconds", "rate", "bytes") \
+                and _finite(std):
             text = f"{text} ± {format_cell(std, col.kind)}"
         return text
 
@@ -79,9 +81,11 @@ def format_cell(value: Any, kind: Kind) -> str:
     if kind == "rate":
         return f"{v:,.0f}"
     if kind == "seconds":
-        return f"{v:.1f}" if v >= 1 else f"{v:.3f}"
+        return f"{v:.1f}" if v >= 1 else f"{v:.3f}" if v >= 0.01 else f"{v:.2g}"
     if kind == "percent":
-        return f"{v:.0f}"
+        return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
+    if kind == "signed":
+        return f"{v:+.1f}"
     return format_number(v)
 
 
@@ -274,11 +278,57 @@ def system_table(frames: SweepFrames, *, sort: str | None = None,
                     "eval: seconds per validation pass (median)")]
     if runs["utilization"].notna().any():
         cols.append(Column("utilization", "util (%)", "percent",
-                           "util: device utilization, median over epochs"))
+                           "util: GPU utilization sampled through NVML, median over epochs"))
+    if runs["mfu"].notna().any():
+        cols.append(Column("mfu_pct", "MFU (%)", "percent",
+                           "MFU: model FLOPs utilization, achieved FLOP/s against the matmul "
+                           "peak measured on the same device, median over epochs"))
+    if runs["speed"].notna().any():
+        cols.append(Column("speed", "speed", "text", "speed: speed options that were on "
+                           "(fused optimizer kernels, reduced precision, compile, channels-last"
+                           "; foreach: multi-tensor optimizer kernels)"))
     cols.append(Column("params_total", "params", "count", "params: parameters in the model"))
+    if (runs["trainable_pct"].dropna() < 100).any():
+        cols.append(Column("trainable_pct", "train. (%)", "percent",
+                           "train.: share of the parameters that are trained"))
+    if runs["grad_norm"].notna().any():
+        cols.append(Column("grad_norm", "|g|", "number",
+                           "|g|: gradient L2 norm, median over the logged steps"))
     lead = ("System costs of each run, measured by trainlab during training.")
     return _build(frames, "system", "Memory and throughput", cols, sort=sort, group=None,
                   lead=lead, extra_text=["device"], order=order)
+
+
+def estimate_table(frames: SweepFrames, order: Sequence[str] | None = None) -> Table | None:
+    """Predicted against measured peak memory and time per epoch, with errors (None if no run
+    was predicted)."""
+    runs = frames.runs
+    if not runs["predicted_peak_bytes"].notna().any():
+        return None
+    cols = [Column("index", "#", "run", "#: run number in the sweep")]
+    cols += [Column(k, frames.label(k), "text") for k in frames.keys]
+    cols += [
+        Column("predicted_peak_bytes", "mem pred.", "bytes",
+               "mem: peak memory in MiB predicted before the run, and measured"),
+        Column("peak_memory_bytes", "mem meas.", "bytes"),
+        Column("mem_error_pct", "err (%)", "signed",
+               "err: (predicted - measured) / measured"),
+        Column("predicted_epoch_time", "t/ep pred.", "seconds",
+               "t/ep: training seconds per epoch predicted, and measured (median)"),
+        Column("epoch_time", "t/ep meas.", "seconds"),
+        Column("time_error_pct", "err (%) ", "signed"),
+    ]
+    methods = sorted({str(m) for m in runs["estimate_method"].dropna()})
+    lead = (f"Predicted against measured, per run (prediction method: {', '.join(methods)}; "
+            f"see trainlab estimate). Whole sweep: predicted "
+            f"{_total(runs['predicted_run_time'])} s, measured {_total(runs['wall_time'])} s "
+            "(training and evaluation).")
+    return _build(frames, "estimates", "Predicted and measured memory and time", cols,
+                  sort=None, group=None, lead=lead, order=order)
+
+
+def _total(values: pd.Series) -> str:
+    return format_number(float(values.dropna().sum())) if values.notna().any() else "-"
 
 
 def _build(frames: SweepFrames, name: str, title: str, cols: list[Column], *,
@@ -287,6 +337,9 @@ def _build(frames: SweepFrames, name: str, title: str, cols: list[Column], *,
     runs = frames.runs.copy()
     runs["device"] = [str(s.get("device") or _env_device(e)) for s, e in
                       zip(runs["summary"], runs["env"])]
+    runs["mfu_pct"] = runs["mfu"] * 100
+    runs["mem_error_pct"] = 100 * (runs["predicted_peak_bytes"] / runs["peak_memory_bytes"] - 1)
+    runs["time_error_pct"] = 100 * (runs["predicted_epoch_time"] / runs["epoch_time"] - 1)
     numeric = [c.key for c in cols if c.kind not in ("text", "run")]
     seeded = frames.seeded
     frame = aggregate(runs, [*frames.keys, *extra_text], numeric) if seeded else runs
@@ -395,5 +448,6 @@ def _finite(value: Any) -> bool:
         return False
 
 
-__all__ = ["TIE_SYMBOL", "Column", "Table", "format_cell", "format_number", "mark_best",
-           "resolve_group", "resolve_sort", "sort_frame", "summary_table", "system_table"]
+__all__ = ["TIE_SYMBOL", "Column", "Table", "estimate_table", "format_cell", "format_number",
+           "mark_best", "resolve_group", "resolve_sort", "sort_frame", "summary_table",
+           "system_table"]

@@ -120,6 +120,7 @@ class _Trainer:
         self.epoch_stats: list[dict[str, float]] = []
         self.partial: dict[str, Any] | None = None  # where a mid-epoch checkpoint left off
         self.notes: list[str] = []
+        self.grad_norms: list[float] = []  # read at log points, for the summary's median
         self.state: RunState | None = None
 
     # --- the run -------------------------------------------------------------------------
@@ -406,6 +407,7 @@ class _Trainer:
             values.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)})
         if norm is not None:
             values["grad_norm"] = host[-1]
+            self.grad_norms.append(host[-1])
         self._record(state.step, values)
         self._flush()
         for cb in self.callbacks:
@@ -534,6 +536,7 @@ class _Trainer:
             "schedule": state.schedule.state_dict(), "best": self.best,
             "scaler": self.speed.scaler.state_dict() if self.speed.scaler else None,
             "stop_reason": self.stop_reason, "epoch_stats": self.epoch_stats,
+            "grad_norms": self.grad_norms,
             "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
             "rng": {
                 "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
@@ -566,6 +569,7 @@ class _Trainer:
         self.stop_reason = ckpt.get("stop_reason")
         self.epoch_stats = ckpt.get("epoch_stats", [])
         self.partial = ckpt.get("partial")
+        self.grad_norms = list(ckpt.get("grad_norms", []))
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
@@ -609,6 +613,8 @@ class _Trainer:
             out["stopped_early"] = self.stop_reason
         if self.notes:
             out["notes"] = self.notes
+        if self.grad_norms:
+            out["grad_norm_median"] = statistics.median(self.grad_norms)
         return out
 
 

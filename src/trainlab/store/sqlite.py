@@ -64,22 +64,6 @@ _SCHEMA = [
         value REAL,
         PRIMARY KEY (run_id, key, step)) WITHOUT ROWID""",
     """CREATE INDEX IF NOT EXISTS metrics_epoch ON metrics (run_id, epoch)""",
-    # LR range tests (`trainlab lr-find`, `optimizer.lr: auto`): one row per distinct test, its
-    # id the hash of what shapes the curve (data, model, optimizer without its LR, fine-tuning,
-    # clipping, device, ramp settings); `result` holds the curve, stop, cost and suggestions.
-    """CREATE TABLE IF NOT EXISTS lr_ranges (
-        range_id TEXT PRIMARY KEY,
-        config TEXT NOT NULL,
-        settings TEXT NOT NULL,
-        status TEXT NOT NULL,
-        result TEXT NOT NULL,
-        env TEXT,
-        created REAL NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS lr_range_sweeps (
-        sweep TEXT NOT NULL,
-        range_id TEXT NOT NULL,
-        label TEXT NOT NULL,
-        PRIMARY KEY (sweep, range_id))""",
 ]
 
 
@@ -94,6 +78,25 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # The run's predicted memory and time, made before it trained (trainlab.estimate).
     3: ["ALTER TABLE runs ADD COLUMN estimate TEXT"],
+    4: [
+        # LR range tests (`trainlab lr-find`, `optimizer.lr: auto`): one row per distinct
+        # test, its id the hash of what shapes the curve (data, model, optimizer without its
+        # LR, fine-tuning, clipping, device, ramp settings); `result` holds the curve, stop,
+        # cost and suggestions.
+        """CREATE TABLE IF NOT EXISTS lr_ranges (
+        range_id TEXT PRIMARY KEY,
+        config TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        status TEXT NOT NULL,
+        result TEXT NOT NULL,
+        env TEXT,
+        created REAL NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS lr_range_sweeps (
+        sweep TEXT NOT NULL,
+        range_id TEXT NOT NULL,
+        label TEXT NOT NULL,
+        PRIMARY KEY (sweep, range_id))""",
+    ],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
