@@ -126,17 +126,22 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun]) -> None:
                 f"(cuda available: {torch.cuda.is_available()}); use auto or cpu",
                 field="train.device").within(where)
         try:
-            data = load_dataset(cfg.data)  # type: ignore[arg-type]
+            data = load_dataset(cfg.data, cfg.model)  # type: ignore[arg-type]
             task = TASKS[data.info.task]
             monitor = cfg.train.monitor.split("/", 1)[1]
-            if monitor not in ("loss", task.metric):
+            if monitor not in ("loss", *task.metrics):
+                valid = ", ".join(f"valid/{m}" for m in ("loss", *task.metrics))
                 raise ConfigError(
                     f"`train.monitor`: {cfg.train.monitor!r} is not measured on {task.name} "
-                    f"data; use valid/loss or valid/{task.metric}", field="train.monitor")
+                    f"data; use one of {valid}", field="train.monitor")
+            # Transformers are built from their config alone here (no weights are read) and
+            # the fine-tuning strategy is applied to that meta model: unknown LoRA targets or
+            # adapters on an unrecognised model fail now, before anything trains.
             with torch.device("meta"):
                 model = build_model(cfg.model, data.info)
                 lr = cfg.optimizer.lr  # type: ignore[attr-defined]
-                groups = build_finetune(cfg.finetune, model, lr).param_groups
+                tuning = build_finetune(cfg.finetune, model, lr)
+                groups = tuning.param_groups
                 if not any(p.requires_grad for g in groups for p in g["params"]):
                     raise ConfigError("nothing to train: the model has no trainable parameters "
                                       f"under finetune.name={cfg.finetune.name!r}",

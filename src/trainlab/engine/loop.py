@@ -39,7 +39,7 @@ from trainlab.config.schema import RunConfig
 from trainlab.engine.callbacks import Callback, EarlyStopping, StopTraining
 from trainlab.engine.checkpoint import load_verified, save_atomic
 from trainlab.engine.measure import Clock, PeakMemory, grad_norm, resolve_device
-from trainlab.engine.tasks import TASKS, TaskKind
+from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix
 from trainlab.errors import Diverged
 from trainlab.records import MetricRecord, NullSink, RecordSink
 
@@ -61,6 +61,7 @@ class RunState:
     start_step: int = 0  # where this process started (non-zero after resume)
     train_time: float = 0.0  # seconds spent in training steps, excluding eval and I/O
     last: dict[str, float] = field(default_factory=dict)  # the latest recorded host values
+    run_dir: Path | None = None  # where checkpoints and artifacts go (None: nowhere)
 
     @property
     def total_steps(self) -> int:
@@ -115,6 +116,8 @@ class _Trainer:
         self.stop_reason: str | None = None
         self.epoch_stats: list[dict[str, float]] = []
         self.state: RunState | None = None
+        self.grad_norms: list[float] = []  # every logged gradient norm, for the summary
+        self.frozen_keys: set[str] = set()
 
     # --- the run -------------------------------------------------------------------------
 
@@ -156,14 +159,17 @@ class _Trainer:
         self.clock = Clock(device)
         self.t0 = time.perf_counter()
         self.elapsed_offset = 0.0
-        data = load_dataset(cfg.data)  # type: ignore[arg-type]
+        data = load_dataset(cfg.data, cfg.model)  # type: ignore[arg-type]
         self.task: TaskKind = TASKS[data.info.task]
         seed_everything(tc.seed)
         model = build_model(cfg.model, data.info).to(device)
         tuning = build_finetune(cfg.finetune, model, cfg.optimizer.lr)  # type: ignore[attr-defined]
+        # A strategy may add modules (adapters) or wrap the model (PEFT): move what it added.
+        model = (tuning.model if tuning.model is not None else model).to(device)
         self.callbacks.extend(tuning.callbacks)
         # Every parameter the strategy may ever train; frozen ones have no .grad and are skipped.
         self.params = [p for g in tuning.param_groups for p in g["params"]]
+        self.frozen_keys = _frozen_keys(model, self.params)
         optimizer = build_optimizer(cfg.optimizer, tuning.param_groups)  # type: ignore[arg-type]
         bs = cfg.data.batch_size  # type: ignore[attr-defined]
         steps_per_epoch = math.ceil(len(data.train) / bs)
@@ -177,21 +183,27 @@ class _Trainer:
         self.memory = PeakMemory(device)
         self.memory.reset()
         self.state = state = RunState(self.run_id, cfg, data.info, device, model, optimizer,
-                                      schedule, steps_per_epoch)
+                                      schedule, steps_per_epoch, run_dir=self.run_dir)
         if tc.early_stopping is not None and not any(
                 isinstance(c, EarlyStopping) for c in self.callbacks):
             self.callbacks.append(EarlyStopping(
                 tc.monitor, tc.early_stopping.patience, tc.early_stopping.min_delta,
                 self._higher_is_better(tc.monitor)))
-        total, trainable = count_parameters(model)
-        self.best["params_total"], self.best["params_trainable"] = total, trainable
+        total, _ = count_parameters(model)
+        # Trainable: what the strategy trains at some point of the run (gradual unfreezing
+        # starts with fewer), each shared tensor once.
+        trainable = sum(p.numel() for p in {id(p): p for p in self.params}.values())
+        pct = 100.0 * trainable / total if total else 0.0
+        self.best.update(params_total=total, params_trainable=trainable,
+                         params_trainable_pct=pct)
         ckpt = load_verified(self.run_dir / "last.pt") if self.resume and self.run_dir else None
         if ckpt is not None:
             self._restore(ckpt)
             self.sink.rewind(self.run_id, state.epoch)
         else:
             self.sink.rewind(self.run_id, -1)
-            self._record(0, {"params/total": total, "params/trainable": trainable}, epoch=0)
+            self._record(0, {"params/total": total, "params/trainable": trainable,
+                             "params/trainable_pct": pct}, epoch=0)
         state.start_step = state.step
         for cb in self.callbacks:
             cb.on_run_start(state)
@@ -222,7 +234,7 @@ class _Trainer:
         step_callbacks = [c for c in self.callbacks
                           if type(c).on_step_end is not Callback.on_step_end]
         self.epoch_sums = [0.0, 0.0, 0]  # loss sum, metric sum, weight
-        self.pending: list[tuple[Tensor, Tensor | None, Tensor | None, int]] = []
+        self.pending: list[tuple[Tensor, Tensor | None, Tensor | None, int | Tensor]] = []
         self.paused = 0.0  # eval and I/O inside this epoch, subtracted from training time
         io_before = self.io_time
         model.train()
@@ -244,7 +256,7 @@ class _Trainer:
             optimizer.step()
             schedule.after_step()
             self.pending.append((loss.detach(), out.detach() if keep else None,
-                                 y if keep else None, y.numel()))
+                                 y if keep else None, task.weight(y)))
             state.step += 1
             for cb in step_callbacks:
                 cb.on_step_end(state)
@@ -292,10 +304,14 @@ class _Trainer:
             return
         state, task = self._st, self.task
         pending, self.pending = self.pending, []
-        weights = torch.tensor([p[3] for p in pending], dtype=torch.float32,
-                               device=state.device)
+        counts = [p[3] for p in pending]
+        if all(isinstance(c, int) for c in counts):
+            weights = torch.tensor(counts, dtype=torch.float32, device=state.device)
+        else:  # token counts of LM batches with ignored targets: still on the device
+            weights = torch.stack([torch.as_tensor(c, device=state.device) for c in counts]
+                                  ).float()
         loss_sum = (torch.stack([p[0] for p in pending]).float() * weights).sum()
-        parts = [loss_sum]
+        parts = [loss_sum, weights.sum()]
         if task.keeps_outputs:
             outs = torch.cat([p[1] for p in pending if p[1] is not None])
             ys = torch.cat([p[2] for p in pending if p[2] is not None])
@@ -304,14 +320,14 @@ class _Trainer:
             parts.append(norm.float())
         host = torch.stack(parts).tolist()  # the one sync of this interval
         now = self.clock.now()
-        weight = sum(p[3] for p in pending)
-        loss = host[0] / weight
+        weight = host[1]
+        loss = host[0] / max(weight, 1.0)
         if not math.isfinite(loss):
             lr = state.optimizer.param_groups[0]["lr"]
             raise Diverged(f"train loss became {loss} by step {state.step} (epoch {state.epoch},"
                            f" lr {lr:.3g})")
         self.epoch_sums[0] += host[0]
-        self.epoch_sums[1] += host[1] if task.keeps_outputs else 0.0
+        self.epoch_sums[1] += host[2] if task.keeps_outputs else 0.0
         self.epoch_sums[2] += weight
         busy = now - self.t_interval - (self.paused - self.paused_at_interval)
         values = {"train/step_loss": loss, "time/step": busy / len(pending)}
@@ -321,6 +337,7 @@ class _Trainer:
             values.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)})
         if norm is not None:
             values["grad_norm"] = host[-1]
+            self.grad_norms.append(host[-1])
         self._record(state.step, values)
         self._flush()
         for cb in self.callbacks:
@@ -339,20 +356,33 @@ class _Trainer:
         t = self.clock.now()
         loss_sum = torch.zeros((), device=state.device)
         metric_sum = torch.zeros((), device=state.device)
-        count = batches = 0
+        count = torch.zeros((), device=state.device)
+        predictions: list[Tensor] = []
+        batches = classes = 0
         with torch.inference_mode():
             for start in range(0, len(split), self.eval_bs):
                 x = split.inputs[start:start + self.eval_bs]
                 y = split.targets[start:start + self.eval_bs]
-                batch_loss, batch_metric = task.sums(model(x), y)
+                out = model(x)
+                batch_loss, batch_metric = task.sums(out, y)
                 loss_sum += batch_loss.float()
                 metric_sum += batch_metric.float()
                 count += task.weight(y)
+                if task.extra_metrics:
+                    predictions.append(out.argmax(-1))
+                    classes = int(out.shape[-1])
                 batches += 1
-        host = torch.stack([loss_sum, metric_sum]).tolist()
+            parts = [torch.stack([loss_sum, metric_sum, count.float()])]
+            if predictions:  # F1 and MCC from the confusion matrix of the whole split
+                matrix = confusion_matrix(split.targets, torch.cat(predictions), classes)
+                parts.append(matrix.flatten().float())
+        host = torch.cat(parts).tolist()  # the one sync of this evaluation
         seconds = self.clock.now() - t
         model.train(was_training)
-        return task.finalize(host[0], host[1], count), seconds, batches
+        confusion = None
+        if predictions:
+            confusion = [host[3 + r * classes: 3 + (r + 1) * classes] for r in range(classes)]
+        return task.finalize(host[0], host[1], host[2], confusion), seconds, batches
 
     def _validate(self) -> None:
         state = self._st
@@ -375,7 +405,7 @@ class _Trainer:
             self.stop_reason = f"stopped early at epoch {state.epoch}: {stop.reason}"
 
     def _higher_is_better(self, key: str) -> bool:
-        return key.endswith("accuracy")
+        return key.rsplit("/", 1)[-1] in ("accuracy", "f1", "mcc")
 
     def _track_best(self, values: dict[str, float]) -> None:
         monitor = self.config.train.monitor
@@ -390,21 +420,21 @@ class _Trainer:
                              best_step=state.step, best_valid=dict(values))
             if self.run_dir is not None:
                 t = time.perf_counter()
-                save_atomic({"model": state.model.state_dict(), "epoch": state.epoch,
+                save_atomic({"model": self._model_state(), "epoch": state.epoch,
                              "step": state.step}, self.run_dir / "best.pt")
                 self.io_time += time.perf_counter() - t
             else:
                 self.best_state = {k: v.detach().clone() for k, v in
-                                   state.model.state_dict().items()}
+                                   self._model_state().items()}
 
     def _test(self) -> None:
         state = self._st
         if self.run_dir is not None and (self.run_dir / "best.pt").is_file():
             best = load_verified(self.run_dir / "best.pt")
             if best is not None:
-                state.model.load_state_dict(best["model"])
+                self._load_model_state(best["model"])
         elif getattr(self, "best_state", None) is not None:
-            state.model.load_state_dict(self.best_state)
+            self._load_model_state(self.best_state)
         if len(self.test_split) == 0:
             return
         result, _, _ = self._evaluate(self.test_split)
@@ -437,9 +467,10 @@ class _Trainer:
         payload = {
             "epoch": epoch, "step": state.step, "train_time": state.train_time,
             "elapsed": self.elapsed_offset + (time.perf_counter() - self.t0),
-            "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+            "model": self._model_state(), "optimizer": state.optimizer.state_dict(),
             "schedule": state.schedule.state_dict(), "best": self.best,
             "stop_reason": self.stop_reason, "epoch_stats": self.epoch_stats,
+            "grad_norms": self.grad_norms,
             "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
             "rng": {
                 "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
@@ -452,7 +483,7 @@ class _Trainer:
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         state = self._st
-        state.model.load_state_dict(ckpt["model"])
+        self._load_model_state(ckpt["model"])
         state.optimizer.load_state_dict(ckpt["optimizer"])
         state.schedule.load_state_dict(ckpt["schedule"])
         state.epoch, state.step = ckpt["epoch"], ckpt["step"]
@@ -461,6 +492,7 @@ class _Trainer:
         self.best = ckpt["best"]
         self.stop_reason = ckpt.get("stop_reason")
         self.epoch_stats = ckpt.get("epoch_stats", [])
+        self.grad_norms = ckpt.get("grad_norms", [])
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
@@ -471,6 +503,26 @@ class _Trainer:
         for cb in self.callbacks:
             if type(cb).__name__ in saved:
                 cb.load_state_dict(saved[type(cb).__name__])
+
+    def _model_state(self) -> dict[str, Tensor]:
+        """The model's state without parameters no strategy ever trains: those equal the
+        deterministic build (pretrained weights, seeded init), so checkpoints of adapter or
+        LoRA runs hold the trained part only."""
+        full = self._st.model.state_dict()
+        if not self.frozen_keys:
+            return full
+        return {k: v for k, v in full.items() if k not in self.frozen_keys}
+
+    def _load_model_state(self, saved: dict[str, Tensor]) -> None:
+        model = self._st.model
+        if not self.frozen_keys:
+            model.load_state_dict(saved)
+            return
+        result = model.load_state_dict(saved, strict=False)
+        missing = set(result.missing_keys) - self.frozen_keys
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}"
+                               f", unexpected {sorted(result.unexpected_keys)[:5]}")
 
     @property
     def _st(self) -> RunState:
@@ -492,9 +544,18 @@ class _Trainer:
                      if math.isfinite(s["throughput/samples_per_s"])]
             out["samples_per_s"] = statistics.median(rates) if rates else None
             out["peak_memory_bytes"] = max(s["memory/peak_bytes"] for s in self.epoch_stats)
+        if self.grad_norms:
+            out["grad_norm_median"] = statistics.median(self.grad_norms)
         if self.stop_reason:
             out["stopped_early"] = self.stop_reason
         return out
+
+
+def _frozen_keys(model: nn.Module, trained: list[Tensor]) -> set[str]:
+    """State-dict keys of parameters that are in no optimizer group (never trained)."""
+    ids = {id(p) for p in trained}
+    return {name for name, p in model.named_parameters(remove_duplicate=False)
+            if id(p) not in ids}
 
 
 def _to(split: Split, device: torch.device) -> Split:
