@@ -77,7 +77,7 @@ def sentiment_rows(n: int, seed: int = 0) -> dict[str, list[Any]]:
 
 def _corpus() -> list[str]:
     rows = sentiment_rows(200)["sentence"]
-    return rows + [" ".join(POSITIVE), " ".join(NEGATIVE), "a very not so the and of"]
+    return [*rows, " ".join(POSITIVE), " ".join(NEGATIVE), "a very not so the and of"]
 
 
 def _bert_tokenizer() -> Any:

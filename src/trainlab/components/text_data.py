@@ -294,9 +294,10 @@ def _label_ids(parts: list[Any], label: str) -> tuple[list[np.ndarray], int]:
 def _text_dataset(name: str, parts: list[Any], text: str, label: str, tok: Any,
                   spec: HFDataSpec) -> Dataset:
     labels, n = _label_ids(parts, label)
-    splits = [Split(encode(tok, [str(t) for t in p[text]], spec.max_length),
-                    torch.from_numpy(y)) for p, y in zip(parts, labels)]
-    return Dataset(_text_info(name, tok, *splits, n, spec.max_length), *splits)
+    train, valid, test = (Split(encode(tok, [str(t) for t in p[text]], spec.max_length),
+                                torch.from_numpy(y)) for p, y in zip(parts, labels))
+    return Dataset(_text_info(name, tok, train, valid, test, n, spec.max_length),
+                   train, valid, test)
 
 
 def _lm_dataset(name: str, parts: list[Any], text: str, tok: Any, spec: HFDataSpec) -> Dataset:
@@ -326,10 +327,11 @@ def _lm_dataset(name: str, parts: list[Any], text: str, tok: Any, spec: HFDataSp
                 targets[i, : len(ids_) - 1] = rows[i, 1: len(ids_)]
             seqs = rows
             splits.append(Split(seqs[:, :-1], targets))
-    info = DataInfo(name, "lm", (length,), len(tok), *map(len, splits),
+    train, valid, test = splits
+    info = DataInfo(name, "lm", (length,), len(tok), len(train), len(valid), len(test),
                     tokens_per_example=length, vocab_size=len(tok),
                     pad_token_id=None if spec.pack else tok.pad_token_id)
-    return Dataset(info, *splits)
+    return Dataset(info, train, valid, test)
 
 
 def _image_dataset(name: str, parts: list[Any], image: str, label: str | None,
@@ -348,6 +350,7 @@ def _image_dataset(name: str, parts: list[Any], image: str, label: str | None,
             x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)  # [N, C, H, W]
             x = x / 255.0
         splits.append(Split(x.contiguous(), torch.from_numpy(y)))
-    shape = tuple(splits[0].inputs.shape[1:])
-    info = DataInfo(name, "classification", shape, n, *map(len, splits))
-    return Dataset(info, *splits)
+    train, valid, test = splits
+    info = DataInfo(name, "classification", tuple(train.inputs.shape[1:]), n, len(train),
+                    len(valid), len(test))
+    return Dataset(info, train, valid, test)

@@ -55,9 +55,10 @@ class Adapter(nn.Module):
 
 def _apply_adapter(module: nn.Module, args: Any, output: Any) -> Any:
     # A forward hook: the adapter follows the layer it is a child of.
+    adapter = module.get_submodule("adapter")
     if isinstance(output, tuple):
-        return (module.adapter(output[0]), *output[1:])
-    return module.adapter(output)
+        return (adapter(output[0]), *output[1:])
+    return adapter(output)
 
 
 def _width(module: nn.Module) -> int | None:

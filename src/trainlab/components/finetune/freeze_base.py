@@ -23,7 +23,7 @@ class FreezeBaseSpec(Spec):
 @FINETUNE.register("freeze-base", spec=FreezeBaseSpec)
 def build_freeze_base(spec: FreezeBaseSpec, model: nn.Module, lr: float) -> FinetuneSetup:
     """Train the head only (the top train_groups layer groups); the rest is frozen."""
-    groups = [g for g in layer_groups(model, spec.groups)]
+    groups = layer_groups(model, spec.groups)
     if spec.train_groups >= len(groups):
         raise ConfigError(
             f"`finetune.train_groups`: {spec.train_groups} would train all {len(groups)} layer "

@@ -11,6 +11,7 @@ model's linear layers.  At the end of a run the trained adapter is written with 
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PositiveInt
@@ -85,7 +86,12 @@ def _apply(config_factory: Any, model: nn.Module, kind: str, *,
 
 def _get_peft_model(peft: Any, model: nn.Module, config: Any, kind: str) -> Any:
     try:
-        return peft.get_peft_model(model, config)
+        with warnings.catch_warnings():
+            # LoRA on GPT-2's Conv1D layers: PEFT sets fan_in_fan_out itself and says so.
+            warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
+            # transformers 5 deprecates a property PEFT still reads; not the user's concern.
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprec")
+            return peft.get_peft_model(model, config)
     except (ValueError, TypeError, KeyError, NotImplementedError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
         raise ConfigError(
