@@ -286,6 +286,7 @@ PEFT_CASES = [("bert", {"name": "lora", "r": 2}, "lora_"),
               ("bert", {"name": "ia3"}, "ia3_")]
 
 
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated")
 @pytest.mark.parametrize(("which", "finetune", "marker"), PEFT_CASES,
                          ids=[f"{w}-{f['name']}" for w, f, _ in PEFT_CASES])
 def test_peft_trains_its_parameters_and_saves_and_loads(
@@ -403,3 +404,32 @@ def test_bad_strategies_exit_2_before_training(finetune: dict[str, Any], message
     from trainlab.store import open_store
 
     assert open_store(tmp_path / "s").runs().empty  # nothing was registered or trained
+
+
+def test_engine_perplexity_counts_only_real_tokens(tiny_hf: dict[str, str], tmp_path: Path
+                                                   ) -> None:
+    import torch.nn.functional as F
+
+    from trainlab.engine.checkpoint import load_verified
+
+    texts = [f"the movie was {w}" + " very" * (i % 4) for i, w in
+             enumerate(["good", "bad", "nice", "sad"] * 12)]
+    path = tmp_path / "lm.json"
+    path.write_text("\n".join(json.dumps({"text": t}) for t in texts))
+    model = {"name": "hf", "path": tiny_hf["gpt2"]}
+    data = {"name": "hf", "path": "json", "data_files": str(path), "label": None,
+            "pack": False, "max_length": 28, "batch_size": 8, "eval_batch_size": 5}
+    outcome = _run(model, data, {"name": "full"}, epochs=1, run_dir=tmp_path / "run")
+    net, _, dataset = _build(model, data)
+    best = load_verified(tmp_path / "run" / "best.pt")
+    assert best is not None
+    net.load_state_dict(best["model"])
+    net.eval()
+    x, y = dataset.test.inputs, dataset.test.targets
+    assert (y == IGNORE_INDEX).sum() > y.numel() // 4  # plenty of padding to get wrong
+    with torch.no_grad():
+        logits = net(x)
+    nll = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+    real = y.flatten() != IGNORE_INDEX
+    expected = float(torch.exp(nll[real].mean()))
+    assert outcome.summary["test_perplexity"] == pytest.approx(expected, rel=1e-4)
