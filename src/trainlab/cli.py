@@ -289,7 +289,7 @@ def _print_summary(plan: Plan, store: Any) -> None:
     abbrev = {"accuracy": "acc", "perplexity": "ppl", "rmse": "rmse", "loss": "loss"}[metric]
     table = Table(title=f"sweep {plan.sweep.name}", title_justify="left")
     columns = ["#", "run", *labels.values(), "status", "best ep", f"valid {abbrev}",
-               f"test {abbrev}", "train s"]
+               f"test {abbrev}", "train s", *_COST_COLUMNS]
     for col in columns:
         table.add_column(col, justify="left" if col in ("run", "status") else "right")
     for planned in plan.runs:
@@ -299,8 +299,24 @@ def _print_summary(plan: Plan, store: Any) -> None:
                  ("best_epoch", f"best_valid_{metric}", f"test_{metric}")]
         table.add_row(str(planned.index), planned.run_id[:8],
                       *[_fmt(planned.varied[k]) for k in plan.varied], status, *cells,
-                      f"{summary['train_time']:.1f}" if "train_time" in summary else "")
+                      f"{summary['train_time']:.1f}" if "train_time" in summary else "",
+                      *_cost_cells(summary))
     out.print(table)
+
+
+# Beside each result: what it cost (trainable share, throughput, peak memory, gradient norm).
+_COST_COLUMNS = ("trainable %", "samples/s", "peak MB", "grad norm")
+
+
+def _cost_cells(summary: Mapping[str, Any]) -> list[str]:
+    def get(key: str, fmt: str, scale: float = 1.0) -> str:
+        value = summary.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return ""
+        return format(value * scale, fmt)
+
+    return [get("params_trainable_pct", ".3g"), get("samples_per_s", ".0f"),
+            get("peak_memory_bytes", ".0f", 1 / 2**20), get("grad_norm_median", ".3g")]
 
 
 def _sweep_json(plan: Plan, store: Any) -> dict[str, Any]:
@@ -411,6 +427,11 @@ def estimate_cmd(
         out.print("peak memory is what the run reports as memory/peak_bytes: on CPU the "
                   "process's peak RSS (Python, torch and the data included); activations are "
                   "traced on the meta device.", highlight=False)
+        if any(estimates[r.run_id].activation_bytes is None for r in the_plan.runs):
+            out.print("activations ?: not traced (PyTorch's MemTracker cannot follow frozen "
+                      "parameters or ops without a meta kernel); the peak then rests on the "
+                      "calibration probe (with --no-calibrate: on weights, gradients and "
+                      "optimizer state alone).", highlight=False)
     if fit_memory:
         _guard(lambda: _check_fit(the_plan, estimates, fit_memory))
 
@@ -507,7 +528,8 @@ def ls(
                                                   "summary", "overrides")} for r in records])
         return
     table = Table(title=f"store {st.root}", title_justify="left")
-    for col in ("sweep", "#", "run id", "status", "settings", "result", "train s"):
+    for col in ("sweep", "#", "run id", "status", "settings", "result", "train s",
+                *_COST_COLUMNS):
         table.add_column(col)
     for r in records:
         summary: dict[str, Any] = r["summary"]
@@ -515,7 +537,8 @@ def ls(
         settings = " ".join(f"{labels[k]}={_fmt(v)}" for k, v in r["overrides"].items())
         table.add_row(str(r["sweep"] or "-"), "" if r["index"] is None else str(r["index"]),
                       r["run_id"], r["status"], settings, _headline(summary).split("  ")[0],
-                      f"{summary['train_time']:.1f}" if "train_time" in summary else "")
+                      f"{summary['train_time']:.1f}" if "train_time" in summary else "",
+                      *_cost_cells(summary))
     out.print(table)
 
 

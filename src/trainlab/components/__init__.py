@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from trainlab.components import hf, text_data  # noqa: F401  (register hf, minilm, vader-sentiment)
 from trainlab.components.datasets import DATASETS, DataInfo, Dataset, DataSpec, load_dataset
 from trainlab.components.finetune import FINETUNE, FinetuneSetup, build_finetune
 from trainlab.components.models import MODELS, build_model, count_parameters

@@ -37,6 +37,13 @@ class DataInfo:
     n_valid: int
     n_test: int
     tokens_per_example: int = 1  # seq_len for language modelling, so tokens/s is derivable
+    vocab_size: int | None = None  # tokenized text: the tokenizer's vocabulary size
+    pad_token_id: int | None = None  # tokenized text padded with this id (None: no padding)
+
+    def example_batch(self, batch_size: int) -> torch.Tensor:
+        """Zeros shaped like a batch of inputs (token ids for text), for tracing."""
+        dtype = torch.long if self.task == "lm" or self.vocab_size is not None else torch.float32
+        return torch.zeros((batch_size, *self.input_shape), dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -92,18 +99,39 @@ DATASETS: Registry[Builder] = Registry("dataset")
 _CACHE: dict[str, Dataset] = {}
 
 
-def load_dataset(spec: DataSpec) -> Dataset:
-    """The dataset ``spec`` names, with ``limit`` applied; built once per process."""
-    key = json.dumps(spec.model_dump(mode="json", exclude={"batch_size", "eval_batch_size"}),
-                     sort_keys=True)
+def load_dataset(spec: DataSpec, model: Spec | None = None) -> Dataset:
+    """The dataset ``spec`` names, with ``limit`` applied; built once per process.
+
+    Text datasets (a ``tokenizer`` field) are tokenized with ``data.tokenizer``, where
+    ``auto`` means the tokenizer of ``model`` (the run's model spec); the cache key includes
+    the tokenizer actually used.
+    """
+    tokenizer = tokenizer_source(spec, model)
+    key = json.dumps([spec.model_dump(mode="json", exclude={"batch_size", "eval_batch_size"}),
+                      tokenizer], sort_keys=True)
     if key not in _CACHE:
         entry = DATASETS.get(spec.name, field="data.name")
-        data: Dataset = entry.build(spec)
+        if "tokenizer" in type(spec).model_fields:
+            data: Dataset = entry.build(spec, tokenizer=tokenizer)
+        else:
+            data = entry.build(spec)
         if spec.limit is not None and spec.limit < len(data.train):
             data = replace(data, train=data.train.head(spec.limit),
                            info=replace(data.info, n_train=spec.limit))
         _CACHE[key] = data
     return _CACHE[key]
+
+
+def tokenizer_source(spec: DataSpec, model: Spec | None) -> str | None:
+    """The tokenizer a text dataset uses: ``data.tokenizer``, or for ``auto`` the model's (None
+    when the data has no tokenizer field or the model has no tokenizer)."""
+    name = getattr(spec, "tokenizer", None)
+    if name is None:
+        return None
+    if name != "auto":
+        return str(name)
+    source = getattr(model, "tokenizer_source", None)
+    return str(source()) if callable(source) else None
 
 
 def _split_indices(n: int, valid: float, test: float, seed: int) -> tuple[np.ndarray, ...]:

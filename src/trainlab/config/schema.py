@@ -34,7 +34,10 @@ SECTIONS = ("data", "model", "optimizer", "schedule", "finetune", "train")
 COMPONENT_SECTIONS = ("data", "model", "optimizer", "schedule", "finetune")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "optimizer": {"name": "adam"}, "schedule": {"name": "constant"}, "finetune": {"name": "full"}}
-MONITORS = ("valid/loss", "valid/accuracy", "valid/perplexity", "valid/rmse")
+MONITORS = ("valid/loss", "valid/accuracy", "valid/perplexity", "valid/rmse", "valid/f1",
+            "valid/mcc")
+Monitor = Literal["valid/loss", "valid/accuracy", "valid/perplexity", "valid/rmse", "valid/f1",
+                  "valid/mcc"]
 
 
 class _Frozen(BaseModel):
@@ -57,7 +60,7 @@ class TrainSpec(_Frozen):
         default=50, description="steps between train-loss / LR / grad-norm records")
     eval_every: PositiveInt | None = Field(
         default=None, description="validate every N steps (default: at the end of each epoch)")
-    monitor: Literal["valid/loss", "valid/accuracy", "valid/perplexity", "valid/rmse"] = Field(
+    monitor: Monitor = Field(
         default="valid/loss", description="metric choosing the best checkpoint and early stopping")
     clip_grad_norm: PositiveFloat | None = None
     early_stopping: EarlyStoppingSpec | None = None

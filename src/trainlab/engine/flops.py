@@ -14,20 +14,24 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from trainlab.components import DataInfo, build_model
+from trainlab.components import DataInfo, build_finetune, build_model
 from trainlab.components.base import Spec
 from trainlab.engine.measure import synchronize
 
 
-def train_step_flops(model_spec: Spec, info: DataInfo, batch_size: int) -> int | None:
-    """FLOPs of one forward and backward pass on a batch, or None when they cannot be traced."""
+def train_step_flops(model_spec: Spec, info: DataInfo, batch_size: int,
+                     finetune: Spec | None = None, lr: float = 1.0) -> int | None:
+    """FLOPs of one forward and backward pass on a batch, or None when they cannot be traced.
+
+    With ``finetune`` the strategy is applied first: frozen weights need no weight gradients,
+    so adapter or LoRA steps cost less than full fine-tuning.
+    """
     try:
         with torch.device("meta"):
             model = build_model(model_spec, info)
-            if info.task == "lm":
-                x = torch.zeros((batch_size, *info.input_shape), dtype=torch.long)
-            else:
-                x = torch.zeros((batch_size, *info.input_shape))
+            if finetune is not None:
+                model = build_finetune(finetune, model, lr).model or model
+            x = info.example_batch(batch_size)
         counter = FlopCounterMode(display=False)
         with counter:
             out = model(x)

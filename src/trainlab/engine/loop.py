@@ -43,7 +43,7 @@ from trainlab.engine.flops import measure_peak_flops, train_step_flops
 from trainlab.engine.measure import Clock, PeakMemory, grad_norm, resolve_device
 from trainlab.engine.sampler import nvml_sampler
 from trainlab.engine.speed import Speed, decide
-from trainlab.engine.tasks import TASKS, TaskKind
+from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix
 from trainlab.errors import Diverged, RunError
 from trainlab.records import MetricRecord, NullSink, RecordSink
 
@@ -65,6 +65,7 @@ class RunState:
     start_step: int = 0  # where this process started (non-zero after resume)
     train_time: float = 0.0  # seconds spent in training steps, excluding eval and I/O
     last: dict[str, float] = field(default_factory=dict)  # the latest recorded host values
+    run_dir: Path | None = None  # where checkpoints and artifacts go (None: nowhere)
 
     @property
     def total_steps(self) -> int:
@@ -122,6 +123,7 @@ class _Trainer:
         self.notes: list[str] = []
         self.grad_norms: list[float] = []  # read at log points, for the summary's median
         self.state: RunState | None = None
+        self.frozen_keys: set[str] = set()
 
     # --- the run -------------------------------------------------------------------------
 
@@ -166,14 +168,17 @@ class _Trainer:
         self.clock = Clock(device)
         self.t0 = time.perf_counter()
         self.elapsed_offset = 0.0
-        data = load_dataset(cfg.data)  # type: ignore[arg-type]
+        data = load_dataset(cfg.data, cfg.model)  # type: ignore[arg-type]
         self.task: TaskKind = TASKS[data.info.task]
         seed_everything(tc.seed)
         model = build_model(cfg.model, data.info).to(device)
         tuning = build_finetune(cfg.finetune, model, cfg.optimizer.lr)  # type: ignore[attr-defined]
+        # A strategy may add modules (adapters) or wrap the model (PEFT): move what it added.
+        model = (tuning.model if tuning.model is not None else model).to(device)
         self.callbacks.extend(tuning.callbacks)
         # Every parameter the strategy may ever train; frozen ones have no .grad and are skipped.
         self.params = [p for g in tuning.param_groups for p in g["params"]]
+        self.frozen_keys = _frozen_keys(model, self.params)
         optimizer = build_optimizer(cfg.optimizer, tuning.param_groups)  # type: ignore[arg-type]
         bs = cfg.data.batch_size  # type: ignore[attr-defined]
         steps_per_epoch = math.ceil(len(data.train) / bs)
@@ -188,7 +193,8 @@ class _Trainer:
         # Model FLOPs utilization: FLOPs traced on the meta device against the matmul peak
         # measured now, in this process, under the same load as the run.
         with torch.random.fork_rng(devices=[]):  # measuring must not move the run's RNG
-            self.step_flops = train_step_flops(cfg.model, data.info, bs)
+            self.step_flops = train_step_flops(cfg.model, data.info, bs, cfg.finetune,
+                                               cfg.optimizer.lr)  # type: ignore[attr-defined]
             self.peak_flops = measure_peak_flops(device, self.speed.amp_dtype or torch.float32)
         default_eval = bs if data.info.task == "lm" else max(bs, 256)
         self.eval_bs = cfg.data.eval_batch_size or default_eval  # type: ignore[attr-defined]
@@ -198,14 +204,19 @@ class _Trainer:
         if self.sampler is not None:
             self.sampler.start()
         self.state = state = RunState(self.run_id, cfg, data.info, device, model, optimizer,
-                                      schedule, steps_per_epoch)
+                                      schedule, steps_per_epoch, run_dir=self.run_dir)
         if tc.early_stopping is not None and not any(
                 isinstance(c, EarlyStopping) for c in self.callbacks):
             self.callbacks.append(EarlyStopping(
                 tc.monitor, tc.early_stopping.patience, tc.early_stopping.min_delta,
                 self._higher_is_better(tc.monitor)))
-        total, trainable = count_parameters(model)
-        self.best["params_total"], self.best["params_trainable"] = total, trainable
+        total, _ = count_parameters(model)
+        # Trainable: what the strategy trains at some point of the run (gradual unfreezing
+        # starts with fewer), each shared tensor once.
+        trainable = sum(p.numel() for p in {id(p): p for p in self.params}.values())
+        pct = 100.0 * trainable / total if total else 0.0
+        self.best.update(params_total=total, params_trainable=trainable,
+                         params_trainable_pct=pct)
         ckpt = None
         if self.resume and self.run_dir is not None:
             ckpt, note = load_latest(self.run_dir / "last.pt")
@@ -218,7 +229,7 @@ class _Trainer:
         else:
             self.sink.rewind(self.run_id, -1)
             constants = {"params/total": total, "params/trainable": trainable,
-                         "perf/peak_flops_per_s": self.peak_flops}
+                         "params/trainable_pct": pct, "perf/peak_flops_per_s": self.peak_flops}
             if self.step_flops is not None:
                 constants["perf/flops_per_step"] = self.step_flops
             self._record(0, constants, epoch=0)
@@ -265,11 +276,11 @@ class _Trainer:
         stop = interrupt.FLAG
         # A resumed partial epoch (after Ctrl-C) goes on from its batch with its sums so far.
         first_batch = partial["batch"] if partial else 0
-        self.epoch_sums = list(partial["sums"]) if partial else [0.0, 0.0, 0]
+        self.epoch_sums = list(partial["sums"]) if partial else [0.0, 0.0, 0.0]
         time_before = partial["train_time"] if partial else 0.0
         samples = partial.get("samples", 0) if partial else 0  # timed samples of this epoch
         evaluated_at = partial["evaluated_at"] if partial else -1
-        self.pending: list[tuple[Tensor, Tensor | None, Tensor | None, int]] = []
+        self.pending: list[tuple[Tensor, Tensor | None, Tensor | None, int | Tensor]] = []
         self.paused = 0.0  # eval and I/O inside this epoch, subtracted from training time
         io_before = self.io_time
         model.train()
@@ -315,7 +326,7 @@ class _Trainer:
                 warming = False
             samples += len(idx)
             self.pending.append((loss.detach(), out.detach() if keep else None,
-                                 y if keep else None, y.numel()))
+                                 y if keep else None, task.weight(y)))
             state.step += 1
             for cb in step_callbacks:
                 cb.on_step_end(state)
@@ -378,7 +389,12 @@ class _Trainer:
         state, task = self._st, self.task
         pending, self.pending = self.pending, []
         n = len(pending)
+        counts = [p[3] for p in pending]
         parts = [torch.stack([p[0] for p in pending]).float()]
+        on_device = not all(isinstance(c, int) for c in counts)
+        if on_device:  # token counts of LM batches with ignored targets: read in this sync
+            parts.append(torch.stack([torch.as_tensor(c, device=state.device)
+                                      for c in counts]).float())
         if task.keeps_outputs:
             outs = torch.cat([p[1] for p in pending if p[1] is not None])
             ys = torch.cat([p[2] for p in pending if p[2] is not None])
@@ -387,17 +403,19 @@ class _Trainer:
             parts.append(norm.float().view(1))
         host = torch.cat(parts).tolist()  # the one sync of this interval
         now = self.clock.now()
-        weight = sum(p[3] for p in pending)
+        weights = host[n:2 * n] if on_device else counts
+        extra = 2 * n if on_device else n  # where the values after the losses start
+        weight = math.fsum(weights)
         # Exact summation on the host: the epoch's loss does not depend on where intervals
         # (or a Ctrl-C) split it.
-        loss_sum = math.fsum(v * p[3] for v, p in zip(host[:n], pending))
-        loss = loss_sum / weight
+        loss_sum = math.fsum(v * w for v, w in zip(host[:n], weights))
+        loss = loss_sum / max(weight, 1.0)
         if not math.isfinite(loss):
             lr = state.optimizer.param_groups[0]["lr"]
             raise Diverged(f"train loss became {loss} by step {state.step} (epoch {state.epoch},"
                            f" lr {lr:.3g})")
         self.epoch_sums[0] += loss_sum
-        self.epoch_sums[1] += host[n] if task.keeps_outputs else 0.0
+        self.epoch_sums[1] += host[extra] if task.keeps_outputs else 0.0
         self.epoch_sums[2] += weight
         busy = now - self.t_interval - (self.paused - self.paused_at_interval)
         values = {"train/step_loss": loss, "time/step": busy / len(pending)}
@@ -426,7 +444,9 @@ class _Trainer:
         t = self.clock.now()
         loss_sum = torch.zeros((), device=state.device)
         metric_sum = torch.zeros((), device=state.device)
-        count = batches = 0
+        count = torch.zeros((), device=state.device)
+        predictions: list[Tensor] = []
+        batches = classes = 0
         with torch.inference_mode(), speed.autocast():
             for start in range(0, len(split), self.eval_bs):
                 x = split.inputs[start:start + self.eval_bs]
@@ -436,15 +456,26 @@ class _Trainer:
                     y = y.to(state.device, non_blocking=True)
                 if speed.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                batch_loss, batch_metric = task.sums(speed.forward(x), y)
+                out = speed.forward(x)
+                batch_loss, batch_metric = task.sums(out, y)
                 loss_sum += batch_loss.float()
                 metric_sum += batch_metric.float()
                 count += task.weight(y)
+                if task.extra_metrics:
+                    predictions.append(out.argmax(-1))
+                    classes = int(out.shape[-1])
                 batches += 1
-        host = torch.stack([loss_sum, metric_sum]).tolist()
+            parts = [torch.stack([loss_sum, metric_sum, count.float()])]
+            if predictions:  # F1 and MCC from the confusion matrix of the whole split
+                matrix = confusion_matrix(split.targets, torch.cat(predictions), classes)
+                parts.append(matrix.flatten().float())
+        host = torch.cat(parts).tolist()  # the one sync of this evaluation
         seconds = self.clock.now() - t
         model.train(was_training)
-        return task.finalize(host[0], host[1], count), seconds, batches
+        confusion = None
+        if predictions:
+            confusion = [host[3 + r * classes: 3 + (r + 1) * classes] for r in range(classes)]
+        return task.finalize(host[0], host[1], host[2], confusion), seconds, batches
 
     def _validate(self) -> None:
         state = self._st
@@ -467,7 +498,7 @@ class _Trainer:
             self.stop_reason = f"stopped early at epoch {state.epoch}: {stop.reason}"
 
     def _higher_is_better(self, key: str) -> bool:
-        return key.endswith("accuracy")
+        return key.rsplit("/", 1)[-1] in ("accuracy", "f1", "mcc")
 
     def _track_best(self, values: dict[str, float]) -> None:
         monitor = self.config.train.monitor
@@ -482,21 +513,21 @@ class _Trainer:
                              best_step=state.step, best_valid=dict(values))
             if self.run_dir is not None:
                 t = time.perf_counter()
-                self._save({"model": state.model.state_dict(), "epoch": state.epoch,
+                self._save({"model": self._model_state(), "epoch": state.epoch,
                             "step": state.step}, "best.pt")
                 self.io_time += time.perf_counter() - t
             else:
                 self.best_state = {k: v.detach().clone() for k, v in
-                                   state.model.state_dict().items()}
+                                   self._model_state().items()}
 
     def _test(self) -> None:
         state = self._st
         if self.run_dir is not None and (self.run_dir / "best.pt").is_file():
             best = load_verified(self.run_dir / "best.pt")
             if best is not None:
-                state.model.load_state_dict(best["model"])
+                self._load_model_state(best["model"])
         elif getattr(self, "best_state", None) is not None:
-            state.model.load_state_dict(self.best_state)
+            self._load_model_state(self.best_state)
         if len(self.test_split) == 0:
             return
         result, _, _ = self._evaluate(self.test_split)
@@ -532,7 +563,7 @@ class _Trainer:
             "epoch": epoch, "step": state.step, "train_time": state.train_time,
             "partial": partial,
             "elapsed": self.elapsed_offset + (time.perf_counter() - self.t0),
-            "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+            "model": self._model_state(), "optimizer": state.optimizer.state_dict(),
             "schedule": state.schedule.state_dict(), "best": self.best,
             "scaler": self.speed.scaler.state_dict() if self.speed.scaler else None,
             "stop_reason": self.stop_reason, "epoch_stats": self.epoch_stats,
@@ -557,7 +588,7 @@ class _Trainer:
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
         state = self._st
-        state.model.load_state_dict(ckpt["model"])
+        self._load_model_state(ckpt["model"])
         state.optimizer.load_state_dict(ckpt["optimizer"])
         state.schedule.load_state_dict(ckpt["schedule"])
         if self.speed.scaler is not None and ckpt.get("scaler"):
@@ -580,6 +611,26 @@ class _Trainer:
         for cb in self.callbacks:
             if type(cb).__name__ in saved:
                 cb.load_state_dict(saved[type(cb).__name__])
+
+    def _model_state(self) -> dict[str, Tensor]:
+        """The model's state without parameters no strategy ever trains: those equal the
+        deterministic build (pretrained weights, seeded init), so checkpoints of adapter or
+        LoRA runs hold the trained part only."""
+        full = self._st.model.state_dict()
+        if not self.frozen_keys:
+            return full
+        return {k: v for k, v in full.items() if k not in self.frozen_keys}
+
+    def _load_model_state(self, saved: dict[str, Tensor]) -> None:
+        model = self._st.model
+        if not self.frozen_keys:
+            model.load_state_dict(saved)
+            return
+        result = model.load_state_dict(saved, strict=False)
+        missing = set(result.missing_keys) - self.frozen_keys
+        if missing or result.unexpected_keys:
+            raise RuntimeError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}"
+                               f", unexpected {sorted(result.unexpected_keys)[:5]}")
 
     @property
     def _st(self) -> RunState:
@@ -616,6 +667,13 @@ class _Trainer:
         if self.grad_norms:
             out["grad_norm_median"] = statistics.median(self.grad_norms)
         return out
+
+
+def _frozen_keys(model: nn.Module, trained: list[Tensor]) -> set[str]:
+    """State-dict keys of parameters that are in no optimizer group (never trained)."""
+    ids = {id(p) for p in trained}
+    return {name for name, p in model.named_parameters(remove_duplicate=False)
+            if id(p) not in ids}
 
 
 def _to(split: Split, device: torch.device) -> Split:

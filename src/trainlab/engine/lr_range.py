@@ -330,12 +330,13 @@ def lr_find(config: RunConfig, settings: LRFindSpec | None = None) -> LRRangeRes
 def _lr_find(config: RunConfig, settings: LRFindSpec) -> tuple[LRRangeResult, dict[str, Any]]:
     with preserved_rng():
         device = resolve_device(config.train.device)
-        data = load_dataset(config.data)  # type: ignore[arg-type]
+        data = load_dataset(config.data, config.model)  # type: ignore[arg-type]
         task = TASKS[data.info.task]
         seed_everything(settings.seed)
         model = build_model(config.model, data.info).to(device)
         # Built at LR 1, each group's LR is its ratio to the optimizer's LR.
         tuning = build_finetune(config.finetune, model, 1.0)
+        model = (tuning.model or model).to(device)  # adapters / PEFT wrap or extend it
         optimizer = build_optimizer(with_lr(config.optimizer, 1.0),  # type: ignore[arg-type]
                                     tuning.param_groups)
         scales = [float(g["lr"]) for g in optimizer.param_groups]

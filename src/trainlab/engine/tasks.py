@@ -1,4 +1,10 @@
-"""Loss and metric per task, computed on the device and read by the host only when logged."""
+"""Loss and metric per task, computed on the device and read by the host only when logged.
+
+Language-model targets equal to :data:`IGNORE_INDEX` (-100, padding) count nowhere: not in
+the loss, not in the token count that perplexity is weighted by.  Classification evaluation
+also gathers a confusion matrix (on the device, read in the evaluation's one host sync) from
+which F1 and Matthews correlation come.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+IGNORE_INDEX = -100  # as torch's cross_entropy: a target that is padding
 
 
 @dataclass(frozen=True)
@@ -17,17 +25,30 @@ class TaskKind:
     metric: str  # accuracy | perplexity | rmse
     higher_is_better: bool
     keeps_outputs: bool  # whether the running train metric needs the batch outputs
+    extra_metrics: tuple[str, ...] = ()  # evaluated from the confusion matrix
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """Every metric an evaluation reports besides the loss."""
+        return (self.metric, *self.extra_metrics)
 
     def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The mean loss that training minimises."""
         if self.name == "classification":
             return F.cross_entropy(out, y)
         if self.name == "lm":
-            return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+            return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
+                                   ignore_index=IGNORE_INDEX)
         return F.mse_loss(out, y)
 
-    def weight(self, y: torch.Tensor) -> int:
-        """How many units the mean loss averages over (examples, tokens, or elements)."""
+    def weight(self, y: torch.Tensor) -> int | torch.Tensor:
+        """How many units the mean loss averages over (examples, tokens, or elements).
+
+        For language models, the tokens that are not ignored, as a device tensor (no sync):
+        callers sum it on the device and read it with the rest of their values.
+        """
+        if self.name == "lm":
+            return (y != IGNORE_INDEX).sum()
         return y.numel()
 
     def sums(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,13 +57,15 @@ class TaskKind:
             loss = F.cross_entropy(out, y, reduction="sum")
             return loss, (out.argmax(-1) == y).sum()
         if self.name == "lm":
-            loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1), reduction="sum")
+            loss = F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
+                                   ignore_index=IGNORE_INDEX, reduction="sum")
             return loss, loss.new_zeros(())
         loss = F.mse_loss(out, y, reduction="sum")
         return loss, loss.new_zeros(())
 
-    def finalize(self, loss_sum: float, metric_sum: float, count: float) -> dict[str, float]:
-        """Loss and task metric from sums over ``count`` units."""
+    def finalize(self, loss_sum: float, metric_sum: float, count: float,
+                 confusion: list[list[float]] | None = None) -> dict[str, float]:
+        """Loss and task metrics from sums over ``count`` units (and the confusion matrix)."""
         loss = loss_sum / max(count, 1)
         if self.metric == "accuracy":
             value = metric_sum / max(count, 1)
@@ -50,11 +73,54 @@ class TaskKind:
             value = math.exp(min(loss, 700.0))  # token-weighted: exp(mean NLL per token)
         else:
             value = math.sqrt(loss)
-        return {"loss": loss, self.metric: value}
+        out = {"loss": loss, self.metric: value}
+        if confusion is not None and self.extra_metrics:
+            out.update(f1=f1_score(confusion), mcc=matthews_corrcoef(confusion))
+        return out
+
+
+def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor,
+                     classes: int) -> torch.Tensor:
+    """``[classes, classes]`` counts, rows true class, columns predicted; on the device."""
+    index = targets.long() * classes + predictions.long()
+    return torch.bincount(index, minlength=classes * classes).reshape(classes, classes)
+
+
+def f1_score(confusion: list[list[float]]) -> float:
+    """F1 of class 1 for two classes (the GLUE convention), macro-averaged F1 for more.
+
+    A class never predicted and never present scores 0, as scikit-learn's default.
+    """
+    k = len(confusion)
+    scores = []
+    for c in range(k):
+        tp = confusion[c][c]
+        predicted = sum(confusion[r][c] for r in range(k))
+        actual = sum(confusion[c])
+        scores.append(2 * tp / (predicted + actual) if predicted + actual else 0.0)
+    if k == 2:
+        return scores[1]
+    return sum(scores) / k if k else 0.0
+
+
+def matthews_corrcoef(confusion: list[list[float]]) -> float:
+    """Matthews correlation (Gorodkin's multiclass R_K; the binary MCC for two classes).
+
+    0 when it is undefined (every prediction or every target in one class), as scikit-learn.
+    """
+    k = len(confusion)
+    n = sum(sum(row) for row in confusion)
+    correct = sum(confusion[c][c] for c in range(k))
+    predicted = [sum(confusion[r][c] for r in range(k)) for c in range(k)]
+    actual = [sum(row) for row in confusion]
+    cov = correct * n - sum(p * t for p, t in zip(predicted, actual))
+    denom = math.sqrt((n * n - sum(p * p for p in predicted))
+                      * (n * n - sum(t * t for t in actual)))
+    return cov / denom if denom else 0.0
 
 
 TASKS = {
-    "classification": TaskKind("classification", "accuracy", True, True),
+    "classification": TaskKind("classification", "accuracy", True, True, ("f1", "mcc")),
     "lm": TaskKind("lm", "perplexity", False, False),
     "regression": TaskKind("regression", "rmse", False, False),
 }

@@ -77,7 +77,7 @@ def estimate_run(config: RunConfig, *, calibrate: bool = True,
         # Step time and memory do not depend on the LR: estimate before the range test picks it.
         config = replace(config, optimizer=with_lr(config.optimizer, 1e-3))  # type: ignore[arg-type]
     device = resolve_device(config.train.device)
-    data = load_dataset(config.data)  # type: ignore[arg-type]
+    data = load_dataset(config.data, config.model)  # type: ignore[arg-type]
     bs = config.data.batch_size  # type: ignore[attr-defined]
     key = _setup_key(config)
     if key not in cache:
@@ -117,12 +117,13 @@ def estimate_run(config: RunConfig, *, calibrate: bool = True,
 
 def _measure_setup(config: RunConfig, device: torch.device,
                    calibrate: bool) -> tuple[dict[str, Any], Probe | None, str | None]:
-    data = load_dataset(config.data)  # type: ignore[arg-type]
+    data = load_dataset(config.data, config.model)  # type: ignore[arg-type]
     bs = config.data.batch_size  # type: ignore[attr-defined]
     lr = config.optimizer.lr  # type: ignore[attr-defined]
     with torch.device("meta"):
         model = build_model(config.model, data.info)
         tuning = build_finetune(config.finetune, model, lr)
+        model = tuning.model or model  # adapters / PEFT wrap or extend it
     trainable = [p for g in tuning.param_groups for p in g["params"] if p.requires_grad]
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision,
@@ -133,7 +134,7 @@ def _measure_setup(config: RunConfig, device: torch.device,
             "params_trainable": sum(p.numel() for p in trainable),
             "state": state_bytes(model, config.optimizer, trainable),
             "trace": trace(config.model, config.finetune, data.info, bs, lr),
-            "flops": train_step_flops(config.model, data.info, bs),
+            "flops": train_step_flops(config.model, data.info, bs, config.finetune, lr),
             "peak_flops": measure_peak_flops(device, dtype),
             "base": (torch.cuda.memory_allocated(device) if device.type == "cuda"
                      else rss_bytes()),

@@ -64,11 +64,6 @@ def state_bytes(model: nn.Module, optimizer: Spec, trainable: list[torch.Tensor]
     return StateBytes(params + buffers, grads, optimizer_state_bytes(optimizer, trainable))
 
 
-def example_batch(info: DataInfo, batch_size: int) -> torch.Tensor:
-    dtype = torch.long if info.task == "lm" else torch.float32
-    return torch.zeros((batch_size, *info.input_shape), dtype=dtype)
-
-
 def trace(model_spec: Spec, finetune: Spec, info: DataInfo, batch_size: int,
           lr: float = 1e-3) -> dict[str, int] | None:
     """Peak bytes by category of one forward and backward pass, traced on the meta device.
@@ -84,8 +79,9 @@ def trace(model_spec: Spec, finetune: Spec, info: DataInfo, batch_size: int,
     try:
         with torch.device("meta"):
             model = build_model(model_spec, info)
-            build_finetune(finetune, model, lr)  # freezes what the strategy freezes
-            x = example_batch(info, batch_size)
+            # Freezes what the strategy freezes; adapters / PEFT wrap or extend the model.
+            model = build_finetune(finetune, model, lr).model or model
+            x = info.example_batch(batch_size)
         tracker = MemTracker()
         tracker.track_external(model)
         with tracker:

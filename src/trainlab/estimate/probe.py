@@ -36,7 +36,7 @@ def probe(config: RunConfig, *, min_steps: int = 5, max_steps: int = 20,
     """Measure a few real steps of ``config`` on its device (at most about ``budget_s``)."""
     t_begin = time.perf_counter()
     device = resolve_device(config.train.device)
-    data = load_dataset(config.data)  # type: ignore[arg-type]
+    data = load_dataset(config.data, config.model)  # type: ignore[arg-type]
     task = TASKS[data.info.task]
     bs = config.data.batch_size  # type: ignore[attr-defined]
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -45,6 +45,7 @@ def probe(config: RunConfig, *, min_steps: int = 5, max_steps: int = 20,
         base = (torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes())
         model = build_model(config.model, data.info).to(device)
         tuning = build_finetune(config.finetune, model, config.optimizer.lr)  # type: ignore[attr-defined]
+        model = (tuning.model or model).to(device)  # adapters / PEFT wrap or extend it
         optimizer = build_optimizer(config.optimizer, tuning.param_groups)  # type: ignore[arg-type]
         speed = decide(config.train, model, device, [data.train])
         n = len(data.train)
