@@ -91,9 +91,13 @@ class SweepFrames:
 
     def describe(self, row: pd.Series | dict[str, Any], keys: Sequence[str] | None = None,
                  sep: str = ", ") -> str:
-        """``model=lstm, layers=1, optimizer=adam`` for a run or group row."""
+        """``model=lstm, layers=1, optimizer=adam`` for a run or group row.
+
+        Keys a run does not set (an explicit ``runs:`` entry leaving a varied key at its
+        default) are left out rather than shown as a blank.
+        """
         return sep.join(f"{self.label(k)}={format_value(row[k])}"
-                        for k in (self.keys if keys is None else keys))
+                        for k in (self.keys if keys is None else keys) if not is_missing(row[k]))
 
     def run_numbers(self, row: pd.Series | dict[str, Any]) -> str:
         """"3" for a run, "1-3" or "1, 4, 7" for a seed group."""
@@ -332,8 +336,13 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def is_missing(value: Any) -> bool:
+    """None or NaN: a varied key this run does not set."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def format_value(value: Any) -> str:
-    if value is None:
+    if is_missing(value):
         return "-"
     if isinstance(value, float):
         return f"{value:g}"

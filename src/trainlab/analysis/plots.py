@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from trainlab.analysis.frames import SweepFrames, curves, format_value
+from trainlab.analysis.frames import SweepFrames, curves, format_value, is_missing
 from trainlab.analysis.layout import FigureLayout, Panel
 
 if TYPE_CHECKING:
@@ -139,7 +139,8 @@ def _curve_figure(frames: SweepFrames, layout: FigureLayout, metric: str, x: XAx
     title = _figure_title(frames, layout, info, x)
     fig.suptitle(title, fontsize=11, y=1 - 0.12 / height, va="top")
     name = _slug(f"{metric}-{x}-" + ("-".join(f"{frames.label(k)}-{format_value(v)}"
-                                               for k, v in layout.fixed.items()) or f"{number}"))
+                                               for k, v in layout.fixed.items()
+                                               if not is_missing(v)) or f"{number}"))
     caption = _curve_caption(frames, layout, info, x, clock, seeded, overlay)
     return Figure(name, title, caption, fig)
 

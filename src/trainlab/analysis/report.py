@@ -80,13 +80,18 @@ def build_report(store: Any, options: ReportOptions) -> Report:
     answers = answer_all(frames, target=options.target, overfit_epochs=options.overfit_epochs)
     figures: list[Figure] = []
     axes: tuple[XAxis, ...] = ("epoch", "time")
+    # A report holds its figures until they are written (Report.close frees them): a sweep
+    # with many groups opens more than matplotlib's 20 without anything leaking.
+    import matplotlib
+
     try:
-        for metric in frames.metrics:
-            for x in axes:
-                figures += curve_figures(frames, layouts, metric, x, options.clock)
-        figures += _pareto_figures(frames)
-        ranges = _lr_ranges(store, frames.name)
-        figures += [_lr_range_figure(i, r) for i, r in enumerate(ranges, 1)]
+        with matplotlib.rc_context({"figure.max_open_warning": 0}):
+            for metric in frames.metrics:
+                for x in axes:
+                    figures += curve_figures(frames, layouts, metric, x, options.clock)
+            figures += _pareto_figures(frames)
+            ranges = _lr_ranges(store, frames.name)
+            figures += [_lr_range_figure(i, r) for i, r in enumerate(ranges, 1)]
     except BaseException:
         for fig in figures:
             fig.close()

@@ -9,6 +9,7 @@ LSTMs and transformers; the calibration probe (see ``probe.py``) measures the re
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -77,21 +78,30 @@ def trace(model_spec: Spec, finetune: Spec, info: DataInfo, batch_size: int,
     except ImportError:  # a torch without it
         return None
     try:
-        with torch.device("meta"):
-            model = build_model(model_spec, info)
-            # Freezes what the strategy freezes; adapters / PEFT wrap or extend the model.
-            model = build_finetune(finetune, model, lr).model or model
-            x = info.example_batch(batch_size)
-        tracker = MemTracker()
-        tracker.track_external(model)
-        with tracker:
-            out = model(x).float().sum()
-            # After the forward pass, every tensor kept for the backward pass is alive.
-            forward = _parts(tracker.get_tracker_snapshot())
-            out.backward()
-        peak = _parts(tracker.get_tracker_snapshot("peak"))
+        # A trace that fails (frozen parameters: MemTracker hooks every parameter's gradient)
+        # makes torch warn from inside its hooks; the failure is reported as "not traced".
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _trace(MemTracker, model_spec, finetune, info, batch_size, lr)
     except Exception:
         return None
+
+
+def _trace(tracker_type: Any, model_spec: Spec, finetune: Spec, info: DataInfo, batch_size: int,
+           lr: float) -> dict[str, int]:
+    with torch.device("meta"):
+        model = build_model(model_spec, info)
+        # Freezes what the strategy freezes; adapters / PEFT wrap or extend the model.
+        model = build_finetune(finetune, model, lr).model or model
+        x = info.example_batch(batch_size)
+    tracker = tracker_type()
+    tracker.track_external(model)
+    with tracker:
+        out = model(x).float().sum()
+        # After the forward pass, every tensor kept for the backward pass is alive.
+        forward = _parts(tracker.get_tracker_snapshot())
+        out.backward()
+    peak = _parts(tracker.get_tracker_snapshot("peak"))
     return {"params": peak.get("PARAM", 0) + peak.get("BUFFER", 0),
             "grads": peak.get("GRAD", 0), "activations": forward.get("ACT", 0),
             "peak": peak.get("Total", 0)}
