@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainlab.config import SweepConfig, load_sweep
 from trainlab.config.load import apply_overrides, validate_sweep
-from trainlab.execute import LocalExecutor, SweepObserver, SweepResult
+from trainlab.execute import Executor, RunStore, SweepObserver, SweepResult, make_executor
 from trainlab.plan import Plan, make_plan
 from trainlab.store import Store, open_store
 
@@ -38,16 +40,66 @@ def plan(config: str | os.PathLike[str] | dict[str, Any] | SweepConfig, *,
 
 def run(config: str | os.PathLike[str] | dict[str, Any] | SweepConfig | None = None, *,
         store: str | os.PathLike[str] | Store | None = None, overrides: list[str] | None = None,
-        example: str | None = None, observer: SweepObserver | None = None) -> SweepResult:
-    """Plan and train a sweep into the store; finished runs are skipped, interrupted resumed."""
+        example: str | None = None, observer: SweepObserver | None = None,
+        executor: str | None = None, jobs: int | None = None, ray_address: str | None = None,
+        cpus_per_run: float | None = None, gpus_per_run: float | None = None,
+        nproc: int | None = None, log: Sequence[str] = ()) -> SweepResult:
+    """Plan and train a sweep into the store; finished runs are skipped, interrupted resumed.
+
+    ``jobs``/``executor``/``ray_address``/``cpus_per_run``/``gpus_per_run``, ``nproc`` and
+    ``log`` are the CLI's ``--jobs``, ``--executor``, ``--ray-address``, ``--cpus-per-run``,
+    ``--gpus-per-run``, ``--nproc`` and ``--log``.
+    """
+    if nproc is not None:
+        overrides = [*(overrides or []), f"train.nproc={nproc}"]
     sweep = load(config or {}, overrides=overrides, example=example)
     st = store if isinstance(store, Store) else open_store(store)
-    the_plan = make_plan(sweep, st)
-    the_plan.register(st)
+    prepared = prepare(sweep, st, executor=executor, jobs=jobs, ray_address=ray_address,
+                       cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log)
     from trainlab.engine.interrupt import graceful_sigint
 
-    with graceful_sigint():
-        return LocalExecutor().execute(the_plan, st, observer)
+    try:
+        with graceful_sigint():
+            return prepared.executor.execute(prepared.plan, prepared.store, observer)
+    finally:
+        prepared.close()
+
+
+@dataclass
+class Prepared:
+    """A sweep ready to execute: its plan (registered in the store), the executor, and the
+    store to write (with the trackers of ``--log`` when there are any)."""
+
+    plan: Plan
+    executor: Executor
+    store: RunStore
+
+    def close(self) -> None:
+        close = getattr(self.store, "close_trackers", None)
+        if close is not None:
+            close()
+
+
+def prepare(sweep: SweepConfig, store: Store, *, executor: str | None = None,
+            jobs: int | None = None, ray_address: str | None = None,
+            cpus_per_run: float | None = None, gpus_per_run: float | None = None,
+            log: Sequence[str] = ()) -> Prepared:
+    """Pick the executor, build the trackers, plan and check the sweep, and register it.
+
+    Everything that can be bad input (an unknown executor, --jobs 0, a missing package, an
+    unreachable Ray cluster, train.nproc over the devices) raises ConfigError before the
+    store is written.
+    """
+    from trainlab.loggers import TrackedStore, make_trackers
+
+    chosen = make_executor(executor, jobs=jobs, address=ray_address, cpus_per_run=cpus_per_run,
+                           gpus_per_run=gpus_per_run)
+    trackers = make_trackers(log)
+    the_plan = make_plan(sweep, store, devices=getattr(chosen, "local_devices", True))
+    chosen.prepare(the_plan)
+    the_plan.register(store)
+    target: RunStore = TrackedStore(store, trackers, the_plan) if trackers else store
+    return Prepared(the_plan, chosen, target)
 
 
 def _existing_store(path: str | os.PathLike[str] | None) -> Store | None:

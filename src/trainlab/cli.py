@@ -100,20 +100,47 @@ def run(
     overrides: list[str] | None = SetOpt,
     as_json: bool = JsonOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    jobs: int | None = typer.Option(
+        None, "--jobs", "-j", metavar="N", show_default=False,
+        help="Train N runs at once in local worker processes (CPU threads divided, one GPU "
+             "per job when there are several)."),
+    executor: str | None = typer.Option(
+        None, "--executor", metavar="NAME", show_default=False,
+        help="local (one run at a time, the default), pool (--jobs) or ray."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", metavar="ADDR", show_default=False,
+        help="An existing Ray cluster (HOST:PORT, ray://HOST:10001 or auto); default: a local "
+             "Ray. Implies --executor ray."),
+    cpus_per_run: float | None = typer.Option(
+        None, "--cpus-per-run", show_default=False, help="Ray: CPUs per run [default: 1]."),
+    gpus_per_run: float | None = typer.Option(
+        None, "--gpus-per-run", show_default=False,
+        help="Ray: GPUs per run [default: 1 when the cluster has GPUs, else 0]."),
+    nproc: int | None = typer.Option(
+        None, "--nproc", metavar="N", show_default=False,
+        help="Train each run with DistributedDataParallel on N processes (torchrun): one per "
+             "GPU, or gloo on CPU. Same as --set train.nproc=N."),
+    log: list[str] | None = typer.Option(
+        None, "--log", metavar="TRACKER", show_default=False,
+        help="Mirror every metric, the config and the system measurements to wandb, mlflow or "
+             "tensorboard (repeatable)."),
 ) -> None:
     """Train every run of a sweep into the store.
 
     Finished runs are skipped, interrupted ones resume from their last checkpoint, failed ones
     are retried. Ctrl-C saves state and exits with 130; rerun the same command to go on.
     """
-    from trainlab.execute import LocalExecutor
-    from trainlab.plan import make_plan
+    from trainlab.api import prepare
     from trainlab.store import open_store
 
+    if nproc is not None:
+        overrides = [*(overrides or []), f"train.nproc={nproc}"]
     sweep = _guard(lambda: _load(config, example, overrides))
     st = _guard(lambda: open_store(store))
-    the_plan = _guard(lambda: make_plan(sweep, st))
-    the_plan.register(st)
+    prepared = _guard(lambda: prepare(
+        sweep, st, executor=executor, jobs=jobs, ray_address=ray_address,
+        cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log or []))
+    the_plan = prepared.plan
     from trainlab.engine.interrupt import graceful_sigint
 
     observer = _Progress(the_plan, quiet=quiet or as_json)
@@ -124,9 +151,10 @@ def run(
 
     try:
         with graceful_sigint(notify):
-            result = LocalExecutor().execute(the_plan, st, observer)
+            result = prepared.executor.execute(the_plan, prepared.store, observer)
     finally:
         observer.close()
+        prepared.close()
     if as_json:
         out.print_json(data=_sweep_json(the_plan, st))
     else:
@@ -156,8 +184,7 @@ class _Progress:
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=err, transient=False, disable=not self.live, refresh_per_second=8)
         self.sweep_task: Any = None
-        self.run_task: Any = None
-        self.started = 0.0
+        self.run_tasks: dict[str, Any] = {}  # one bar per run in progress (several with --jobs)
 
     def on_sweep_start(self, plan: Plan) -> None:
         skipped = len(plan.runs) - len(plan.todo)
@@ -178,31 +205,32 @@ class _Progress:
             last = 0.0
 
             def on_run_start(self, state: RunState) -> None:
-                owner.started = time.perf_counter()
-                owner.run_task = progress.add_task(
+                owner.run_tasks[planned.run_id] = progress.add_task(
                     f"  run {planned.index} {label}", total=state.total_steps,
                     completed=state.step, info="")
 
             def on_step_end(self, state: RunState) -> None:
                 # Counting steps reads no tensor; refresh at most 10 times a second.
                 now = time.perf_counter()
-                if now - self.last > 0.1:
+                if now - self.last > 0.1 and planned.run_id in owner.run_tasks:
                     self.last = now
-                    progress.update(owner.run_task, completed=state.step)
+                    progress.update(owner.run_tasks[planned.run_id], completed=state.step)
 
             def on_log(self, state: RunState, values: Mapping[str, float]) -> None:
+                if planned.run_id not in owner.run_tasks:
+                    return
                 rate = state.info.tokens_per_example * _batch(state) / max(
                     values.get("time/step", math.inf), 1e-9)
                 unit = "tok/s" if state.info.task == "lm" else "samples/s"
-                progress.update(owner.run_task, completed=state.step,
+                progress.update(owner.run_tasks[planned.run_id], completed=state.step,
                                 info=f"loss {values['train/step_loss']:.4g}  {rate:,.0f} {unit}")
 
         return [_Bar()]
 
     def on_run_end(self, planned: PlannedRun, outcome: RunOutcome) -> None:
-        if self.run_task is not None:
-            self.progress.remove_task(self.run_task)
-            self.run_task = None
+        task = self.run_tasks.pop(planned.run_id, None)
+        if task is not None:
+            self.progress.remove_task(task)
         self.progress.advance(self.sweep_task)
         if self.quiet:
             return

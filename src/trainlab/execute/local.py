@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from trainlab.engine import Callback, RunOutcome, interrupt, train
 from trainlab.engine.measure import environment, resolve_device
 from trainlab.plan import Plan, PlannedRun
-from trainlab.store import Store
+
+if TYPE_CHECKING:
+    from trainlab.execute.relay import RunStore
 
 
 class SweepObserver(Protocol):
@@ -59,18 +61,30 @@ class SweepResult:
         return 1 if bad or skipped_bad else 0
 
 
-def run_one(planned: PlannedRun, store: Store, callbacks: Sequence[Callback] = ()) -> RunOutcome:
+def run_one(planned: PlannedRun, store: RunStore, callbacks: Sequence[Callback] = ()
+            ) -> RunOutcome:
     """Train one planned run, storing its status, environment, metrics and outcome.
 
     A run that another live process has claimed meanwhile is left alone (status ``busy``).
+    With ``train.nproc > 1`` the run trains on that many DDP ranks under torchrun.
     """
     config = planned.run.config
     threads = torch.get_num_threads()
-    if not store.start_run(planned.run_id, environment(resolve_device(config.train.device))):
+    env = environment(resolve_device(config.train.device))
+    if config.train.nproc > 1:
+        env["nproc"] = config.train.nproc
+    if not store.start_run(planned.run_id, env):
         return RunOutcome(planned.run_id, "busy", "another process is training this run", {})
     try:
-        outcome = train(config, run_id=planned.run_id, run_dir=store.run_dir(planned.run_id),
-                        sink=store, callbacks=callbacks)
+        if config.train.nproc > 1:
+            from trainlab.execute.torchrun import train_distributed
+
+            outcome = train_distributed(config, run_id=planned.run_id,
+                                        run_dir=store.run_dir(planned.run_id), sink=store,
+                                        callbacks=callbacks)
+        else:
+            outcome = train(config, run_id=planned.run_id, run_dir=store.run_dir(planned.run_id),
+                            sink=store, callbacks=callbacks)
     except KeyboardInterrupt:
         outcome = RunOutcome(planned.run_id, "interrupted", "interrupted by the user", {})
     finally:
@@ -82,7 +96,10 @@ def run_one(planned: PlannedRun, store: Store, callbacks: Sequence[Callback] = (
 class LocalExecutor:
     """Runs one after another in this process; Ctrl-C stops the sweep after saving state."""
 
-    def execute(self, plan: Plan, store: Store, observer: SweepObserver | None = None
+    def prepare(self, plan: Plan) -> None:
+        """Nothing to check: the plan already checked devices."""
+
+    def execute(self, plan: Plan, store: RunStore, observer: SweepObserver | None = None
                 ) -> SweepResult:
         observer = observer or NullObserver()
         result = SweepResult(plan)
