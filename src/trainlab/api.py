@@ -54,15 +54,19 @@ def run(config: str | os.PathLike[str] | dict[str, Any] | SweepConfig | None = N
         overrides = [*(overrides or []), f"train.nproc={nproc}"]
     sweep = load(config or {}, overrides=overrides, example=example)
     st = store if isinstance(store, Store) else open_store(store)
-    prepared = prepare(sweep, st, executor=executor, jobs=jobs, ray_address=ray_address,
-                       cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log)
-    from trainlab.engine.interrupt import graceful_sigint
-
     try:
-        with graceful_sigint():
-            return prepared.executor.execute(prepared.plan, prepared.store, observer)
+        prepared = prepare(sweep, st, executor=executor, jobs=jobs, ray_address=ray_address,
+                           cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log)
+        from trainlab.engine.interrupt import graceful_sigint
+
+        try:
+            with graceful_sigint():
+                return prepared.executor.execute(prepared.plan, prepared.store, observer)
+        finally:
+            prepared.close()
     finally:
-        prepared.close()
+        if st is not store:  # opened here, so closed here; a Store passed in stays open
+            st.close()
 
 
 @dataclass
@@ -75,9 +79,13 @@ class Prepared:
     store: RunStore
 
     def close(self) -> None:
-        close = getattr(self.store, "close_trackers", None)
-        if close is not None:
-            close()
+        """Finish the trackers and release the executor's workers (the store stays open)."""
+        try:
+            close = getattr(self.store, "close_trackers", None)
+            if close is not None:
+                close()
+        finally:
+            self.executor.close()
 
 
 def prepare(sweep: SweepConfig, store: Store, *, executor: str | None = None,
@@ -94,10 +102,14 @@ def prepare(sweep: SweepConfig, store: Store, *, executor: str | None = None,
 
     chosen = make_executor(executor, jobs=jobs, address=ray_address, cpus_per_run=cpus_per_run,
                            gpus_per_run=gpus_per_run)
-    trackers = make_trackers(log)
-    the_plan = make_plan(sweep, store, devices=getattr(chosen, "local_devices", True))
-    chosen.prepare(the_plan)
-    the_plan.register(store)
+    try:
+        trackers = make_trackers(log)
+        the_plan = make_plan(sweep, store, devices=getattr(chosen, "local_devices", True))
+        chosen.prepare(the_plan)
+        the_plan.register(store)
+    except BaseException:
+        chosen.close()  # a pool's workers are already starting, a local Ray may be up
+        raise
     target: RunStore = TrackedStore(store, trackers, the_plan) if trackers else store
     return Prepared(the_plan, chosen, target)
 

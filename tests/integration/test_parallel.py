@@ -4,6 +4,7 @@ still exits 130 with resumable state."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sqlite3
@@ -18,7 +19,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from trainlab.api import load, prepare
 from trainlab.cli import app
+from trainlab.errors import ConfigError
 from trainlab.store import open_store
 
 runner = CliRunner()
@@ -154,7 +157,7 @@ def test_a_worker_killed_mid_run_fails_only_its_run(tmp_path: Path) -> None:
     assert "killed by signal SIGKILL" in runs.loc[victim, "error"]
     assert sorted(runs["status"]) == ["failed", "ok", "ok"]
     # A rerun retries it (from its last checkpoint) and the sweep is complete.
-    rerun = subprocess.run(_cli(config, store, "--jobs", "2", "-q"), env=_env(),
+    rerun = subprocess.run(_cli(config, store, "-q"), env=_env(),
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     runs = open_store(store).runs("slow")
@@ -187,3 +190,21 @@ def test_ctrl_c_with_jobs_exits_130_and_resumes(tmp_path: Path) -> None:
     # Resumed mid-epoch, bit for bit: the results equal the uninterrupted sequential sweep's.
     pd.testing.assert_frame_equal(_rows(reference, "slow")[["run_id", "key", "step", "value"]],
                                   _rows(store, "slow")[["run_id", "key", "step", "value"]])
+
+
+def test_a_pool_ends_the_workers_it_has_no_run_for(tmp_path: Path) -> None:
+    one_run = load({**SWEEP, "grid": {"model.hidden_dim": [8]}})
+    with open_store(tmp_path / "s") as st:
+        prepared = prepare(one_run, st, jobs=3)  # three workers start before planning
+        try:
+            assert len(prepared.executor.workers) == 1  # type: ignore[attr-defined]
+        finally:
+            prepared.close()
+        assert not multiprocessing.active_children()
+        # Bad input found after the workers started ends them too.
+        unsplittable = load({**SWEEP, "data": {**SWEEP["data"], "batch_size": 1},
+                             "train": {**SWEEP["train"], "nproc": 2}})
+        with pytest.raises(ConfigError, match="batch_size"):
+            prepare(unsplittable, st, jobs=2)
+        assert not multiprocessing.active_children()
+        assert len(st.runs()) == 1  # only the first sweep's run was registered

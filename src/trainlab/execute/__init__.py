@@ -1,9 +1,11 @@
 """Executors run the planned runs of a sweep and write their results to the store.
 
 Each one has ``prepare(plan)`` (check what this executor needs before anything is written:
-devices per job, a reachable cluster; raises ConfigError) and ``execute(plan, store,
-observer) -> SweepResult``.  They register in :data:`EXECUTORS` with a spec of their options,
-which the CLI fills from ``--jobs``, ``--ray-address``, ``--cpus-per-run``, ``--gpus-per-run``.
+devices per job, a reachable cluster; raises ConfigError), ``execute(plan, store, observer)
+-> SweepResult`` and ``close()`` (release what it holds: worker processes, a local Ray; safe
+to call twice, and needed when ``execute`` is never reached).  They register in
+:data:`EXECUTORS` with a spec of their options, which the CLI fills from ``--jobs``,
+``--ray-address``, ``--cpus-per-run``, ``--gpus-per-run``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class Executor(Protocol):
     def execute(self, plan: Plan, store: RunStore, observer: SweepObserver | None = None
                 ) -> SweepResult:
         """Train the plan's runs into the store."""
+
+    def close(self) -> None:
+        """Release workers or a local cluster (idempotent; execute also ends them)."""
 
 
 EXECUTORS: Registry[Any] = Registry("executor")

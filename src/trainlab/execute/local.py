@@ -99,6 +99,9 @@ class LocalExecutor:
     def prepare(self, plan: Plan) -> None:
         """Nothing to check: the plan already checked devices."""
 
+    def close(self) -> None:
+        """Nothing held."""
+
     def execute(self, plan: Plan, store: RunStore, observer: SweepObserver | None = None
                 ) -> SweepResult:
         observer = observer or NullObserver()

@@ -2,10 +2,12 @@
 
 Workers are spawned once (a fresh interpreter each: forking a process that has used torch's
 OpenMP pool can deadlock the child) and train one run after another, so the 2-3 s torch import
-is paid N times per sweep, not once per run.  Each worker gets its device slot before it
-touches the GPU: ``CUDA_VISIBLE_DEVICES`` holding its share of the GPUs (one GPU per job when
-there are at least N; shared round-robin otherwise), and ``cores // N`` intra-op threads so N
-jobs do not oversubscribe the CPU (``train.threads`` still wins for a run that sets it).
+is paid once per worker, not once per run; and they are spawned when the executor is made,
+before the sweep is planned, so their imports overlap the parent's planning.  Each worker gets
+its device slot before it touches the GPU: ``CUDA_VISIBLE_DEVICES`` holding its share of the
+GPUs (one GPU per job when there are at least N; shared round-robin otherwise), and
+``cores // N`` intra-op threads so N jobs do not oversubscribe the CPU (``train.threads``
+still wins for a run that sets it).
 
 This process stays the store's single writer: workers send their records through a pipe (see
 :mod:`trainlab.execute.relay`) and each write is answered after its commit.  One writer means
@@ -29,7 +31,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -89,16 +90,49 @@ class _Worker:
 
 
 class PoolExecutor:
-    """Runs in parallel in ``jobs`` worker processes; this process writes the store."""
+    """Runs in parallel in ``jobs`` worker processes; this process writes the store.
+
+    The workers start importing at once; :meth:`execute` (or :meth:`close`) ends them.
+    """
 
     def __init__(self, jobs: int, threads: int | None = None) -> None:
         if jobs < 1:
             raise ConfigError(f"`--jobs` must be at least 1; got {jobs}", field="--jobs")
         self.jobs = jobs
         self.threads = threads or max(1, usable_cores() // jobs)
+        self.gpus = gpu_slots(jobs)
+        self.context = multiprocessing.get_context("spawn")
+        self.workers = [self.spawn(i) for i in range(jobs)]
+
+    def spawn(self, slot: int) -> _Worker:
+        parent, child = self.context.Pipe()
+        process = self.context.Process(target=_worker_main, args=(child, self.threads),
+                                       name=f"trainlab-job-{slot}", daemon=True)
+        # The child inherits this environment when it starts: its GPUs are fixed before any
+        # import in it could initialise CUDA.
+        env = {"CUDA_VISIBLE_DEVICES": self.gpus[slot]} if self.gpus is not None else {}
+        with _environment(env):
+            process.start()
+        child.close()
+        return _Worker(slot, process, parent)
+
+    def close(self) -> None:
+        """End the workers (an executor that will not execute)."""
+        for worker in self.workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.process.join(timeout=5)
+            worker.conn.close()
+        self.workers.clear()
 
     def prepare(self, plan: Plan) -> None:
-        """Refuse runs that cannot get their devices inside one job's slot."""
+        """Refuse runs that cannot get their devices inside one job's slot; end the workers
+        the plan has no run for (they would only compete for the cores)."""
+        for worker in self.workers[len(plan.todo):]:
+            worker.process.kill()
+            worker.process.join(timeout=5)
+            worker.conn.close()
+        del self.workers[len(plan.todo):]
         slots = gpu_slots(self.jobs)
         for planned in plan.todo:
             train = planned.run.config.train
@@ -121,13 +155,13 @@ class PoolExecutor:
         result = SweepResult(plan)
         observer.on_sweep_start(plan)
         todo = deque(plan.todo)
-        if not todo:
-            return result
+        if not self.workers:  # executed again after a close: a fresh set of workers
+            self.workers.extend(self.spawn(i) for i in range(min(self.jobs, len(todo))))
         pool = _Pool(self, store, observer, result, todo)
         try:
             pool.run()
         finally:
-            pool.shutdown()
+            self.close()
         return result
 
 
@@ -137,31 +171,14 @@ class _Pool:
     def __init__(self, executor: PoolExecutor, store: RunStore, observer: SweepObserver,
                  result: SweepResult, todo: deque[PlannedRun]) -> None:
         self.store, self.observer, self.result, self.todo = store, observer, result, todo
-        self.jobs = min(executor.jobs, len(todo))
-        self.threads = executor.threads
-        self.gpus = gpu_slots(executor.jobs)
-        self.root = store.root
-        self.context = multiprocessing.get_context("spawn")
+        self.executor = executor
+        self.root = str(store.root)
         self.replayer = Replayer()
-        self.workers: list[_Worker] = []
+        self.workers = executor.workers  # shared: close() ends whatever is left
         self.failed_starts = 0
         self.stopping = False
 
-    def _spawn(self, slot: int) -> _Worker:
-        parent, child = self.context.Pipe()
-        settings = {"threads": self.threads, "root": str(self.root)}
-        process = self.context.Process(target=_worker_main, args=(child, settings),
-                                       name=f"trainlab-job-{slot}", daemon=True)
-        # The child inherits this environment when it starts: its GPUs are fixed before any
-        # import in it could initialise CUDA.
-        env = {"CUDA_VISIBLE_DEVICES": self.gpus[slot]} if self.gpus is not None else {}
-        with _environment(env):
-            process.start()
-        child.close()
-        return _Worker(slot, process, parent)
-
     def run(self) -> None:
-        self.workers = [self._spawn(i) for i in range(self.jobs)]
         while self.workers:
             if interrupt.stop_requested() and not self.stopping:
                 self._stop()
@@ -208,7 +225,7 @@ class _Pool:
             planned = self.todo.popleft()
             worker.run = planned
             worker.callbacks = list(self.observer.callbacks(planned))
-            worker.conn.send(("run", planned))
+            worker.conn.send(("run", planned, self.root))
         else:
             worker.conn.send(("exit",))
             self._retire(worker)
@@ -236,14 +253,14 @@ class _Pool:
             self.failed_starts += 1
         if self.stopping or not self.todo:
             return
-        if self.failed_starts > self.jobs:  # workers cannot even start: fail what is left
+        if self.failed_starts > self.executor.jobs:  # workers cannot start: fail what is left
             while self.todo:
                 planned = self.todo.popleft()
                 error = f"no worker process could start (the last {how}); see the output above"
                 self.store.finish_run(planned.run_id, "failed", error, {})
                 self._finished(planned, RunOutcome(planned.run_id, "failed", error, {}))
             return
-        self.workers.append(self._spawn(worker.slot))
+        self.workers.append(self.executor.spawn(worker.slot))
 
     def _retire(self, worker: _Worker) -> None:
         if worker in self.workers:
@@ -265,14 +282,6 @@ class _Pool:
                 with suppress(ProcessLookupError):
                     os.kill(worker.process.pid, signal.SIGUSR1)
 
-    def shutdown(self) -> None:
-        """Whatever is still running (after a second Ctrl-C or an error here) ends now."""
-        for worker in self.workers:
-            if worker.process.is_alive():
-                worker.process.kill()
-            worker.process.join(timeout=5)
-            worker.conn.close()
-        self.workers = []
 
 
 @contextmanager
@@ -289,15 +298,14 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _worker_main(conn: Connection, settings: dict[str, Any]) -> None:
+def _worker_main(conn: Connection, threads: int) -> None:
     """A worker: train the runs it is sent until told to exit (or its parent is gone)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; see the module doc
     signal.signal(signal.SIGUSR1, lambda signum, frame: interrupt.request_stop())
     from trainlab.execute.local import run_one
 
-    torch.set_num_threads(settings["threads"])
+    torch.set_num_threads(threads)
     channel = ConnectionChannel(conn, on_stop=interrupt.request_stop)
-    store = RemoteStore(channel, Path(settings["root"]))
     conn.send(("post", ("ready",)))
     while True:
         try:
@@ -307,5 +315,6 @@ def _worker_main(conn: Connection, settings: dict[str, Any]) -> None:
         if message[0] != "run":
             return
         planned: PlannedRun = message[1]
+        store = RemoteStore(channel, Path(message[2]))
         outcome = run_one(planned, store, [RelayCallback(channel)])
         conn.send(("post", ("done", outcome)))

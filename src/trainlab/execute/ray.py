@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import socket
 from collections import deque
 from pathlib import Path
@@ -63,8 +64,10 @@ class RayExecutor:
     def prepare(self, plan: Plan) -> None:
         """Connect (or start a local Ray) and check that every run fits on some node."""
         ray = import_ray()
+        if not plan.todo:
+            return  # nothing to run: no cluster needed
         if not ray.is_initialized():
-            self._connect(ray)
+            self._connect(ray, plan)
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         self.cluster_gpus = sum(r.get("GPU", 0.0) for r in nodes)
         self.cluster_cpus = sum(r.get("CPU", 0.0) for r in nodes)
@@ -79,12 +82,12 @@ class RayExecutor:
                     f"Ray cluster has {largest[0]:g} CPUs and {largest[1]:g} GPUs",
                     field="train.nproc")
 
-    def _connect(self, ray: Any) -> None:
+    def _connect(self, ray: Any, plan: Plan) -> None:
         address = self.address
         if address is None:
             self.started_local = True
-            ray.init(include_dashboard=False, log_to_driver=False,
-                     object_store_memory=128 * 1024**2)
+            ray.init(num_cpus=self._local_cpus(plan), include_dashboard=False,
+                     log_to_driver=False, object_store_memory=128 * 1024**2)
             return
         _check_reachable(address, self.connect_timeout)
         try:
@@ -93,6 +96,25 @@ class RayExecutor:
             raise ConfigError(f"`--ray-address`: could not connect to the Ray cluster at "
                               f"{address!r}: {str(exc).splitlines()[0][:300]}",
                               field="--ray-address") from None
+
+    def _local_cpus(self, plan: Plan) -> int:
+        """CPUs of a local Ray: the usable cores, or with ``--jobs N`` what N runs at once
+        need (Ray starts a worker process per CPU, so a small number starts faster)."""
+        from trainlab.execute.pool import usable_cores
+
+        if self.jobs is None:
+            return usable_cores()
+        self.cluster_gpus = float(torch.cuda.device_count())  # what the local Ray will find
+        largest = max(self.resources(planned)[0] for planned in plan.todo)
+        return max(1, math.ceil(max(largest, self.jobs * self.cpus_per_run)))
+
+    def close(self) -> None:
+        """Shut down the local Ray this executor started (execute does so when it ends)."""
+        if self.started_local:
+            with contextlib.suppress(Exception):
+                import_ray().shutdown()
+            self.started_local = False
+            self.cluster_cpus = None
 
     def resources(self, planned: PlannedRun) -> tuple[float, float]:
         """(CPUs, GPUs) for one run's task."""
@@ -111,6 +133,9 @@ class RayExecutor:
         ray = import_ray()
         observer = observer or NullObserver()
         result = SweepResult(plan)
+        if not plan.todo:
+            observer.on_sweep_start(plan)
+            return result
         if self.cluster_cpus is None:
             self.prepare(plan)
         observer.on_sweep_start(plan)
@@ -119,8 +144,7 @@ class RayExecutor:
             driver.run()
         finally:
             driver.cancel_all()
-            if self.started_local:
-                ray.shutdown()
+            self.close()
         return result
 
 
