@@ -24,6 +24,7 @@ from trainlab.errors import ConfigError
 if TYPE_CHECKING:
     from trainlab.engine import Callback, RunOutcome, RunState
     from trainlab.plan import Plan, PlannedRun
+    from trainlab.store import Store
 
 app = typer.Typer(
     name="trainlab",
@@ -65,6 +66,16 @@ def _guard(fn: Callable[[], T]) -> T:
         _fail(_escape(str(exc)))
 
 
+def _open_store(ctx: typer.Context, path: Path | None, *, create: bool = True) -> Store:
+    """The command's store (bad input: exit 2), closed when the command ends, however it ends
+    (an explicit close: its SQLite connection is not left to the garbage collector)."""
+    from trainlab.store import open_store
+
+    st = _guard(lambda: open_store(path, create=create))
+    ctx.call_on_close(st.close)
+    return st
+
+
 def _escape(text: str) -> str:
     return text.replace("[", r"\[")
 
@@ -94,6 +105,7 @@ def _load(config: Path | None, example: str | None, overrides: list[str] | None)
 
 @app.command()
 def run(
+    ctx: typer.Context,
     config: Path | None = typer.Argument(None, help="Sweep YAML file.", show_default=False),
     example: str | None = ExampleOpt,
     store: Path | None = StoreOpt,
@@ -131,30 +143,30 @@ def run(
     are retried. Ctrl-C saves state and exits with 130; rerun the same command to go on.
     """
     from trainlab.api import prepare
-    from trainlab.store import open_store
 
     if nproc is not None:
         overrides = [*(overrides or []), f"train.nproc={nproc}"]
     sweep = _guard(lambda: _load(config, example, overrides))
-    st = _guard(lambda: open_store(store))
+    st = _open_store(ctx, store)
     prepared = _guard(lambda: prepare(
         sweep, st, executor=executor, jobs=jobs, ray_address=ray_address,
         cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log or []))
     the_plan = prepared.plan
     from trainlab.engine.interrupt import graceful_sigint
 
-    observer = _Progress(the_plan, quiet=quiet or as_json)
-
     def notify() -> None:
         err.print("\n[yellow]Ctrl-C:[/] stopping after the current step and saving state; "
                   "press Ctrl-C again to quit at once.")
 
     try:
-        with graceful_sigint(notify):
-            result = prepared.executor.execute(the_plan, prepared.store, observer)
+        observer = _Progress(the_plan, quiet=quiet or as_json)
+        try:
+            with graceful_sigint(notify):
+                result = prepared.executor.execute(the_plan, prepared.store, observer)
+        finally:
+            observer.close()
     finally:
-        observer.close()
-        prepared.close()
+        prepared.close()  # trackers finished, workers ended
     if as_json:
         out.print_json(data=_sweep_json(the_plan, st))
     else:
@@ -318,6 +330,7 @@ def _sweep_json(plan: Plan, store: Any) -> dict[str, Any]:
 
 @app.command()
 def plan(
+    ctx: typer.Context,
     config: Path | None = typer.Argument(None, help="Sweep YAML file.", show_default=False),
     example: str | None = ExampleOpt,
     store: Path | None = StoreOpt,
@@ -336,7 +349,9 @@ def plan(
     try:
         st = open_store(store, create=False)
     except ConfigError:
-        st = None
+        st = None  # no store yet: every run is pending
+    else:
+        ctx.call_on_close(st.close)
     the_plan = _guard(lambda: make_plan(sweep, st))
     if as_json:
         out.print_json(data={"sweep": sweep.name, "varied": the_plan.varied, "runs": [
@@ -360,6 +375,7 @@ def plan(
 
 @app.command("ls")
 def ls(
+    ctx: typer.Context,
     store: Path | None = StoreOpt,
     sweep: str | None = typer.Option(None, "--sweep", help="Only this sweep's runs."),
     status: str | None = typer.Option(None, "--status", help="Only runs with this status."),
@@ -368,9 +384,8 @@ def ls(
     """List the sweeps and runs in the store."""
     from trainlab.config.grid import short_names
     from trainlab.records import STATUSES
-    from trainlab.store import open_store
 
-    st = _guard(lambda: open_store(store, create=False))
+    st = _open_store(ctx, store, create=False)
     if status is not None and status not in STATUSES:
         _fail(f"`--status`: unknown status {status!r}; valid: {', '.join(STATUSES)}")
     if sweep is not None and st.sweep_info(sweep) is None:
@@ -401,14 +416,13 @@ def ls(
 
 @app.command()
 def show(
+    ctx: typer.Context,
     run_id: str = typer.Argument(..., metavar="RUN", help="Run id (a unique prefix is enough)."),
     store: Path | None = StoreOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Show one run: config, status, environment, summary and its per-epoch metrics."""
-    from trainlab.store import open_store
-
-    st = _guard(lambda: open_store(store, create=False))
+    st = _open_store(ctx, store, create=False)
     full = _guard(lambda: st.find_run(run_id))
     runs = st.runs()
     row = runs[runs["run_id"] == full].iloc[0]
