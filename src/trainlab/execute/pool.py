@@ -283,7 +283,6 @@ class _Pool:
                     os.kill(worker.process.pid, signal.SIGUSR1)
 
 
-
 @contextmanager
 def _environment(values: dict[str, str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in values}
