@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from trainlab.engine import Callback, RunOutcome, RunState
     from trainlab.lr_study import AutoLR
     from trainlab.plan import Plan, PlannedRun
+    from trainlab.store import Store
 
 app = typer.Typer(
     name="trainlab",
@@ -70,6 +71,16 @@ def _guard(fn: Callable[[], T]) -> T:
         _fail(_escape(str(exc)))
 
 
+def _open_store(ctx: typer.Context, path: Path | None, *, create: bool = True) -> Store:
+    """The command's store (bad input: exit 2), closed when the command ends, however it ends
+    (an explicit close: its SQLite connection is not left to the garbage collector)."""
+    from trainlab.store import open_store
+
+    st = _guard(lambda: open_store(path, create=create))
+    ctx.call_on_close(st.close)
+    return st
+
+
 def _escape(text: str) -> str:
     return text.replace("[", r"\[")
 
@@ -99,6 +110,7 @@ def _load(config: Path | None, example: str | None, overrides: list[str] | None)
 
 @app.command()
 def run(
+    ctx: typer.Context,
     config: Path | None = typer.Argument(None, help="Sweep YAML file.", show_default=False),
     example: str | None = ExampleOpt,
     store: Path | None = StoreOpt,
@@ -110,42 +122,75 @@ def run(
         help="Predict each run's peak memory and time first (a short calibration probe per "
              "distinct setup) and store the prediction with the run."),
     fit_memory: str | None = FitOpt,
+    jobs: int | None = typer.Option(
+        None, "--jobs", "-j", metavar="N", show_default=False,
+        help="Train N runs at once in local worker processes (CPU threads divided, one GPU "
+             "per job when there are several)."),
+    executor: str | None = typer.Option(
+        None, "--executor", metavar="NAME", show_default=False,
+        help="local (one run at a time, the default), pool (--jobs) or ray."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", metavar="ADDR", show_default=False,
+        help="An existing Ray cluster (HOST:PORT, ray://HOST:10001 or auto); default: a local "
+             "Ray. Implies --executor ray."),
+    cpus_per_run: float | None = typer.Option(
+        None, "--cpus-per-run", show_default=False, help="Ray: CPUs per run [default: 1]."),
+    gpus_per_run: float | None = typer.Option(
+        None, "--gpus-per-run", show_default=False,
+        help="Ray: GPUs per run [default: 1 when the cluster has GPUs, else 0]."),
+    nproc: int | None = typer.Option(
+        None, "--nproc", metavar="N", show_default=False,
+        help="Train each run with DistributedDataParallel on N processes (torchrun): one per "
+             "GPU, or gloo on CPU. Same as --set train.nproc=N."),
+    log: list[str] | None = typer.Option(
+        None, "--log", metavar="TRACKER", show_default=False,
+        help="Mirror every metric, the config and the system measurements to wandb, mlflow or "
+             "tensorboard (repeatable)."),
 ) -> None:
     """Train every run of a sweep into the store.
 
     Finished runs are skipped, interrupted ones resume from their last checkpoint, failed ones
     are retried. Ctrl-C saves state and exits with 130; rerun the same command to go on.
     """
-    from trainlab.execute import LocalExecutor
-    from trainlab.plan import make_plan
-    from trainlab.store import open_store
+    from trainlab.api import prepare
 
+    if nproc is not None:
+        overrides = [*(overrides or []), f"train.nproc={nproc}"]
     sweep = _guard(lambda: _load(config, example, overrides))
-    st = _guard(lambda: open_store(store))
-    the_plan = _guard(lambda: make_plan(sweep, st))
+    st = _open_store(ctx, store)
     estimates: dict[str, Any] = {}
     if fit_memory:
         _validate_size(fit_memory)
-    if (estimate or fit_memory) and the_plan.todo:
-        estimates = _estimate(the_plan, the_plan.todo, calibrate=True, quiet=quiet or as_json)
-        if fit_memory:
-            _guard(lambda: _check_fit(the_plan, estimates, fit_memory))
-    the_plan.register(st)
+
+    def predict(the_plan: Plan) -> None:
+        # Before the plan is registered: a run refused by --fit-memory leaves no trace.
+        if (estimate or fit_memory) and the_plan.todo:
+            estimates.update(_estimate(the_plan, the_plan.todo, calibrate=True,
+                                       quiet=quiet or as_json))
+            if fit_memory:
+                _check_fit(the_plan, estimates, fit_memory)
+
+    prepared = _guard(lambda: prepare(
+        sweep, st, executor=executor, jobs=jobs, ray_address=ray_address,
+        cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log or [], check=predict))
+    the_plan = prepared.plan
     if estimates:
         st.set_estimates({k: e.to_dict() for k, e in estimates.items()})
     from trainlab.engine.interrupt import graceful_sigint
-
-    observer = _Progress(the_plan, quiet=quiet or as_json)
 
     def notify() -> None:
         err.print("\n[yellow]Ctrl-C:[/] stopping after the current step and saving state; "
                   "press Ctrl-C again to quit at once.")
 
     try:
-        with graceful_sigint(notify):
-            result = LocalExecutor().execute(the_plan, st, observer)
+        observer = _Progress(the_plan, quiet=quiet or as_json)
+        try:
+            with graceful_sigint(notify):
+                result = prepared.executor.execute(the_plan, prepared.store, observer)
+        finally:
+            observer.close()
     finally:
-        observer.close()
+        prepared.close()  # trackers finished, workers ended
     if as_json:
         out.print_json(data=_sweep_json(the_plan, st))
     else:
@@ -175,8 +220,7 @@ class _Progress:
             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
             console=err, transient=False, disable=not self.live, refresh_per_second=8)
         self.sweep_task: Any = None
-        self.run_task: Any = None
-        self.started = 0.0
+        self.run_tasks: dict[str, Any] = {}  # one bar per run in progress (several with --jobs)
 
     def on_sweep_start(self, plan: Plan) -> None:
         skipped = len(plan.runs) - len(plan.todo)
@@ -197,31 +241,32 @@ class _Progress:
             last = 0.0
 
             def on_run_start(self, state: RunState) -> None:
-                owner.started = time.perf_counter()
-                owner.run_task = progress.add_task(
+                owner.run_tasks[planned.run_id] = progress.add_task(
                     f"  run {planned.index} {label}", total=state.total_steps,
                     completed=state.step, info="")
 
             def on_step_end(self, state: RunState) -> None:
                 # Counting steps reads no tensor; refresh at most 10 times a second.
                 now = time.perf_counter()
-                if now - self.last > 0.1:
+                if now - self.last > 0.1 and planned.run_id in owner.run_tasks:
                     self.last = now
-                    progress.update(owner.run_task, completed=state.step)
+                    progress.update(owner.run_tasks[planned.run_id], completed=state.step)
 
             def on_log(self, state: RunState, values: Mapping[str, float]) -> None:
+                if planned.run_id not in owner.run_tasks:
+                    return
                 rate = state.info.tokens_per_example * _batch(state) / max(
                     values.get("time/step", math.inf), 1e-9)
                 unit = "tok/s" if state.info.task == "lm" else "samples/s"
-                progress.update(owner.run_task, completed=state.step,
+                progress.update(owner.run_tasks[planned.run_id], completed=state.step,
                                 info=f"loss {values['train/step_loss']:.4g}  {rate:,.0f} {unit}")
 
         return [_Bar()]
 
     def on_run_end(self, planned: PlannedRun, outcome: RunOutcome) -> None:
-        if self.run_task is not None:
-            self.progress.remove_task(self.run_task)
-            self.run_task = None
+        task = self.run_tasks.pop(planned.run_id, None)
+        if task is not None:
+            self.progress.remove_task(task)
         self.progress.advance(self.sweep_task)
         if self.quiet:
             return
@@ -447,6 +492,7 @@ def _seconds(s: float) -> str:
 
 @app.command()
 def plan(
+    ctx: typer.Context,
     config: Path | None = typer.Argument(None, help="Sweep YAML file.", show_default=False),
     example: str | None = ExampleOpt,
     store: Path | None = StoreOpt,
@@ -465,7 +511,9 @@ def plan(
     try:
         st = open_store(store, create=False)
     except ConfigError:
-        st = None
+        st = None  # no store yet: every run is pending
+    else:
+        ctx.call_on_close(st.close)
     the_plan = _guard(lambda: make_plan(sweep, st))
     from trainlab.cli_lr_find import auto_cell, auto_lrs
 
@@ -501,6 +549,7 @@ def plan(
 
 @app.command("ls")
 def ls(
+    ctx: typer.Context,
     store: Path | None = StoreOpt,
     sweep: str | None = typer.Option(None, "--sweep", help="Only this sweep's runs."),
     status: str | None = typer.Option(None, "--status", help="Only runs with this status."),
@@ -509,9 +558,8 @@ def ls(
     """List the sweeps and runs in the store."""
     from trainlab.config.grid import short_names
     from trainlab.records import STATUSES
-    from trainlab.store import open_store
 
-    st = _guard(lambda: open_store(store, create=False))
+    st = _open_store(ctx, store, create=False)
     if status is not None and status not in STATUSES:
         _fail(f"`--status`: unknown status {status!r}; valid: {', '.join(STATUSES)}")
     if sweep is not None and st.sweep_info(sweep) is None:
@@ -544,14 +592,13 @@ def ls(
 
 @app.command()
 def show(
+    ctx: typer.Context,
     run_id: str = typer.Argument(..., metavar="RUN", help="Run id (a unique prefix is enough)."),
     store: Path | None = StoreOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Show one run: config, status, environment, summary and its per-epoch metrics."""
-    from trainlab.store import open_store
-
-    st = _guard(lambda: open_store(store, create=False))
+    st = _open_store(ctx, store, create=False)
     full = _guard(lambda: st.find_run(run_id))
     runs = st.runs()
     row = runs[runs["run_id"] == full].iloc[0]
@@ -596,6 +643,7 @@ def show(
 
 @app.command()
 def report(
+    ctx: typer.Context,
     store: Path | None = StoreOpt,
     sweep: str | None = typer.Option(
         None, "--sweep", help="Sweep to report [default: the most recently updated]."),
@@ -644,12 +692,11 @@ def report(
         file_list,
         write_report,
     )
-    from trainlab.store import open_store
 
     def _split(text: str | None) -> list[str] | None:
         return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
-    st = _guard(lambda: open_store(store, create=False))
+    st = _open_store(ctx, store, create=False)
     options = ReportOptions(sweep=sweep, metric=metric, facet=_split(facet), panel=panel,
                             hue=_split(hue), sort=sort, group=group, target=target,
                             clock=clock, overfit_epochs=overfit_epochs,  # type: ignore[arg-type]
@@ -683,6 +730,7 @@ def report(
 
 @app.command()
 def compare(
+    ctx: typer.Context,
     run_ids: list[str] = typer.Argument(..., metavar="RUN...",
                                         help="Two or more run ids (unique prefixes are enough)."),
     store: Path | None = StoreOpt,
@@ -690,9 +738,8 @@ def compare(
 ) -> None:
     """Compare runs side by side: the config keys that differ, then the key results."""
     from trainlab.analysis.compare import compare_runs
-    from trainlab.store import open_store
 
-    st = _guard(lambda: open_store(store, create=False))
+    st = _open_store(ctx, store, create=False)
     result = _guard(lambda: compare_runs(st, run_ids))
     if as_json:
         out.print_json(data=result.to_dict())

@@ -20,6 +20,7 @@ from trainlab.cli import (
     _escape,
     _guard,
     _load,
+    _open_store,
     app,
     err,
     out,
@@ -38,6 +39,7 @@ _LR_OPTIONS = {"start": "--start", "end": "--end", "steps": "--steps", "epochs":
 
 @app.command("lr-find")
 def lr_find(
+    ctx: typer.Context,
     config: Path | None = typer.Argument(None, help="Sweep YAML file.", show_default=False),
     example: str | None = ExampleOpt,
     store: Path | None = StoreOpt,
@@ -85,7 +87,6 @@ def lr_find(
     from trainlab.config.schema import resolve_lr_find
     from trainlab.lr_study import LRFindReport
     from trainlab.plan import check_runs
-    from trainlab.store import open_store
 
     sweep = _guard(lambda: _load(config, example, overrides))
     given = {"start": start, "end": end, "steps": steps, "epochs": epochs, "mode": mode,
@@ -99,7 +100,7 @@ def lr_find(
 
     runs = _guard(lambda: expand(sweep))
     _guard(lambda: check_runs(sweep, runs))
-    st = _guard(lambda: open_store(store))
+    st = _open_store(ctx, store)
     report = LRFindReport(sweep.name)
     figures_dir = out_dir or st.root / "lr-ranges"
     from trainlab.lr_study import range_groups, run_group

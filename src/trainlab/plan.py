@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -68,11 +69,16 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(values, default=str))
 
 
-def make_plan(sweep: SweepConfig, store: Store | None, *, check: bool = True) -> Plan:
-    """Expand the sweep, check every run can be built, and decide what to do with each."""
+def make_plan(sweep: SweepConfig, store: Store | None, *, check: bool = True,
+              devices: bool = True) -> Plan:
+    """Expand the sweep, check every run can be built, and decide what to do with each.
+
+    ``devices=False`` skips the checks against this machine's devices (a Ray cluster's nodes
+    have their own; the Ray executor checks those).
+    """
     runs = expand(sweep)
     if check:
-        check_runs(sweep, runs)
+        check_runs(sweep, runs, devices=devices)
     keys = varied_keys(runs)
     statuses = store.statuses(r.run_id for r in runs) if store is not None else {}
     planned = []
@@ -98,14 +104,14 @@ def _action(info: dict[str, Any] | None) -> Action:
     return "retry"  # failed, oom
 
 
-def check_runs(sweep: SweepConfig, runs: list[ExpandedRun]) -> None:
+def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = True) -> None:
     """Raise ConfigError for a run that cannot be built: a missing device, data that does not
-    load, a model that does not fit its data.  Models are built on the meta device (no memory,
-    no time)."""
+    load, a model that does not fit its data, more DDP processes than devices.  Models are
+    built on the meta device (no memory, no time)."""
     for run in runs:
         where = f"in sweep {sweep.name}, run {run.index}"
         cfg = run.config
-        if not device_available(cfg.train.device):
+        if devices and not device_available(cfg.train.device):
             raise ConfigError(
                 f"`train.device`: {cfg.train.device!r} is not available on this machine "
                 f"(cuda available: {torch.cuda.is_available()}); use auto or cpu",
@@ -113,6 +119,9 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun]) -> None:
         try:
             data = load_dataset(cfg.data, cfg.model)  # type: ignore[arg-type]
             task = TASKS[data.info.task]
+            if cfg.train.nproc > 1:
+                check_nproc(cfg.train.nproc, cfg.train.device, len(data.train),
+                            cfg.data.batch_size, devices)  # type: ignore[attr-defined]
             monitor = cfg.train.monitor.split("/", 1)[1]
             if monitor not in ("loss", *task.metrics):
                 valid = ", ".join(f"valid/{m}" for m in ("loss", *task.metrics))
@@ -145,3 +154,49 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun]) -> None:
         except (ValueError, TypeError) as exc:
             # A builder (torch, mostly) refused a value our specs let through: still bad input.
             raise ConfigError(f"run {run.index} cannot be built: {exc}").within(where) from None
+
+
+def nproc_limit(device: str) -> tuple[int, str]:
+    """How many DDP processes ``device`` allows here, and what limits it.
+
+    CUDA: one process per GPU.  CPU: one per core (gloo ranks share the cores; more would
+    only slow each step down).
+    """
+    from trainlab.engine.measure import resolve_device
+
+    kind = resolve_device(device).type
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        return count, f"{count} GPU(s) visible"
+    if kind == "mps":
+        return 1, "Apple MPS has no multi-process backend"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return cores, f"{cores} CPU core(s): on CPU trainlab allows one gloo process per core"
+
+
+def check_nproc(nproc: int, device: str, n_train: int, batch_size: int, devices: bool) -> None:
+    """Raise ConfigError when ``train.nproc`` ranks cannot train this run."""
+    if device.startswith("cuda:"):
+        raise ConfigError(f"`train.nproc`: {nproc} processes need one GPU each, but "
+                          f"train.device={device!r} pins one; use device auto or cuda",
+                          field="train.nproc")
+    if not torch.distributed.is_available():
+        raise ConfigError("`train.nproc` > 1 needs torch.distributed, which this torch build "
+                          "lacks", field="train.nproc")
+    if devices:
+        limit, why = nproc_limit(device)
+        if nproc > limit:
+            raise ConfigError(f"`train.nproc`: {nproc} processes, but this machine allows "
+                              f"{limit} ({why}); use train.nproc <= {limit}",
+                              field="train.nproc")
+    last = n_train % batch_size
+    if batch_size < nproc or 0 < last < nproc:
+        short = batch_size if batch_size < nproc else last
+        raise ConfigError(f"`data.batch_size`: a batch of {short} examples cannot be split "
+                          f"over train.nproc={nproc} processes ({n_train} training examples "
+                          f"in batches of {batch_size}); choose a batch size (or data.limit) "
+                          f"that leaves at least {nproc} examples in every batch",
+                          field="data.batch_size")

@@ -77,6 +77,10 @@ class TrainSpec(_Frozen):
     data_on_device: Literal["auto"] | bool = Field(
         default="auto", description="keep the whole dataset on the accelerator (auto: when it "
         "takes under half the free memory); else pinned host batches copied asynchronously")
+    nproc: PositiveInt = Field(
+        default=1, description="processes training this run together with "
+        "DistributedDataParallel (torchrun): one per GPU on CUDA (NCCL), or CPU processes (gloo); "
+        "data.batch_size stays the global batch")
 
 
 class LRFindSpec(_Frozen):

@@ -14,7 +14,7 @@ import random
 import statistics
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from trainlab.components import (
 )
 from trainlab.components.datasets import Split
 from trainlab.config.schema import RunConfig
-from trainlab.engine import interrupt
+from trainlab.engine import distributed, interrupt
 from trainlab.engine.callbacks import Callback, EarlyStopping, StopTraining
 from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
@@ -124,6 +124,9 @@ class _Trainer:
         self.grad_norms: list[float] = []  # read at log points, for the summary's median
         self.state: RunState | None = None
         self.frozen_keys: set[str] = set()
+        # Set when this process is one rank of a DDP group (torchrun); None otherwise, and
+        # then nothing below differs from a plain single-process run.
+        self.dist: distributed.DistContext | None = None
 
     # --- the run -------------------------------------------------------------------------
 
@@ -165,6 +168,9 @@ class _Trainer:
         if tc.threads:
             torch.set_num_threads(tc.threads)
         device = resolve_device(tc.device)
+        self.dist = distributed.current()
+        if self.dist is not None:
+            device = self.dist.device
         self.clock = Clock(device)
         self.t0 = time.perf_counter()
         self.elapsed_offset = 0.0
@@ -184,7 +190,11 @@ class _Trainer:
         steps_per_epoch = math.ceil(len(data.train) / bs)
         schedule = build_schedule(cfg.schedule, optimizer,
                                   ScheduleContext(tc.epochs, steps_per_epoch))
-        self.speed: Speed = decide(tc, model, device, [data.train, data.valid, data.test])
+        self.speed: Speed = decide(tc, model, device, [data.train, data.valid, data.test],
+                                   wrap=self.dist.wrap if self.dist is not None else None)
+        # Evaluation runs the bare model under DDP: ranks evaluate different numbers of batches,
+        # and the DDP wrapper's forward would wait for the others.
+        self.eval_forward = self.speed.forward if self.dist is None else model
         place = (lambda s: _to(s, device)) if self.speed.data_on_device else _pinned
         self.train_split = place(data.train)
         self.valid_split = place(data.valid)
@@ -196,6 +206,9 @@ class _Trainer:
             self.step_flops = train_step_flops(cfg.model, data.info, bs, cfg.finetune,
                                                cfg.optimizer.lr)  # type: ignore[attr-defined]
             self.peak_flops = measure_peak_flops(device, self.speed.amp_dtype or torch.float32)
+        if self.dist is not None:
+            self.peak_flops = self.dist.sum_float(self.peak_flops)  # the group's aggregate peak
+            self.dist.fork_rng(tc.seed)
         default_eval = bs if data.info.task == "lm" else max(bs, 256)
         self.eval_bs = cfg.data.eval_batch_size or default_eval  # type: ignore[attr-defined]
         self.memory = PeakMemory(device)
@@ -250,9 +263,17 @@ class _Trainer:
                 partial = None
                 for cb in self.callbacks:
                     cb.on_epoch_start(state)
+            if self.dist is not None and self.dist.needs_rewrap(state.model):
+                self._rewrap()
             self._train_epoch(epoch, partial)
             if self.stop_reason is not None:
                 break
+
+    def _rewrap(self) -> None:
+        """A strategy changed which parameters train: rebuild the DDP wrapper around them."""
+        assert self.dist is not None
+        forward = self.dist.wrap(self._st.model)
+        self.speed.forward = torch.compile(forward) if self.speed.compiled else forward  # type: ignore[assignment]
 
     # --- one epoch -------------------------------------------------------------------------
 
@@ -265,6 +286,7 @@ class _Trainer:
         order = epoch_permutation(len(self.train_split), tc.seed, epoch).to(x_all.device)
         speed = self.speed
         forward, fetch, scaler = speed.forward, speed.fetcher(self.train_split), speed.scaler
+        loss_fn: Callable[[Tensor, Tensor], Tensor] = task.loss
         amp = speed.amp_dtype is not None
         # The first step a process takes pays for lazy initialisation (kernel selection,
         # allocator growth, compilation with train.compile): it is timed apart as warm-up.
@@ -287,6 +309,8 @@ class _Trainer:
         t_start = self.clock.now()
         self.t_interval, self.paused_at_interval = t_start, 0.0
         batches = order.split(bs)
+        if self.dist is not None:  # this rank's slice of each global batch
+            batches, loss_fn = self.dist.shard(batches, loss_fn, first_batch)
         for batch, idx in enumerate(batches[first_batch:], first_batch + 1):
             if warming:
                 t_warm = self.clock.now()
@@ -296,10 +320,10 @@ class _Trainer:
             if amp:
                 with speed.autocast():
                     out = forward(x)
-                    loss = task.loss(out, y)
+                    loss = loss_fn(out, y)
             else:
                 out = forward(x)
-                loss = task.loss(out, y)
+                loss = loss_fn(out, y)
             norm = None
             if scaler is None:
                 loss.backward()
@@ -358,6 +382,8 @@ class _Trainer:
         if evaluated_at != state.step:
             self._validate()
         schedule.after_epoch()
+        if self.dist is not None:  # the group's samples (each rank counted its own slices)
+            samples = round(self.dist.sum_float(samples))
         values.update({
             "time/epoch_train": epoch_time,
             "time/train": state.train_time,
@@ -371,7 +397,8 @@ class _Trainer:
             rate = self.step_flops * samples / bs / epoch_time
             values["perf/flops_per_s"] = rate
             values["perf/mfu"] = rate / self.peak_flops
-        values.update(self.memory.read())
+        memory = self.memory.read()
+        values.update(memory if self.dist is None else self.dist.memory(memory))
         if self.sampler is not None:
             values.update(self.sampler.drain())
         self.epoch_stats.append(values)
@@ -388,34 +415,39 @@ class _Trainer:
             return
         state, task = self._st, self.task
         pending, self.pending = self.pending, []
-        n = len(pending)
-        counts = [p[3] for p in pending]
-        parts = [torch.stack([p[0] for p in pending]).float()]
-        on_device = not all(isinstance(c, int) for c in counts)
-        if on_device:  # token counts of LM batches with ignored targets: read in this sync
-            parts.append(torch.stack([torch.as_tensor(c, device=state.device)
-                                      for c in counts]).float())
-        if task.keeps_outputs:
-            outs = torch.cat([p[1] for p in pending if p[1] is not None])
-            ys = torch.cat([p[2] for p in pending if p[2] is not None])
-            parts.append((outs.argmax(-1) == ys).sum().float().view(1))
-        if norm is not None:
-            parts.append(norm.float().view(1))
-        host = torch.cat(parts).tolist()  # the one sync of this interval
+        if self.dist is None:
+            n = len(pending)
+            counts = [p[3] for p in pending]
+            parts = [torch.stack([p[0] for p in pending]).float()]
+            on_device = not all(isinstance(c, int) for c in counts)
+            if on_device:  # token counts of LM batches with ignored targets: read in this sync
+                parts.append(torch.stack([torch.as_tensor(c, device=state.device)
+                                          for c in counts]).float())
+            if task.keeps_outputs:
+                outs = torch.cat([p[1] for p in pending if p[1] is not None])
+                ys = torch.cat([p[2] for p in pending if p[2] is not None])
+                parts.append((outs.argmax(-1) == ys).sum().float().view(1))
+            if norm is not None:
+                parts.append(norm.float().view(1))
+            host = torch.cat(parts).tolist()  # the one sync of this interval
+            weights = host[n:2 * n] if on_device else counts
+            weight = math.fsum(weights)
+            # Exact summation on the host: the epoch's loss does not depend on where intervals
+            # (or a Ctrl-C) split it.
+            loss_sum = math.fsum(v * w for v, w in zip(host[:n], weights))
+            correct = host[2 * n if on_device else n] if task.keeps_outputs else 0.0
+            norm_value = host[-1] if norm is not None else None
+        else:  # summed over the ranks, in one all-reduce
+            loss_sum, correct, weight, norm_value = self.dist.reduce_interval(
+                pending, task.keeps_outputs, norm)
         now = self.clock.now()
-        weights = host[n:2 * n] if on_device else counts
-        extra = 2 * n if on_device else n  # where the values after the losses start
-        weight = math.fsum(weights)
-        # Exact summation on the host: the epoch's loss does not depend on where intervals
-        # (or a Ctrl-C) split it.
-        loss_sum = math.fsum(v * w for v, w in zip(host[:n], weights))
         loss = loss_sum / max(weight, 1.0)
         if not math.isfinite(loss):
             lr = state.optimizer.param_groups[0]["lr"]
             raise Diverged(f"train loss became {loss} by step {state.step} (epoch {state.epoch},"
                            f" lr {lr:.3g})")
         self.epoch_sums[0] += loss_sum
-        self.epoch_sums[1] += host[extra] if task.keeps_outputs else 0.0
+        self.epoch_sums[1] += correct
         self.epoch_sums[2] += weight
         busy = now - self.t_interval - (self.paused - self.paused_at_interval)
         values = {"train/step_loss": loss, "time/step": busy / len(pending)}
@@ -423,9 +455,9 @@ class _Trainer:
         values["lr"] = groups[0]["lr"]
         if len(groups) > 1:
             values.update({f"lr/{g.get('name', i)}": g["lr"] for i, g in enumerate(groups)})
-        if norm is not None:
-            values["grad_norm"] = host[-1]
-            self.grad_norms.append(host[-1])
+        if norm_value is not None:
+            values["grad_norm"] = norm_value
+            self.grad_norms.append(norm_value)
         self._record(state.step, values)
         self._flush()
         for cb in self.callbacks:
@@ -441,39 +473,47 @@ class _Trainer:
         model = state.model
         was_training = model.training
         model.eval()
+        forward = self.eval_forward
+        lo, hi = (0, len(split)) if self.dist is None else self.dist.eval_range(len(split))
+        if self.dist is not None:
+            self.dist.sync_buffers(model)
         t = self.clock.now()
         loss_sum = torch.zeros((), device=state.device)
         metric_sum = torch.zeros((), device=state.device)
         count = torch.zeros((), device=state.device)
         predictions: list[Tensor] = []
-        batches = classes = 0
+        batches = 0
         with torch.inference_mode(), speed.autocast():
-            for start in range(0, len(split), self.eval_bs):
-                x = split.inputs[start:start + self.eval_bs]
-                y = split.targets[start:start + self.eval_bs]
+            for start in range(lo, hi, self.eval_bs):
+                end = min(start + self.eval_bs, hi)
+                x = split.inputs[start:end]
+                y = split.targets[start:end]
                 if not speed.data_on_device:
                     x = x.to(state.device, non_blocking=True)
                     y = y.to(state.device, non_blocking=True)
                 if speed.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                out = speed.forward(x)
+                out = forward(x)
                 batch_loss, batch_metric = task.sums(out, y)
                 loss_sum += batch_loss.float()
                 metric_sum += batch_metric.float()
                 count += task.weight(y)
                 if task.extra_metrics:
                     predictions.append(out.argmax(-1))
-                    classes = int(out.shape[-1])
                 batches += 1
             parts = [torch.stack([loss_sum, metric_sum, count.float()])]
-            if predictions:  # F1 and MCC from the confusion matrix of the whole split
-                matrix = confusion_matrix(split.targets, torch.cat(predictions), classes)
-                parts.append(matrix.flatten().float())
-        host = torch.cat(parts).tolist()  # the one sync of this evaluation
+            classes = state.info.num_outputs if task.extra_metrics else 0
+            if classes:  # F1 and MCC from the confusion matrix of the whole split
+                targets = split.targets[lo:hi].to(state.device, non_blocking=True)
+                found = torch.cat(predictions) if predictions else targets.new_zeros(0)
+                parts.append(confusion_matrix(targets, found, classes).flatten().float())
+            sums = torch.cat(parts)
+        # The one sync of this evaluation (with DDP: the ranks' shares summed).
+        host = (sums if self.dist is None else self.dist.reduce_sums(sums)).tolist()
         seconds = self.clock.now() - t
         model.train(was_training)
         confusion = None
-        if predictions:
+        if classes:
             confusion = [host[3 + r * classes: 3 + (r + 1) * classes] for r in range(classes)]
         return task.finalize(host[0], host[1], host[2], confusion), seconds, batches
 
@@ -512,16 +552,19 @@ class _Trainer:
             self.best.update(best_value=value, best_monitor=monitor, best_epoch=state.epoch,
                              best_step=state.step, best_valid=dict(values))
             if self.run_dir is not None:
-                t = time.perf_counter()
-                self._save({"model": self._model_state(), "epoch": state.epoch,
-                            "step": state.step}, "best.pt")
-                self.io_time += time.perf_counter() - t
+                if self._is_main:  # other ranks read rank 0's file before the test
+                    t = time.perf_counter()
+                    self._save({"model": self._model_state(), "epoch": state.epoch,
+                                "step": state.step}, "best.pt")
+                    self.io_time += time.perf_counter() - t
             else:
                 self.best_state = {k: v.detach().clone() for k, v in
                                    self._model_state().items()}
 
     def _test(self) -> None:
         state = self._st
+        if self.dist is not None:
+            self.dist.barrier()  # rank 0 has written best.pt
         if self.run_dir is not None and (self.run_dir / "best.pt").is_file():
             best = load_verified(self.run_dir / "best.pt")
             if best is not None:
@@ -559,6 +602,16 @@ class _Trainer:
             return
         state = self._st
         t = time.perf_counter()
+        rng = {
+            "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+        rng_ranks = None
+        if self.dist is not None:
+            rng_ranks = self.dist.gather(rng)  # each rank resumes its own random stream
+            if not self.dist.is_main:
+                return
         payload = {
             "epoch": epoch, "step": state.step, "train_time": state.train_time,
             "partial": partial,
@@ -569,12 +622,10 @@ class _Trainer:
             "stop_reason": self.stop_reason, "epoch_stats": self.epoch_stats,
             "grad_norms": self.grad_norms,
             "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
-            "rng": {
-                "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                "python": random.getstate(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            },
+            "rng": rng,
         }
+        if rng_ranks is not None:
+            payload["rng_ranks"] = rng_ranks
         self._save(payload, "last.pt", keep_previous=True)
         self.io_time += time.perf_counter() - t
 
@@ -602,6 +653,9 @@ class _Trainer:
         self.partial = ckpt.get("partial")
         self.grad_norms = list(ckpt.get("grad_norms", []))
         rng = ckpt["rng"]
+        ranks = ckpt.get("rng_ranks")
+        if self.dist is not None and ranks is not None and len(ranks) == self.dist.world:
+            rng = ranks[self.dist.rank]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
@@ -631,6 +685,10 @@ class _Trainer:
         if missing or result.unexpected_keys:
             raise RuntimeError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}"
                                f", unexpected {sorted(result.unexpected_keys)[:5]}")
+
+    @property
+    def _is_main(self) -> bool:
+        return self.dist is None or self.dist.is_main
 
     @property
     def _st(self) -> RunState:

@@ -187,4 +187,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
         env["cudnn"] = torch.backends.cudnn.version()
+        # Which physical GPUs this process was given (a --jobs worker gets its own share).
+        env["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     return env

@@ -93,8 +93,11 @@ def _fits_on_device(splits: list[Split], device: torch.device) -> bool:
 
 
 def decide(train: TrainSpec, model: nn.Module, device: torch.device,
-           splits: list[Split]) -> Speed:
-    """Resolve the run's speed options ("auto" included) for this model and device."""
+           splits: list[Split], wrap: Callable[[nn.Module], nn.Module] | None = None) -> Speed:
+    """Resolve the run's speed options ("auto" included) for this model and device.
+
+    ``wrap`` (DistributedDataParallel under torchrun) wraps the model before compilation.
+    """
     channels_last = (train.channels_last if isinstance(train.channels_last, bool)
                      else device.type == "cuda") and _has_conv2d(model)
     if channels_last:
@@ -103,7 +106,7 @@ def decide(train: TrainSpec, model: nn.Module, device: torch.device,
                  else _fits_on_device(splits, device)) or device.type == "cpu"
     amp_dtype = _DTYPES.get(train.precision)
     scaler = torch.amp.GradScaler(device.type) if train.precision == "fp16" else None
-    forward: nn.Module = model
+    forward: nn.Module = model if wrap is None else wrap(model)
     if train.compile:
-        forward = torch.compile(model)  # type: ignore[assignment]
+        forward = torch.compile(forward)  # type: ignore[assignment]
     return Speed(device, amp_dtype, scaler, channels_last, on_device, forward, train.compile)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -13,7 +13,9 @@ from trainlab.engine import Callback, RunOutcome, interrupt, train
 from trainlab.engine.measure import environment, resolve_device
 from trainlab.plan import Plan, PlannedRun
 from trainlab.records import MetricRecord, RecordSink
-from trainlab.store import Store
+
+if TYPE_CHECKING:
+    from trainlab.execute.relay import RunStore
 
 if TYPE_CHECKING:
     from trainlab.lr_study import AutoLR
@@ -67,21 +69,25 @@ class SweepResult:
         return 1 if bad or skipped_bad else 0
 
 
-def run_one(planned: PlannedRun, store: Store, callbacks: Sequence[Callback] = (),
+def run_one(planned: PlannedRun, store: RunStore, callbacks: Sequence[Callback] = (),
             auto: AutoLR | None = None) -> RunOutcome:
     """Train one planned run, storing its status, environment, metrics and outcome.
 
     A run that another live process has claimed meanwhile is left alone (status ``busy``).
     A run with ``optimizer.lr: auto`` trains with the LR its range test chose (``auto``, from
-    :func:`trainlab.lr_study.resolve_auto_lrs`; looked up or run here when not given).  Its id
-    stays the hash of the config as written; the chosen LR goes into its summary and into the
-    metric ``lr/chosen`` at step 0.
+    :func:`resolve_plan_lrs`; looked up or run here when not given).  Its id stays the hash of
+    the config as written; the chosen LR goes into its summary and into the metric
+    ``lr/chosen`` at step 0.  With ``train.nproc > 1`` the run trains on that many DDP ranks
+    under torchrun.
     """
     config = planned.run.config
     threads = torch.get_num_threads()
     sink: RecordSink = store
     extra: dict[str, object] = {}
-    if not store.start_run(planned.run_id, environment(resolve_device(config.train.device))):
+    env = environment(resolve_device(config.train.device))
+    if config.train.nproc > 1:
+        env["nproc"] = config.train.nproc
+    if not store.start_run(planned.run_id, env):
         return RunOutcome(planned.run_id, "busy", "another process is training this run", {})
     try:
         if is_auto(config.optimizer):
@@ -95,8 +101,15 @@ def run_one(planned: PlannedRun, store: Store, callbacks: Sequence[Callback] = (
             config = auto.apply(config)
             sink = _StartRecords(store, [MetricRecord(planned.run_id, "lr/chosen", 0, 0, 0.0,
                                                       auto.lr)])
-        outcome = train(config, run_id=planned.run_id, run_dir=store.run_dir(planned.run_id),
-                        sink=sink, callbacks=callbacks)
+        if config.train.nproc > 1:
+            from trainlab.execute.torchrun import train_distributed
+
+            outcome = train_distributed(config, run_id=planned.run_id,
+                                        run_dir=store.run_dir(planned.run_id), sink=sink,
+                                        callbacks=callbacks)
+        else:
+            outcome = train(config, run_id=planned.run_id, run_dir=store.run_dir(planned.run_id),
+                            sink=sink, callbacks=callbacks)
     except KeyboardInterrupt:
         outcome = RunOutcome(planned.run_id, "interrupted", "interrupted by the user", {})
     finally:
@@ -105,7 +118,7 @@ def run_one(planned: PlannedRun, store: Store, callbacks: Sequence[Callback] = (
     return outcome
 
 
-def _resolve(planned: PlannedRun, store: Store) -> AutoLR:
+def _resolve(planned: PlannedRun, store: Any) -> AutoLR:
     import traceback
 
     from trainlab.lr_study import AutoLR, auto_group, resolve_auto_lr
@@ -139,7 +152,13 @@ class _StartRecords:
 class LocalExecutor:
     """Runs one after another in this process; Ctrl-C stops the sweep after saving state."""
 
-    def execute(self, plan: Plan, store: Store, observer: SweepObserver | None = None
+    def prepare(self, plan: Plan) -> None:
+        """Nothing to check: the plan already checked devices."""
+
+    def close(self) -> None:
+        """Nothing held."""
+
+    def execute(self, plan: Plan, store: RunStore, observer: SweepObserver | None = None
                 ) -> SweepResult:
         observer = observer or NullObserver()
         result = SweepResult(plan)
@@ -149,12 +168,8 @@ class LocalExecutor:
             if interrupt.stop_requested():  # Ctrl-C between runs: start no new run
                 result.interrupted = True
                 break
-            auto = None
-            if is_auto(planned.run.config.optimizer):
-                from trainlab.lr_study import auto_group
-
-                auto = chosen.get(auto_group(planned.run.config)[0])
-            outcome = run_one(planned, store, observer.callbacks(planned), auto)
+            outcome = run_one(planned, store, observer.callbacks(planned),
+                              auto_for(planned, chosen))
             result.outcomes.append(outcome)
             observer.on_run_end(planned, outcome)
             if outcome.status == "interrupted":
@@ -163,11 +178,13 @@ class LocalExecutor:
         return result
 
 
-def resolve_plan_lrs(plan: Plan, store: Store, observer: SweepObserver | None = None
+def resolve_plan_lrs(plan: Plan, store: Any, observer: SweepObserver | None = None
                      ) -> dict[str, AutoLR]:
     """Run the range tests of the plan's ``optimizer.lr: auto`` runs still to train, once per
-    range group, before any run trains.  Executors that train in other processes call this in
-    the parent so no test runs twice."""
+    range group, before any run trains.  Every executor calls this in the process that owns
+    the store (``store``: the :class:`trainlab.store.Store`, or a wrapper that passes its
+    LR-range methods through) and hands each run its :func:`auto_for`, so no test runs twice
+    and workers never need the store's range tables."""
     todo = [p.run for p in plan.todo if is_auto(p.run.config.optimizer)]
     if not todo:
         return {}
@@ -175,3 +192,12 @@ def resolve_plan_lrs(plan: Plan, store: Store, observer: SweepObserver | None = 
 
     hook = getattr(observer, "on_lr_range", None)
     return resolve_auto_lrs(todo, store, sweep=plan.sweep.name, on_result=hook)
+
+
+def auto_for(planned: PlannedRun, chosen: dict[str, AutoLR]) -> AutoLR | None:
+    """The range test result ``planned`` trains with (None: it does not use ``lr: auto``)."""
+    if not is_auto(planned.run.config.optimizer):
+        return None
+    from trainlab.lr_study import auto_group
+
+    return chosen.get(auto_group(planned.run.config)[0])

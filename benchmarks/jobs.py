@@ -1,0 +1,85 @@
+"""Parallel sweeps: wall-clock of a sweep with ``--jobs N`` against ``--jobs 1``.
+
+Usage (from the repository root):  python -m benchmarks.jobs [--rounds 3] [--jobs 2]
+                                   [--example quickstart] [--json F]
+
+Each round runs the whole command a user types, ``trainlab run --example quickstart --store
+<fresh dir> -q`` (interpreter start, planning, every run, the summary table), once sequentially
+and once with ``--jobs N``, in alternating order; it reports the median wall-clock of each and
+their ratio.  With ``--jobs N`` the workers get ``cores // N`` threads each, the sequential run
+torch's default (all cores).  The goal on a 2-core machine is a ratio <= 0.65.  Run it on an
+otherwise idle machine: another process on the cores changes both numbers.
+"""
+
+from __future__ import annotations
+
+from benchmarks.common import steady_allocator
+
+if __name__ == "__main__":
+    steady_allocator("benchmarks.jobs")
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def sweep_seconds(example: str, store: Path, jobs: int) -> float:
+    """Wall-clock of one ``trainlab run`` into a fresh store; fails loudly if a run failed."""
+    cmd = [sys.executable, "-m", "trainlab.cli", "run", "--example", example, "--store",
+           str(store), "-q", *(["--jobs", str(jobs)] if jobs > 1 else [])]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} exited with {done.returncode}:\n{done.stderr}")
+    return seconds
+
+
+def measure(example: str, jobs: int, rounds: int, tmp: Path) -> dict[str, Any]:
+    times: dict[int, list[float]] = {1: [], jobs: []}
+    order = [1, jobs]
+    for r in range(rounds):
+        for n in order if r % 2 == 0 else reversed(order):
+            seconds = sweep_seconds(example, tmp / f"{r}-{n}", n)
+            times[n].append(seconds)
+            print(f"  round {r + 1}: --jobs {n}: {seconds:.2f} s", flush=True)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    return {"example": example, "jobs": jobs, "rounds": rounds,
+            "seconds": {f"jobs{n}": round(v, 3) for n, v in med.items()},
+            "range": {f"jobs{n}": [round(min(v), 3), round(max(v), 3)]
+                      for n, v in times.items()},
+            "ratio": round(med[jobs] / med[1], 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--example", default="quickstart")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = measure(args.example, args.jobs, args.rounds, Path(tmp))
+    machine = {"python": platform.python_version(), "torch": torch.__version__,
+               "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine()}
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "result": result}, indent=2))
+    s = result["seconds"]
+    print(f"\n| sweep | --jobs 1 s | --jobs {args.jobs} s | ratio |\n|---|---|---|---|")
+    print(f"| {args.example} | {s['jobs1']:.2f} | {s[f'jobs{args.jobs}']:.2f} | "
+          f"{result['ratio']:.3f} |")
+    print(f"\nmachine: {machine}")
+
+
+if __name__ == "__main__":
+    main()

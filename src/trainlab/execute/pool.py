@@ -1,0 +1,334 @@
+"""``--jobs N``: runs in parallel in N persistent local worker processes.
+
+Workers are spawned once (a fresh interpreter each: forking a process that has used torch's
+OpenMP pool can deadlock the child) and train one run after another, so the 2-3 s torch import
+is paid once per worker, not once per run; and they are spawned when the executor is made,
+before the sweep is planned, so their imports overlap the parent's planning.  Each worker gets
+its device slot before it touches the GPU: ``CUDA_VISIBLE_DEVICES`` holding its share of the
+GPUs (one GPU per job when there are at least N; shared round-robin otherwise), and
+``cores // N`` intra-op threads so N jobs do not oversubscribe the CPU (``train.threads``
+still wins for a run that sets it).
+
+This process stays the store's single writer: workers send their records through a pipe (see
+:mod:`trainlab.execute.relay`) and each write is answered after its commit.  One writer means
+no lock contention however many jobs run, claims held by a process that outlives its workers,
+trackers (``--log``) fed from one place, and a worker that dies (a segfault, the OOM killer,
+``kill -9``) costs only its own run, which is stored as ``failed``; the sweep goes on with a
+fresh worker.  Ctrl-C: workers ignore the terminal's SIGINT; the first Ctrl-C here sends each
+busy worker SIGUSR1, which its engine treats like a Ctrl-C (finish the step, checkpoint
+mid-epoch, ``interrupted``); a second Ctrl-C kills the workers at once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from trainlab.engine import Callback, RunOutcome, interrupt
+from trainlab.errors import ConfigError
+from trainlab.execute.local import (
+    NullObserver,
+    SweepObserver,
+    SweepResult,
+    auto_for,
+    resolve_plan_lrs,
+)
+from trainlab.execute.relay import (
+    ConnectionChannel,
+    RelayCallback,
+    RemoteStore,
+    Replayer,
+    RunStore,
+    answer,
+)
+from trainlab.plan import Plan, PlannedRun
+
+if TYPE_CHECKING:
+    from trainlab.lr_study import AutoLR
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_jobs() -> int:
+    """One job per GPU when there are GPUs, else one per core."""
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        return int(torch.cuda.device_count())
+    return usable_cores()
+
+
+def gpu_slots(jobs: int) -> list[str] | None:
+    """``CUDA_VISIBLE_DEVICES`` for each job: its own share when there are at least ``jobs``
+    GPUs, one GPU shared round-robin otherwise; None without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = ([d.strip() for d in visible.split(",") if d.strip()] if visible
+           else [str(i) for i in range(torch.cuda.device_count())])
+    if not ids:
+        return None
+    if len(ids) >= jobs:
+        per = len(ids) // jobs
+        return [",".join(ids[i * per:(i + 1) * per]) for i in range(jobs)]
+    return [ids[i % len(ids)] for i in range(jobs)]
+
+
+@dataclass
+class _Worker:
+    slot: int
+    process: BaseProcess
+    conn: Connection
+    ready: bool = False
+    run: PlannedRun | None = None
+    callbacks: list[Callback] = field(default_factory=list)
+    signalled: bool = False
+
+
+class PoolExecutor:
+    """Runs in parallel in ``jobs`` worker processes; this process writes the store.
+
+    The workers start importing at once; :meth:`execute` (or :meth:`close`) ends them.
+    """
+
+    def __init__(self, jobs: int, threads: int | None = None) -> None:
+        if jobs < 1:
+            raise ConfigError(f"`--jobs` must be at least 1; got {jobs}", field="--jobs")
+        self.jobs = jobs
+        self.threads = threads or max(1, usable_cores() // jobs)
+        self.gpus = gpu_slots(jobs)
+        self.context = multiprocessing.get_context("spawn")
+        self.chosen: dict[str, AutoLR] = {}  # range test results of lr: auto runs
+        self.workers = [self.spawn(i) for i in range(jobs)]
+
+    def spawn(self, slot: int) -> _Worker:
+        parent, child = self.context.Pipe()
+        process = self.context.Process(target=_worker_main, args=(child, self.threads),
+                                       name=f"trainlab-job-{slot}", daemon=True)
+        # The child inherits this environment when it starts: its GPUs are fixed before any
+        # import in it could initialise CUDA.
+        env = {"CUDA_VISIBLE_DEVICES": self.gpus[slot]} if self.gpus is not None else {}
+        with _environment(env):
+            process.start()
+        child.close()
+        return _Worker(slot, process, parent)
+
+    def close(self) -> None:
+        """End the workers (an executor that will not execute)."""
+        for worker in self.workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.process.join(timeout=5)
+            worker.conn.close()
+        self.workers.clear()
+
+    def prepare(self, plan: Plan) -> None:
+        """Refuse runs that cannot get their devices inside one job's slot; end the workers
+        the plan has no run for (they would only compete for the cores)."""
+        for worker in self.workers[len(plan.todo):]:
+            worker.process.kill()
+            worker.process.join(timeout=5)
+            worker.conn.close()
+        del self.workers[len(plan.todo):]
+        slots = gpu_slots(self.jobs)
+        for planned in plan.todo:
+            train = planned.run.config.train
+            if slots is not None and train.device.startswith("cuda:") and self.jobs > 1:
+                raise ConfigError(
+                    f"`train.device`: {train.device!r} pins one GPU, but --jobs {self.jobs} gives "
+                    "each job its own GPUs; use device auto or cuda",
+                    field="train.device").within(f"run {planned.index}")
+            if slots is not None and train.nproc > 1 and train.device != "cpu":
+                per = len(slots[0].split(","))
+                if train.nproc > per:
+                    raise ConfigError(
+                        f"`train.nproc`: {train.nproc} GPUs per run, but --jobs {self.jobs} "
+                        f"leaves {per} GPU(s) per job; lower --jobs or train.nproc",
+                        field="train.nproc").within(f"run {planned.index}")
+
+    def execute(self, plan: Plan, store: RunStore, observer: SweepObserver | None = None
+                ) -> SweepResult:
+        observer = observer or NullObserver()
+        result = SweepResult(plan)
+        observer.on_sweep_start(plan)
+        # optimizer.lr: auto: the range tests run here, in the store's process, once per
+        # group, while the workers finish importing; each run is sent with its result.
+        self.chosen = resolve_plan_lrs(plan, store, observer)
+        todo = deque(plan.todo)
+        if not self.workers:  # executed again after a close: a fresh set of workers
+            self.workers.extend(self.spawn(i) for i in range(min(self.jobs, len(todo))))
+        pool = _Pool(self, store, observer, result, todo)
+        try:
+            pool.run()
+        finally:
+            self.close()
+        return result
+
+
+class _Pool:
+    """The dispatch loop: hand out runs, answer workers, notice deaths and Ctrl-C."""
+
+    def __init__(self, executor: PoolExecutor, store: RunStore, observer: SweepObserver,
+                 result: SweepResult, todo: deque[PlannedRun]) -> None:
+        self.store, self.observer, self.result, self.todo = store, observer, result, todo
+        self.executor = executor
+        self.root = str(store.root)
+        self.replayer = Replayer()
+        self.workers = executor.workers  # shared: close() ends whatever is left
+        self.failed_starts = 0
+        self.stopping = False
+
+    def run(self) -> None:
+        while self.workers:
+            if interrupt.stop_requested() and not self.stopping:
+                self._stop()
+            ready = wait([w.conn for w in self.workers] + [w.process.sentinel
+                                                          for w in self.workers], timeout=0.2)
+            for worker in list(self.workers):
+                if worker.conn in ready:
+                    self._receive(worker)
+            for worker in list(self.workers):
+                if worker.process.sentinel in ready and worker in self.workers:
+                    self._drain(worker)
+                    if worker in self.workers:
+                        self._died(worker)
+
+    def _receive(self, worker: _Worker) -> None:
+        try:
+            frame, message = worker.conn.recv()
+        except (EOFError, OSError):
+            self._died(worker)
+            return
+        if frame == "req":
+            worker.conn.send((answer(self.store, message), self.stopping))
+            return
+        kind = message[0]
+        if kind == "ready":
+            worker.ready = True
+            self._assign(worker)
+        elif kind == "hook":
+            self.replayer.replay(worker.callbacks, *message[1:])
+        elif kind == "done":
+            planned, outcome = worker.run, message[1]
+            worker.run, worker.callbacks, worker.signalled = None, [], False
+            if planned is not None:
+                self._finished(planned, outcome)
+            self._assign(worker)
+
+    def _drain(self, worker: _Worker) -> None:
+        """Read what a dead worker sent before it died."""
+        while worker in self.workers and worker.conn.poll():
+            self._receive(worker)
+
+    def _assign(self, worker: _Worker) -> None:
+        if self.todo and not self.stopping:
+            planned = self.todo.popleft()
+            worker.run = planned
+            worker.callbacks = list(self.observer.callbacks(planned))
+            worker.conn.send(("run", planned, self.root,
+                              auto_for(planned, self.executor.chosen)))
+        else:
+            worker.conn.send(("exit",))
+            self._retire(worker)
+
+    def _finished(self, planned: PlannedRun, outcome: RunOutcome) -> None:
+        self.result.outcomes.append(outcome)
+        self.observer.on_run_end(planned, outcome)
+        if outcome.status == "interrupted":
+            self.result.interrupted = True
+
+    def _died(self, worker: _Worker) -> None:
+        """A worker is gone: its run failed (the sweep goes on with a fresh worker)."""
+        worker.process.join(timeout=5)
+        code = worker.process.exitcode
+        self._retire(worker)
+        how = (f"was killed by signal {signal.Signals(-code).name}" if code is not None
+               and code < 0 else f"exited with code {code}")
+        if worker.run is not None:
+            planned = worker.run
+            error = (f"the worker process training this run (pid {worker.process.pid}) {how}; "
+                     "rerun the sweep to retry it (it resumes from its last checkpoint)")
+            self.store.finish_run(planned.run_id, "failed", error, {})
+            self._finished(planned, RunOutcome(planned.run_id, "failed", error, {}))
+        elif not worker.ready:
+            self.failed_starts += 1
+        if self.stopping or not self.todo:
+            return
+        if self.failed_starts > self.executor.jobs:  # workers cannot start: fail what is left
+            while self.todo:
+                planned = self.todo.popleft()
+                error = f"no worker process could start (the last {how}); see the output above"
+                self.store.finish_run(planned.run_id, "failed", error, {})
+                self._finished(planned, RunOutcome(planned.run_id, "failed", error, {}))
+            return
+        self.workers.append(self.executor.spawn(worker.slot))
+
+    def _retire(self, worker: _Worker) -> None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+        worker.conn.close()
+
+    def _stop(self) -> None:
+        """First Ctrl-C: start nothing new; busy workers stop after their current step."""
+        self.stopping = True
+        self.result.interrupted = True
+        for worker in list(self.workers):
+            if worker.run is None:
+                if worker.ready:
+                    worker.conn.send(("exit",))
+                    self._retire(worker)
+                continue
+            if not worker.signalled and worker.process.pid is not None:
+                worker.signalled = True
+                with suppress(ProcessLookupError):
+                    os.kill(worker.process.pid, signal.SIGUSR1)
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _worker_main(conn: Connection, threads: int) -> None:
+    """A worker: train the runs it is sent until told to exit (or its parent is gone)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; see the module doc
+    signal.signal(signal.SIGUSR1, lambda signum, frame: interrupt.request_stop())
+    from trainlab.execute.local import run_one
+
+    torch.set_num_threads(threads)
+    channel = ConnectionChannel(conn, on_stop=interrupt.request_stop)
+    conn.send(("post", ("ready",)))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if message[0] != "run":
+            return
+        planned: PlannedRun = message[1]
+        store = RemoteStore(channel, Path(message[2]))
+        outcome = run_one(planned, store, [RelayCallback(channel)], message[3])
+        conn.send(("post", ("done", outcome)))

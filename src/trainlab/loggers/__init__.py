@@ -1,0 +1,197 @@
+"""Mirrors of the store in the trackers people already use: W&B, MLflow, TensorBoard.
+
+A tracker sees each run start (its resolved config, varied settings and environment), every
+record written to the store, and its end (status, error, summary).  :class:`TrackedStore`
+wraps the store the executor writes to, so every record that reaches the store reaches the
+trackers too, whichever executor produced it: pool workers, Ray tasks and DDP ranks all send
+their records to the one process that writes the store, and the trackers live there.
+
+The store stays the source of truth: a tracker that fails (a network error, say) warns once
+and stops mirroring that run; the sweep goes on.  After a resume, W&B drops the redone points
+whose steps it has already seen and MLflow keeps both copies; TensorBoard purges the events
+after the checkpoint's step, as the store does.
+
+Each tracker is an optional extra (``pip install "trainlab[wandb]"``, ``[mlflow]``,
+``[tensorboard]``) configured by the tool's own environment variables (see the README).
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from trainlab.components.base import Spec
+from trainlab.errors import ConfigError
+from trainlab.records import MetricRecord
+from trainlab.registry import Registry
+
+if TYPE_CHECKING:
+    from trainlab.execute.relay import RunStore
+    from trainlab.plan import Plan
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a tracker knows of a run when it starts."""
+
+    run_id: str
+    sweep: str
+    index: int
+    config: dict[str, Any]  # the resolved config, nested sections
+    varied: dict[str, Any]  # the sweep's varied settings for this run
+    root: Path  # the store directory
+
+
+class Tracker(Protocol):
+    def start(self, run: RunInfo, env: dict[str, Any]) -> None:
+        """The run was claimed and is about to train (or resume)."""
+
+    def rewind(self, run_id: str, step: int) -> None:
+        """The run resumes from a checkpoint at ``step`` (-1: from scratch)."""
+
+    def log(self, run_id: str, records: Sequence[MetricRecord]) -> None:
+        """Records just committed to the store, in step order."""
+
+    def finish(self, run_id: str, status: str, error: str | None,
+               summary: dict[str, Any]) -> None:
+        """The run ended (ok, failed, diverged, oom, interrupted)."""
+
+    def close(self) -> None:
+        """The sweep is over."""
+
+
+class LoggerSpec(Spec):
+    """A tracker takes its settings from its own environment variables (see the README)."""
+
+
+LOGGERS: Registry[Any] = Registry("logger")
+EXTRAS = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
+
+
+def _import(module: str, extra: str) -> None:
+    """Raise ConfigError with the pip command when the tracker's package is missing."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise ConfigError(f"`--log {extra}` needs the {module} package, which is not installed; "
+                          f'install it with: pip install "trainlab[{extra}]"',
+                          field="--log") from None
+
+
+@LOGGERS.register("wandb", spec=LoggerSpec)
+def build_wandb(spec: LoggerSpec) -> Tracker:
+    """Weights & Biases: one W&B run per trainlab run (id = run id), grouped by sweep."""
+    _import("wandb", "wandb")
+    from trainlab.loggers.wandb import WandbTracker
+
+    return WandbTracker()
+
+
+@LOGGERS.register("mlflow", spec=LoggerSpec)
+def build_mlflow(spec: LoggerSpec) -> Tracker:
+    """MLflow: one MLflow run per trainlab run, in an experiment named after the sweep."""
+    _import("mlflow", "mlflow")
+    from trainlab.loggers.mlflow import MlflowTracker
+
+    return MlflowTracker()
+
+
+@LOGGERS.register("tensorboard", spec=LoggerSpec)
+def build_tensorboard(spec: LoggerSpec) -> Tracker:
+    """TensorBoard event files under <store>/tensorboard/<sweep>/<index>-<run id>/."""
+    _import("tensorboard", "tensorboard")
+    from trainlab.loggers.tensorboard import TensorboardTracker
+
+    return TensorboardTracker()
+
+
+def make_trackers(names: Sequence[str]) -> list[Tracker]:
+    """The trackers ``--log`` names (each at most once); ConfigError for an unknown name or a
+    missing package."""
+    trackers = []
+    for name in dict.fromkeys(names):
+        entry = LOGGERS.get(name, field="--log")
+        trackers.append(entry.build(LoggerSpec(name=name)))
+    return trackers
+
+
+class TrackedStore:
+    """The store, with every claim, record and outcome mirrored to trackers."""
+
+    def __init__(self, store: RunStore, trackers: Sequence[Tracker], plan: Plan) -> None:
+        self.store, self.trackers = store, list(trackers)
+        self.root = store.root
+        self.plan = {p.run_id: p for p in plan.runs}
+        self.sweep = plan.sweep.name
+        self.broken: set[tuple[int, str]] = set()  # (tracker, run) pairs that failed
+
+    def _each(self, run_id: str, method: str, *args: Any) -> None:
+        for i, tracker in enumerate(self.trackers):
+            if (i, run_id) in self.broken:
+                continue
+            try:
+                getattr(tracker, method)(*args)
+            except Exception as exc:  # a tracker must never fail the run: the store has it
+                self.broken.add((i, run_id))
+                warnings.warn(f"{type(tracker).__name__} stopped mirroring run {run_id}: "
+                              f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
+
+    def __getattr__(self, name: str) -> Any:
+        # Everything not mirrored (the LR-range tables that optimizer.lr: auto reads and
+        # writes, sweep_info, ...) is the store's own.
+        return getattr(self.store, name)
+
+    def start_run(self, run_id: str, env: dict[str, Any]) -> bool:
+        claimed = self.store.start_run(run_id, env)
+        planned = self.plan.get(run_id)
+        if claimed and planned is not None:
+            info = RunInfo(run_id, self.sweep, planned.index, planned.run.config.to_dict(),
+                           dict(planned.varied), Path(self.root))
+            self._each(run_id, "start", info, env)
+        return claimed
+
+    def rewind(self, run_id: str, step: int) -> None:
+        self.store.rewind(run_id, step)
+        self._each(run_id, "rewind", run_id, step)
+
+    def write(self, records: Sequence[MetricRecord]) -> None:
+        self.store.write(records)
+        by_run: dict[str, list[MetricRecord]] = {}
+        for record in records:
+            by_run.setdefault(record.run_id, []).append(record)
+        for run_id, mine in by_run.items():
+            self._each(run_id, "log", run_id, mine)
+
+    def finish_run(self, run_id: str, status: str, error: str | None,
+                   summary: dict[str, Any]) -> None:
+        self.store.finish_run(run_id, status, error, summary)
+        self._each(run_id, "finish", run_id, status, error, summary)
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.store.run_dir(run_id)
+
+    def close_trackers(self) -> None:
+        for tracker in self.trackers:
+            try:
+                tracker.close()
+            except Exception as exc:
+                warnings.warn(f"{type(tracker).__name__} did not close cleanly: {exc}",
+                              RuntimeWarning, stacklevel=2)
+
+
+def flat_numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The numeric leaves of a nested dict (a run summary), as dotted keys."""
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(flat_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (bool, int | float)):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+__all__ = ["LOGGERS", "RunInfo", "TrackedStore", "Tracker", "flat_numbers", "make_trackers"]
