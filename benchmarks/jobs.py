@@ -1,6 +1,6 @@
 """Parallel sweeps: wall-clock of a sweep with ``--jobs N`` against ``--jobs 1``.
 
-Usage (from the repository root):  python -m benchmarks.jobs [--rounds 3] [--jobs 2]
+Usage (from the repository root):  python -m benchmarks.jobs [--rounds 3] [--jobs 2] [--set K=V]
                                    [--example quickstart] [--json F]
 
 Each round runs the whole command a user types, ``trainlab run --example quickstart --store
@@ -33,10 +33,10 @@ from typing import Any
 import torch
 
 
-def sweep_seconds(example: str, store: Path, jobs: int) -> float:
+def sweep_seconds(example: str, store: Path, jobs: int, extra: list[str]) -> float:
     """Wall-clock of one ``trainlab run`` into a fresh store; fails loudly if a run failed."""
     cmd = [sys.executable, "-m", "trainlab.cli", "run", "--example", example, "--store",
-           str(store), "-q", *(["--jobs", str(jobs)] if jobs > 1 else [])]
+           str(store), "-q", *(["--jobs", str(jobs)] if jobs > 1 else []), *extra]
     start = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - start
@@ -45,16 +45,17 @@ def sweep_seconds(example: str, store: Path, jobs: int) -> float:
     return seconds
 
 
-def measure(example: str, jobs: int, rounds: int, tmp: Path) -> dict[str, Any]:
+def measure(example: str, jobs: int, rounds: int, tmp: Path,
+            extra: list[str] | None = None) -> dict[str, Any]:
     times: dict[int, list[float]] = {1: [], jobs: []}
     order = [1, jobs]
     for r in range(rounds):
         for n in order if r % 2 == 0 else reversed(order):
-            seconds = sweep_seconds(example, tmp / f"{r}-{n}", n)
+            seconds = sweep_seconds(example, tmp / f"{r}-{n}", n, extra or [])
             times[n].append(seconds)
             print(f"  round {r + 1}: --jobs {n}: {seconds:.2f} s", flush=True)
     med = {n: statistics.median(v) for n, v in times.items()}
-    return {"example": example, "jobs": jobs, "rounds": rounds,
+    return {"example": example, "options": extra or [], "jobs": jobs, "rounds": rounds,
             "seconds": {f"jobs{n}": round(v, 3) for n, v in med.items()},
             "range": {f"jobs{n}": [round(min(v), 3), round(max(v), 3)]
                       for n, v in times.items()},
@@ -66,17 +67,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--example", default="quickstart")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override passed to trainlab run (repeatable)")
+    parser.add_argument("--no-estimate", action="store_true",
+                        help="pass --no-estimate (no calibration probes before the sweep)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    extra = [a for s in args.set for a in ("--set", s)]
+    extra += ["--no-estimate"] if args.no_estimate else []
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.example, args.jobs, args.rounds, Path(tmp))
+        result = measure(args.example, args.jobs, args.rounds, Path(tmp), extra)
     machine = {"python": platform.python_version(), "torch": torch.__version__,
                "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine()}
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "result": result}, indent=2))
     s = result["seconds"]
     print(f"\n| sweep | --jobs 1 s | --jobs {args.jobs} s | ratio |\n|---|---|---|---|")
-    print(f"| {args.example} | {s['jobs1']:.2f} | {s[f'jobs{args.jobs}']:.2f} | "
+    label = " ".join([args.example, *extra])
+    print(f"| {label} | {s['jobs1']:.2f} | {s[f'jobs{args.jobs}']:.2f} | "
           f"{result['ratio']:.3f} |")
     print(f"\nmachine: {machine}")
 

@@ -116,25 +116,18 @@ class DistContext:
 
         return local, scaled
 
-    def reduce_interval(self, pending: Sequence[tuple[Tensor, Tensor | None, Tensor | None,
-                                                     int | Tensor]],
-                        keeps_outputs: bool, norm: Tensor | None
-                        ) -> tuple[float, float, int, float | None]:
+    def reduce_interval(self, steps: tuple[Tensor, Tensor], correct: Tensor | None,
+                        norm: Tensor | None) -> tuple[float, float, int, float | None]:
         """(loss sum, correct count, weight, grad norm) of a log interval over all ranks.
 
         One all-reduce carries each step's mean loss (the scaled local losses averaged), each
         step's weight, the correct count and the stop request; then every rank decides alike.
         """
-        n = len(pending)
-        losses = torch.stack([p[0] for p in pending]).double() / self.world
-        # Token counts of LM batches with ignored targets are tensors already on the device.
-        weights = torch.stack([torch.as_tensor(p[3], device=self.device) for p in pending]
-                              ).double()
-        parts = [losses.to(self.device), weights]
-        if keeps_outputs:
-            outs = torch.cat([p[1] for p in pending if p[1] is not None])
-            ys = torch.cat([p[2] for p in pending if p[2] is not None])
-            parts.append((outs.argmax(-1) == ys).sum().double().view(1))
+        losses, weights = steps  # each step's scaled local loss and weight, on the device
+        n = losses.numel()
+        parts = [losses.double().to(self.device) / self.world, weights.double().to(self.device)]
+        if correct is not None:
+            parts.append(correct.double().view(1).to(self.device))
         parts.append(torch.tensor([1.0 if REQUEST[0] else 0.0], dtype=torch.float64,
                                   device=self.device))
         buf = torch.cat(parts)
@@ -142,12 +135,12 @@ class DistContext:
         host = buf.tolist()
         means, step_weights = host[:n], host[n:2 * n]
         loss_sum = math.fsum(m * w for m, w in zip(means, step_weights))
-        correct = host[2 * n] if keeps_outputs else 0.0
+        correct_sum = host[2 * n] if correct is not None else 0.0
         if host[-1] > 0:
             interrupt.request_stop()  # on every rank at once: they stop after this step
         # Gradients are averaged before anyone reads them: the norm is the same on every rank.
         norm_value = float(norm.item()) if norm is not None else None
-        return loss_sum, correct, round(sum(step_weights)), norm_value
+        return loss_sum, correct_sum, round(sum(step_weights)), norm_value
 
     # --- evaluation ----------------------------------------------------------------------------
 
