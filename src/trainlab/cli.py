@@ -44,7 +44,7 @@ err = Console(stderr=True, width=_WIDTH)
 T = TypeVar("T")
 
 StoreOpt = typer.Option(None, "--store", envvar="TRAINLAB_STORE", metavar="DIR",
-                        help="Store directory [default: ./trainlab-runs, or $TRAINLAB_STORE].")
+                        help="Store directory (default: ./trainlab-runs, or $TRAINLAB_STORE).")
 SetOpt = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
                       help="Override a config field for every run, e.g. --set train.epochs=2 "
                            "(repeatable; grid.KEY=[..] edits a grid axis).")
@@ -134,10 +134,10 @@ def run(
         help="An existing Ray cluster (HOST:PORT, ray://HOST:10001 or auto); default: a local "
              "Ray. Implies --executor ray."),
     cpus_per_run: float | None = typer.Option(
-        None, "--cpus-per-run", show_default=False, help="Ray: CPUs per run [default: 1]."),
+        None, "--cpus-per-run", show_default=False, help="Ray: CPUs per run (default: 1)."),
     gpus_per_run: float | None = typer.Option(
         None, "--gpus-per-run", show_default=False,
-        help="Ray: GPUs per run [default: 1 when the cluster has GPUs, else 0]."),
+        help="Ray: GPUs per run (default: 1 when the cluster has GPUs, else 0)."),
     nproc: int | None = typer.Option(
         None, "--nproc", metavar="N", show_default=False,
         help="Train each run with DistributedDataParallel on N processes (torchrun): one per "
@@ -646,12 +646,12 @@ def report(
     ctx: typer.Context,
     store: Path | None = StoreOpt,
     sweep: str | None = typer.Option(
-        None, "--sweep", help="Sweep to report [default: the most recently updated]."),
+        None, "--sweep", help="Sweep to report (default: the most recently updated)."),
     out_dir: Path | None = typer.Option(
-        None, "--out", "-o", metavar="DIR", help="Output directory [default: reports/SWEEP]."),
+        None, "--out", "-o", metavar="DIR", help="Output directory (default: reports/SWEEP)."),
     metric: str | None = typer.Option(
         None, "--metric", help="Quality metric to rank by: perplexity, accuracy, rmse or loss "
-                               "[default: the task's metric]."),
+                               "(default: the task's metric)."),
     facet: str | None = typer.Option(
         None, "--facet", metavar="KEYS", help="Varied keys (comma-separated) that split curves "
                                               "into figures."),
@@ -661,13 +661,13 @@ def report(
                                    help="Varied keys (comma-separated) coloured within a panel."),
     sort: str | None = typer.Option(
         None, "--sort", metavar="COLS", help="Sort tables by these columns (comma-separated, "
-                                             "-COL for descending) [default: the varied keys]."),
+                                             "-COL for descending) (default: the varied keys)."),
     group: str | None = typer.Option(
         None, "--group", metavar="KEY", help="Bold the best run per value of this key, or "
-                                             "'none' [default: the first varied key]."),
+                                             "'none' (default: the first varied key)."),
     target: float | None = typer.Option(
-        None, "--target", help="Validation metric value for 'first to reach' [default: within "
-                               "10% of the best; 1 point for accuracy]."),
+        None, "--target", help="Validation metric value for 'first to reach' (default: within "
+                               "10% of the best; 1 point for accuracy)."),
     clock: str = typer.Option(
         "train", "--clock", help="Time axis: train (training seconds, eval excluded) or wall "
                                  "(seconds since start, eval included)."),
