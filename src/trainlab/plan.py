@@ -22,6 +22,7 @@ from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_
 from trainlab.engine.measure import device_available
 from trainlab.engine.tasks import TASKS
 from trainlab.errors import ConfigError
+from trainlab.records import DONE
 from trainlab.store import Store, held_elsewhere
 
 Action = Literal["train", "resume", "retry", "skip", "busy"]
@@ -93,7 +94,7 @@ def _action(info: dict[str, Any] | None) -> Action:
     if info is None or info["status"] == "pending":
         return "train"
     status = info["status"]
-    if status in ("ok", "diverged"):
+    if status in DONE:
         return "skip"
     if status == "running":
         if held_elsewhere(info):

@@ -12,6 +12,8 @@ from typing import Literal, Protocol
 Status = Literal["pending", "running", "ok", "failed", "diverged", "interrupted", "oom"]
 # An outcome (never a stored status): another live process holds the run, so it was skipped.
 BUSY = "busy"
+# Finished for good: a rerun skips these (failed, oom and interrupted runs are retried).
+DONE: tuple[str, ...] = ("ok", "diverged")
 FINISHED: tuple[Status, ...] = ("ok", "diverged")  # a rerun skips these
 STATUSES: tuple[Status, ...] = ("pending", "running", "ok", "failed", "diverged", "interrupted",
                                 "oom")

@@ -24,6 +24,8 @@ RAW: dict[str, Any] = {
 }
 STEPS_PER_EPOCH = math.ceil(210 / 16)
 EPOCH_KEYS = ("train/loss", "train/accuracy", "valid/loss", "valid/accuracy", "test/loss")
+# Recorded at log points: a Ctrl-C between two of them must not add a row of its own.
+STEP_KEYS = ("train/step_loss", "lr", "grad_norm")
 
 
 class _StopAt(Callback):
@@ -42,7 +44,7 @@ def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _values(sink: NullSink) -> dict[tuple[str, int], float]:
-    return {(r.key, r.step): r.value for r in sink.records if r.key in EPOCH_KEYS}
+    return {(r.key, r.step): r.value for r in sink.records if r.key in EPOCH_KEYS + STEP_KEYS}
 
 
 @pytest.fixture(autouse=True)

@@ -56,6 +56,18 @@ def test_status_lifecycle_and_membership(tmp_path: Path) -> None:
         store.find_run("r")
 
 
+
+@pytest.mark.parametrize("status", ["ok", "diverged", "failed", "interrupted", "oom"])
+def test_a_run_finished_since_planning_is_not_claimed_again(tmp_path: Path, status: str) -> None:
+    # Two sweeps share a run: the second planned it as pending, the first finished it since.
+    store = open_store(tmp_path / "s")
+    store.register_sweep("a", {}, [], [("r1", 1, {}, {})])
+    assert store.start_run("r1", {})
+    store.finish_run("r1", status, None, {})
+    claimed = store.start_run("r1", {})
+    assert claimed == (status not in ("ok", "diverged"))  # failed/oom/interrupted are retried
+    assert list(store.runs("a")["attempts"]) == [2 if claimed else 1]
+
 def test_store_location_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRAINLAB_STORE", str(tmp_path / "env-store"))
     store = trainlab.open_store()

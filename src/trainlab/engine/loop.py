@@ -122,6 +122,7 @@ class _Trainer:
         self.partial: dict[str, Any] | None = None  # where a mid-epoch checkpoint left off
         self.notes: list[str] = []
         self.grad_norms: list[float] = []  # read at log points, for the summary's median
+        self.carried_correct = 0.0  # correct predictions of steps carried over a Ctrl-C
         self.state: RunState | None = None
         self.frozen_keys: set[str] = set()
         # Set when this process is one rank of a DDP group (torchrun); None otherwise, and
@@ -310,11 +311,20 @@ class _Trainer:
         self.pending: list[tuple[Tensor | None, Tensor | None, int | None]] = []
         self.interval = _IntervalBuffers.ensure(getattr(self, "interval", None), log_every,
                                                 state.device)
+        # A Ctrl-C mid-interval saved the interval's steps so far: they go on into the next
+        # log point, which then records what an uninterrupted run records at that step.
+        carried = partial.get("interval") if partial else None
+        self.carried_correct = 0.0
+        if carried:
+            self.interval.restore(carried["losses"], carried["weights"])
+            self.pending = [(None, None, w) for w in carried["host_weights"]]
+            self.carried_correct = carried["correct"]
         self.paused = 0.0  # eval and I/O inside this epoch, subtracted from training time
         io_before = self.io_time
         model.train()
         t_start = self.clock.now()
-        self.t_interval, self.paused_at_interval = t_start, 0.0
+        self.t_interval = t_start - (carried["busy"] if carried else 0.0)
+        self.paused_at_interval = 0.0
         batches = order.split(bs)
         if self.dist is not None:  # this rank's slice of each global batch
             batches, loss_fn = self.dist.shard(batches, loss_fn, first_batch)
@@ -374,12 +384,13 @@ class _Trainer:
                 if self.stop_reason is not None:
                     break
             if stop[0] and batch < len(batches):
-                self._log_interval(None)
+                # The unfinished log interval is saved, not recorded: a record at this step
+                # would be one an uninterrupted run never writes.
                 spent = self.clock.now() - t_start - self.paused - (self.io_time - io_before)
                 self._checkpoint(epoch - 1, partial={
                     "epoch": epoch, "batch": batch, "sums": self.epoch_sums,
                     "train_time": time_before + spent, "evaluated_at": evaluated_at,
-                    "samples": samples})
+                    "samples": samples, "interval": self._carry_interval()})
                 raise KeyboardInterrupt
         self._log_interval(None)
         t_end = self.clock.now()
@@ -421,7 +432,7 @@ class _Trainer:
         """Read the interval's values in one host sync and record them."""
         if not self.pending:
             return
-        state, task = self._st, self.task
+        state = self._st
         pending, self.pending = self.pending, []
         if self.dist is None:
             n = len(pending)
@@ -430,10 +441,9 @@ class _Trainer:
             on_device = counts[0] is None
             if on_device:  # token counts of LM batches with ignored targets: read in this sync
                 parts.append(self.interval.weights[:n].float())
-            if task.keeps_outputs:
-                outs = torch.cat([p[0] for p in pending if p[0] is not None])
-                ys = torch.cat([p[1] for p in pending if p[1] is not None])
-                parts.append((outs.argmax(-1) == ys).sum().float().view(1))
+            correct_now = self._correct(pending)
+            if correct_now is not None:
+                parts.append(correct_now.float().view(1))
             if norm is not None:
                 parts.append(norm.float().view(1))
             host = torch.cat(parts).tolist()  # the one sync of this interval
@@ -442,11 +452,16 @@ class _Trainer:
             # Exact summation on the host: the epoch's loss does not depend on where intervals
             # (or a Ctrl-C) split it.
             loss_sum = math.fsum(v * w for v, w in zip(host[:n], weights))
-            correct = host[2 * n if on_device else n] if task.keeps_outputs else 0.0
+            correct = host[2 * n if on_device else n] if correct_now is not None else 0.0
+            correct += self.carried_correct
             norm_value = host[-1] if norm is not None else None
         else:  # summed over the ranks, in one all-reduce
+            correct_now = self._correct(pending)
+            if correct_now is not None and self.carried_correct:
+                correct_now = correct_now + self.carried_correct
             loss_sum, correct, weight, norm_value = self.dist.reduce_interval(
-                self.interval.read(pending), self._correct(pending), norm)
+                self.interval.read(pending), correct_now, norm)
+        self.carried_correct = 0.0
         now = self.clock.now()
         loss = loss_sum / max(weight, 1.0)
         if not math.isfinite(loss):
@@ -548,9 +563,28 @@ class _Trainer:
         """Correct predictions of the interval (classification), on the device."""
         if not self.task.keeps_outputs:
             return None
-        outs = torch.cat([p[0] for p in pending if p[0] is not None])
-        ys = torch.cat([p[1] for p in pending if p[1] is not None])
-        return (outs.argmax(-1) == ys).sum()
+        outs = [p[0] for p in pending if p[0] is not None]
+        if not outs:  # only steps carried over a Ctrl-C: their count is carried_correct
+            return torch.zeros((), device=self._st.device)
+        ys = [p[1] for p in pending if p[1] is not None]
+        return (torch.cat(outs).argmax(-1) == torch.cat(ys)).sum()
+
+    def _carry_interval(self) -> dict[str, Any] | None:
+        """The unfinished log interval as host values, for a mid-epoch checkpoint."""
+        if not self.pending:
+            return None
+        n = len(self.pending)
+        losses, weights = self.interval.losses[:n], self.interval.weights[:n]
+        correct = self._correct(self.pending)
+        parts = [losses.float(), weights.float()]
+        if correct is not None:
+            parts.append(correct.float().view(1))
+        host = torch.cat(parts).tolist()
+        busy = self.clock.now() - self.t_interval - (self.paused - self.paused_at_interval)
+        return {"losses": host[:n], "weights": host[n:2 * n],
+                "host_weights": [p[2] for p in self.pending],
+                "correct": (host[2 * n] if correct is not None else 0.0) + self.carried_correct,
+                "busy": busy}
 
     def _higher_is_better(self, key: str) -> bool:
         return key.rsplit("/", 1)[-1] in ("accuracy", "f1", "mcc")
@@ -770,6 +804,15 @@ class _IntervalBuffers:
             self.weights[slot] = weight
             return None
         return weight
+
+    def restore(self, losses: list[float], weights: list[float]) -> None:
+        """Put an interval saved by a mid-epoch checkpoint back (slots 0..n-1)."""
+        n = len(losses)
+        if n > self.losses.numel():
+            grown = _IntervalBuffers(n, self.losses.device)
+            self.losses, self.weights = grown.losses, grown.weights
+        self.losses[:n] = torch.tensor(losses, dtype=self.losses.dtype)
+        self.weights[:n] = torch.tensor(weights, dtype=self.weights.dtype)
 
     def read(self, pending: list[Any]) -> tuple[Tensor, Tensor]:
         """The interval's losses and weights (views: read them before the next step)."""

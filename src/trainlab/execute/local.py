@@ -88,7 +88,8 @@ def run_one(planned: PlannedRun, store: RunStore, callbacks: Sequence[Callback] 
     if config.train.nproc > 1:
         env["nproc"] = config.train.nproc
     if not store.start_run(planned.run_id, env):
-        return RunOutcome(planned.run_id, "busy", "another process is training this run", {})
+        return RunOutcome(planned.run_id, "busy", "another process is training or has "
+                          "trained this run", {})
     try:
         if is_auto(config.optimizer):
             auto = auto or _resolve(planned, store)

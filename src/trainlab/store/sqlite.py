@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from trainlab.errors import ConfigError
-from trainlab.records import MetricRecord
+from trainlab.records import DONE, MetricRecord
 
 DEFAULT_STORE = "trainlab-runs"
 
@@ -268,10 +268,13 @@ class Store:
 
     def start_run(self, run_id: str, env: dict[str, Any]) -> bool:
         """Claim the run for this process and mark it running; False when another live
-        process holds it (two sweeps that share a run never train it twice at once)."""
+        process holds it, or finished it since this process planned (two sweeps that share a
+        run never train it twice)."""
         with self._tx():
             row = self.conn.execute("SELECT status, host, pid, heartbeat FROM runs WHERE "
                                     "run_id=?", (run_id,)).fetchone()
+            if row is not None and row[0] in DONE:
+                return False
             if row is not None and row[0] == "running" and held_elsewhere(
                     {"host": row[1], "pid": row[2], "heartbeat": row[3]}):
                 return False
