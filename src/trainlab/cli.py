@@ -638,126 +638,6 @@ def show(
         out.print(table)
 
 
-# --- report / compare -------------------------------------------------------------------------
-
-
-@app.command()
-def report(
-    ctx: typer.Context,
-    store: Path | None = StoreOpt,
-    sweep: str | None = typer.Option(
-        None, "--sweep", help="Sweep to report (default: the most recently updated)."),
-    out_dir: Path | None = typer.Option(
-        None, "--out", "-o", metavar="DIR", help="Output directory (default: reports/SWEEP)."),
-    metric: str | None = typer.Option(
-        None, "--metric", help="Quality metric to rank by: perplexity, accuracy, rmse or loss "
-                               "(default: the task's metric)."),
-    facet: str | None = typer.Option(
-        None, "--facet", metavar="KEYS", help="Varied keys (comma-separated) that split curves "
-                                              "into figures."),
-    panel: str | None = typer.Option(None, "--panel", metavar="KEY",
-                                     help="Varied key that splits a figure into panels."),
-    hue: str | None = typer.Option(None, "--hue", metavar="KEYS",
-                                   help="Varied keys (comma-separated) coloured within a panel."),
-    sort: str | None = typer.Option(
-        None, "--sort", metavar="COLS", help="Sort tables by these columns (comma-separated, "
-                                             "-COL for descending) (default: the varied keys)."),
-    group: str | None = typer.Option(
-        None, "--group", metavar="KEY", help="Bold the best run per value of this key, or "
-                                             "'none' (default: the first varied key)."),
-    target: float | None = typer.Option(
-        None, "--target", help="Validation metric value for 'first to reach' (default: within "
-                               "10% of the best; 1 point for accuracy)."),
-    clock: str = typer.Option(
-        "train", "--clock", help="Time axis: train (training seconds, eval excluded) or wall "
-                                 "(seconds since start, eval included)."),
-    overfit_epochs: int = typer.Option(
-        2, "--overfit-epochs", help="Epochs in a row of worse validation that flag overfitting."),
-    formats: str = typer.Option("png,svg", "--format", metavar="EXTS",
-                                help="Figure files to write: png, svg and/or pdf."),
-    as_json: bool = JsonOpt,
-) -> None:
-    """Write a report of one sweep: HTML, Markdown/LaTeX/CSV tables, PNG/SVG figures, answers.
-
-    Reads the store only.  Figures: train and validation curves of each recorded metric over
-    epochs and over training time, one figure per architecture (and layer count), a panel per
-    optimizer (see --facet/--panel/--hue).  Tables: summary with the best run per group in bold,
-    memory and throughput.  Answers: best for wall-clock, best generalization, Pareto fronts,
-    overfitting and divergence, each with the numbers behind it.
-    """
-    from trainlab.analysis.report import (
-        ReportOptions,
-        build_report,
-        default_out,
-        file_list,
-        write_report,
-    )
-
-    def _split(text: str | None) -> list[str] | None:
-        return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
-
-    st = _open_store(ctx, store, create=False)
-    options = ReportOptions(sweep=sweep, metric=metric, facet=_split(facet), panel=panel,
-                            hue=_split(hue), sort=sort, group=group, target=target,
-                            clock=clock, overfit_epochs=overfit_epochs,  # type: ignore[arg-type]
-                            formats=tuple(_split(formats) or ()))
-    built = _guard(lambda: build_report(st, options))
-    try:
-        target_dir = out_dir or default_out(built.frames.name)
-        paths = _guard(lambda: write_report(built, target_dir))
-    finally:
-        built.close()
-    if as_json:
-        out.print_json(data={"sweep": built.frames.name, "out": str(target_dir),
-                             "files": file_list(paths, target_dir),
-                             "answers": [a.to_dict() for a in built.answers]},
-                       default=str)
-        return
-    names = list(st.sweeps()["sweep"])
-    if sweep is None and len(names) > 1:
-        err.print(f"reporting sweep [bold]{built.frames.name}[/] (most recently updated); "
-                  f"others: {', '.join(n for n in names if n != built.frames.name)} "
-                  "(pick one with --sweep)", highlight=False)
-    figures = len(built.figures)
-    out.print(f"report of sweep [bold]{built.frames.name}[/]: {len(built.frames.runs)} runs, "
-              f"{figures} figures, 2 tables, {len(built.answers)} answers", highlight=False)
-    for answer in built.answers[:3]:
-        out.print(f"[bold]{_escape(answer.question)}[/] {_escape(answer.answer)}",
-                  highlight=False)
-    out.print(f"wrote {target_dir / 'report.html'} (open it in a browser), report.md, "
-              f"tables/ and figures/ in {target_dir}", highlight=False)
-
-
-@app.command()
-def compare(
-    ctx: typer.Context,
-    run_ids: list[str] = typer.Argument(..., metavar="RUN...",
-                                        help="Two or more run ids (unique prefixes are enough)."),
-    store: Path | None = StoreOpt,
-    as_json: bool = JsonOpt,
-) -> None:
-    """Compare runs side by side: the config keys that differ, then the key results."""
-    from trainlab.analysis.compare import compare_runs
-
-    st = _open_store(ctx, store, create=False)
-    result = _guard(lambda: compare_runs(st, run_ids))
-    if as_json:
-        out.print_json(data=result.to_dict())
-        return
-    table = Table(title=f"{len(result.columns)} runs: {len(result.differences)} config keys "
-                        f"differ, {result.identical} equal", title_justify="left")
-    table.add_column("")
-    for col in result.columns:
-        table.add_column(col, justify="right")
-    for key, cells in result.differences:
-        table.add_row(key, *[_escape(c) for c in cells])
-    table.add_section()
-    for label, cells, best in result.results:
-        table.add_row(label, *[f"[bold green]{_escape(c)}[/]" if i == best else _escape(c)
-                               for i, c in enumerate(cells)])
-    out.print(table)
-
-
 # --- examples ----------------------------------------------------------------------------------
 
 
@@ -813,7 +693,7 @@ def components(
                       markup=False)
 
 
-from trainlab import cli_lr_find  # noqa: E402, F401  (registers `lr-find`)
+from trainlab import cli_lr_find, cli_report  # noqa: E402, F401  (register lr-find, report, compare)
 
 
 def main() -> None:

@@ -40,6 +40,7 @@ from trainlab.engine import distributed, interrupt
 from trainlab.engine.callbacks import Callback, EarlyStopping, StopTraining
 from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
+from trainlab.engine.interval import LogInterval
 from trainlab.engine.measure import Clock, PeakMemory, grad_norm, resolve_device
 from trainlab.engine.sampler import nvml_sampler
 from trainlab.engine.speed import Speed, decide
@@ -122,7 +123,7 @@ class _Trainer:
         self.partial: dict[str, Any] | None = None  # where a mid-epoch checkpoint left off
         self.notes: list[str] = []
         self.grad_norms: list[float] = []  # read at log points, for the summary's median
-        self.carried_correct = 0.0  # correct predictions of steps carried over a Ctrl-C
+        self.interval: LogInterval | None = None  # the steps since the last log point
         self.state: RunState | None = None
         self.frozen_keys: set[str] = set()
         # Set when this process is one rank of a DDP group (torchrun); None otherwise, and
@@ -293,7 +294,6 @@ class _Trainer:
         # allocator growth, compilation with train.compile): it is timed apart as warm-up.
         warming = self.warmup_time is None
         log_every, eval_every, clip = tc.log_every, tc.eval_every, tc.clip_grad_norm
-        keep = task.keeps_outputs
         step_callbacks = [c for c in self.callbacks
                           if type(c).on_step_end is not Callback.on_step_end]
         stop = interrupt.FLAG
@@ -303,22 +303,13 @@ class _Trainer:
         time_before = partial["train_time"] if partial else 0.0
         samples = partial.get("samples", 0) if partial else 0  # timed samples of this epoch
         evaluated_at = partial["evaluated_at"] if partial else -1
-        # Per step until the next log point: outputs and targets (for the running accuracy)
-        # and the weight when it is a host int; each step's loss (and a device-side weight)
-        # goes into a preallocated buffer instead.  Holding one small tensor per step between
-        # log points fragments the host heap around each step's large transient allocations:
-        # measured on the lm-optimizers LSTM, RSS grew ~5 MB a step (+250 MB peak per run).
-        self.pending: list[tuple[Tensor | None, Tensor | None, int | None]] = []
-        self.interval = _IntervalBuffers.ensure(getattr(self, "interval", None), log_every,
-                                                state.device)
+        interval = self.interval = LogInterval.ensure(self.interval, log_every, state.device,
+                                                      task.keeps_outputs)
         # A Ctrl-C mid-interval saved the interval's steps so far: they go on into the next
         # log point, which then records what an uninterrupted run records at that step.
         carried = partial.get("interval") if partial else None
-        self.carried_correct = 0.0
         if carried:
-            self.interval.restore(carried["losses"], carried["weights"])
-            self.pending = [(None, None, w) for w in carried["host_weights"]]
-            self.carried_correct = carried["correct"]
+            interval.resume(carried)
         self.paused = 0.0  # eval and I/O inside this epoch, subtracted from training time
         io_before = self.io_time
         model.train()
@@ -366,9 +357,7 @@ class _Trainer:
                 self._record(state.step + 1, {key: self.warmup_time})
                 warming = False
             samples += len(idx)
-            host_weight = self.interval.put(len(self.pending), loss.detach(), task.weight(y))
-            self.pending.append((out.detach() if keep else None, y if keep else None,
-                                 host_weight))
+            interval.add(loss.detach(), out, y, task.weight(y))
             state.step += 1
             for cb in step_callbacks:
                 cb.on_step_end(state)
@@ -430,38 +419,17 @@ class _Trainer:
 
     def _log_interval(self, norm: torch.Tensor | None) -> None:
         """Read the interval's values in one host sync and record them."""
-        if not self.pending:
+        interval = self._interval
+        steps = len(interval)
+        if not steps:
             return
         state = self._st
-        pending, self.pending = self.pending, []
         if self.dist is None:
-            n = len(pending)
-            counts = [p[2] for p in pending]
-            parts = [self.interval.losses[:n].float()]
-            on_device = counts[0] is None
-            if on_device:  # token counts of LM batches with ignored targets: read in this sync
-                parts.append(self.interval.weights[:n].float())
-            correct_now = self._correct(pending)
-            if correct_now is not None:
-                parts.append(correct_now.float().view(1))
-            if norm is not None:
-                parts.append(norm.float().view(1))
-            host = torch.cat(parts).tolist()  # the one sync of this interval
-            weights = host[n:2 * n] if on_device else [float(c or 0) for c in counts]
-            weight = math.fsum(weights)
-            # Exact summation on the host: the epoch's loss does not depend on where intervals
-            # (or a Ctrl-C) split it.
-            loss_sum = math.fsum(v * w for v, w in zip(host[:n], weights))
-            correct = host[2 * n if on_device else n] if correct_now is not None else 0.0
-            correct += self.carried_correct
-            norm_value = host[-1] if norm is not None else None
+            loss_sum, correct, weight, norm_value = interval.read(norm)
         else:  # summed over the ranks, in one all-reduce
-            correct_now = self._correct(pending)
-            if correct_now is not None and self.carried_correct:
-                correct_now = correct_now + self.carried_correct
+            device_steps, correct_now = interval.device_steps()
             loss_sum, correct, weight, norm_value = self.dist.reduce_interval(
-                self.interval.read(pending), correct_now, norm)
-        self.carried_correct = 0.0
+                device_steps, correct_now, norm)
         now = self.clock.now()
         loss = loss_sum / max(weight, 1.0)
         if not math.isfinite(loss):
@@ -472,7 +440,7 @@ class _Trainer:
         self.epoch_sums[1] += correct
         self.epoch_sums[2] += weight
         busy = now - self.t_interval - (self.paused - self.paused_at_interval)
-        values = {"train/step_loss": loss, "time/step": busy / len(pending)}
+        values = {"train/step_loss": loss, "time/step": busy / steps}
         groups = state.optimizer.param_groups
         values["lr"] = groups[0]["lr"]
         if len(groups) > 1:
@@ -559,32 +527,13 @@ class _Trainer:
         except StopTraining as stop:
             self.stop_reason = f"stopped early at epoch {state.epoch}: {stop.reason}"
 
-    def _correct(self, pending: list[Any]) -> Tensor | None:
-        """Correct predictions of the interval (classification), on the device."""
-        if not self.task.keeps_outputs:
-            return None
-        outs = [p[0] for p in pending if p[0] is not None]
-        if not outs:  # only steps carried over a Ctrl-C: their count is carried_correct
-            return torch.zeros((), device=self._st.device)
-        ys = [p[1] for p in pending if p[1] is not None]
-        return (torch.cat(outs).argmax(-1) == torch.cat(ys)).sum()
-
     def _carry_interval(self) -> dict[str, Any] | None:
-        """The unfinished log interval as host values, for a mid-epoch checkpoint."""
-        if not self.pending:
-            return None
-        n = len(self.pending)
-        losses, weights = self.interval.losses[:n], self.interval.weights[:n]
-        correct = self._correct(self.pending)
-        parts = [losses.float(), weights.float()]
-        if correct is not None:
-            parts.append(correct.float().view(1))
-        host = torch.cat(parts).tolist()
-        busy = self.clock.now() - self.t_interval - (self.paused - self.paused_at_interval)
-        return {"losses": host[:n], "weights": host[n:2 * n],
-                "host_weights": [p[2] for p in self.pending],
-                "correct": (host[2 * n] if correct is not None else 0.0) + self.carried_correct,
-                "busy": busy}
+        """The unfinished log interval, with its time so far, for a mid-epoch checkpoint."""
+        carried = self._interval.carry()
+        if carried is not None:
+            carried["busy"] = (self.clock.now() - self.t_interval
+                               - (self.paused - self.paused_at_interval))
+        return carried
 
     def _higher_is_better(self, key: str) -> bool:
         return key.rsplit("/", 1)[-1] in ("accuracy", "f1", "mcc")
@@ -740,6 +689,11 @@ class _Trainer:
         return self.dist is None or self.dist.is_main
 
     @property
+    def _interval(self) -> LogInterval:
+        assert self.interval is not None, "no epoch has started"
+        return self.interval
+
+    @property
     def _st(self) -> RunState:
         assert self.state is not None, "setup has not run"
         return self.state
@@ -774,53 +728,6 @@ class _Trainer:
         if self.grad_norms:
             out["grad_norm_median"] = statistics.median(self.grad_norms)
         return out
-
-
-class _IntervalBuffers:
-    """Each step's loss and weight until the log point reads them, in preallocated device
-    buffers (written by a device copy: no sync, no new allocation per step)."""
-
-    def __init__(self, size: int, device: torch.device) -> None:
-        self.losses = torch.zeros(size, device=device)
-        self.weights = torch.zeros(size, device=device)
-
-    @classmethod
-    def ensure(cls, current: _IntervalBuffers | None, size: int,
-               device: torch.device) -> _IntervalBuffers:
-        if current is not None and current.losses.numel() >= size \
-                and current.losses.device == device:
-            return current
-        return cls(size, device)
-
-    def put(self, slot: int, loss: Tensor, weight: int | Tensor) -> int | None:
-        """Store step ``slot``'s values; the weight comes back when it is a host int."""
-        if slot >= self.losses.numel():  # an interval longer than log_every (resumed epoch)
-            grown = _IntervalBuffers(2 * self.losses.numel(), self.losses.device)
-            grown.losses[:slot] = self.losses[:slot]
-            grown.weights[:slot] = self.weights[:slot]
-            self.losses, self.weights = grown.losses, grown.weights
-        self.losses[slot] = loss
-        if isinstance(weight, Tensor):
-            self.weights[slot] = weight
-            return None
-        return weight
-
-    def restore(self, losses: list[float], weights: list[float]) -> None:
-        """Put an interval saved by a mid-epoch checkpoint back (slots 0..n-1)."""
-        n = len(losses)
-        if n > self.losses.numel():
-            grown = _IntervalBuffers(n, self.losses.device)
-            self.losses, self.weights = grown.losses, grown.weights
-        self.losses[:n] = torch.tensor(losses, dtype=self.losses.dtype)
-        self.weights[:n] = torch.tensor(weights, dtype=self.weights.dtype)
-
-    def read(self, pending: list[Any]) -> tuple[Tensor, Tensor]:
-        """The interval's losses and weights (views: read them before the next step)."""
-        n = len(pending)
-        if pending[0][2] is None:
-            return self.losses[:n], self.weights[:n]
-        return self.losses[:n], torch.tensor([float(p[2]) for p in pending],
-                                             device=self.losses.device)
 
 
 def _frozen_keys(model: nn.Module, trained: list[Tensor]) -> set[str]:

@@ -1,0 +1,143 @@
+"""The steps between two log points, kept on the device until the log point reads them.
+
+Each step's loss (and an LM batch's token count) goes into a preallocated device buffer,
+written by a device copy: no host sync and no new allocation per step.  Holding one small
+tensor per step between log points instead fragments the host heap around each step's large
+transient allocations (measured on the lm-optimizers LSTM: RSS grew ~5 MB a step, +190 MB of
+peak per run).  Classification keeps each batch's outputs and targets so the running accuracy
+is scored in one batched op at the log point.
+
+A Ctrl-C between log points saves the unfinished interval (:meth:`LogInterval.carry`) in the
+mid-epoch checkpoint; the resumed run puts it back (:meth:`LogInterval.resume`) and records
+at the next log point exactly what an uninterrupted run records there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class LogInterval:
+    def __init__(self, size: int, device: torch.device, keeps_outputs: bool) -> None:
+        self.device, self.keeps_outputs = device, keeps_outputs
+        self.losses = torch.zeros(size, device=device)
+        self.weights = torch.zeros(size, device=device)
+        self.host_weights: list[int | None] = []  # None: the weight is in ``weights``
+        self.outputs: list[Tensor] = []
+        self.targets: list[Tensor] = []
+        self.carried_correct = 0.0  # correct predictions of steps carried over a Ctrl-C
+
+    @classmethod
+    def ensure(cls, current: LogInterval | None, size: int, device: torch.device,
+               keeps_outputs: bool) -> LogInterval:
+        """``current`` emptied, or a new one when it does not fit."""
+        if current is None or current.losses.numel() < size or current.device != device \
+                or current.keeps_outputs != keeps_outputs:
+            return cls(size, device, keeps_outputs)
+        current.clear()
+        return current
+
+    def __len__(self) -> int:
+        return len(self.host_weights)
+
+    def add(self, loss: Tensor, out: Tensor, y: Tensor, weight: int | Tensor) -> None:
+        """Store one step (``loss`` detached; ``weight`` a host int or a device tensor)."""
+        slot = len(self.host_weights)
+        if slot >= self.losses.numel():  # longer than log_every: a resumed partial epoch
+            self._grow(2 * self.losses.numel())
+        self.losses[slot] = loss
+        if isinstance(weight, Tensor):
+            self.weights[slot] = weight
+            self.host_weights.append(None)
+        else:
+            self.host_weights.append(weight)
+        if self.keeps_outputs:
+            self.outputs.append(out.detach())
+            self.targets.append(y)
+
+    def clear(self) -> None:
+        self.host_weights, self.outputs, self.targets = [], [], []
+        self.carried_correct = 0.0
+
+    def correct(self) -> Tensor | None:
+        """Correct predictions of this process's steps (classification), on the device."""
+        if not self.keeps_outputs:
+            return None
+        if not self.outputs:  # only steps carried over a Ctrl-C: their count is carried
+            return torch.zeros((), device=self.device)
+        return (torch.cat(self.outputs).argmax(-1) == torch.cat(self.targets)).sum()
+
+    def read(self, norm: Tensor | None) -> tuple[float, float, float, float | None]:
+        """(loss sum, correct, weight, gradient norm) in one host sync; then empty."""
+        n = len(self)
+        on_device = self.host_weights[0] is None
+        parts = [self.losses[:n].float()]
+        if on_device:  # token counts of LM batches with ignored targets
+            parts.append(self.weights[:n].float())
+        correct_now = self.correct()
+        if correct_now is not None:
+            parts.append(correct_now.float().view(1))
+        if norm is not None:
+            parts.append(norm.float().view(1))
+        host = torch.cat(parts).tolist()  # the one sync of this interval
+        weights = host[n:2 * n] if on_device else [float(w or 0) for w in self.host_weights]
+        # Exact summation on the host: the epoch's loss does not depend on where intervals
+        # (or a Ctrl-C) split it.
+        loss_sum = math.fsum(v * w for v, w in zip(host[:n], weights))
+        correct = host[2 * n if on_device else n] if correct_now is not None else 0.0
+        result = (loss_sum, correct + self.carried_correct, math.fsum(weights),
+                  host[-1] if norm is not None else None)
+        self.clear()
+        return result
+
+    def device_steps(self) -> tuple[tuple[Tensor, Tensor], Tensor | None]:
+        """((losses, weights), correct) on the device, for a reduction across DDP ranks;
+        then empty (read the views before the next step)."""
+        n = len(self)
+        if self.host_weights[0] is None:
+            weights = self.weights[:n]
+        else:
+            weights = torch.tensor([float(w or 0) for w in self.host_weights],
+                                   device=self.device)
+        correct = self.correct()
+        if correct is not None and self.carried_correct:
+            correct = correct + self.carried_correct
+        steps = (self.losses[:n], weights)
+        self.clear()
+        return steps, correct
+
+    def carry(self) -> dict[str, Any] | None:
+        """The unfinished interval as host values, for a mid-epoch checkpoint."""
+        if not len(self):
+            return None
+        n = len(self)
+        correct = self.correct()
+        parts = [self.losses[:n].float(), self.weights[:n].float()]
+        if correct is not None:
+            parts.append(correct.float().view(1))
+        host = torch.cat(parts).tolist()
+        return {"losses": host[:n], "weights": host[n:2 * n],
+                "host_weights": list(self.host_weights),
+                "correct": (host[2 * n] if correct is not None else 0.0) + self.carried_correct}
+
+    def resume(self, carried: dict[str, Any]) -> None:
+        """Put back an interval that :meth:`carry` saved."""
+        n = len(carried["losses"])
+        if n > self.losses.numel():
+            self._grow(n)
+        self.losses[:n] = torch.tensor(carried["losses"], dtype=self.losses.dtype)
+        self.weights[:n] = torch.tensor(carried["weights"], dtype=self.weights.dtype)
+        self.host_weights = list(carried["host_weights"])
+        self.outputs, self.targets = [], []
+        self.carried_correct = carried["correct"]
+
+    def _grow(self, size: int) -> None:
+        losses = torch.zeros(size, device=self.device)
+        weights = torch.zeros(size, device=self.device)
+        n = min(len(self), self.losses.numel())
+        losses[:n], weights[:n] = self.losses[:n], self.weights[:n]
+        self.losses, self.weights = losses, weights
