@@ -100,25 +100,29 @@ class PeakMemory:
         return out
 
 
-def rss_peak_bytes() -> int:
+def _status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status (Linux) in bytes, or None where there is none."""
     try:
-        match = re.search(r"VmHWM:\s+(\d+)\s+kB", _STATUS.read_text())
-        if match:
-            return int(match.group(1)) * 1024
+        match = re.search(rf"{field}:\s+(\d+)\s+kB", _STATUS.read_text())
     except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak if sys.platform == "darwin" else peak * 1024)
+        return None
+    return int(match.group(1)) * 1024 if match else None
+
+
+def rss_peak_bytes() -> int:
+    """The process's peak resident set size (since the last reset, on Linux)."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
 
 
 def rss_bytes() -> int:
     """The process's current resident set size."""
-    try:
-        match = re.search(r"VmRSS:\s+(\d+)\s+kB", _STATUS.read_text())
-        if match:
-            return int(match.group(1)) * 1024
-    except OSError:
-        pass
+    current = _status_bytes("VmRSS")
+    if current is not None:
+        return current
     import psutil
 
     return int(psutil.Process().memory_info().rss)

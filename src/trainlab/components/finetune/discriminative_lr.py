@@ -15,7 +15,7 @@ from torch import nn
 
 from trainlab.components.finetune import FINETUNE, FinetuneSetup
 from trainlab.components.finetune.adapter import WithAdapter, maybe_adapters
-from trainlab.components.finetune.layers import LayerGroup, layer_groups
+from trainlab.components.finetune.layers import LayerGroup, WithLayerGroups, layer_groups
 
 
 def group_factors(n: int, mode: str, decay: float, min_factor: float) -> list[float]:
@@ -39,7 +39,7 @@ def trainable_groups(groups: list[LayerGroup]) -> list[LayerGroup]:
     return out
 
 
-class DiscriminativeLRSpec(WithAdapter):
+class DiscriminativeLRSpec(WithAdapter, WithLayerGroups):
     """Per layer-group learning rates, decaying from the head down."""
 
     decay: float = Field(default=2.6, ge=1.0, description="geometric: LR ratio between "
@@ -47,9 +47,6 @@ class DiscriminativeLRSpec(WithAdapter):
     mode: Literal["geometric", "linear"] = "geometric"
     min_factor: float = Field(default=0.1, gt=0.0, le=1.0,
                               description="linear: the bottom group's LR / the top's")
-    groups: dict[str, str] | None = Field(
-        default=None, description="layer groups as {name: regex}, bottom to top "
-                                  "(default: embeddings, each block, head)")
 
 
 @FINETUNE.register("discriminative-lr", spec=DiscriminativeLRSpec)

@@ -5,19 +5,15 @@ from __future__ import annotations
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from trainlab.components.base import Spec
 from trainlab.components.finetune import FINETUNE, FinetuneSetup
-from trainlab.components.finetune.layers import layer_groups
+from trainlab.components.finetune.layers import WithLayerGroups, layer_groups
 from trainlab.errors import ConfigError
 
 
-class FreezeBaseSpec(Spec):
+class FreezeBaseSpec(WithLayerGroups):
     """Freeze everything but the top layer group(s)."""
 
     train_groups: PositiveInt = Field(default=1, description="top layer groups that train")
-    groups: dict[str, str] | None = Field(
-        default=None, description="layer groups as {name: regex}, bottom to top "
-                                  "(default: embeddings, each block, head)")
 
 
 @FINETUNE.register("freeze-base", spec=FreezeBaseSpec)

@@ -17,7 +17,7 @@ from torch import nn
 from trainlab.components.finetune import FINETUNE, FinetuneSetup
 from trainlab.components.finetune.adapter import WithAdapter, maybe_adapters
 from trainlab.components.finetune.discriminative_lr import group_factors, trainable_groups
-from trainlab.components.finetune.layers import layer_groups
+from trainlab.components.finetune.layers import WithLayerGroups, layer_groups
 from trainlab.engine.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -56,16 +56,13 @@ class GradualUnfreeze(Callback):
         self.apply(int(state.get("unfrozen", 1)))
 
 
-class GradualUnfreezeSpec(WithAdapter):
+class GradualUnfreezeSpec(WithAdapter, WithLayerGroups):
     """Start with the head; unfreeze one more layer group every `every` epochs."""
 
     every: PositiveInt = Field(default=1, description="epochs between unfreezing steps")
     decay: float | None = Field(
         default=None, ge=1.0, description="also discriminative LRs with this geometric decay "
                                           "(full ULMFiT: 2.6); default: one LR")
-    groups: dict[str, str] | None = Field(
-        default=None, description="layer groups as {name: regex}, bottom to top "
-                                  "(default: embeddings, each block, head)")
 
 
 @FINETUNE.register("gradual-unfreeze", spec=GradualUnfreezeSpec)

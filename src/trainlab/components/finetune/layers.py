@@ -14,9 +14,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from pydantic import Field
 from torch import nn
 
+from trainlab.components.base import Spec
 from trainlab.errors import ConfigError
+
+
+class WithLayerGroups(Spec):
+    """Strategies that work on layer groups may override how the model is split."""
+
+    groups: dict[str, str] | None = Field(
+        default=None, description="layer groups as {name: regex}, bottom to top "
+                                  "(default: embeddings, each block, head)")
 
 
 @dataclass
