@@ -8,6 +8,7 @@ warm-up.
 from __future__ import annotations
 
 import copy
+import itertools
 import os
 import sys
 import time
@@ -84,24 +85,34 @@ def with_options(raw: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]
 
 
 class StepTimer(Callback):
-    """Wall time from the start of an epoch to the end of its last step."""
+    """Wall time from the start of an epoch to the end of its last step, and of each step
+    (``marks``: the epoch's start, then the end of each step)."""
 
     def __init__(self) -> None:
         self.epochs: list[tuple[float, int]] = []
+        self.marks: list[float] = []
 
     def on_epoch_start(self, state: RunState) -> None:
         self.start, self.first_step = time.perf_counter(), state.step
+        self.marks = [self.start]
 
     def on_step_end(self, state: RunState) -> None:
         self.end = time.perf_counter()
+        self.marks.append(self.end)
         self.steps = state.step - self.first_step
 
     def on_epoch_end(self, state: RunState, values: Any) -> None:
         self.epochs.append((self.end - self.start, self.steps))
 
 
-def engine(raw: dict[str, Any], store_root: Path) -> float:
-    """trainlab's engine, every measurement on, records into a real SQLite store."""
+def _durations(marks: list[float], into: list[float] | None) -> None:
+    if into is not None:
+        into.extend(b - a for a, b in itertools.pairwise(marks))
+
+
+def engine(raw: dict[str, Any], store_root: Path, steps: list[float] | None = None) -> float:
+    """trainlab's engine, every measurement on, records into a real SQLite store.  Returns
+    the epoch's seconds per step; ``steps`` receives each step's duration."""
     config = resolve_run(raw)
     timer = StepTimer()
     store = open_store(store_root)
@@ -111,8 +122,9 @@ def engine(raw: dict[str, Any], store_root: Path) -> float:
                     callbacks=[timer], resume=False)
     assert outcome.status == "ok", outcome.error
     store.close()
-    seconds, steps = timer.epochs[-1]
-    return seconds / steps
+    _durations(timer.marks, steps)
+    seconds, n = timer.epochs[-1]
+    return seconds / n
 
 
 def _prepare(raw: dict[str, Any], trainlab_optimizer: bool) -> tuple[Any, Any, Any, Any]:
@@ -129,20 +141,27 @@ def _prepare(raw: dict[str, Any], trainlab_optimizer: bool) -> tuple[Any, Any, A
     return config, data, model, opt
 
 
-def plain(raw: dict[str, Any], _: Path, trainlab_optimizer: bool = False) -> float:
-    """A hand-written loop: batches indexed from memory, nothing measured."""
+def plain(raw: dict[str, Any], _: Path, trainlab_optimizer: bool = False,
+          steps: list[float] | None = None) -> float:
+    """A hand-written loop: batches indexed from memory, nothing measured but the clock at
+    each step's end (a perf_counter call, as the engine's timing callback makes)."""
     config, data, model, opt = _prepare(raw, trainlab_optimizer)
     loss_fn = TASKS[data.info.task].loss
     x_all, y_all = data.train.inputs, data.train.targets
+    # Timed like the engine (and the script, whose DataLoader shuffles inside its loop): from
+    # the start of the epoch, so its shuffle and model.train() count on both sides.
+    start = time.perf_counter()
     batches = epoch_permutation(len(x_all), config.train.seed, 1).split(config.data.batch_size)
     model.train()
-    start = time.perf_counter()
+    marks = [start]
     for idx in batches:
         x, y = x_all[idx], y_all[idx]
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
-    return (time.perf_counter() - start) / len(batches)
+        marks.append(time.perf_counter())
+    _durations(marks, steps)
+    return (marks[-1] - start) / len(batches)
 
 
 def script(raw: dict[str, Any], _: Path) -> float:

@@ -6,8 +6,10 @@ Exit codes: 0 every run ok; 1 the sweep finished but some runs failed or diverge
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -696,17 +698,46 @@ def components(
 from trainlab import cli_lr_find, cli_report  # noqa: E402, F401  (register lr-find, report, compare)
 
 
+def _exit_now(signum: int, frame: object) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(130)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main() -> None:
-    """Console entry point."""
+    """Console entry point.
+
+    Once the command is over, a Ctrl-C (typically the second one, after a graceful stop)
+    must not end the process by signal, which shows as exit -2 instead of 130: while threads
+    are joined and trackers' exit hooks run it exits at once with 130; during the
+    interpreter's teardown, which resets Python's handlers to the default action (death by
+    SIGINT), it is ignored.  Registered before any command imports a tracker, this atexit
+    hook runs after theirs.
+    """
+    import atexit
+
+    atexit.register(_ignore_sigint)
     try:
         app()
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, _exit_now)
         err.print("[yellow]interrupted[/]")
         sys.exit(130)
+    finally:
+        signal.signal(signal.SIGINT, _exit_now)
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m trainlab.cli` runs this file as __main__, a second copy of the module that
+    # the lr-find, report and compare commands do not register with: use the real one.
+    from trainlab.cli import main as _main
+
+    _main()
 
 
 __all__ = ["app", "main"]

@@ -24,8 +24,7 @@ from torch import Tensor
 class LogInterval:
     def __init__(self, size: int, device: torch.device, keeps_outputs: bool) -> None:
         self.device, self.keeps_outputs = device, keeps_outputs
-        self.losses = torch.zeros(size, device=device)
-        self.weights = torch.zeros(size, device=device)
+        self._buffers(torch.zeros(size, device=device), torch.zeros(size, device=device))
         self.host_weights: list[int | None] = []  # None: the weight is in ``weights``
         self.outputs: list[Tensor] = []
         self.targets: list[Tensor] = []
@@ -35,7 +34,7 @@ class LogInterval:
     def ensure(cls, current: LogInterval | None, size: int, device: torch.device,
                keeps_outputs: bool) -> LogInterval:
         """``current`` emptied, or a new one when it does not fit."""
-        if current is None or current.losses.numel() < size or current.device != device \
+        if current is None or current.size < size or current.device != device \
                 or current.keeps_outputs != keeps_outputs:
             return cls(size, device, keeps_outputs)
         current.clear()
@@ -47,11 +46,11 @@ class LogInterval:
     def add(self, loss: Tensor, out: Tensor, y: Tensor, weight: int | Tensor) -> None:
         """Store one step (``loss`` detached; ``weight`` a host int or a device tensor)."""
         slot = len(self.host_weights)
-        if slot >= self.losses.numel():  # longer than log_every: a resumed partial epoch
-            self._grow(2 * self.losses.numel())
-        self.losses[slot] = loss
+        if slot >= self.size:  # longer than log_every: a resumed partial epoch
+            self._grow(2 * self.size)
+        self.loss_slots[slot].copy_(loss)
         if isinstance(weight, Tensor):
-            self.weights[slot] = weight
+            self.weight_slots[slot].copy_(weight)
             self.host_weights.append(None)
         else:
             self.host_weights.append(weight)
@@ -127,7 +126,7 @@ class LogInterval:
     def resume(self, carried: dict[str, Any]) -> None:
         """Put back an interval that :meth:`carry` saved."""
         n = len(carried["losses"])
-        if n > self.losses.numel():
+        if n > self.size:
             self._grow(n)
         self.losses[:n] = torch.tensor(carried["losses"], dtype=self.losses.dtype)
         self.weights[:n] = torch.tensor(carried["weights"], dtype=self.weights.dtype)
@@ -138,6 +137,12 @@ class LogInterval:
     def _grow(self, size: int) -> None:
         losses = torch.zeros(size, device=self.device)
         weights = torch.zeros(size, device=self.device)
-        n = min(len(self), self.losses.numel())
+        n = min(len(self), self.size)
         losses[:n], weights[:n] = self.losses[:n], self.weights[:n]
-        self.losses, self.weights = losses, weights
+        self._buffers(losses, weights)
+
+    def _buffers(self, losses: Tensor, weights: Tensor) -> None:
+        # One view per slot, made once: ``slot.copy_(loss)`` costs a third of
+        # ``losses[i] = loss`` (which builds the view on every call), measurable on small steps.
+        self.losses, self.weights, self.size = losses, weights, losses.numel()
+        self.loss_slots, self.weight_slots = losses.unbind(), weights.unbind()
