@@ -11,10 +11,12 @@ For each workload, in one process and in alternating order each round, it times 
   * script  - a typical course script: DataLoader over a TensorDataset, loss.item() every
               step, a tqdm bar (when tqdm is installed), torch's default optimizer.
 The timed region is the epoch, from its start (shuffle included) to its last step's end.  It
-reports, over rounds, the median of each epoch's mean time per step, with the ratios
-engine/plain and script/plain; and for engine/plain also the ratio of median single-step times
-(pooled over rounds), which leaves out the few cold steps at an epoch's start (the engine times
-its first step apart as warm-up) and shows the cost of the steady step.
+reports, over rounds, the median of each epoch's mean time per step; the ratios engine/plain
+and script/plain are paired (each round's epochs ran back to back, so a round's ratio cancels
+the machine's slow drift) and the median over rounds is given with the range.  For
+engine/plain also the paired ratio of each round's median single-step time, which leaves out
+the few cold steps at an epoch's start (the engine times its first step apart as warm-up) and
+shows the cost of the steady step.
 """
 
 from __future__ import annotations
@@ -43,33 +45,46 @@ WORKLOAD_NAMES = ["digits-mlp", "mlp-fmnist-b32", "mlp-fmnist-b256", "lstm-lm", 
 CONTENDERS = {
     "engine": engine,
     "plain": lambda raw, tmp, steps=None: plain(raw, tmp, trainlab_optimizer=True, steps=steps),
-    "script": lambda raw, tmp, steps=None: script(raw, tmp),
+    "script": script,
 }
 
 
 def measure(name: str, rounds: int, tmp: Path) -> dict[str, Any]:
     raw = copy.deepcopy(WORKLOADS[name])
     raw["train"] = {"epochs": 1, "seed": 0}
-    load_dataset(resolve_run(raw).data)  # build the data once, outside every timing
+    config = resolve_run(raw)
+    load_dataset(config.data, config.model)  # build the data once, outside every timing
     for fn in CONTENDERS.values():  # warm-up round, discarded
         fn(raw, tmp / "warmup")
     times: dict[str, list[float]] = {k: [] for k in CONTENDERS}
-    steps: dict[str, list[float]] = {k: [] for k in CONTENDERS}
+    step_medians: dict[str, list[float]] = {k: [] for k in CONTENDERS}
     order = list(CONTENDERS)
     for r in range(rounds):
         for key in order if r % 2 == 0 else reversed(order):
-            times[key].append(CONTENDERS[key](raw, tmp / f"{name}-{r}", steps[key]))
+            steps: list[float] = []
+            times[key].append(CONTENDERS[key](raw, tmp / f"{name}-{r}", steps))
+            step_medians[key].append(statistics.median(steps))
     med = {k: statistics.median(v) for k, v in times.items()}
-    step_med = {k: statistics.median(steps[k]) for k in ("engine", "plain")}
+
+    def paired(a: str, per_round: dict[str, list[float]]) -> list[float]:
+        # Each round's contenders ran back to back: their ratio cancels the machine's drift.
+        return [x / y for x, y in zip(per_round[a], per_round["plain"])]
+
+    epoch_ratios = paired("engine", times)
+    step_ratios = paired("engine", step_medians)
     return {
         "workload": name,
         "step_ms": {k: round(v * 1e3, 4) for k, v in med.items()},
         "range_ms": {k: [round(min(v) * 1e3, 4), round(max(v) * 1e3, 4)]
                      for k, v in times.items()},
-        "engine_vs_plain": round(med["engine"] / med["plain"], 3),
-        "script_vs_plain": round(med["script"] / med["plain"], 3),
-        "median_step_us": {k: round(v * 1e6, 1) for k, v in step_med.items()},
-        "engine_vs_plain_median_step": round(step_med["engine"] / step_med["plain"], 3),
+        "engine_vs_plain": round(statistics.median(epoch_ratios), 3),
+        "engine_vs_plain_range": [round(min(epoch_ratios), 3), round(max(epoch_ratios), 3)],
+        "script_vs_plain": round(statistics.median(paired("script", times)), 3),
+        "median_step_us": {k: round(statistics.median(v) * 1e6, 1)
+                           for k, v in step_medians.items()},
+        "engine_vs_plain_median_step": round(statistics.median(step_ratios), 3),
+        "engine_vs_plain_median_step_range": [round(min(step_ratios), 3),
+                                              round(max(step_ratios), 3)],
         "rounds": rounds,
     }
 
@@ -94,12 +109,16 @@ def main() -> None:
                "threads": args.threads, "cpu": platform.processor() or platform.machine()}
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
-    print("\n| workload | engine ms/step | plain ms/step | script ms/step | engine/plain | "
-          "engine/plain, median step | script/plain |\n|---|---|---|---|---|---|---|")
+    print("\n| workload | engine ms/step | plain ms/step | script ms/step | engine/plain "
+          "[range] | engine/plain, median step [range] | script/plain |\n"
+          "|---|---|---|---|---|---|---|")
     for r in results:
         s = r["step_ms"]
+        lo, hi = r["engine_vs_plain_range"]
+        slo, shi = r["engine_vs_plain_median_step_range"]
         print(f"| {r['workload']} | {s['engine']:.3f} | {s['plain']:.3f} | {s['script']:.3f} | "
-              f"{r['engine_vs_plain']:.3f} | {r['engine_vs_plain_median_step']:.3f} | "
+              f"{r['engine_vs_plain']:.3f} [{lo:.3f}-{hi:.3f}] | "
+              f"{r['engine_vs_plain_median_step']:.3f} [{slo:.3f}-{shi:.3f}] | "
               f"{r['script_vs_plain']:.3f} |")
     print(f"\nmachine: {machine}")
 

@@ -80,7 +80,8 @@ def _pick_fast(raw: dict[str, Any], tmp: Path, tries: int = 2) -> dict[str, Any]
 def measure(name: str, rounds: int, tmp: Path, peak: dict[str, float]) -> dict[str, Any]:
     raw = copy.deepcopy(WORKLOADS[name])
     raw["train"] = {"epochs": 1, "seed": 0}
-    data = load_dataset(resolve_run(raw).data)
+    config = resolve_run(raw)
+    data = load_dataset(config.data, config.model)
     fast = _pick_fast(raw, tmp)
     contenders: dict[str, Contender] = {
         "trainlab": engine,

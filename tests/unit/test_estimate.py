@@ -19,6 +19,7 @@ from trainlab.engine.sampler import GpuSampler, nvml_sampler
 from trainlab.errors import ConfigError
 from trainlab.estimate import estimate_run, largest_fitting_batch, memory_budget
 from trainlab.estimate.memory import optimizer_state_bytes, state_bytes, trace
+from trainlab.estimate.probe import trimmed_mean
 
 RAW: dict[str, Any] = {
     "data": {"name": "synthetic", "n_samples": 256, "shape": [16], "n_classes": 4,
@@ -88,6 +89,13 @@ def test_the_probe_changes_nothing_in_the_run_it_predicts(tmp_path: Path) -> Non
     steps = (256 - round(256 * 0.15) * 2 + 31) // 32
     assert estimate.epoch_train_s == pytest.approx(steps * estimate.step_s)
     assert estimate.params_total == 16 * 64 + 64 + 64 * 64 + 64 + 64 * 4 + 4
+
+
+def test_the_probe_averages_step_times_without_the_extremes() -> None:
+    # An epoch is the sum of its steps: the mean predicts it, one descheduled step does not.
+    steps = [1.0] * 8 + [2.0] * 10 + [100.0, 0.001]
+    assert trimmed_mean(steps) == pytest.approx((7 * 1.0 + 9 * 2.0) / 16)  # 2 cut each side
+    assert trimmed_mean([3.0, 5.0]) == 4.0  # too few values to trim: the plain mean
 
 
 def test_flops_method_and_shared_probes() -> None:

@@ -4,6 +4,7 @@ recorded with the run, and measured (MFU against the measured matmul peak)."""
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,8 @@ def test_speed_options_are_in_the_summary_and_auto_resolves() -> None:
     speed = outcome.summary["speed"]
     assert speed == {"fused": True, "foreach": False, "precision": "fp32", "compile": False,
                      "channels_last": False, "data_on_device": True,
-                     "threads": torch.get_num_threads()}
+                     "threads": torch.get_num_threads(),
+                     "steady_heap": sys.platform.startswith("linux")}
 
 
 def test_flops_per_step_are_exact_for_an_mlp() -> None:

@@ -36,7 +36,7 @@ from trainlab.components import (
 )
 from trainlab.components.datasets import Split
 from trainlab.config.schema import RunConfig
-from trainlab.engine import distributed, interrupt
+from trainlab.engine import allocator, distributed, interrupt
 from trainlab.engine.callbacks import Callback, EarlyStopping, StopTraining
 from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
@@ -169,6 +169,7 @@ class _Trainer:
         tc = cfg.train
         if tc.threads:
             torch.set_num_threads(tc.threads)
+        allocator.steady()  # before the data and the model: their pages stay in the heap too
         device = resolve_device(tc.device)
         self.dist = distributed.current()
         if self.dist is not None:

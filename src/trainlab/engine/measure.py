@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from trainlab.engine import allocator
+
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 
@@ -83,6 +85,8 @@ class PeakMemory:
         self.per_run = True
 
     def reset(self) -> None:
+        # Freed heap a larger run (or a probe) left resident would count in this run's peak.
+        allocator.trim()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         try:

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from trainlab.components.datasets import Split
 from trainlab.config.schema import TrainSpec
+from trainlab.engine import allocator
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -77,6 +78,7 @@ class Speed:
             "channels_last": self.channels_last,
             "data_on_device": self.data_on_device,
             "threads": torch.get_num_threads(),
+            "steady_heap": allocator.is_steady(),
         }
 
 

@@ -1,0 +1,70 @@
+"""A steady host heap for CPU training (glibc only).
+
+With glibc's default thresholds, the large transient tensors of each CPU training step are
+allocated with ``mmap`` and given back with ``munmap`` (or the heap top is trimmed) at the end
+of the step, so the next step page-faults the same memory in again and the kernel zeroes it:
+hundreds to thousands of page faults a step on the small models here, and step times with a
+long right tail.  Raising the mmap and trim thresholds (what ``MALLOC_MMAP_THRESHOLD_`` and
+``MALLOC_TRIM_THRESHOLD_`` do, set from inside the process) keeps those pages in the heap.
+
+Measured on the lm-optimizers GPT (2-core VM, 3 epochs, twice each, alternating): epoch mean
+step 26.1-31.6 ms at glibc's defaults against 26.1-28.5 ms steady, p90 31-39 ms against 27-32 ms.
+
+The cost is that freed memory stays resident until it is trimmed; :func:`trim` hands it back,
+and the engine calls it before each run resets its peak-memory mark, so a run's peak RSS is its
+own and not the retained heap of a larger run before it in the same process.
+
+``TRAINLAB_MALLOC=system`` leaves glibc's defaults alone.  Elsewhere (macOS, musl, Windows)
+both functions do nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+from functools import cache
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_THRESHOLD = 1 << 30  # 1 GiB: no step of a model that trains on a CPU allocates more at once
+
+
+@cache
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018  (glibc has it; musl does not)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def steady() -> bool:
+    """Raise glibc's mmap and trim thresholds for this process; True when they are set."""
+    if os.environ.get("TRAINLAB_MALLOC", "steady") == "system":
+        return False
+    return _set_thresholds()
+
+
+def is_steady() -> bool:
+    """Whether :func:`steady` set the thresholds in this process (for the run's summary)."""
+    return _set_thresholds.cache_info().currsize > 0 and _set_thresholds()
+
+
+@cache
+def _set_thresholds() -> bool:
+    libc = _glibc()
+    if libc is None:
+        return False
+    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _THRESHOLD)
+                and libc.mallopt(_M_TRIM_THRESHOLD, _THRESHOLD))
+
+
+def trim() -> None:
+    """Give the heap's free memory back to the system (glibc's ``malloc_trim``)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
