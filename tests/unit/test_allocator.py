@@ -1,4 +1,5 @@
-"""The steady host heap: freed step memory stays in the heap, trim gives it back, and
+"""The steady host heap: freed step memory stays in the heap, trim gives it back (only
+after real growth), and
 TRAINLAB_MALLOC=system leaves glibc alone.  Each case runs in a fresh interpreter: the
 thresholds are process-wide."""
 
@@ -23,9 +24,13 @@ steady = a.steady()
 x = torch.ones(64 * 2**20)  # 256 MiB, written, then freed
 del x
 held = rss_bytes()
-a.trim()
+first = a.trim()
+again = a.trim()  # nothing grew since: left alone
+y = torch.ones(64 * 2**20)
+del y
+grown = a.trim()
 print(json.dumps({"steady": steady, "is_steady": a.is_steady(), "held": held,
-                  "trimmed": rss_bytes()}))
+                  "trimmed": rss_bytes(), "first": first, "again": again, "grown": grown}))
 """
 
 
@@ -39,6 +44,8 @@ def test_steady_heap_keeps_freed_pages_until_trimmed() -> None:
     result = _run(TRAINLAB_MALLOC="steady")
     assert result["steady"] and result["is_steady"]
     assert int(result["held"]) - int(result["trimmed"]) > 200 * 2**20
+    # Trimming is skipped while the process has not grown by 64 MiB since the last trim.
+    assert result["first"] and not result["again"] and result["grown"]
 
 
 def test_system_setting_leaves_glibc_defaults() -> None:
