@@ -57,6 +57,9 @@ class Split:
     def head(self, n: int) -> Split:
         return Split(self.inputs[:n], self.targets[:n])
 
+    def to(self, device: torch.device) -> Split:
+        return Split(self.inputs.to(device), self.targets.to(device))
+
 
 @dataclass(frozen=True)
 class Dataset:

@@ -198,7 +198,7 @@ class _Trainer:
         # Evaluation runs the bare model under DDP: ranks evaluate different numbers of batches,
         # and the DDP wrapper's forward would wait for the others.
         self.eval_forward = self.speed.forward if self.dist is None else model
-        place = (lambda s: _to(s, device)) if self.speed.data_on_device else _pinned
+        place = (lambda s: s.to(device)) if self.speed.data_on_device else _pinned
         self.train_split = place(data.train)
         self.valid_split = place(data.valid)
         self.test_split = place(data.test)
@@ -736,10 +736,6 @@ def _frozen_keys(model: nn.Module, trained: list[Tensor]) -> set[str]:
     ids = {id(p) for p in trained}
     return {name for name, p in model.named_parameters(remove_duplicate=False)
             if id(p) not in ids}
-
-
-def _to(split: Split, device: torch.device) -> Split:
-    return Split(split.inputs.to(device), split.targets.to(device))
 
 
 def _pinned(split: Split) -> Split:

@@ -341,7 +341,7 @@ def _lr_find(config: RunConfig, settings: LRFindSpec) -> tuple[LRRangeResult, di
                                     tuning.param_groups)
         scales = [float(g["lr"]) for g in optimizer.param_groups]
         bs = config.data.batch_size  # type: ignore[attr-defined]
-        train_split = Split(data.train.inputs.to(device), data.train.targets.to(device))
+        train_split = data.train.to(device)
         steps_per_epoch = math.ceil(len(train_split) / bs)
         steps = settings.steps
         if settings.epochs is not None:
@@ -359,7 +359,7 @@ def _lr_find(config: RunConfig, settings: LRFindSpec) -> tuple[LRRangeResult, di
                 raise ConfigError("`lr_find.loss`: valid needs a validation split, and "
                                   f"{data.info.name!r} has none here; use train",
                                   field="lr_find.loss")
-            valid = Split(data.valid.inputs.to(device), data.valid.targets.to(device))
+            valid = data.valid.to(device)
             eval_bs = config.data.eval_batch_size or max(bs, 256)  # type: ignore[attr-defined]
             evaluate = _evaluator(valid, task.sums, eval_bs)
         result = range_test(model, optimizer,

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import torch
 
 from trainlab.components import build_finetune, build_model, build_optimizer, load_dataset
-from trainlab.components.datasets import Split
 from trainlab.config.schema import RunConfig
 from trainlab.engine import allocator
 from trainlab.engine.measure import PeakMemory, resolve_device, rss_bytes, synchronize
@@ -58,19 +57,18 @@ def probe(config: RunConfig, *, min_steps: int = 10, max_steps: int = 100,
         model = (tuning.model or model).to(device)  # adapters / PEFT wrap or extend it
         optimizer = build_optimizer(config.optimizer, tuning.param_groups)  # type: ignore[arg-type]
         speed = decide(config.train, model, device, [data.train])
-        split = (Split(data.train.inputs.to(device), data.train.targets.to(device))
-                 if speed.data_on_device else data.train)
-        fetch = speed.fetcher(split)
-        n = len(split)
+        train = data.train.to(device) if speed.data_on_device else data.train
+        fetch = speed.fetcher(train)
+        n = len(train)
         gen = torch.Generator().manual_seed(0)
         times: list[float] = []
         warm: list[float] = []
         steps = 0
         while len(times) < max_steps:
-            idx = torch.randint(0, n, (min(bs, n),), generator=gen).to(split.inputs.device)
+            idx = torch.randint(0, n, (min(bs, n),), generator=gen).to(train.inputs.device)
             synchronize(device)
             t = time.perf_counter()
-            x, y = (split.inputs[idx], split.targets[idx]) if fetch is None else fetch(idx)
+            x, y = (train.inputs[idx], train.targets[idx]) if fetch is None else fetch(idx)
             optimizer.zero_grad(set_to_none=True)
             with speed.autocast():
                 loss = task.loss(speed.forward(x), y)
@@ -90,7 +88,6 @@ def probe(config: RunConfig, *, min_steps: int = 10, max_steps: int = 100,
         default_eval = bs if data.info.task == "lm" else max(bs, 256)
         eval_bs = config.data.eval_batch_size or default_eval  # type: ignore[attr-defined]
         split = data.valid if len(data.valid) else data.train
-        del fetch
         model.eval()
         eval_times = []
         with torch.inference_mode(), speed.autocast():
