@@ -16,6 +16,7 @@ from trainlab.config.schema import resolve_component, resolve_run
 from trainlab.engine import train
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
 from trainlab.errors import ConfigError
+from trainlab.estimate.probe import probe
 from trainlab.records import NullSink
 
 RAW: dict[str, Any] = {
@@ -106,6 +107,17 @@ def test_speed_options_are_in_the_summary_and_auto_resolves() -> None:
                      "channels_last": False, "data_on_device": True,
                      "threads": torch.get_num_threads(),
                      "steady_heap": sys.platform.startswith("linux")}
+
+
+def test_train_threads_hold_for_their_run_only() -> None:
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    one = train(_cfg(train={"threads": other}))
+    assert one.summary["speed"]["threads"] == other  # what the run trained with
+    assert torch.get_num_threads() == before  # the next run (or the caller) gets its own back
+    assert train(_cfg()).summary["speed"]["threads"] == before
+    probe(_cfg(train={"threads": other}), max_steps=3, budget_s=0.0)  # times with the run's
+    assert torch.get_num_threads() == before
 
 
 def test_flops_per_step_are_exact_for_an_mlp() -> None:

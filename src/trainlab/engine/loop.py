@@ -43,7 +43,7 @@ from trainlab.engine.flops import measure_peak_flops, train_step_flops
 from trainlab.engine.interval import LogInterval
 from trainlab.engine.measure import Clock, PeakMemory, grad_norm, resolve_device
 from trainlab.engine.sampler import nvml_sampler
-from trainlab.engine.speed import Speed, decide
+from trainlab.engine.speed import Speed, decide, intra_op_threads
 from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix
 from trainlab.errors import Diverged, RunError
 from trainlab.records import MetricRecord, NullSink, RecordSink
@@ -133,6 +133,10 @@ class _Trainer:
     # --- the run -------------------------------------------------------------------------
 
     def run(self) -> RunOutcome:
+        with intra_op_threads(self.config.train.threads):
+            return self._run()
+
+    def _run(self) -> RunOutcome:
         status, error = "ok", None
         try:
             self._setup()
@@ -167,8 +171,6 @@ class _Trainer:
     def _setup(self) -> None:
         cfg = self.config
         tc = cfg.train
-        if tc.threads:
-            torch.set_num_threads(tc.threads)
         allocator.steady()  # before the data and the model: their pages stay in the heap too
         device = resolve_device(tc.device)
         self.dist = distributed.current()

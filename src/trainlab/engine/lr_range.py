@@ -47,6 +47,7 @@ from trainlab.config.schema import LRFindSpec, RunConfig
 from trainlab.engine.loop import RunState, epoch_permutation, seed_everything
 from trainlab.engine.lr_suggest import Suggestions, suggest
 from trainlab.engine.measure import Clock, resolve_device
+from trainlab.engine.speed import intra_op_threads
 from trainlab.engine.tasks import TASKS
 
 Batches = Iterator[tuple[Tensor, Tensor]]
@@ -314,13 +315,8 @@ def lr_find(config: RunConfig, settings: LRFindSpec | None = None) -> LRRangeRes
     """
     settings = settings or config.lr_find or LRFindSpec()
     t0 = time.perf_counter()
-    threads = torch.get_num_threads()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
-    try:
+    with intra_op_threads(config.train.threads):
         result, extra = _lr_find(config, settings)
-    finally:
-        torch.set_num_threads(threads)
     seconds = time.perf_counter() - t0  # the whole cost, setup included
     return LRRangeResult(result.lrs, result.losses, result.smoothed, result.initial_loss,
                          result.stopped, result.steps, result.planned_steps, seconds,

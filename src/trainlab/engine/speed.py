@@ -12,8 +12,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,22 @@ from trainlab.engine import allocator
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """``train.threads`` for one run, probe or range test; the caller's count comes back after.
+
+    Without it, a run that sets ``threads: 1`` would leave every later run of an in-process
+    sweep (and the Python API's caller) on one thread.
+    """
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass
 class Speed:
     """The decided speed options of one run and the helpers the loop calls."""
@@ -38,6 +54,7 @@ class Speed:
     data_on_device: bool
     forward: nn.Module  # the compiled model, or the model itself
     compiled: bool
+    threads: int  # torch's intra-op threads while the run trains
 
     def autocast(self) -> AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -77,7 +94,7 @@ class Speed:
             "compile": self.compiled,
             "channels_last": self.channels_last,
             "data_on_device": self.data_on_device,
-            "threads": torch.get_num_threads(),
+            "threads": self.threads,
             "steady_heap": allocator.is_steady(),
         }
 
@@ -111,4 +128,5 @@ def decide(train: TrainSpec, model: nn.Module, device: torch.device,
     forward: nn.Module = model if wrap is None else wrap(model)
     if train.compile:
         forward = torch.compile(forward)  # type: ignore[assignment]
-    return Speed(device, amp_dtype, scaler, channels_last, on_device, forward, train.compile)
+    return Speed(device, amp_dtype, scaler, channels_last, on_device, forward, train.compile,
+                 torch.get_num_threads())

@@ -25,7 +25,7 @@ from trainlab.components import build_finetune, build_model, build_optimizer, lo
 from trainlab.config.schema import RunConfig
 from trainlab.engine import allocator
 from trainlab.engine.measure import PeakMemory, resolve_device, rss_bytes, synchronize
-from trainlab.engine.speed import decide
+from trainlab.engine.speed import decide, intra_op_threads
 from trainlab.engine.tasks import TASKS
 
 
@@ -42,6 +42,11 @@ class Probe:
 def probe(config: RunConfig, *, min_steps: int = 10, max_steps: int = 100,
           budget_s: float = 1.0) -> Probe:
     """Measure a few real steps of ``config`` on its device (at most about ``budget_s``)."""
+    with intra_op_threads(config.train.threads):  # the threads the run will have
+        return _probe(config, min_steps, max_steps, budget_s)
+
+
+def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float) -> Probe:
     t_begin = time.perf_counter()
     allocator.steady()  # the heap the run will have (the engine sets it at run start)
     device = resolve_device(config.train.device)
