@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from trainlab.api import load, prepare
 from trainlab.cli import app
 from trainlab.errors import ConfigError
+from trainlab.execute import pool
 from trainlab.store import open_store
 
 runner = CliRunner()
@@ -70,7 +71,10 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def test_jobs_2_stores_exactly_what_jobs_1_stores(tmp_path: Path) -> None:
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_jobs_2_stores_exactly_what_jobs_1_stores(tmp_path: Path, method: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool, "start_method", lambda threads, gpus: method)
     config = _write(tmp_path, SWEEP)
     one = runner.invoke(app, ["run", str(config), "--store", str(tmp_path / "one"), "-q"])
     assert one.exit_code == 0, one.output
@@ -192,7 +196,30 @@ def test_ctrl_c_with_jobs_exits_130_and_resumes(tmp_path: Path) -> None:
                                   _rows(store, "slow")[["run_id", "key", "step", "value"]])
 
 
-def test_a_pool_ends_the_workers_it_has_no_run_for(tmp_path: Path) -> None:
+def test_workers_fork_only_where_it_is_safe() -> None:
+    # A child forked from a process that has used torch's OpenMP pool hangs when it uses the
+    # pool again (two threads here); at one thread it never does.
+    linux = sys.platform.startswith("linux")
+    assert pool.start_method(1, None) == ("fork" if linux else "spawn")
+    assert pool.start_method(2, None) == "spawn"
+    assert pool.start_method(1, ["0"]) == "spawn"  # a GPU slot is fixed before CUDA starts
+
+
+def test_forked_workers_start_with_the_sweep_for_the_runs_it_has(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    monkeypatch.setattr(pool, "start_method", lambda threads, gpus: "fork")
+    with open_store(tmp_path / "s") as st:
+        prepared = prepare(load({**SWEEP, "grid": {"model.hidden_dim": [8]}}), st, jobs=3)
+        assert prepared.executor.workers == []  # type: ignore[attr-defined]
+        result = prepared.executor.execute(prepared.plan, prepared.store)
+        assert [o.status for o in result.outcomes] == ["ok"]
+        assert not multiprocessing.active_children()
+
+
+def test_a_pool_ends_the_workers_it_has_no_run_for(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool, "start_method", lambda threads, gpus: "spawn")
     one_run = load({**SWEEP, "grid": {"model.hidden_dim": [8]}})
     with open_store(tmp_path / "s") as st:
         prepared = prepare(one_run, st, jobs=3)  # three workers start before planning

@@ -56,6 +56,23 @@ def test_digits_splits_are_deterministic_and_disjoint() -> None:
     assert torch.equal(again.valid.inputs, data.valid.inputs)
 
 
+def test_digits_are_read_as_scikit_learn_loads_them_without_importing_it() -> None:
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from trainlab.components.datasets import _digits_arrays
+
+    data, target = _digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(data, bunch.data) and np.array_equal(target, bunch.target)
+    code = ("import sys; from trainlab.components.datasets import _digits_arrays; "
+            "_digits_arrays(); print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # its 1.5 s import is not paid
+
+
 def test_limit_caps_training_examples() -> None:
     data = _data(name="digits", limit=100)
     assert len(data.train) == 100 and data.info.n_train == 100

@@ -1,9 +1,16 @@
 """``--jobs N``: runs in parallel in N persistent local worker processes.
 
-Workers are spawned once (a fresh interpreter each: forking a process that has used torch's
-OpenMP pool can deadlock the child) and train one run after another, so the 2-3 s torch import
-is paid once per worker, not once per run; and they are spawned when the executor is made,
-before the sweep is planned, so their imports overlap the parent's planning.  Each worker gets
+Workers are started once and train one run after another.  How they start:
+
+- **fork**, when each job gets one intra-op thread, no GPU and CUDA is not initialised here
+  (``--jobs`` = cores on a CPU machine): the workers are forked when the sweep starts, after
+  this process has planned it, so they inherit every import (torch, its compiler front end that
+  the optimizers load, trainlab, the data) and start training at once.  Forking a process that
+  has used torch's OpenMP pool deadlocks a child that uses the pool again (measured: a child at
+  two threads hangs, a child at one thread runs), so fork is used only at one thread per job;
+- **spawn** otherwise (a fresh interpreter each): the 2-3 s torch import is paid once per
+  worker, and the workers are spawned when the executor is made, before the sweep is planned,
+  so their imports overlap the parent's planning.  Each worker gets
 its device slot before it touches the GPU: ``CUDA_VISIBLE_DEVICES`` holding its share of the
 GPUs (one GPU per job when there are at least N; shared round-robin otherwise), and
 ``cores // N`` intra-op threads so N jobs do not oversubscribe the CPU (``train.threads``
@@ -24,6 +31,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -31,7 +39,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -88,6 +96,15 @@ def gpu_slots(jobs: int) -> list[str] | None:
     return [ids[i % len(ids)] for i in range(jobs)]
 
 
+def start_method(threads: int, gpus: list[str] | None) -> str:
+    """``fork`` where it is safe and saves each worker its imports; ``spawn`` otherwise (see the
+    module doc)."""
+    if (sys.platform.startswith("linux") and threads == 1 and gpus is None
+            and not torch.cuda.is_initialized()):
+        return "fork"
+    return "spawn"
+
+
 @dataclass
 class _Worker:
     slot: int
@@ -111,13 +128,17 @@ class PoolExecutor:
         self.jobs = jobs
         self.threads = threads or max(1, usable_cores() // jobs)
         self.gpus = gpu_slots(jobs)
-        self.context = multiprocessing.get_context("spawn")
+        self.start_method = start_method(self.threads, self.gpus)
+        self.context = multiprocessing.get_context(self.start_method)
         self.chosen: dict[str, AutoLR] = {}  # range test results of lr: auto runs
-        self.workers = [self.spawn(i) for i in range(jobs)]
+        self.retired: list[BaseProcess] = []  # workers done with, to reap at close
+        # Spawned workers start importing now; forked ones are made when the sweep starts.
+        self.workers = [self.spawn(i) for i in range(jobs)] if self.start_method == "spawn" else []
 
-    def spawn(self, slot: int) -> _Worker:
-        parent, child = self.context.Pipe()
-        process = self.context.Process(target=_worker_main, args=(child, self.threads),
+    def spawn(self, slot: int, method: str | None = None) -> _Worker:
+        context: Any = multiprocessing.get_context(method) if method else self.context
+        parent, child = context.Pipe()
+        process = context.Process(target=_worker_main, args=(child, self.threads),
                                        name=f"trainlab-job-{slot}", daemon=True)
         # The child inherits this environment when it starts: its GPUs are fixed before any
         # import in it could initialise CUDA.
@@ -128,7 +149,13 @@ class PoolExecutor:
         return _Worker(slot, process, parent)
 
     def close(self) -> None:
-        """End the workers (an executor that will not execute)."""
+        """End the workers (an executor that will not execute), and reap the retired ones."""
+        for process in self.retired:  # told to exit, or already dead
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+        self.retired.clear()
         for worker in self.workers:
             if worker.process.is_alive():
                 worker.process.kill()
@@ -164,13 +191,14 @@ class PoolExecutor:
                 ) -> SweepResult:
         observer = observer or NullObserver()
         result = SweepResult(plan)
+        todo = deque(plan.todo)
+        if not self.workers:  # forked workers, or executed again after a close
+            # Before the progress display starts its thread: a fork copies only this one.
+            self.workers.extend(self.spawn(i) for i in range(min(self.jobs, len(todo))))
         observer.on_sweep_start(plan)
         # optimizer.lr: auto: the range tests run here, in the store's process, once per
         # group, while the workers finish importing; each run is sent with its result.
         self.chosen = resolve_plan_lrs(plan, store, observer)
-        todo = deque(plan.todo)
-        if not self.workers:  # executed again after a close: a fresh set of workers
-            self.workers.extend(self.spawn(i) for i in range(min(self.jobs, len(todo))))
         pool = _Pool(self, store, observer, result, todo)
         try:
             pool.run()
@@ -275,11 +303,14 @@ class _Pool:
                 self.store.finish_run(planned.run_id, "failed", error, {})
                 self._finished(planned, RunOutcome(planned.run_id, "failed", error, {}))
             return
-        self.workers.append(self.executor.spawn(worker.slot))
+        # Spawned, not forked: the progress display's thread runs now, and a fork could copy
+        # a lock it holds.
+        self.workers.append(self.executor.spawn(worker.slot, "spawn"))
 
     def _retire(self, worker: _Worker) -> None:
         if worker in self.workers:
             self.workers.remove(worker)
+            self.executor.retired.append(worker.process)  # joined by close()
         worker.conn.close()
 
     def _stop(self) -> None:
