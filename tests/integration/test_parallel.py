@@ -217,6 +217,20 @@ def test_forked_workers_start_with_the_sweep_for_the_runs_it_has(tmp_path: Path,
         assert not multiprocessing.active_children()
 
 
+def test_a_run_with_more_threads_gets_spawned_workers(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # train.threads: 2 in a child forked after the probes used the OpenMP pool would hang.
+    monkeypatch.setattr(pool, "start_method", lambda threads, gpus: "fork")
+    doc = {**SWEEP, "grid": {"model.hidden_dim": [8]},
+           "train": {**SWEEP["train"], "threads": 2}}
+    with open_store(tmp_path / "s") as st:
+        prepared = prepare(load(doc), st, jobs=2)
+        assert prepared.executor.start_method == "spawn"  # type: ignore[attr-defined]
+        result = prepared.executor.execute(prepared.plan, prepared.store)
+        assert [o.status for o in result.outcomes] == ["ok"]
+        assert result.outcomes[0].summary["speed"]["threads"] == 2
+
+
 def test_a_pool_ends_the_workers_it_has_no_run_for(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pool, "start_method", lambda threads, gpus: "spawn")

@@ -2,18 +2,20 @@
 
 Workers are started once and train one run after another.  How they start:
 
-- **fork**, when each job gets one intra-op thread, no GPU and CUDA is not initialised here
-  (``--jobs`` = cores on a CPU machine): the workers are forked when the sweep starts, after
-  this process has planned it, so they inherit every import (torch, its compiler front end that
-  the optimizers load, trainlab, the data) and start training at once.  Forking a process that
-  has used torch's OpenMP pool deadlocks a child that uses the pool again (measured: a child at
-  two threads hangs, a child at one thread runs), so fork is used only at one thread per job;
+- **fork**, when each job gets one intra-op thread (and no run sets ``train.threads`` above
+  one), no GPU and CUDA is not initialised here (``--jobs`` = cores on a CPU machine): the
+  workers are forked when the sweep starts, after this process has planned it, so they inherit
+  every import (torch, its compiler front end that the optimizers load, trainlab, the data)
+  and start training at once.  Forking a process that has used torch's OpenMP pool deadlocks
+  a child that uses the pool again (measured: a child at two threads hangs, a child at one
+  thread runs), so fork is used only at one thread per job;
 - **spawn** otherwise (a fresh interpreter each): the 2-3 s torch import is paid once per
   worker, and the workers are spawned when the executor is made, before the sweep is planned,
-  so their imports overlap the parent's planning.  Each worker gets
-its device slot before it touches the GPU: ``CUDA_VISIBLE_DEVICES`` holding its share of the
-GPUs (one GPU per job when there are at least N; shared round-robin otherwise), and
-``cores // N`` intra-op threads so N jobs do not oversubscribe the CPU (``train.threads``
+  so their imports overlap the parent's planning.
+
+Each worker gets its device slot before it touches the GPU: ``CUDA_VISIBLE_DEVICES`` holding
+its share of the GPUs (one GPU per job when there are at least N; shared round-robin otherwise),
+and ``cores // N`` intra-op threads so N jobs do not oversubscribe the CPU (``train.threads``
 still wins for a run that sets it).
 
 This process stays the store's single writer: workers send their records through a pipe (see
@@ -171,6 +173,12 @@ class PoolExecutor:
             worker.process.join(timeout=5)
             worker.conn.close()
         del self.workers[len(plan.todo):]
+        if self.start_method == "fork" and any(
+                (p.run.config.train.threads or 1) > 1 for p in plan.todo):
+            # A run that sets train.threads above one would use the OpenMP pool in a forked
+            # child: spawn the workers instead (see the module doc).
+            self.start_method = "spawn"
+            self.context = multiprocessing.get_context("spawn")
         slots = gpu_slots(self.jobs)
         for planned in plan.todo:
             train = planned.run.config.train
