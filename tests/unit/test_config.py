@@ -57,6 +57,16 @@ def test_bad_values_name_field_and_value(tiny: dict, case: str, key: str, value:
         assert part in message, f"{part!r} not in {message!r}"
 
 
+@pytest.mark.parametrize("key", [".", "a.b", ""])
+def test_a_key_holding_a_dot_is_an_unknown_field_not_a_crash(tiny: dict, key: str) -> None:
+    # Found by the long fuzz test: `train: {".": null}` raised KeyError('').
+    doc = {**tiny, "train": {**tiny.get("train", {}), key: None}}
+    with pytest.raises(ConfigError) as info:
+        expand(_sweep(doc))
+    assert f"`train.{key}` is not a config field" in str(info.value)
+    assert "epochs" in str(info.value)  # the valid train fields are listed
+
+
 BAD_GRID = [
     ("grid key not a field", {"model.hiden_dim": [1, 2]}, ["model.hiden_dim", "hidden_dim"]),
     ("grid key bad section", {"modle.name": ["mlp"]}, ["modle.name", "model"]),

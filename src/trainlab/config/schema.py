@@ -279,10 +279,12 @@ def config_error(exc: ValidationError, prefix: str = "") -> ConfigError:
     lines = []
     first_field = None
     for err in exc.errors():
-        loc = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        parts = [prefix] * bool(prefix) + [str(p) for p in err["loc"]]
+        loc = ".".join(parts)
         first_field = first_field or loc
         if err["type"] == "extra_forbidden":
-            section, _, key = loc.rpartition(".")
+            # From the parts, not the joined text: a key may itself hold a dot ("." or "a.b").
+            section, key = ".".join(parts[:-1]), parts[-1] if parts else ""
             valid = _fields_at(section)
             lines.append(str(unknown_field(section, key, valid)))
             continue
@@ -299,6 +301,8 @@ def _fields_at(section: str) -> set[str]:
     if section == "train" or section.startswith("train."):
         model: type[BaseModel] = TrainSpec
         for part in section.split(".")[1:]:
+            if part not in model.model_fields:
+                break
             ann = model.model_fields[part].annotation
             model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
                           and issubclass(a, BaseModel)), model)
