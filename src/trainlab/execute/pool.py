@@ -131,14 +131,13 @@ class PoolExecutor:
         self.threads = threads or max(1, usable_cores() // jobs)
         self.gpus = gpu_slots(jobs)
         self.start_method = start_method(self.threads, self.gpus)
-        self.context = multiprocessing.get_context(self.start_method)
         self.chosen: dict[str, AutoLR] = {}  # range test results of lr: auto runs
         self.retired: list[BaseProcess] = []  # workers done with, to reap at close
         # Spawned workers start importing now; forked ones are made when the sweep starts.
         self.workers = [self.spawn(i) for i in range(jobs)] if self.start_method == "spawn" else []
 
     def spawn(self, slot: int, method: str | None = None) -> _Worker:
-        context: Any = multiprocessing.get_context(method) if method else self.context
+        context: Any = multiprocessing.get_context(method or self.start_method)
         parent, child = context.Pipe()
         process = context.Process(target=_worker_main, args=(child, self.threads),
                                        name=f"trainlab-job-{slot}", daemon=True)
@@ -178,7 +177,6 @@ class PoolExecutor:
             # A run that sets train.threads above one would use the OpenMP pool in a forked
             # child: spawn the workers instead (see the module doc).
             self.start_method = "spawn"
-            self.context = multiprocessing.get_context("spawn")
         slots = gpu_slots(self.jobs)
         for planned in plan.todo:
             train = planned.run.config.train
