@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -36,7 +37,13 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from trainlab.components import build_model, build_optimizer, load_dataset  # noqa: E402
 from trainlab.config.schema import resolve_component, resolve_run  # noqa: E402
-from trainlab.engine import Callback, RunState, epoch_permutation, train  # noqa: E402
+from trainlab.engine import (  # noqa: E402
+    Callback,
+    RunState,
+    StopTraining,
+    epoch_permutation,
+    train,
+)
 from trainlab.engine.tasks import TASKS  # noqa: E402
 from trainlab.store import open_store  # noqa: E402
 
@@ -200,6 +207,144 @@ def script(raw: dict[str, Any], _: Path, steps: list[float] | None = None) -> fl
         marks.append(time.perf_counter())
     _durations(marks, steps)
     return (marks[-1] - start) / n
+
+
+class PlainSteps:
+    """The plain loop (see :func:`plain`), one step per call: for interleaving with the engine.
+
+    The same model, data, seed, batch order and (with ``trainlab_optimizer``) optimizer
+    kernels; a new epoch's shuffle happens inside the step that starts it, as in the engine.
+    """
+
+    def __init__(self, raw: dict[str, Any], trainlab_optimizer: bool = True) -> None:
+        self.config, data, self.model, self.opt = _prepare(raw, trainlab_optimizer)
+        self.loss_fn = TASKS[data.info.task].loss
+        self.x_all, self.y_all = data.train.inputs, data.train.targets
+        self.epoch, self.batches = 0, iter(())
+
+    def step(self) -> None:
+        idx = next(self.batches, None)
+        if idx is None:
+            self.epoch += 1
+            self.model.train()
+            order = epoch_permutation(len(self.x_all), self.config.train.seed, self.epoch)
+            self.batches = iter(order.split(self.config.data.batch_size))
+            idx = next(self.batches)
+        x, y = self.x_all[idx], self.y_all[idx]
+        self.opt.zero_grad(set_to_none=True)
+        self.loss_fn(self.model(x), y).backward()
+        self.opt.step()
+
+
+class ScriptSteps:
+    """The typical course script (see :func:`script`), one step per call."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        config, data, self.model, self.opt = _prepare(raw, False)
+        self.loss_fn = TASKS[data.info.task].loss
+        self.loader = DataLoader(TensorDataset(data.train.inputs, data.train.targets),
+                                 batch_size=config.data.batch_size, shuffle=True,
+                                 generator=torch.Generator().manual_seed(0))
+        try:
+            from tqdm import tqdm
+
+            self.bar: Any = tqdm(total=None, leave=False, file=sys.stderr, mininterval=0.1)
+        except ImportError:
+            self.bar = None
+        self.batches: Any = iter(())
+        self.running = 0.0
+
+    def step(self) -> None:
+        batch = next(self.batches, None)
+        if batch is None:
+            self.model.train()
+            self.batches = iter(self.loader)
+            batch = next(self.batches)
+        x, y = batch
+        self.opt.zero_grad()
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()
+        self.opt.step()
+        self.running += loss.item()  # the habit: a host sync every step
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Interleave(Callback):
+    """Runs ``others`` in turn with the engine, in blocks of steps, timing every step apart.
+
+    After every ``block`` engine steps, each of ``others`` takes ``block`` steps of its own
+    (their order alternating from block to block).  A block lasts about ``block_s`` seconds
+    (its step count is set from the plain loop's steps in the first epoch, which runs one
+    step a block): short enough that the contenders see the same machine (a shared machine's
+    speed drifts by tens of percent within seconds), long enough that each keeps its model in
+    the caches for most of its steps, as it would alone.  An engine step is timed from the
+    end of the one before (or of the others' block) to its ``on_step_end``, so its
+    bookkeeping and log points are inside it; an epoch's validation and checkpoint, after its
+    last step, are outside it, as for the others.  ``rounds`` holds, per engine epoch, each
+    contender's step times (the first is warm-up).  Training stops after the epoch that
+    completes ``rounds`` measured epochs and ``seconds`` of measured plain-loop steps.
+    """
+
+    def __init__(self, others: dict[str, Any], rounds: int, seconds: float = 0.0,
+                 block_s: float = 0.01) -> None:
+        self.others, self.block_s = others, block_s
+        self.min_rounds, self.min_seconds = rounds, seconds
+        self.block, self.pending, self.blocks = 1, 0, 0
+        self.rounds: list[dict[str, list[float]]] = []
+
+    def on_eval_end(self, state: RunState, values: Any) -> None:
+        measured = self.rounds[1:]
+        seconds = sum(sum(r.get("plain", r["engine"])) for r in measured)
+        if len(measured) >= self.min_rounds and seconds >= self.min_seconds:
+            raise StopTraining("measured enough")
+
+    def on_epoch_start(self, state: RunState) -> None:
+        if self.rounds and "plain" in self.rounds[-1]:
+            step = statistics.median(self.rounds[-1]["plain"])
+            self.block = max(1, min(64, round(self.block_s / step)))
+        self.times: dict[str, list[float]] = {"engine": [], **{k: [] for k in self.others}}
+        self.rounds.append(self.times)
+        self.mark = time.perf_counter()
+
+    def on_step_end(self, state: RunState) -> None:
+        now = time.perf_counter()
+        self.times["engine"].append(now - self.mark)
+        self.pending += 1
+        if self.pending < self.block and state.step % state.steps_per_epoch:
+            self.mark = time.perf_counter()
+            return
+        names = list(self.others)
+        self.blocks += 1
+        for name in names if self.blocks % 2 else reversed(names):
+            stepper, times = self.others[name], self.times[name]
+            for _ in range(self.pending):
+                start = time.perf_counter()
+                stepper.step()
+                times.append(time.perf_counter() - start)
+        self.pending = 0
+        self.mark = time.perf_counter()
+
+
+def interleaved(raw: dict[str, Any], store_root: Path, rounds: int, others: dict[str, Any],
+                seconds: float = 0.0, block_s: float = 0.01) -> list[dict[str, list[float]]]:
+    """Train the engine (every measurement on, a real SQLite store) with ``others`` stepping
+    in turn (see :class:`Interleave`); each epoch's step times per contender, the first
+    (warm-up) epoch left out."""
+    config = resolve_run({**raw, "train": {**raw.get("train", {}), "epochs": 100_000}})
+    timer = Interleave(others, rounds, seconds, block_s)
+    store = open_store(store_root)
+    run_id = f"bench-{time.perf_counter_ns()}"
+    store.register_sweep("bench", {}, [], [(run_id, 1, {}, config.to_dict())])
+    outcome = train(config, run_id=run_id, run_dir=store.run_dir(run_id), sink=store,
+                    callbacks=[timer], resume=False)
+    assert outcome.status == "ok", outcome.error
+    store.close()
+    return timer.rounds[1:]
 
 
 def lightning(raw: dict[str, Any], _: Path, progress_bar: bool = False) -> float:

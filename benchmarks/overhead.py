@@ -1,8 +1,9 @@
 """Overhead of trainlab's engine against a plain loop and a typical course script.
 
 Usage (from the repository root):  python -m benchmarks.overhead [--rounds 7] [--json F]
+                                   [--mode interleaved|epochs]
 
-For each workload, in one process and in alternating order each round, it times one epoch of:
+Contenders, on the same model, data and seed:
   * engine  - trainlab's loop with every measurement on at its defaults (train loss, LR and
               gradient norm every log_every=50 steps written to a real SQLite store;
               validation, peak memory, MFU and checkpoints at epoch end);
@@ -10,13 +11,20 @@ For each workload, in one process and in alternating order each round, it times 
               (trainlab's optimizer builder), nothing measured: the engine's pure overhead;
   * script  - a typical course script: DataLoader over a TensorDataset, loss.item() every
               step, a tqdm bar (when tqdm is installed), torch's default optimizer.
-The timed region is the epoch, from its start (shuffle included) to its last step's end.  It
-reports, over rounds, the median of each epoch's mean time per step; the ratios engine/plain
-and script/plain are paired (each round's epochs ran back to back, so a round's ratio cancels
-the machine's slow drift) and the median over rounds is given with the range.  For
-engine/plain also the paired ratio of each round's median single-step time, which leaves out
-the few cold steps at an epoch's start (the engine times its first step apart as warm-up) and
-shows the cost of the steady step.
+
+--mode interleaved (the default): one process trains all three at once, step by step: after
+each engine step (timed from the end of the others' steps to its end, so its bookkeeping and
+log points are inside it) one step of the plain loop and one of the script run, in alternating
+order.  A shared machine's speed drifts by tens of percent over seconds; steps a few
+milliseconds apart see the same machine, so the per-step ratios cancel the drift that
+epoch-by-epoch alternation leaves in.  A round is one epoch (the first is warm-up and
+discarded); per round it gives the ratio of summed step times (the epoch's time, validation
+and checkpoint excluded for all) and the median of the per-step ratios; over rounds, the median
+and the range.
+
+--mode epochs: in alternating order each round, one whole epoch of each contender after the
+other, timed from the epoch's start (shuffle included) to its last step's end; the paired ratio
+of epoch means and of median single steps per round, median and range over rounds.
 """
 
 from __future__ import annotations
@@ -37,11 +45,20 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import WORKLOADS, engine, plain, script
+from benchmarks.common import (
+    WORKLOADS,
+    PlainSteps,
+    ScriptSteps,
+    engine,
+    interleaved,
+    plain,
+    script,
+)
 from trainlab.components import load_dataset
 from trainlab.config.schema import resolve_run
 
 WORKLOAD_NAMES = ["digits-mlp", "mlp-fmnist-b32", "mlp-fmnist-b256", "lstm-lm", "gpt-lm"]
+GROUPS = 7  # interleaved: the measured epochs are pooled into this many contiguous groups
 CONTENDERS = {
     "engine": engine,
     "plain": lambda raw, tmp, steps=None: plain(raw, tmp, trainlab_optimizer=True, steps=steps),
@@ -89,24 +106,73 @@ def measure(name: str, rounds: int, tmp: Path) -> dict[str, Any]:
     }
 
 
+def _spread(values: list[float]) -> tuple[float, list[float]]:
+    return round(statistics.median(values), 3), [round(min(values), 3), round(max(values), 3)]
+
+
+def measure_interleaved(name: str, rounds: int, tmp: Path,
+                        seconds: float = 0.0) -> dict[str, Any]:
+    """Engine, plain loop and script stepped in turn in one process (see the module doc):
+    at least ``rounds`` epochs and ``seconds`` of plain-loop steps after the warm-up epoch."""
+    raw = copy.deepcopy(WORKLOADS[name])
+    raw["train"] = {"seed": 0}
+    config = resolve_run(raw)
+    load_dataset(config.data, config.model)  # build the data once, outside every timing
+    script_steps = ScriptSteps(raw)
+    others = {"plain": PlainSteps(raw, trainlab_optimizer=True), "script": script_steps}
+    try:
+        per_epoch = interleaved(raw, tmp / name, rounds, others, seconds)
+    finally:
+        script_steps.close()
+    result: dict[str, Any] = {"workload": name, "mode": "interleaved",
+                              "rounds": len(per_epoch),
+                              "steps": sum(len(r["engine"]) for r in per_epoch)}
+    # Contiguous groups of rounds (at most GROUPS): their spread shows how stable a ratio is.
+    size = -(-len(per_epoch) // GROUPS)
+    groups = [{k: [t for r in per_epoch[i:i + size] for t in r[k]] for k in per_epoch[0]}
+              for i in range(0, len(per_epoch), size)]
+    result["groups"] = len(groups)
+    result["median_step_us"] = {
+        k: round(statistics.median([statistics.median(g[k]) for g in groups]) * 1e6, 1)
+        for k in groups[0]}
+    result["step_ms"] = {
+        k: round(statistics.median([statistics.fmean(g[k]) for g in groups]) * 1e3, 4)
+        for k in groups[0]}
+    for a in ("engine", "script"):
+        sums = [sum(g[a]) / sum(g["plain"]) for g in groups]
+        steps = [statistics.median([x / y for x, y in zip(g[a], g["plain"])]) for g in groups]
+        result[f"{a}_vs_plain"], result[f"{a}_vs_plain_range"] = _spread(sums)
+        result[f"{a}_vs_plain_median_step"], result[f"{a}_vs_plain_median_step_range"] = (
+            _spread(steps))
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--workloads", default=",".join(WORKLOAD_NAMES))
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="interleaved: go on past --rounds epochs until the plain loop's "
+                             "measured steps add up to this many seconds")
+    parser.add_argument("--mode", choices=["interleaved", "epochs"], default="interleaved",
+                        help="step-by-step interleaving in one run (default) or whole epochs "
+                             "alternating")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.workloads.split(","):
-            result = measure(name, args.rounds, Path(tmp))
+            result = (measure_interleaved(name, args.rounds, Path(tmp), args.seconds)
+                      if args.mode == "interleaved" else measure(name, args.rounds, Path(tmp)))
             results.append(result)
             print(f"{name:>16}: engine/plain {result['engine_vs_plain']:.3f} (median step "
                   f"{result['engine_vs_plain_median_step']:.3f})  script/plain "
                   f"{result['script_vs_plain']:.3f}", flush=True)
     machine = {"python": platform.python_version(), "torch": torch.__version__,
-               "threads": args.threads, "cpu": platform.processor() or platform.machine()}
+               "threads": args.threads, "mode": args.mode,
+               "cpu": platform.processor() or platform.machine()}
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     print("\n| workload | engine ms/step | plain ms/step | script ms/step | engine/plain "

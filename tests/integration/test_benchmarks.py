@@ -38,3 +38,38 @@ def test_engine_and_plain_take_the_same_steps(tmp_path: Path) -> None:
         contender(raw, tmp_path / contender.__name__, steps=steps)
         counts.append(len(steps))
     assert counts[0] == counts[1] == counts[2] > 0, counts
+
+
+def test_interleaved_overhead_steps_every_contender_once_per_engine_step(tmp_path: Path) -> None:
+    from benchmarks.overhead import measure_interleaved
+
+    result = measure_interleaved("digits-mlp", 2, tmp_path)
+    assert result["mode"] == "interleaved" and result["rounds"] == 2
+    assert result["steps"] > 0
+    assert set(result["step_ms"]) == {"engine", "plain", "script"}
+    assert all(v > 0 for v in result["step_ms"].values())
+    for key in ("engine_vs_plain", "script_vs_plain"):
+        lo, hi = result[f"{key}_range"]
+        assert lo <= result[key] <= hi
+
+
+def test_interleave_times_each_contender_at_every_engine_step(tmp_path: Path) -> None:
+    from benchmarks.common import WORKLOADS, PlainSteps, interleaved
+
+    raw = {**WORKLOADS["digits-mlp"], "train": {"seed": 0}}
+    plain_steps = PlainSteps(raw)
+    rounds = interleaved(raw, tmp_path, 2, {"plain": plain_steps}, block_s=0.005)
+    assert len(rounds) == 2  # the warm-up epoch is left out
+    for times in rounds:
+        assert len(times["engine"]) == len(times["plain"]) > 0
+    # The plain loop went through as many epochs as the engine: warm-up and two rounds.
+    assert plain_steps.epoch == 3
+
+
+def test_interleave_trains_until_enough_plain_seconds_are_measured(tmp_path: Path) -> None:
+    from benchmarks.common import WORKLOADS, PlainSteps, interleaved
+
+    raw = {**WORKLOADS["digits-mlp"], "train": {"seed": 0}}
+    rounds = interleaved(raw, tmp_path, 1, {"plain": PlainSteps(raw)}, seconds=0.2)
+    assert sum(sum(r["plain"]) for r in rounds) >= 0.2
+    assert len(rounds) > 1  # one digits epoch of the plain loop is far under 0.2 s

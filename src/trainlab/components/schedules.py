@@ -44,8 +44,13 @@ class Schedule:
         self.scheduler = scheduler
         self.interval = interval
 
+    @property
+    def per_step(self) -> bool:
+        """Whether :meth:`after_step` does anything (the loop skips the call otherwise)."""
+        return self.interval == "step" and self.scheduler is not None
+
     def after_step(self) -> None:
-        if self.interval == "step" and self.scheduler is not None:
+        if self.per_step:
             self.scheduler.step()
 
     def after_epoch(self) -> None:

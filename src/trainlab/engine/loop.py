@@ -304,7 +304,9 @@ class _Trainer:
         first_batch = partial["batch"] if partial else 0
         self.epoch_sums = list(partial["sums"]) if partial else [0.0, 0.0, 0.0]
         time_before = partial["train_time"] if partial else 0.0
-        samples = partial.get("samples", 0) if partial else 0  # timed samples of this epoch
+        # Timed samples of this epoch before this process's first batch; those of its batches
+        # are counted after the loop (a len() per step costs ~1 % of a small MLP's step).
+        samples = partial.get("samples", 0) if partial else 0
         evaluated_at = partial["evaluated_at"] if partial else -1
         interval = self.interval = LogInterval.ensure(self.interval, log_every, state.device,
                                                       task.keeps_outputs)
@@ -322,6 +324,8 @@ class _Trainer:
         batches = order.split(bs)
         if self.dist is not None:  # this rank's slice of each global batch
             batches, loss_fn = self.dist.shard(batches, loss_fn, first_batch)
+        step_schedule = schedule.after_step if schedule.per_step else None
+        batch = first_batch  # batches done in this epoch (1-based index of the last one)
         for batch, idx in enumerate(batches[first_batch:], first_batch + 1):
             if warming:
                 t_warm = self.clock.now()
@@ -351,7 +355,8 @@ class _Trainer:
                             else grad_norm(params))
                 scaler.step(optimizer)
                 scaler.update()
-            schedule.after_step()
+            if step_schedule is not None:
+                step_schedule()
             if warming:
                 self.warmup_time = self.clock.now() - t_warm
                 self.paused += self.warmup_time
@@ -359,7 +364,6 @@ class _Trainer:
                 key = "time/compile" if speed.compiled else "time/warmup"
                 self._record(state.step + 1, {key: self.warmup_time})
                 warming = False
-            samples += len(idx)
             interval.add(loss.detach(), out, y, task.weight(y))
             state.step += 1
             for cb in step_callbacks:
@@ -382,10 +386,12 @@ class _Trainer:
                 self._checkpoint(epoch - 1, partial={
                     "epoch": epoch, "batch": batch, "sums": self.epoch_sums,
                     "train_time": time_before + spent, "evaluated_at": evaluated_at,
-                    "samples": samples, "interval": self._carry_interval()})
+                    "samples": samples + _samples(batches, first_batch, batch),
+                    "interval": self._carry_interval()})
                 raise KeyboardInterrupt
         self._log_interval(None)
         t_end = self.clock.now()
+        samples += _samples(batches, first_batch, batch)
         epoch_time = time_before + t_end - t_start - self.paused - (self.io_time - io_before)
         state.train_time += epoch_time
         loss_sum, metric_sum, weight = self.epoch_sums
@@ -738,6 +744,11 @@ def _frozen_keys(model: nn.Module, trained: list[Tensor]) -> set[str]:
     ids = {id(p) for p in trained}
     return {name for name, p in model.named_parameters(remove_duplicate=False)
             if id(p) not in ids}
+
+
+def _samples(batches: Sequence[Tensor], first: int, done: int) -> int:
+    """Examples in ``batches[first:done]``."""
+    return sum(len(b) for b in batches[first:done])
 
 
 def _pinned(split: Split) -> Split:
