@@ -50,7 +50,7 @@ class Schedule:
         return self.interval == "step" and self.scheduler is not None
 
     def after_step(self) -> None:
-        if self.per_step:
+        if self.interval == "step" and self.scheduler is not None:
             self.scheduler.step()
 
     def after_epoch(self) -> None:
