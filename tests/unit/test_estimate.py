@@ -98,6 +98,17 @@ def test_the_probe_averages_step_times_without_the_extremes() -> None:
     assert trimmed_mean([3.0, 5.0]) == 4.0  # too few values to trim: the plain mean
 
 
+def test_the_probe_times_a_minimum_window_on_tiny_steps() -> None:
+    from trainlab.estimate.probe import probe
+
+    config = resolve_run(RAW)  # a 16-64-64-4 MLP: 100 steps take well under 0.1 s
+    short = probe(config, max_steps=100, min_window_s=0.0)
+    assert short.steps_timed == 100
+    window = probe(config, max_steps=100, min_window_s=0.5)
+    assert window.steps_timed > 100  # went on past max_steps until the window was long enough
+    assert window.steps_timed <= 2000  # never more than 20 x max_steps
+
+
 def test_flops_method_and_shared_probes() -> None:
     config = resolve_run(RAW)
     flops = estimate_run(config, calibrate=False)
