@@ -125,18 +125,24 @@ def _durations(marks: list[float], into: list[float] | None) -> None:
         into.extend(b - a for a, b in itertools.pairwise(marks))
 
 
-def engine(raw: dict[str, Any], store_root: Path, steps: list[float] | None = None) -> float:
-    """trainlab's engine, every measurement on, records into a real SQLite store.  Returns
-    the epoch's seconds per step; ``steps`` receives each step's duration."""
+def _train_into_store(raw: dict[str, Any], store_root: Path, callback: Callback) -> None:
+    """One run of trainlab's engine, every measurement on, recording into a real SQLite
+    store, with ``callback`` timing it."""
     config = resolve_run(raw)
-    timer = StepTimer()
     store = open_store(store_root)
     run_id = f"bench-{time.perf_counter_ns()}"
     store.register_sweep("bench", {}, [], [(run_id, 1, {}, config.to_dict())])
     outcome = train(config, run_id=run_id, run_dir=store.run_dir(run_id), sink=store,
-                    callbacks=[timer], resume=False)
+                    callbacks=[callback], resume=False)
     assert outcome.status == "ok", outcome.error
     store.close()
+
+
+def engine(raw: dict[str, Any], store_root: Path, steps: list[float] | None = None) -> float:
+    """trainlab's engine, every measurement on, records into a real SQLite store.  Returns
+    the epoch's seconds per step; ``steps`` receives each step's duration."""
+    timer = StepTimer()
+    _train_into_store(raw, store_root, timer)
     _durations(timer.marks, steps)
     seconds, n = timer.epochs[-1]
     return seconds / n
@@ -335,15 +341,10 @@ def interleaved(raw: dict[str, Any], store_root: Path, rounds: int, others: dict
     """Train the engine (every measurement on, a real SQLite store) with ``others`` stepping
     in turn (see :class:`Interleave`); each epoch's step times per contender, the first
     (warm-up) epoch left out."""
-    config = resolve_run({**raw, "train": {**raw.get("train", {}), "epochs": 100_000}})
     timer = Interleave(others, rounds, seconds, block_s)
-    store = open_store(store_root)
-    run_id = f"bench-{time.perf_counter_ns()}"
-    store.register_sweep("bench", {}, [], [(run_id, 1, {}, config.to_dict())])
-    outcome = train(config, run_id=run_id, run_dir=store.run_dir(run_id), sink=store,
-                    callbacks=[timer], resume=False)
-    assert outcome.status == "ok", outcome.error
-    store.close()
+    # Epochs without end: the timer stops the run once it has measured enough.
+    _train_into_store({**raw, "train": {**raw.get("train", {}), "epochs": 100_000}},
+                      store_root, timer)
     return timer.rounds[1:]
 
 
