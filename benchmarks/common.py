@@ -285,10 +285,11 @@ class Interleave(Callback):
 
     After every ``block`` engine steps, each of ``others`` takes ``block`` steps of its own
     (their order alternating from block to block).  A block lasts about ``block_s`` seconds
-    (its step count is set from the plain loop's steps in the first epoch, which runs one
-    step a block): short enough that the contenders see the same machine (a shared machine's
-    speed drifts by tens of percent within seconds), long enough that each keeps its model in
-    the caches for most of its steps, as it would alone.  An engine step is timed from the
+    (its step count is set at each epoch's start from the plain loop's median step in the
+    epoch before; the first epoch runs one step a block): short enough that the contenders
+    see the same machine (a shared machine's speed drifts by tens of percent within seconds),
+    long enough that each keeps its model in the caches for most of its steps, as it would
+    alone.  An engine step is timed from the
     end of the one before (or of the others' block) to its ``on_step_end``, so its
     bookkeeping and log points are inside it; an epoch's validation and checkpoint, after its
     last step, are outside it, as for the others.  ``rounds`` holds, per engine epoch, each
