@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 import statistics
 import sys
@@ -162,70 +163,19 @@ def _prepare(raw: dict[str, Any], trainlab_optimizer: bool) -> tuple[Any, Any, A
     return config, data, model, opt
 
 
-def plain(raw: dict[str, Any], _: Path, trainlab_optimizer: bool = False,
-          steps: list[float] | None = None) -> float:
-    """A hand-written loop: batches indexed from memory, nothing measured but the clock at
-    each step's end (a perf_counter call, as the engine's timing callback makes)."""
-    config, data, model, opt = _prepare(raw, trainlab_optimizer)
-    loss_fn = TASKS[data.info.task].loss
-    x_all, y_all = data.train.inputs, data.train.targets
-    # Timed like the engine (and the script, whose DataLoader shuffles inside its loop): from
-    # the start of the epoch, so its shuffle and model.train() count on both sides.
-    start = time.perf_counter()
-    batches = epoch_permutation(len(x_all), config.train.seed, 1).split(config.data.batch_size)
-    model.train()
-    marks = [start]
-    for idx in batches:
-        x, y = x_all[idx], y_all[idx]
-        opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
-        opt.step()
-        marks.append(time.perf_counter())
-    _durations(marks, steps)
-    return (marks[-1] - start) / len(batches)
-
-
-def script(raw: dict[str, Any], _: Path, steps: list[float] | None = None) -> float:
-    """A typical course script: DataLoader, loss.item() every step, a tqdm bar."""
-    config, data, model, opt = _prepare(raw, False)
-    loss_fn = TASKS[data.info.task].loss
-    loader = DataLoader(TensorDataset(data.train.inputs, data.train.targets),
-                        batch_size=config.data.batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
-    try:
-        from tqdm import tqdm
-
-        def wrap(it: Any) -> Any:
-            return tqdm(it, leave=False, file=sys.stderr, mininterval=0.1)
-    except ImportError:
-        wrap = iter
-    model.train()
-    running, n = 0.0, 0
-    start = time.perf_counter()
-    marks = [start]
-    for x, y in wrap(loader):
-        opt.zero_grad()
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        running += loss.item()  # the habit: a host sync every step
-        n += 1
-        marks.append(time.perf_counter())
-    _durations(marks, steps)
-    return (marks[-1] - start) / n
-
-
 class PlainSteps:
-    """The plain loop (see :func:`plain`), one step per call: for interleaving with the engine.
+    """A hand-written loop, one step per call: batches indexed from memory, nothing measured.
 
     The same model, data, seed, batch order and (with ``trainlab_optimizer``) optimizer
-    kernels; a new epoch's shuffle happens inside the step that starts it, as in the engine.
+    kernels as the engine; a new epoch's shuffle and ``model.train()`` happen inside the step
+    that starts it, so they count as they do in the engine's epoch time.
     """
 
     def __init__(self, raw: dict[str, Any], trainlab_optimizer: bool = True) -> None:
         self.config, data, self.model, self.opt = _prepare(raw, trainlab_optimizer)
         self.loss_fn = TASKS[data.info.task].loss
         self.x_all, self.y_all = data.train.inputs, data.train.targets
+        self.steps_per_epoch = math.ceil(len(self.x_all) / self.config.data.batch_size)
         self.epoch, self.batches = 0, iter(())
 
     def step(self) -> None:
@@ -243,7 +193,9 @@ class PlainSteps:
 
 
 class ScriptSteps:
-    """The typical course script (see :func:`script`), one step per call."""
+    """A typical course script, one step per call: DataLoader over a TensorDataset,
+    ``loss.item()`` every step, a tqdm bar (when tqdm is installed), torch's default
+    optimizer."""
 
     def __init__(self, raw: dict[str, Any]) -> None:
         config, data, self.model, self.opt = _prepare(raw, False)
@@ -251,6 +203,7 @@ class ScriptSteps:
         self.loader = DataLoader(TensorDataset(data.train.inputs, data.train.targets),
                                  batch_size=config.data.batch_size, shuffle=True,
                                  generator=torch.Generator().manual_seed(0))
+        self.steps_per_epoch = len(self.loader)
         try:
             from tqdm import tqdm
 
@@ -280,6 +233,34 @@ class ScriptSteps:
             self.bar.close()
 
 
+def _time_epoch(stepper: PlainSteps | ScriptSteps, steps: list[float] | None) -> float:
+    """One epoch of ``stepper``, timed from its start (shuffle included) with a clock read at
+    each step's end (a perf_counter call, as the engine's timing callback makes); seconds per
+    step, and each step's duration into ``steps``."""
+    start = time.perf_counter()
+    marks = [start]
+    for _ in range(stepper.steps_per_epoch):
+        stepper.step()
+        marks.append(time.perf_counter())
+    _durations(marks, steps)
+    return (marks[-1] - start) / stepper.steps_per_epoch
+
+
+def plain(raw: dict[str, Any], _: Path, trainlab_optimizer: bool = False,
+          steps: list[float] | None = None) -> float:
+    """One epoch of a hand-written loop (:class:`PlainSteps`): seconds per step."""
+    return _time_epoch(PlainSteps(raw, trainlab_optimizer), steps)
+
+
+def script(raw: dict[str, Any], _: Path, steps: list[float] | None = None) -> float:
+    """One epoch of a typical course script (:class:`ScriptSteps`): seconds per step."""
+    stepper = ScriptSteps(raw)
+    try:
+        return _time_epoch(stepper, steps)
+    finally:
+        stepper.close()
+
+
 class Interleave(Callback):
     """Runs ``others`` in turn with the engine, in blocks of steps, timing every step apart.
 
@@ -289,12 +270,12 @@ class Interleave(Callback):
     epoch before; the first epoch runs one step a block): short enough that the contenders
     see the same machine (a shared machine's speed drifts by tens of percent within seconds),
     long enough that each keeps its model in the caches for most of its steps, as it would
-    alone.  An engine step is timed from the
-    end of the one before (or of the others' block) to its ``on_step_end``, so its
-    bookkeeping and log points are inside it; an epoch's validation and checkpoint, after its
-    last step, are outside it, as for the others.  ``rounds`` holds, per engine epoch, each
-    contender's step times (the first is warm-up).  Training stops after the epoch that
-    completes ``rounds`` measured epochs and ``seconds`` of measured plain-loop steps.
+    alone.  An engine step is timed from the end of the one before (or of the others' block)
+    to its ``on_step_end``, so its bookkeeping and log points are inside it; an epoch's
+    validation and checkpoint, after its last step, are outside it, as for the others.
+    ``rounds`` holds, per engine epoch, each contender's step times (the first is warm-up).
+    Training stops after the epoch that completes ``rounds`` measured epochs and ``seconds``
+    of measured plain-loop steps.
     """
 
     def __init__(self, others: dict[str, Any], rounds: int, seconds: float = 0.0,

@@ -12,15 +12,17 @@ Contenders, on the same model, data and seed:
   * script  - a typical course script: DataLoader over a TensorDataset, loss.item() every
               step, a tqdm bar (when tqdm is installed), torch's default optimizer.
 
---mode interleaved (the default): one process trains all three at once, step by step: after
-each engine step (timed from the end of the others' steps to its end, so its bookkeeping and
-log points are inside it) one step of the plain loop and one of the script run, in alternating
-order.  A shared machine's speed drifts by tens of percent over seconds; steps a few
-milliseconds apart see the same machine, so the per-step ratios cancel the drift that
-epoch-by-epoch alternation leaves in.  A round is one epoch (the first is warm-up and
-discarded); per round it gives the ratio of summed step times (the epoch's time, validation
-and checkpoint excluded for all) and the median of the per-step ratios; over rounds, the median
-and the range.
+--mode interleaved (the default): one process trains all three in turn.  The engine trains;
+after each block of its steps (about 10 ms of steps) the plain loop and the script each take
+as many steps of their own, in alternating order, and every step is timed alone (the engine's
+from the end of the step or block before it to its end, so its bookkeeping and log points are
+inside it; validation and checkpoints, after an epoch's last step, are outside for all).  A
+shared machine's speed drifts by tens of percent within seconds; contenders milliseconds apart
+see the same machine, so their ratios cancel the drift that epoch-by-epoch alternation leaves
+in.  It measures at least --rounds epochs and --seconds of plain-loop steps after a warm-up
+epoch, pools the epochs into GROUPS contiguous groups, and gives per group the ratio of summed
+step times (an epoch's cost) and the median of the per-step ratios; over groups, the median and
+the range.
 
 --mode epochs: in alternating order each round, one whole epoch of each contender after the
 other, timed from the epoch's start (shuffle included) to its last step's end; the paired ratio

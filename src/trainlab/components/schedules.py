@@ -41,7 +41,7 @@ class Schedule:
     """A torch LR scheduler (or none) with the moment it is stepped at."""
 
     def __init__(self, scheduler: Any | None, interval: Literal["step", "epoch", "eval"]) -> None:
-        self.scheduler = scheduler
+        self.scheduler: Any = scheduler  # a torch LR scheduler or None
         self.interval = interval
 
     @property
@@ -50,7 +50,7 @@ class Schedule:
         return self.interval == "step" and self.scheduler is not None
 
     def after_step(self) -> None:
-        if self.interval == "step" and self.scheduler is not None:
+        if self.per_step:
             self.scheduler.step()
 
     def after_epoch(self) -> None:
