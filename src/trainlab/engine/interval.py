@@ -1,11 +1,16 @@
 """The steps between two log points, kept on the device until the log point reads them.
 
-Each step's loss (and an LM batch's token count) goes into a preallocated device buffer,
-written by a device copy: no host sync and no new allocation per step.  Holding one small
-tensor per step between log points instead fragments the host heap around each step's large
-transient allocations (measured on the lm-optimizers LSTM: RSS grew ~5 MB a step, +190 MB of
-peak per run).  Classification keeps each batch's outputs and targets so the running accuracy
-is scored in one batched op at the log point.
+Language models and regression: each step's loss (and an LM batch's token count) goes into a
+preallocated device buffer, written by a device copy: no host sync and no new allocation per
+step.  Holding one small tensor per step between log points instead fragments the host heap
+around each step's large transient allocations (measured on the lm-optimizers LSTM: RSS grew
+~5 MB a step, +190 MB of peak per run).
+
+Classification keeps each batch's outputs and targets so the running accuracy is scored in one
+batched op at the log point; since it holds tensors per step anyway, it keeps the step's loss
+the same way, as list appends with no device op at all (the copy and the two detaches were
+2-3 % of a 4-4-2 MLP's 0.4 ms step in benchmarks/overhead.py's interleaved harness).  The kept tensors are the ones the step made: backward has
+freed their autograd buffers, and they are only read under ``no_grad``.
 
 A Ctrl-C between log points saves the unfinished interval (:meth:`LogInterval.carry`) in the
 mid-epoch checkpoint; the resumed run puts it back (:meth:`LogInterval.resume`) and records
@@ -26,6 +31,7 @@ class LogInterval:
         self.device, self.keeps_outputs = device, keeps_outputs
         self._buffers(torch.zeros(size, device=device), torch.zeros(size, device=device))
         self.host_weights: list[int | None] = []  # None: the weight is in ``weights``
+        self.step_losses: list[Tensor] = []  # classification: each step's loss tensor
         self.outputs: list[Tensor] = []
         self.targets: list[Tensor] = []
         self.carried_correct = 0.0  # correct predictions of steps carried over a Ctrl-C
@@ -44,24 +50,33 @@ class LogInterval:
         return len(self.host_weights)
 
     def add(self, loss: Tensor, out: Tensor, y: Tensor, weight: int | Tensor) -> None:
-        """Store one step (``loss`` detached; ``weight`` a host int or a device tensor)."""
+        """Store one step, after its backward (``weight``: a host int, or a device tensor for
+        language models; classification's is always a host int)."""
+        if self.keeps_outputs:
+            self.step_losses.append(loss)
+            self.outputs.append(out)
+            self.targets.append(y)
+            self.host_weights.append(weight)  # type: ignore[arg-type]
+            return
         slot = len(self.host_weights)
         if slot >= self.size:  # longer than log_every: a resumed partial epoch
             self._grow(2 * self.size)
-        self.loss_slots[slot].copy_(loss)
+        self.loss_slots[slot].copy_(loss.detach())
         if isinstance(weight, Tensor):
             self.weight_slots[slot].copy_(weight)
             self.host_weights.append(None)
         else:
             self.host_weights.append(weight)
-        if self.keeps_outputs:
-            self.outputs.append(out.detach())
-            self.targets.append(y)
 
     def clear(self) -> None:
-        self.host_weights, self.outputs, self.targets = [], [], []
+        self.host_weights, self.step_losses, self.outputs, self.targets = [], [], [], []
         self.carried_correct = 0.0
 
+    def _losses(self, n: int) -> Tensor:
+        """The interval's ``n`` step losses, on the device."""
+        return torch.stack(self.step_losses) if self.keeps_outputs else self.losses[:n]
+
+    @torch.no_grad()
     def correct(self) -> Tensor | None:
         """Correct predictions of this process's steps (classification), on the device."""
         if not self.keeps_outputs:
@@ -70,11 +85,12 @@ class LogInterval:
             return torch.zeros((), device=self.device)
         return (torch.cat(self.outputs).argmax(-1) == torch.cat(self.targets)).sum()
 
+    @torch.no_grad()
     def read(self, norm: Tensor | None) -> tuple[float, float, float, float | None]:
         """(loss sum, correct, weight, gradient norm) in one host sync; then empty."""
         n = len(self)
         on_device = self.host_weights[0] is None
-        parts = [self.losses[:n].float()]
+        parts = [self._losses(n).float()]
         if on_device:  # token counts of LM batches with ignored targets
             parts.append(self.weights[:n].float())
         correct_now = self.correct()
@@ -93,6 +109,7 @@ class LogInterval:
         self.clear()
         return result
 
+    @torch.no_grad()
     def device_steps(self) -> tuple[tuple[Tensor, Tensor], Tensor | None]:
         """((losses, weights), correct) on the device, for a reduction across DDP ranks;
         then empty (read the views before the next step)."""
@@ -105,32 +122,39 @@ class LogInterval:
         correct = self.correct()
         if correct is not None and self.carried_correct:
             correct = correct + self.carried_correct
-        steps = (self.losses[:n], weights)
+        steps = (self._losses(n), weights)
         self.clear()
         return steps, correct
 
+    @torch.no_grad()
     def carry(self) -> dict[str, Any] | None:
         """The unfinished interval as host values, for a mid-epoch checkpoint."""
         if not len(self):
             return None
         n = len(self)
+        on_device = self.host_weights[0] is None
         correct = self.correct()
-        parts = [self.losses[:n].float(), self.weights[:n].float()]
+        parts = [self._losses(n).float()]
+        if on_device:
+            parts.append(self.weights[:n].float())
         if correct is not None:
             parts.append(correct.float().view(1))
         host = torch.cat(parts).tolist()
-        return {"losses": host[:n], "weights": host[n:2 * n],
+        weights = host[n:2 * n] if on_device else [float(w or 0) for w in self.host_weights]
+        return {"losses": host[:n], "weights": weights,
                 "host_weights": list(self.host_weights),
-                "correct": (host[2 * n] if correct is not None else 0.0) + self.carried_correct}
+                "correct": (host[-1] if correct is not None else 0.0) + self.carried_correct}
 
     def resume(self, carried: dict[str, Any]) -> None:
         """Put back an interval that :meth:`carry` saved."""
         n = len(carried["losses"])
         if n > self.size:
             self._grow(n)
-        self.losses[:n] = torch.tensor(carried["losses"], dtype=self.losses.dtype)
+        losses = torch.tensor(carried["losses"], dtype=self.losses.dtype)
+        self.losses[:n] = losses
         self.weights[:n] = torch.tensor(carried["weights"], dtype=self.weights.dtype)
         self.host_weights = list(carried["host_weights"])
+        self.step_losses = list(losses.to(self.device).unbind()) if self.keeps_outputs else []
         self.outputs, self.targets = [], []
         self.carried_correct = carried["correct"]
 
