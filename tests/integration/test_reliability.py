@@ -29,7 +29,9 @@ SWEEP: dict[str, Any] = {
              "batch_size": 16},
     "model": {"name": "mlp", "hidden_dim": 128, "dropout": 0.1},
     "optimizer": {"name": "adam", "lr": 1e-3},
-    "train": {"epochs": EPOCHS, "log_every": 20},
+    # A checkpoint every epoch (epochs here are shorter than the default's 10 s apart): kills
+    # then land between checkpoints of every epoch, and resume from each is exercised.
+    "train": {"epochs": EPOCHS, "log_every": 20, "checkpoint_every_s": 0},
     "grid": {"model.hidden_dim": [128, 64]},
 }
 KILLER = Path(__file__).with_name("killer.py")

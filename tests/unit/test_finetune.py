@@ -201,7 +201,9 @@ def test_gradual_unfreeze_resumes_mid_schedule_bit_identically(tmp_path: Path) -
     finetune = {"name": "gradual-unfreeze", "adapter": False}
     _run(finetune, epochs=4, run_dir=tmp_path / "straight", optimizer="adam")
     raw = {"data": LM, "model": GPT, "optimizer": {"name": "adam", "lr": 0.1},
-           "finetune": finetune, "train": {"epochs": 4, "log_every": 2}}
+           "finetune": finetune,
+           # A checkpoint at every epoch's end (these epochs are far shorter than 10 s).
+           "train": {"epochs": 4, "log_every": 2, "checkpoint_every_s": 0}}
     cut = train(resolve_run(raw), run_dir=tmp_path / "cut", sink=NullSink(),
                 callbacks=[_Interrupt(3)])
     assert cut.status == "interrupted"

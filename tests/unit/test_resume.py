@@ -80,12 +80,17 @@ def test_ctrl_c_mid_epoch_resumes_exactly(tmp_path: Path, reference, stop_step: 
     assert len({(r.key, r.step) for r in sink.records}) == len(sink.records)
 
 
+def _every_epoch() -> dict[str, Any]:
+    """RAW with a checkpoint at every epoch's end (the same run id: the interval is not in it)."""
+    return {**RAW, "train": {**RAW["train"], "checkpoint_every_s": 0}}
+
+
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, reference) -> None:
     weights, values = reference
     run_dir, sink = tmp_path / "run", NullSink()
     stop = _StopAt(3 * STEPS_PER_EPOCH)  # the end of epoch 3: last.pt = epoch 3, .prev = 2
-    assert train(resolve_run(RAW), run_dir=run_dir, sink=sink, callbacks=[stop]).status == \
-        "interrupted"
+    assert train(resolve_run(_every_epoch()), run_dir=run_dir, sink=sink,
+                 callbacks=[stop]).status == "interrupted"
     interrupt.clear()
     data = (run_dir / "last.pt").read_bytes()
     (run_dir / "last.pt").write_bytes(data[: len(data) // 2])  # truncated
@@ -110,6 +115,67 @@ def test_no_usable_checkpoint_restarts_from_scratch(tmp_path: Path, reference) -
     assert "restarted the run from scratch" in outcome.summary["notes"][0]
     resumed = _weights(run_dir)
     assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+
+
+def test_epoch_checkpoints_are_at_least_checkpoint_every_s_apart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainlab.engine import loop
+
+    written: list[int] = []
+    save = loop.save_atomic
+
+    def counting(payload: dict[str, Any], path: Path, **kw: Any) -> None:
+        if path.name == "last.pt":
+            written.append(payload["epoch"])
+        save(payload, path, **kw)
+
+    monkeypatch.setattr(loop, "save_atomic", counting)
+    assert resolve_run(_every_epoch()).run_id == resolve_run(RAW).run_id
+    train(resolve_run(_every_epoch()), run_dir=tmp_path / "every")
+    assert written == [1, 2, 3, 4]
+    written.clear()
+    spaced = {**RAW, "train": {**RAW["train"], "checkpoint_every_s": 3600}}
+    train(resolve_run(spaced), run_dir=tmp_path / "spaced")
+    assert written == [4]  # the last epoch always writes one
+    written.clear()
+    interrupted = train(resolve_run(spaced), run_dir=tmp_path / "cut",
+                        callbacks=[_StopAt(2 * STEPS_PER_EPOCH)])  # Ctrl-C at epoch 2's end
+    assert interrupted.status == "interrupted"
+    assert written == [2]
+
+
+class _FailAt(Callback):
+    """A crash (not a Ctrl-C) at a chosen step: nothing is saved for it."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state: RunState) -> None:
+        if state.step == self.step:
+            raise RuntimeError("crash")
+
+
+def test_a_crash_after_skipped_checkpoints_resumes_from_the_older_one(
+        tmp_path: Path, reference) -> None:
+    """Epochs whose checkpoint was skipped (checkpoint_every_s) are redone from the last one
+    written, their records replaced: the result equals an uninterrupted run's."""
+    weights, values = reference
+    run_dir, sink = tmp_path / "run", NullSink()
+    # Ctrl-C at the end of epoch 1: last.pt holds epoch 1.
+    train(resolve_run(RAW), run_dir=run_dir, sink=sink, callbacks=[_StopAt(STEPS_PER_EPOCH)])
+    interrupt.clear()
+    spaced = {**RAW, "train": {**RAW["train"], "checkpoint_every_s": 3600}}
+    crashed = train(resolve_run(spaced), run_dir=run_dir, sink=sink,
+                    callbacks=[_FailAt(3 * STEPS_PER_EPOCH - 2)])  # inside epoch 3
+    assert crashed.status == "failed"
+    assert torch.load(run_dir / "last.pt", weights_only=False)["epoch"] == 1
+    assert any(r.key == "valid/loss" and r.epoch == 2 for r in sink.records)
+    outcome = train(resolve_run(spaced), run_dir=run_dir, sink=sink)
+    assert outcome.status == "ok", outcome.error
+    resumed = _weights(run_dir)
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+    assert _values(sink) == values
+    assert len({(r.key, r.step) for r in sink.records}) == len(sink.records)
 
 
 class _Raise(Callback):

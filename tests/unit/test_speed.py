@@ -170,3 +170,26 @@ def test_the_first_step_is_timed_apart_as_warmup() -> None:
     # Epoch 1's samples/s counts the samples of the timed steps only (not the first batch).
     rate = next(r.value for r in sink.records if r.key == "throughput/samples_per_s")
     assert rate == pytest.approx((256 - 32) / epoch_one)
+
+
+@pytest.mark.parametrize(("row", "batch", "chunked"), [
+    (16, 32, True),  # 2 KB batches: gathered many at a time
+    (64 * 64, 70, False),  # 1.1 MB batches: indexed one by one
+])
+def test_batches_are_gathered_in_chunks_with_the_values_of_plain_indexing(
+        row: int, batch: int, chunked: bool) -> None:
+    from trainlab.engine.speed import gathered
+
+    inputs = torch.randn(1000, row)
+    targets = torch.randint(0, 5, (1000,))
+    batches = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).split(batch)
+    out = list(gathered(inputs, targets, batches))
+    assert len(out) == len(batches)  # the last, short batch included
+    for (idx, x, y), want in zip(out, batches):
+        assert idx is want
+        assert torch.equal(x, inputs[want]) and torch.equal(y, targets[want])
+        assert x.is_contiguous()
+    # Chunked: neighbouring batches are slices of one gathered tensor.
+    shared = out[0][1].untyped_storage().data_ptr() == out[1][1].untyped_storage().data_ptr()
+    assert shared == chunked
+    assert list(gathered(inputs, targets, [])) == []

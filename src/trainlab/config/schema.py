@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
     ValidationError,
@@ -64,7 +65,12 @@ class TrainSpec(_Frozen):
         default="valid/loss", description="metric choosing the best checkpoint and early stopping")
     clip_grad_norm: PositiveFloat | None = None
     early_stopping: EarlyStoppingSpec | None = None
-    checkpoint: bool = Field(default=True, description="checkpoint every epoch, for resume")
+    checkpoint: bool = Field(default=True, description="checkpoint for resume (last.pt; how "
+                             "often: checkpoint_every_s)")
+    checkpoint_every_s: NonNegativeFloat = Field(
+        default=10.0, description="epoch-end checkpoints at least this many seconds apart "
+        "(0: every epoch); the last epoch, an early stop and Ctrl-C always write one. Not part of "
+        "the run id")
     threads: PositiveInt | None = Field(default=None, description="torch intra-op threads")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         default="fp32", description="autocast dtype for forward and loss (fp16 adds a grad scaler)")
@@ -178,7 +184,12 @@ class RunConfig:
     @property
     def run_id(self) -> str:
         """A stable id: the hash of the canonical resolved config."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        config = self.to_dict()
+        # How often state is saved does not change what a run computes (and leaving it out
+        # kept the ids runs had before the field existed).
+        config["train"] = {k: v for k, v in config["train"].items()
+                           if k != "checkpoint_every_s"}
+        canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def flat(self) -> dict[str, Any]:

@@ -7,12 +7,14 @@
   (auto: on CUDA, where cuDNN prefers it; on CPU it was no faster here).
 - data_on_device: the whole dataset lives on the accelerator when it takes under half the free
   memory (batches are then gathered on the device, no copies); otherwise it stays in pinned
-  host memory and each batch is copied asynchronously.
+  host memory and each batch is copied asynchronously.  Gathered on the device, consecutive
+  batches share one index op (:meth:`Speed.batches`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +25,9 @@ from torch import Tensor, nn
 from trainlab.components.datasets import Split
 from trainlab.config.schema import TrainSpec
 from trainlab.engine import allocator
+
+# Inputs gathered per chunk of batches by gathered() (a digits epoch is ~0.4 MB).
+GATHER_BYTES = 1 << 20
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,6 +65,15 @@ class Speed:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def batches(self, split: Split, batches: Sequence[Tensor]
+                ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """(indices, inputs, targets) of each batch of ``batches`` in turn: fetched one by one
+        for host-resident data, else gathered in chunks (:func:`gathered`)."""
+        fetch = self.fetcher(split)
+        if fetch is None:
+            return gathered(split.inputs, split.targets, batches)
+        return ((idx, *fetch(idx)) for idx in batches)
 
     def fetcher(self, split: Split) -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
         """A batch fetcher for host-resident data or channels-last; None: plain indexing."""
@@ -130,3 +144,30 @@ def decide(train: TrainSpec, model: nn.Module, device: torch.device,
         forward = torch.compile(forward)  # type: ignore[assignment]
     return Speed(device, amp_dtype, scaler, channels_last, on_device, forward, train.compile,
                  torch.get_num_threads())
+
+
+def gathered(inputs: Tensor, targets: Tensor, batches: Sequence[Tensor]
+             ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """(indices, inputs, targets) of each batch, for data in the model's device memory.
+
+    Small batches, consecutive ones are gathered together, about ``GATHER_BYTES`` of inputs
+    with one index op, and each batch is a slice of that: one gather per chunk instead of two
+    per step (the two index ops are ~5 % of a digits MLP's step).  Batches over a quarter of
+    ``GATHER_BYTES`` are indexed one by one: what gathering saves is dispatch time, and a
+    large batch gathered a step ahead was measured cold (Fashion-MNIST-sized MLP at batch 256,
+    two batches a chunk: 2 % slower).  The values, and so the training, are the same as
+    indexing each batch.
+    """
+    if not batches:
+        return
+    row = math.prod(inputs.shape[1:]) * inputs.element_size()
+    per_chunk = GATHER_BYTES // max(1, row * len(batches[0]))
+    if per_chunk < 4:
+        for idx in batches:
+            yield idx, inputs[idx], targets[idx]
+        return
+    for start in range(0, len(batches), per_chunk):
+        group = batches[start:start + per_chunk]
+        both = torch.cat(list(group))
+        sizes = [len(idx) for idx in group]
+        yield from zip(group, inputs[both].split(sizes), targets[both].split(sizes))
