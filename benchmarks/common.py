@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from trainlab.engine import (  # noqa: E402
     epoch_permutation,
     train,
 )
+from trainlab.engine.speed import gathered  # noqa: E402
 from trainlab.engine.tasks import TASKS  # noqa: E402
 from trainlab.store import open_store  # noqa: E402
 
@@ -171,22 +172,32 @@ class PlainSteps:
     that starts it, so they count as they do in the engine's epoch time.
     """
 
-    def __init__(self, raw: dict[str, Any], trainlab_optimizer: bool = True) -> None:
+    def __init__(self, raw: dict[str, Any], trainlab_optimizer: bool = True,
+                 gather: bool = False) -> None:
         self.config, data, self.model, self.opt = _prepare(raw, trainlab_optimizer)
         self.loss_fn = TASKS[data.info.task].loss
         self.x_all, self.y_all = data.train.inputs, data.train.targets
         self.steps_per_epoch = math.ceil(len(self.x_all) / self.config.data.batch_size)
-        self.epoch, self.batches = 0, iter(())
+        self.epoch = 0
+        self.batches: Iterator[Any] = iter(())  # index tensors, or (idx, x, y) when gathered
+        # gather: batches sliced from chunks gathered together, as the engine takes them
+        # (trainlab.engine.speed.gathered), instead of two index ops per step.
+        self.gather = gather
 
     def step(self) -> None:
-        idx = next(self.batches, None)
-        if idx is None:
+        item = next(self.batches, None)
+        if item is None:
             self.epoch += 1
             self.model.train()
             order = epoch_permutation(len(self.x_all), self.config.train.seed, self.epoch)
-            self.batches = iter(order.split(self.config.data.batch_size))
-            idx = next(self.batches)
-        x, y = self.x_all[idx], self.y_all[idx]
+            batches = order.split(self.config.data.batch_size)
+            self.batches = (gathered(self.x_all, self.y_all, batches) if self.gather
+                            else iter(batches))
+            item = next(self.batches)
+        if self.gather:
+            _, x, y = item
+        else:
+            x, y = self.x_all[item], self.y_all[item]
         self.opt.zero_grad(set_to_none=True)
         self.loss_fn(self.model(x), y).backward()
         self.opt.step()

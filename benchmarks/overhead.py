@@ -10,7 +10,10 @@ Contenders, on the same model, data and seed:
   * plain   - a hand-written loop: same model, data, seed, batch order AND optimizer kernels
               (trainlab's optimizer builder), nothing measured: the engine's pure overhead;
   * script  - a typical course script: DataLoader over a TensorDataset, loss.item() every
-              step, a tqdm bar (when tqdm is installed), torch's default optimizer.
+              step, a tqdm bar (when tqdm is installed), torch's default optimizer;
+  * gathered (interleaved mode) - the plain loop taking its batches as the engine does
+              (slices of chunks gathered together, one index op per chunk instead of two
+              per step): engine/gathered is the engine's bookkeeping alone.
 
 --mode interleaved (the default): one process trains all three in turn.  The engine trains;
 after each block of its steps (about 10 ms of steps) the plain loop and the script each take
@@ -121,7 +124,9 @@ def measure_interleaved(name: str, rounds: int, tmp: Path,
     config = resolve_run(raw)
     load_dataset(config.data, config.model)  # build the data once, outside every timing
     script_steps = ScriptSteps(raw)
-    others = {"plain": PlainSteps(raw, trainlab_optimizer=True), "script": script_steps}
+    others = {"plain": PlainSteps(raw, trainlab_optimizer=True),
+              "gathered": PlainSteps(raw, trainlab_optimizer=True, gather=True),
+              "script": script_steps}
     try:
         per_epoch = interleaved(raw, tmp / name, rounds, others, seconds)
     finally:
@@ -140,11 +145,12 @@ def measure_interleaved(name: str, rounds: int, tmp: Path,
     result["step_ms"] = {
         k: round(statistics.median([statistics.fmean(g[k]) for g in groups]) * 1e3, 4)
         for k in groups[0]}
-    for a in ("engine", "script"):
-        sums = [sum(g[a]) / sum(g["plain"]) for g in groups]
-        steps = [statistics.median([x / y for x, y in zip(g[a], g["plain"])]) for g in groups]
-        result[f"{a}_vs_plain"], result[f"{a}_vs_plain_range"] = _spread(sums)
-        result[f"{a}_vs_plain_median_step"], result[f"{a}_vs_plain_median_step_range"] = (
+    for a, b in (("engine", "plain"), ("script", "plain"), ("gathered", "plain"),
+                 ("engine", "gathered")):
+        sums = [sum(g[a]) / sum(g[b]) for g in groups]
+        steps = [statistics.median([x / y for x, y in zip(g[a], g[b])]) for g in groups]
+        result[f"{a}_vs_{b}"], result[f"{a}_vs_{b}_range"] = _spread(sums)
+        result[f"{a}_vs_{b}_median_step"], result[f"{a}_vs_{b}_median_step_range"] = (
             _spread(steps))
     return result
 
@@ -178,16 +184,20 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     print("\n| workload | engine ms/step | plain ms/step | script ms/step | engine/plain "
-          "[range] | engine/plain, median step [range] | script/plain |\n"
-          "|---|---|---|---|---|---|---|")
+          "[range] | engine/plain, median step [range] | engine/gathered plain, median step "
+          "[range] | script/plain |\n|---|---|---|---|---|---|---|---|")
     for r in results:
         s = r["step_ms"]
         lo, hi = r["engine_vs_plain_range"]
         slo, shi = r["engine_vs_plain_median_step_range"]
+        bookkeeping = "—"  # --mode epochs has no gathered plain loop
+        if "engine_vs_gathered_median_step" in r:
+            glo, ghi = r["engine_vs_gathered_median_step_range"]
+            bookkeeping = f"{r['engine_vs_gathered_median_step']:.3f} [{glo:.3f}-{ghi:.3f}]"
         print(f"| {r['workload']} | {s['engine']:.3f} | {s['plain']:.3f} | {s['script']:.3f} | "
               f"{r['engine_vs_plain']:.3f} [{lo:.3f}-{hi:.3f}] | "
               f"{r['engine_vs_plain_median_step']:.3f} [{slo:.3f}-{shi:.3f}] | "
-              f"{r['script_vs_plain']:.3f} |")
+              f"{bookkeeping} | {r['script_vs_plain']:.3f} |")
     print(f"\nmachine: {machine}")
 
 

@@ -46,9 +46,10 @@ def test_interleaved_overhead_steps_every_contender_once_per_engine_step(tmp_pat
     result = measure_interleaved("digits-mlp", 2, tmp_path)
     assert result["mode"] == "interleaved" and result["rounds"] == 2
     assert result["steps"] > 0
-    assert set(result["step_ms"]) == {"engine", "plain", "script"}
+    assert set(result["step_ms"]) == {"engine", "plain", "gathered", "script"}
     assert all(v > 0 for v in result["step_ms"].values())
-    for key in ("engine_vs_plain", "script_vs_plain"):
+    for key in ("engine_vs_plain", "script_vs_plain", "engine_vs_gathered",
+                "gathered_vs_plain"):
         lo, hi = result[f"{key}_range"]
         assert lo <= result[key] <= hi
 
