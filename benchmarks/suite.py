@@ -21,7 +21,8 @@ steps of one epoch of:
   lightning-bar    Lightning's Trainer, progress bar on
 
 and reports median ms per step with the range, ratios to the plain loop, FLOPs per step and
-model FLOPs utilization against a matmul peak measured at the start.
+model FLOPs utilization against the matmul peak (the highest of the measurements at the
+start and after each workload).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from benchmarks.common import (
 )
 from trainlab.components import load_dataset
 from trainlab.config.schema import resolve_run
+from trainlab.engine import flops as flops_module
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
 from trainlab.engine.measure import cpu_name
 
@@ -88,7 +90,7 @@ def _pick_fast(raw: dict[str, Any], tmp: Path, rounds: int = 3) -> dict[str, Any
     return candidates[medians.index(min(medians))]
 
 
-def measure(name: str, rounds: int, tmp: Path, peak: dict[str, float]) -> dict[str, Any]:
+def measure(name: str, rounds: int, tmp: Path) -> dict[str, Any]:
     raw = copy.deepcopy(WORKLOADS[name])
     raw["train"] = {"epochs": 1, "seed": 0}
     config = resolve_run(raw)
@@ -119,27 +121,42 @@ def measure(name: str, rounds: int, tmp: Path, peak: dict[str, float]) -> dict[s
         # defaults: the fastest options measured are the defaults, and the table says so.
         times["trainlab-fast"], med["trainlab-fast"] = times["trainlab"], med["trainlab"]
         fast = {}
-    fast_peak = peak["bf16"] if fast.get("train.precision") == "bf16" else peak["fp32"]
-    mfu = {k: (flops / v / (fast_peak if k == "trainlab-fast" else peak["fp32"])
-               if flops else None) for k, v in med.items()}
     return {
         "workload": name, "batch_size": bs, "flops_per_step": flops, "fast_options": fast,
         "picked_options": picked,
         "step_ms": {k: v * 1e3 for k, v in med.items()},
         "range_ms": {k: [min(v) * 1e3, max(v) * 1e3] for k, v in times.items()},
         "vs_plain": {k: v / med["plain"] for k, v in med.items()},
-        "mfu": mfu, "rounds": rounds,
+        "rounds": rounds,
     }
 
 
+def add_mfu(result: dict[str, Any], peak: dict[str, float]) -> None:
+    """Model FLOPs utilization of each contender's median step against ``peak`` (the bf16
+    peak for the fast options when they train in bf16)."""
+    flops, fast = result["flops_per_step"], result["fast_options"]
+    fast_peak = peak["bf16"] if fast.get("train.precision") == "bf16" else peak["fp32"]
+    result["mfu"] = {k: (flops / (ms / 1e3) / (fast_peak if k == "trainlab-fast"
+                                                  else peak["fp32"]) if flops else None)
+                     for k, ms in result["step_ms"].items()}
+
+
+def matmul_peaks(device: torch.device) -> dict[str, float]:
+    """fp32 and bf16 matmul peaks, measured afresh (not the per-process cached value)."""
+    flops_module._PEAKS.clear()
+    return {"fp32": measure_peak_flops(device, torch.float32, seconds=1.0),
+            "bf16": measure_peak_flops(device, torch.bfloat16, seconds=1.0)}
+
+
 def _markdown(results: list[dict[str, Any]], machine: dict[str, Any], command: str) -> str:
+    fp32, bf16 = machine["peaks_measured"]["fp32"], machine["peaks_measured"]["bf16"]
     names = ["trainlab", "trainlab-fast", "plain", "script", "lightning", "lightning-bar"]
     lines = [
         "# Benchmarks", "",
         "Written by `benchmarks/suite.py`; regenerate with the command below on a quiet machine.",
         "Each cell: median milliseconds per training step over the rounds (range in brackets);",
         "the ratio to the plain loop (lower is faster); model FLOPs utilization (MFU) against",
-        "the matmul peak measured at the start of the run.", "",
+        "the matmul peak (the highest measured in the run).", "",
         f"- command: `{command}`",
         f"- date: {machine['date']}",
         f"- machine: {machine['cpu']}, {machine['threads']} threads; "
@@ -147,7 +164,10 @@ def _markdown(results: list[dict[str, Any]], machine: dict[str, Any], command: s
         f"- versions: python {machine['python']}, torch {machine['torch']}, "
         f"lightning {machine.get('lightning')}",
         f"- matmul peak: fp32 {machine['peak_fp32'] / 1e9:.1f} GFLOP/s, "
-        f"bf16 {machine['peak_bf16'] / 1e9:.1f} GFLOP/s", "",
+        f"bf16 {machine['peak_bf16'] / 1e9:.1f} GFLOP/s, the highest of the measurements "
+        "at the start and after each workload (fp32 "
+        + "-".join(f"{v / 1e9:.0f}" for v in (min(fp32), max(fp32))) + ", bf16 "
+        + "-".join(f"{v / 1e9:.0f}" for v in (min(bf16), max(bf16))) + ")", "",
         "| workload | " + " | ".join(names) + " | fast options | GFLOP/step |",
         "|---|" + "---|" * (len(names) + 2),
     ]
@@ -179,8 +199,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    peak = {"fp32": measure_peak_flops(device, torch.float32, seconds=1.0),
-            "bf16": measure_peak_flops(device, torch.bfloat16, seconds=1.0)}
+    # Measured at the start and after every workload, the highest kept: a peak measured while
+    # the shared machine was slow would overstate every MFU (one run read 98 GFLOP/s at its
+    # start; two measurements a minute apart read 138 and 177).
+    measured = [matmul_peaks(device)]
     try:
         import lightning as L
 
@@ -192,15 +214,20 @@ def main() -> None:
         "threads": torch.get_num_threads(), "python": platform.python_version(),
         "torch": torch.__version__, "lightning": lightning_version,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "peak_fp32": peak["fp32"], "peak_bf16": peak["bf16"],
     }
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.workloads.split(","):
-            result = measure(name, args.rounds, Path(tmp), peak)
+            result = measure(name, args.rounds, Path(tmp))
             results.append(result)
             print(f"{name}: " + ", ".join(f"{k} x{v:.2f}" for k, v in result["vs_plain"].items()),
                   flush=True)
+            measured.append(matmul_peaks(device))
+    machine["peaks_measured"] = {k: [m[k] for m in measured] for k in measured[0]}
+    peak = {k: max(v) for k, v in machine["peaks_measured"].items()}
+    machine["peak_fp32"], machine["peak_bf16"] = peak["fp32"], peak["bf16"]
+    for result in results:
+        add_mfu(result, peak)
     command = "python -m benchmarks.suite " + " ".join(sys.argv[1:])
     args.out.write_text(_markdown(results, machine, command.strip()))
     if args.json:

@@ -74,3 +74,16 @@ def test_interleave_trains_until_enough_plain_seconds_are_measured(tmp_path: Pat
     rounds = interleaved(raw, tmp_path, 1, {"plain": PlainSteps(raw)}, seconds=0.2)
     assert sum(sum(r["plain"]) for r in rounds) >= 0.2
     assert len(rounds) > 1  # one digits epoch of the plain loop is far under 0.2 s
+
+
+def test_suite_mfu_uses_the_bf16_peak_only_for_fast_options_in_bf16() -> None:
+    from benchmarks.suite import add_mfu
+
+    result = {"flops_per_step": 2e9, "fast_options": {"train.precision": "bf16"},
+              "step_ms": {"trainlab": 20.0, "trainlab-fast": 10.0, "plain": 40.0}}
+    add_mfu(result, {"fp32": 200e9, "bf16": 400e9})
+    # 2 GFLOP in 20 ms = 100 GFLOP/s: half the fp32 peak; in 10 ms, half the bf16 peak.
+    assert result["mfu"] == {"trainlab": 0.5, "trainlab-fast": 0.5, "plain": 0.25}
+    result["fast_options"] = {"train.threads": 1}
+    add_mfu(result, {"fp32": 200e9, "bf16": 400e9})
+    assert result["mfu"]["trainlab-fast"] == 1.0
