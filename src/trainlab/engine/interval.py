@@ -9,8 +9,9 @@ around each step's large transient allocations (measured on the lm-optimizers LS
 Classification keeps each batch's outputs and targets so the running accuracy is scored in one
 batched op at the log point; since it holds tensors per step anyway, it keeps the step's loss
 the same way, as list appends with no device op at all (the copy and the two detaches were
-2-3 % of a 4-4-2 MLP's 0.4 ms step in benchmarks/overhead.py's interleaved harness).  The kept tensors are the ones the step made: backward has
-freed their autograd buffers, and they are only read under ``no_grad``.
+2-3 % of a 4-4-2 MLP's 0.4 ms step in benchmarks/overhead.py's interleaved harness).  The
+kept tensors are the ones the step made: backward has freed their autograd buffers, and they
+are only read under ``no_grad``.
 
 A Ctrl-C between log points saves the unfinished interval (:meth:`LogInterval.carry`) in the
 mid-epoch checkpoint; the resumed run puts it back (:meth:`LogInterval.resume`) and records
