@@ -15,7 +15,7 @@ steps of one epoch of:
                    a GPU channels-last); the options picked are printed in the table, and
                    where the main rounds measure the pick slower than the defaults, the
                    defaults are the fastest options (the table names the rejected pick)
-  plain            a hand-written loop with torch's default optimizer and F.cross_entropy
+  plain            a hand-written loop with torch's default optimizer
   script           a typical course script (DataLoader, loss.item() every step, tqdm)
   lightning        Lightning's Trainer, progress bar off
   lightning-bar    Lightning's Trainer, progress bar on
@@ -185,11 +185,9 @@ def _markdown(results: list[dict[str, Any]], machine: dict[str, Any], command: s
         gflop = f"{r['flops_per_step'] / 1e9:.4f}" if r["flops_per_step"] else "n/a"
         lines.append(f"| {r['workload']} | " + " | ".join(cells) + f" | {fast} | {gflop} |")
     lines += ["", "trainlab's default optimizer uses fused kernels where they are exact "
-              "(`optimizer.fused: auto`), its language-model loss a cross-entropy with a leaner "
-              "backward (`lm_cross_entropy`), and small in-memory batches are gathered in "
-              "chunks; plain, script and Lightning use torch's defaults (the for-loop optimizer "
-              "kernels on CPU, `F.cross_entropy`). `benchmarks/overhead.py` measures the "
-              "engine's pure overhead with identical kernels.", ""]
+              "(`optimizer.fused: auto`); plain, script and Lightning use torch's defaults "
+              "(the for-loop kernels on CPU). `benchmarks/overhead.py` measures the engine's "
+              "pure overhead with identical kernels.", ""]
     return "\n".join(lines)
 
 
