@@ -48,7 +48,9 @@ import torch
 from benchmarks.common import (
     WORKLOADS,
     Contender,
+    PlainSteps,
     engine,
+    interleaved,
     lightning,
     model_spec,
     plain,
@@ -121,14 +123,46 @@ def measure(name: str, rounds: int, tmp: Path) -> dict[str, Any]:
         # defaults: the fastest options measured are the defaults, and the table says so.
         times["trainlab-fast"], med["trainlab-fast"] = times["trainlab"], med["trainlab"]
         fast = {}
+    # The defaults and the picked options against the plain loop again, interleaved in one run
+    # (as benchmarks/overhead.py: blocks of ~10 ms of steps in turn, so both see the same
+    # machine); the whole-epoch rounds above spread by tens of percent on a shared VM.
+    # Not for a thread count of its own: train.threads holds process-wide for the engine's
+    # run, so the plain loop would run with it too (and switching the pool at every block
+    # slowed the steps after the switch).
+    interleaved_ratio = {"trainlab": _interleaved_vs_plain(raw, tmp / f"{name}-il")}
+    if picked and "train.threads" not in picked:
+        interleaved_ratio["picked"] = _interleaved_vs_plain(with_options(raw, picked),
+                                                            tmp / f"{name}-il-picked")
     return {
         "workload": name, "batch_size": bs, "flops_per_step": flops, "fast_options": fast,
         "picked_options": picked,
         "step_ms": {k: v * 1e3 for k, v in med.items()},
         "range_ms": {k: [min(v) * 1e3, max(v) * 1e3] for k, v in times.items()},
         "vs_plain": {k: v / med["plain"] for k, v in med.items()},
+        "interleaved_vs_plain": interleaved_ratio,
         "rounds": rounds,
     }
+
+
+def _interleaved_vs_plain(engine_raw: dict[str, Any], store: Path) -> list[float]:
+    """The engine (with ``engine_raw``'s options) against the plain loop (torch's default
+    optimizer, the process's thread count) stepped in turn in one run: the median of per-step
+    ratios in each of up to 5 groups of epochs, then [median, min, max] over the groups."""
+    train = {**engine_raw.get("train", {}), "seed": 0}
+    train.pop("epochs", None)  # the interleaving decides when to stop
+    plain_raw = {k: v for k, v in engine_raw.items() if k not in ("train", "optimizer")}
+    plain_raw.update(optimizer={k: v for k, v in engine_raw["optimizer"].items()
+                                if k != "fused"}, train={"seed": 0})
+    plain_steps = PlainSteps(plain_raw, trainlab_optimizer=False)
+    per_epoch = interleaved({**engine_raw, "train": train}, store, 3, {"plain": plain_steps},
+                            seconds=4.0)
+    size = -(-len(per_epoch) // 5)
+    ratios = []
+    for i in range(0, len(per_epoch), size):
+        group = per_epoch[i:i + size]
+        ratios.append(statistics.median(
+            [e / p for r in group for e, p in zip(r["engine"], r["plain"])]))
+    return [statistics.median(ratios), min(ratios), max(ratios)]
 
 
 def add_mfu(result: dict[str, Any], peak: dict[str, float]) -> None:
@@ -184,6 +218,19 @@ def _markdown(results: list[dict[str, Any]], machine: dict[str, Any], command: s
                 + ": slower in the main rounds)"
         gflop = f"{r['flops_per_step'] / 1e9:.4f}" if r["flops_per_step"] else "n/a"
         lines.append(f"| {r['workload']} | " + " | ".join(cells) + f" | {fast} | {gflop} |")
+    lines += ["", "Interleaved in one run: the engine at its defaults and with the picked options, "
+              "each against the plain loop stepped in turn (blocks of ~10 ms of steps, as "
+              "`benchmarks/overhead.py`); the median of per-step ratios over up to 5 groups of "
+              "epochs [range]. Lower is faster. A pick with its own thread count is not "
+              "interleaved (—): the plain loop would run with it too.", "",
+              "| workload | trainlab (defaults) / plain | picked options / plain | picked |",
+              "|---|---|---|---|"]
+    for r in results:
+        il = r["interleaved_vs_plain"]
+        cells = [f"x{il[k][0]:.3f} [{il[k][1]:.3f}-{il[k][2]:.3f}]" if k in il else "—"
+                 for k in ("trainlab", "picked")]
+        picked = ", ".join(f"{k}={v}" for k, v in r["picked_options"].items()) or "defaults"
+        lines.append(f"| {r['workload']} | {cells[0]} | {cells[1]} | {picked} |")
     lines += ["", "trainlab's default optimizer uses fused kernels where they are exact "
               "(`optimizer.fused: auto`); plain, script and Lightning use torch's defaults "
               "(the for-loop kernels on CPU). `benchmarks/overhead.py` measures the engine's "
@@ -209,7 +256,7 @@ def main() -> None:
         lightning_version = L.__version__
     except ImportError:
         sys.exit("Lightning is not installed: pip install -e '.[bench]'")
-    machine = {
+    machine: dict[str, Any] = {
         "date": datetime.date.today().isoformat(), "cpu": cpu_name(),
         "threads": torch.get_num_threads(), "python": platform.python_version(),
         "torch": torch.__version__, "lightning": lightning_version,
