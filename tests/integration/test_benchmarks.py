@@ -87,3 +87,11 @@ def test_suite_mfu_uses_the_bf16_peak_only_for_fast_options_in_bf16() -> None:
     result["fast_options"] = {"train.threads": 1}
     add_mfu(result, {"fp32": 200e9, "bf16": 400e9})
     assert result["mfu"]["trainlab-fast"] == 1.0
+
+
+def test_suite_interleaves_the_engine_with_a_plain_loop_of_torch_defaults(tmp_path: Path) -> None:
+    from benchmarks.common import WORKLOADS
+    from benchmarks.suite import _interleaved_vs_plain
+
+    ratio, lo, hi = _interleaved_vs_plain(dict(WORKLOADS["digits-mlp"]), tmp_path)
+    assert 0 < lo <= ratio <= hi
