@@ -341,6 +341,20 @@ def interleaved(raw: dict[str, Any], store_root: Path, rounds: int, others: dict
     return timer.rounds[1:]
 
 
+def epoch_groups(per_epoch: list[dict[str, list[float]]], groups: int
+                 ) -> list[dict[str, list[float]]]:
+    """The epochs of :func:`interleaved` pooled into at most ``groups`` contiguous groups, each
+    contender's step times concatenated: the groups' spread shows how stable a ratio is."""
+    size = -(-len(per_epoch) // groups)
+    return [{k: [t for r in per_epoch[i:i + size] for t in r[k]] for k in per_epoch[0]}
+            for i in range(0, len(per_epoch), size)]
+
+
+def median_step_ratio(group: dict[str, list[float]], a: str, b: str) -> float:
+    """The median of ``a``'s step times over ``b``'s, step by step (interleaved in turn)."""
+    return statistics.median([x / y for x, y in zip(group[a], group[b])])
+
+
 def lightning(raw: dict[str, Any], _: Path, progress_bar: bool = False) -> float:
     """Lightning's Trainer with a DataLoader over the same tensors."""
     import lightning as L

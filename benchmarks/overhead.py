@@ -55,7 +55,9 @@ from benchmarks.common import (
     PlainSteps,
     ScriptSteps,
     engine,
+    epoch_groups,
     interleaved,
+    median_step_ratio,
     plain,
     script,
 )
@@ -134,10 +136,7 @@ def measure_interleaved(name: str, rounds: int, tmp: Path,
     result: dict[str, Any] = {"workload": name, "mode": "interleaved",
                               "rounds": len(per_epoch),
                               "steps": sum(len(r["engine"]) for r in per_epoch)}
-    # Contiguous groups of rounds (at most GROUPS): their spread shows how stable a ratio is.
-    size = -(-len(per_epoch) // GROUPS)
-    groups = [{k: [t for r in per_epoch[i:i + size] for t in r[k]] for k in per_epoch[0]}
-              for i in range(0, len(per_epoch), size)]
+    groups = epoch_groups(per_epoch, GROUPS)
     result["groups"] = len(groups)
     result["median_step_us"] = {
         k: round(statistics.median([statistics.median(g[k]) for g in groups]) * 1e6, 1)
@@ -148,7 +147,7 @@ def measure_interleaved(name: str, rounds: int, tmp: Path,
     for a, b in (("engine", "plain"), ("script", "plain"), ("gathered", "plain"),
                  ("engine", "gathered")):
         sums = [sum(g[a]) / sum(g[b]) for g in groups]
-        steps = [statistics.median([x / y for x, y in zip(g[a], g[b])]) for g in groups]
+        steps = [median_step_ratio(g, a, b) for g in groups]
         result[f"{a}_vs_{b}"], result[f"{a}_vs_{b}_range"] = _spread(sums)
         result[f"{a}_vs_{b}_median_step"], result[f"{a}_vs_{b}_median_step_range"] = (
             _spread(steps))

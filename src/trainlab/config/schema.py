@@ -70,7 +70,7 @@ class TrainSpec(_Frozen):
     checkpoint_every_s: NonNegativeFloat = Field(
         default=10.0, description="epoch-end checkpoints at least this many seconds apart "
         "(0: every epoch); the last epoch, an early stop and Ctrl-C always write one. Not part of "
-        "the run id")
+        "the run id", json_schema_extra={"run_id": False})
     threads: PositiveInt | None = Field(default=None, description="torch intra-op threads")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         default="fp32", description="autocast dtype for forward and loss (fp16 adds a grad scaler)")
@@ -163,6 +163,13 @@ class SweepConfig(_Frozen):
         return seeds
 
 
+# Train fields marked ``run_id: False`` say how a run is kept, not what it computes (how often
+# it checkpoints): changing them does not make a new run, and adding one keeps existing ids.
+_NOT_IN_RUN_ID = frozenset(
+    name for name, field in TrainSpec.model_fields.items()
+    if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("run_id") is False)
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """The resolved config of one run: concrete component specs, every default filled in."""
@@ -185,10 +192,7 @@ class RunConfig:
     def run_id(self) -> str:
         """A stable id: the hash of the canonical resolved config."""
         config = self.to_dict()
-        # How often state is saved does not change what a run computes (and leaving it out
-        # kept the ids runs had before the field existed).
-        config["train"] = {k: v for k, v in config["train"].items()
-                           if k != "checkpoint_every_s"}
+        config["train"] = {k: v for k, v in config["train"].items() if k not in _NOT_IN_RUN_ID}
         canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

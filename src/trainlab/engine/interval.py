@@ -148,14 +148,16 @@ class LogInterval:
 
     def resume(self, carried: dict[str, Any]) -> None:
         """Put back an interval that :meth:`carry` saved."""
-        n = len(carried["losses"])
-        if n > self.size:
-            self._grow(n)
         losses = torch.tensor(carried["losses"], dtype=self.losses.dtype)
-        self.losses[:n] = losses
-        self.weights[:n] = torch.tensor(carried["weights"], dtype=self.weights.dtype)
+        if self.keeps_outputs:  # classification: the losses as step tensors, host weights
+            self.step_losses = list(losses.to(self.device).unbind())
+        else:
+            n = len(losses)
+            if n > self.size:
+                self._grow(n)
+            self.losses[:n] = losses
+            self.weights[:n] = torch.tensor(carried["weights"], dtype=self.weights.dtype)
         self.host_weights = list(carried["host_weights"])
-        self.step_losses = list(losses.to(self.device).unbind()) if self.keeps_outputs else []
         self.outputs, self.targets = [], []
         self.carried_correct = carried["correct"]
 
