@@ -155,6 +155,11 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
         except (ValueError, TypeError) as exc:
             # A builder (torch, mostly) refused a value our specs let through: still bad input.
             raise ConfigError(f"run {run.index} cannot be built: {exc}").within(where) from None
+        except MemoryError:
+            # Even the meta model (no weights) does not fit: sizes such as 10^10 layers.
+            raise ConfigError(f"run {run.index} cannot be built: the model's description alone "
+                              "does not fit in memory; check model sizes such as model.layers, "
+                              "model.hidden_dim and the data shape").within(where) from None
 
 
 def nproc_limit(device: str) -> tuple[int, str]:

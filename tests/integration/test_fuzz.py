@@ -103,3 +103,13 @@ def test_fuzzed_configs(fuzz_store: tuple[Path, Path], text: str) -> None:
 def test_fuzzed_configs_long(fuzz_store: tuple[Path, Path], text: str) -> None:
     """python -m pytest -m slow tests/integration/test_fuzz.py"""
     _fuzz(text, *fuzz_store)
+
+
+def test_a_model_too_large_to_describe_is_bad_input(fuzz_store: tuple[Path, Path]) -> None:
+    """Found by the long fuzz run: 2.7e10 MLP layers raised MemoryError (exit 1) in `plan`."""
+    raw = {**BASE, "model": {"name": "mlp", "hidden_dim": 4, "layers": 27050067134}}
+    _fuzz(yaml.safe_dump(raw), *fuzz_store)
+    store, tmp = fuzz_store
+    (tmp / "huge.yaml").write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["plan", str(tmp / "huge.yaml"), "--store", str(store)])
+    assert result.exit_code == 2 and "does not fit in memory" in result.output
