@@ -94,3 +94,80 @@ def test_lm_runs_cannot_monitor_classification_metrics() -> None:
     with pytest.raises(ConfigError, match=r"'valid/f1' is not measured on lm data; use one of "
                                           r"valid/loss, valid/perplexity"):
         check_runs(sweep, expand(sweep))
+
+
+@pytest.mark.parametrize("ignored", ["none", "some", "all"])
+def test_lm_cross_entropy_equals_torch_in_loss_and_gradient(ignored: str) -> None:
+    from trainlab.engine.tasks import IGNORE_INDEX, lm_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(64, 50, generator=gen)).requires_grad_()
+    target = torch.randint(0, 50, (64,), generator=gen)
+    if ignored == "some":
+        target[::5] = IGNORE_INDEX
+    elif ignored == "all":
+        target[:] = IGNORE_INDEX
+    want = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    (want_grad,) = torch.autograd.grad(want, logits)
+    got = lm_cross_entropy(logits, target)
+    assert got.grad_fn is not None and "LMCrossEntropy" in type(got.grad_fn).__name__
+    (got_grad,) = torch.autograd.grad(got * 2.0, logits)  # a non-unit upstream gradient
+    if ignored == "all":
+        assert got.isnan() and want.isnan()
+        assert torch.equal(got_grad, torch.zeros_like(got_grad))
+    else:
+        assert torch.allclose(got, want, rtol=1e-6, atol=0)
+        assert torch.allclose(got_grad, 2.0 * want_grad, rtol=1e-5, atol=1e-8)
+    with torch.no_grad():  # evaluation (no gradient) takes torch's own kernel
+        assert lm_cross_entropy(logits, target).grad_fn is None
+        assert torch.allclose(lm_cross_entropy(logits, target), want.detach(), equal_nan=True)
+
+
+def test_lm_cross_entropy_under_bf16_autocast_matches_torch() -> None:
+    from trainlab.engine.tasks import lm_cross_entropy
+
+    gen = torch.Generator().manual_seed(1)
+    weight = torch.randn(16, 40, generator=gen, requires_grad=True)
+    x = torch.randn(32, 16, generator=gen)
+    target = torch.randint(0, 40, (32,), generator=gen)
+    grads = []
+    for fn in (F.cross_entropy, lm_cross_entropy):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = x @ weight  # bf16 under autocast
+            assert logits.dtype == torch.bfloat16
+            loss = fn(logits, target)
+        assert loss.dtype == torch.float32
+        grads.append(torch.autograd.grad(loss, weight)[0])
+    assert torch.allclose(grads[0], grads[1], rtol=1e-2, atol=1e-4)
+
+
+def test_lm_cross_entropy_keeps_extreme_logits_finite() -> None:
+    # Targets far below the row's maximum: the log-sum-exp must not come from a probability
+    # that underflows (the loss would read inf where torch's is finite).
+    from trainlab.engine.tasks import lm_cross_entropy
+
+    logits = torch.zeros(4, 30)
+    logits[:, 0] = 200.0
+    logits[1, 5] = -300.0
+    logits.requires_grad_()
+    target = torch.tensor([3, 5, 0, 29])
+    want = F.cross_entropy(logits, target)
+    got = lm_cross_entropy(logits, target)
+    assert torch.isfinite(got) and torch.allclose(got, want, rtol=1e-6)
+    (want_grad,) = torch.autograd.grad(want, logits)
+    (got_grad,) = torch.autograd.grad(lm_cross_entropy(logits, target), logits)
+    assert torch.allclose(got_grad, want_grad, atol=1e-7)
+
+
+def test_lm_task_loss_is_the_lean_cross_entropy_on_3d_logits() -> None:
+    gen = torch.Generator().manual_seed(2)
+    out = torch.randn(3, 7, 20, generator=gen, requires_grad=True)
+    y = torch.randint(0, 20, (3, 7), generator=gen)
+    y[0, :2] = IGNORE_INDEX
+    loss = TASKS["lm"].loss(out, y)
+    assert "LMCrossEntropy" in type(loss.grad_fn).__name__
+    want = F.cross_entropy(out.reshape(-1, 20), y.reshape(-1), ignore_index=IGNORE_INDEX)
+    assert torch.allclose(loss, want, rtol=1e-6)
+    (g1,) = torch.autograd.grad(loss, out)
+    (g2,) = torch.autograd.grad(want, out)
+    assert torch.allclose(g1, g2, atol=1e-8)

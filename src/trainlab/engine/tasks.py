@@ -10,11 +10,60 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 IGNORE_INDEX = -100  # as torch's cross_entropy: a target that is padding
+
+
+class _LMCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy over the targets that are not :data:`IGNORE_INDEX`, keeping the
+    softmax so that backward needs no second ``exp`` over the logits.
+
+    ``F.cross_entropy`` saves the log-probabilities and its backward runs a zero-fill, a
+    scatter and ``log_softmax``'s backward, which exponentiates every logit again: on a
+    ``tokens x vocabulary`` LM head the exponentials are most of the loss's time on a CPU.
+    Here the forward keeps the probabilities of one fused ``softmax``; the log-sum-exp comes
+    from the row's largest logit and largest probability (which is ``1 / sum``, at least
+    ``1 / vocabulary``, so its log never underflows), and backward turns the probabilities
+    into the gradient in place (``(p - onehot) * w``, ``w`` the row's weight).  Same loss,
+    gradients equal to float rounding (tests compare them with torch's).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(logits.device.type, enabled=False):  # in fp32, as F.cross_entropy
+            x = logits.float()
+            p = torch.softmax(x, -1)
+            valid = target != IGNORE_INDEX
+            safe = torch.where(valid, target, 0).unsqueeze(1)
+            count = valid.sum()
+            nll = x.amax(-1) - p.amax(-1).log() - x.gather(1, safe).squeeze(1)
+            loss = torch.where(valid, nll, 0.0).sum() / count  # none valid: nan, as torch
+        ctx.save_for_backward(p, safe, valid, count)
+        ctx.dtype = logits.dtype
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        p, safe, valid, count = ctx.saved_tensors
+        # d loss / d row: 0 for ignored rows (also when none is valid, as torch).
+        weight = torch.where(valid, grad / count, 0.0).unsqueeze(1)
+        out = p.scatter_add_(1, safe, -torch.ones_like(weight)).mul_(weight)
+        return out.to(ctx.dtype), None
+
+
+def lm_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy(logits, target, ignore_index=-100)`` over ``[tokens, vocabulary]``
+    logits, with a backward that needs no second pass of exponentials
+    (:class:`_LMCrossEntropy`); without a gradient to take, torch's own."""
+    if not (torch.is_grad_enabled() and logits.requires_grad):
+        return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX)
+    loss: torch.Tensor = _LMCrossEntropy.apply(logits, target)
+    return loss
 
 
 @dataclass(frozen=True)
@@ -37,8 +86,7 @@ class TaskKind:
         if self.name == "classification":
             return F.cross_entropy(out, y)
         if self.name == "lm":
-            return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
-                                   ignore_index=IGNORE_INDEX)
+            return lm_cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
         return F.mse_loss(out, y)
 
     def weight(self, y: torch.Tensor) -> int | torch.Tensor:
