@@ -45,6 +45,7 @@ from trainlab.engine import (  # noqa: E402
     epoch_permutation,
     train,
 )
+from trainlab.engine.measure import resolve_device, synchronize  # noqa: E402
 from trainlab.engine.speed import gathered  # noqa: E402
 from trainlab.engine.tasks import TASKS  # noqa: E402
 from trainlab.store import open_store  # noqa: E402
@@ -101,19 +102,33 @@ def with_options(raw: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def bench_device() -> torch.device:
+    """Where every contender trains: where the engine's ``train.device: auto`` does (a GPU
+    when there is one), so that no comparison puts one contender on the GPU and another on
+    the CPU."""
+    return resolve_device("auto")
+
+
 class StepTimer(Callback):
     """Wall time from the start of an epoch to the end of its last step, and of each step
-    (``marks``: the epoch's start, then the end of each step)."""
+    (``marks``: the epoch's start, then the end of each step).
+
+    On a GPU the clock reads at the epoch's start and last step wait for the queued kernels
+    (the epoch time is the GPU's); the marks between are host-side times, which do not.
+    """
 
     def __init__(self) -> None:
         self.epochs: list[tuple[float, int]] = []
         self.marks: list[float] = []
 
     def on_epoch_start(self, state: RunState) -> None:
+        synchronize(state.device)
         self.start, self.first_step = time.perf_counter(), state.step
         self.marks = [self.start]
 
     def on_step_end(self, state: RunState) -> None:
+        if state.step % state.steps_per_epoch == 0:  # the epoch's last step
+            synchronize(state.device)
         self.end = time.perf_counter()
         self.marks.append(self.end)
         self.steps = state.step - self.first_step
@@ -127,7 +142,7 @@ def _durations(marks: list[float], into: list[float] | None) -> None:
         into.extend(b - a for a, b in itertools.pairwise(marks))
 
 
-def _train_into_store(raw: dict[str, Any], store_root: Path, callback: Callback) -> None:
+def _train_into_store(raw: dict[str, Any], store_root: Path, callback: Callback) -> Any:
     """One run of trainlab's engine, every measurement on, recording into a real SQLite
     store, with ``callback`` timing it."""
     config = resolve_run(raw)
@@ -138,13 +153,18 @@ def _train_into_store(raw: dict[str, Any], store_root: Path, callback: Callback)
                     callbacks=[callback], resume=False)
     assert outcome.status == "ok", outcome.error
     store.close()
+    return outcome
 
 
-def engine(raw: dict[str, Any], store_root: Path, steps: list[float] | None = None) -> float:
+def engine(raw: dict[str, Any], store_root: Path, steps: list[float] | None = None,
+           summary: dict[str, Any] | None = None) -> float:
     """trainlab's engine, every measurement on, records into a real SQLite store.  Returns
-    the epoch's seconds per step; ``steps`` receives each step's duration."""
+    the epoch's seconds per step; ``steps`` receives each step's duration, ``summary`` the
+    run's summary (its peak memory, speed options)."""
     timer = StepTimer()
-    _train_into_store(raw, store_root, timer)
+    outcome = _train_into_store(raw, store_root, timer)
+    if summary is not None:
+        summary.update(outcome.summary)
     _durations(timer.marks, steps)
     seconds, n = timer.epochs[-1]
     return seconds / n
@@ -154,7 +174,7 @@ def _prepare(raw: dict[str, Any], trainlab_optimizer: bool) -> tuple[Any, Any, A
     config = resolve_run(raw)
     data = load_dataset(config.data, config.model)  # a text set takes the model's tokenizer
     torch.manual_seed(config.train.seed)
-    model = build_model(config.model, data.info)
+    model = build_model(config.model, data.info).to(bench_device())
     if trainlab_optimizer:
         opt = build_optimizer(config.optimizer, model.parameters())
     else:  # what people write: torch's defaults (the for-loop kernels on CPU)
@@ -176,7 +196,10 @@ class PlainSteps:
                  gather: bool = False) -> None:
         self.config, data, self.model, self.opt = _prepare(raw, trainlab_optimizer)
         self.loss_fn = TASKS[data.info.task].loss
-        self.x_all, self.y_all = data.train.inputs, data.train.targets
+        # In the device's memory, as the engine keeps data that fits.
+        self.device = bench_device()
+        self.x_all = data.train.inputs.to(self.device)
+        self.y_all = data.train.targets.to(self.device)
         self.steps_per_epoch = math.ceil(len(self.x_all) / self.config.data.batch_size)
         self.epoch = 0
         self.batches: Iterator[Any] = iter(())  # index tensors, or (idx, x, y) when gathered
@@ -189,7 +212,8 @@ class PlainSteps:
         if item is None:
             self.epoch += 1
             self.model.train()
-            order = epoch_permutation(len(self.x_all), self.config.train.seed, self.epoch)
+            order = epoch_permutation(len(self.x_all), self.config.train.seed,
+                                      self.epoch).to(self.device)
             batches = order.split(self.config.data.batch_size)
             self.batches = (gathered(self.x_all, self.y_all, batches) if self.gather
                             else iter(batches))
@@ -206,14 +230,16 @@ class PlainSteps:
 class ScriptSteps:
     """A typical course script, one step per call: DataLoader over a TensorDataset,
     ``loss.item()`` every step, a tqdm bar (when tqdm is installed), torch's default
-    optimizer."""
+    optimizer; on a GPU, pinned batches copied with ``.to(device, non_blocking=True)``."""
 
     def __init__(self, raw: dict[str, Any]) -> None:
         config, data, self.model, self.opt = _prepare(raw, False)
         self.loss_fn = TASKS[data.info.task].loss
+        self.device = bench_device()
         self.loader = DataLoader(TensorDataset(data.train.inputs, data.train.targets),
                                  batch_size=config.data.batch_size, shuffle=True,
-                                 generator=torch.Generator().manual_seed(0))
+                                 generator=torch.Generator().manual_seed(0),
+                                 pin_memory=self.device.type == "cuda")
         self.steps_per_epoch = len(self.loader)
         try:
             from tqdm import tqdm
@@ -230,7 +256,7 @@ class ScriptSteps:
             self.model.train()
             self.batches = iter(self.loader)
             batch = next(self.batches)
-        x, y = batch
+        x, y = (t.to(self.device, non_blocking=True) for t in batch)
         self.opt.zero_grad()
         loss = self.loss_fn(self.model(x), y)
         loss.backward()
@@ -248,11 +274,14 @@ def _time_epoch(stepper: PlainSteps | ScriptSteps, steps: list[float] | None) ->
     """One epoch of ``stepper``, timed from its start (shuffle included) with a clock read at
     each step's end (a perf_counter call, as the engine's timing callback makes); seconds per
     step, and each step's duration into ``steps``."""
+    synchronize(stepper.device)
     start = time.perf_counter()
     marks = [start]
     for _ in range(stepper.steps_per_epoch):
         stepper.step()
         marks.append(time.perf_counter())
+    synchronize(stepper.device)  # on a GPU, the epoch ends when its kernels have run
+    marks[-1] = time.perf_counter()
     _durations(marks, steps)
     return (marks[-1] - start) / stepper.steps_per_epoch
 
@@ -287,14 +316,21 @@ class Interleave(Callback):
     ``rounds`` holds, per engine epoch, each contender's step times (the first is warm-up).
     Training stops after the epoch that completes ``rounds`` measured epochs and ``seconds``
     of measured plain-loop steps.
+
+    On a GPU a step's clock read would not wait for its kernels, and waiting at every step
+    would serialize what the engine overlaps; so each block is timed whole, waiting for the
+    GPU at its ends, and each of its steps counts the block's mean.
     """
 
     def __init__(self, others: dict[str, Any], rounds: int, seconds: float = 0.0,
-                 block_s: float = 0.01) -> None:
+                 block_s: float = 0.01, whole_blocks: bool | None = None) -> None:
         self.others, self.block_s = others, block_s
         self.min_rounds, self.min_seconds = rounds, seconds
         self.block, self.pending, self.blocks = 1, 0, 0
         self.rounds: list[dict[str, list[float]]] = []
+        self.device = bench_device()
+        # Blocks timed whole: on a GPU (``whole_blocks`` forces it, for tests on a CPU).
+        self.whole_blocks = self.device.type != "cpu" if whole_blocks is None else whole_blocks
 
     def on_eval_end(self, state: RunState, values: Any) -> None:
         measured = self.rounds[1:]
@@ -308,7 +344,16 @@ class Interleave(Callback):
             self.block = max(1, min(64, round(self.block_s / step)))
         self.times: dict[str, list[float]] = {"engine": [], **{k: [] for k in self.others}}
         self.rounds.append(self.times)
-        self.mark = time.perf_counter()
+        synchronize(self.device)
+        self.mark = self.block_start = time.perf_counter()
+
+    def _whole(self, times: list[float], start: float) -> None:
+        """On a GPU: the block's last ``pending`` step times replaced by the block's mean,
+        its end read after the GPU has run it."""
+        if self.whole_blocks:
+            synchronize(self.device)
+            mean = (time.perf_counter() - start) / self.pending
+            times[-self.pending:] = [mean] * self.pending
 
     def on_step_end(self, state: RunState) -> None:
         now = time.perf_counter()
@@ -317,24 +362,28 @@ class Interleave(Callback):
         if self.pending < self.block and state.step % state.steps_per_epoch:
             self.mark = time.perf_counter()
             return
+        self._whole(self.times["engine"], self.block_start)
         names = list(self.others)
         self.blocks += 1
         for name in names if self.blocks % 2 else reversed(names):
             stepper, times = self.others[name], self.times[name]
+            block_start = time.perf_counter()
             for _ in range(self.pending):
                 start = time.perf_counter()
                 stepper.step()
                 times.append(time.perf_counter() - start)
+            self._whole(times, block_start)
         self.pending = 0
-        self.mark = time.perf_counter()
+        self.mark = self.block_start = time.perf_counter()
 
 
 def interleaved(raw: dict[str, Any], store_root: Path, rounds: int, others: dict[str, Any],
-                seconds: float = 0.0, block_s: float = 0.01) -> list[dict[str, list[float]]]:
+                seconds: float = 0.0, block_s: float = 0.01, whole_blocks: bool | None = None
+                ) -> list[dict[str, list[float]]]:
     """Train the engine (every measurement on, a real SQLite store) with ``others`` stepping
     in turn (see :class:`Interleave`); each epoch's step times per contender, the first
     (warm-up) epoch left out."""
-    timer = Interleave(others, rounds, seconds, block_s)
+    timer = Interleave(others, rounds, seconds, block_s, whole_blocks)
     # Epochs without end: the timer stops the run once it has measured enough.
     _train_into_store({**raw, "train": {**raw.get("train", {}), "epochs": 100_000}},
                       store_root, timer)
@@ -376,12 +425,20 @@ def lightning(raw: dict[str, Any], _: Path, progress_bar: bool = False) -> float
             cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
             return cls[spec.name](self.model.parameters(), lr=spec.lr)
 
+    device = bench_device()
+
     class Timer(L.Callback):
         def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            synchronize(device)
             self.start, self.n = time.perf_counter(), 0
 
         def on_train_batch_end(self, *args: Any) -> None:
             self.end, self.n = time.perf_counter(), self.n + 1
+
+        def on_train_epoch_end(self, trainer: Any, module: Any) -> None:
+            if device.type != "cpu":  # the last batch's kernels, on a GPU
+                synchronize(device)
+                self.end = time.perf_counter()
 
     timer = Timer()
     loader = DataLoader(TensorDataset(data.train.inputs, data.train.targets),
@@ -389,7 +446,8 @@ def lightning(raw: dict[str, Any], _: Path, progress_bar: bool = False) -> float
                         generator=torch.Generator().manual_seed(0))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False,
+        trainer = L.Trainer(max_epochs=1, devices=1, logger=False,
+                            accelerator="gpu" if bench_device().type == "cuda" else "cpu",
                             enable_checkpointing=False, enable_model_summary=False,
                             enable_progress_bar=progress_bar, num_sanity_val_steps=0,
                             callbacks=[timer])

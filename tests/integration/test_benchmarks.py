@@ -67,6 +67,23 @@ def test_interleave_times_each_contender_at_every_engine_step(tmp_path: Path) ->
     assert plain_steps.epoch == 3
 
 
+def test_interleave_times_whole_blocks_as_on_a_gpu(tmp_path: Path) -> None:
+    # On a GPU each block is timed whole (its ends wait for the kernels) and each of its steps
+    # counts the block's mean; forced here on the CPU, where the synchronizations are no-ops.
+    from benchmarks.common import WORKLOADS, PlainSteps, interleaved
+
+    raw = {**WORKLOADS["digits-mlp"], "train": {"seed": 0}}
+    rounds = interleaved(raw, tmp_path, 2, {"plain": PlainSteps(raw)}, block_s=0.005,
+                         whole_blocks=True)
+    for times in rounds:
+        for name in ("engine", "plain"):
+            steps = times[name]
+            assert len(steps) == len(times["engine"]) > 0 and all(t > 0 for t in steps)
+            # Runs of equal values (a block's mean), far fewer distinct values than steps.
+            assert len(set(steps)) < len(steps) / 2
+            assert sum(steps[i] != steps[i + 1] for i in range(len(steps) - 1)) < len(steps) / 2
+
+
 def test_interleave_trains_until_enough_plain_seconds_are_measured(tmp_path: Path) -> None:
     from benchmarks.common import WORKLOADS, PlainSteps, interleaved
 
@@ -95,3 +112,12 @@ def test_suite_interleaves_the_engine_with_a_plain_loop_of_torch_defaults(tmp_pa
 
     ratio, lo, hi = _interleaved_vs_plain(dict(WORKLOADS["digits-mlp"]), tmp_path)
     assert 0 < lo <= ratio <= hi
+
+
+def test_suite_tries_bf16_only_where_its_matmuls_beat_fp32() -> None:
+    from benchmarks.suite import FAST_CANDIDATES, candidates_for
+
+    # A CPU without native bf16 (measured on a Zen 3 EPYC: 1.3 against 120 GFLOP/s).
+    slow = candidates_for({"fp32": 120e9, "bf16": 1.3e9})
+    assert slow and all(c.get("train.precision") != "bf16" for c in slow)
+    assert candidates_for({"fp32": 190e9, "bf16": 420e9}) == FAST_CANDIDATES  # no GPU here
