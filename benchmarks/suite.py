@@ -12,7 +12,8 @@ steps of one epoch of:
   trainlab-fast    the engine with the fastest options found for this workload on this
                    machine (the median of three alternating tries of: the defaults, fused
                    kernels forced on, one intra-op thread, bf16 autocast, fused + bf16, and on
-                   a GPU channels-last); the options picked are printed in the table, and
+                   a GPU channels-last; bf16 only where its matmul peak measured at the start
+                   is above fp32's); the options picked are printed in the table, and
                    where the main rounds measure the pick slower than the defaults, the
                    defaults are the fastest options (the table names the rejected pick)
   plain            a hand-written loop with torch's default optimizer
@@ -23,6 +24,12 @@ steps of one epoch of:
 and reports median ms per step with the range, ratios to the plain loop, FLOPs per step and
 model FLOPs utilization against the matmul peak (the highest of the measurements at the
 start and after each workload).
+
+On a GPU every contender trains there (benchmarks.common.bench_device); epoch times wait for
+the GPU at their ends (interleaved blocks likewise), fused + bf16 and channels-last join the
+candidates, and a second table gives each contender's peak allocated memory
+(``torch.cuda.max_memory_allocated`` around its epoch) with trainlab's own recorded peak
+checked against the allocator's.
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ from benchmarks.common import (
     WORKLOADS,
     Contender,
     PlainSteps,
+    bench_device,
     engine,
     epoch_groups,
     interleaved,
@@ -74,7 +82,20 @@ FAST_CANDIDATES: list[dict[str, Any]] = [
 ]
 
 
-def _pick_fast(raw: dict[str, Any], tmp: Path, rounds: int = 3) -> dict[str, Any]:
+def candidates_for(peaks: dict[str, float]) -> list[dict[str, Any]]:
+    """The option sets worth trying here: not bf16 where its matmuls are slower than fp32's
+    (a CPU without native bf16 instructions emulates them: on a Zen 3 EPYC, 1.3 GFLOP/s
+    against 120, which would turn the MiniLM workload's tries into hours)."""
+    candidates = list(FAST_CANDIDATES)
+    if bench_device().type == "cuda":
+        candidates.append({"train.precision": "bf16", "train.channels_last": True})
+    if peaks["bf16"] < peaks["fp32"]:
+        candidates = [c for c in candidates if c.get("train.precision") != "bf16"]
+    return candidates
+
+
+def _pick_fast(raw: dict[str, Any], tmp: Path, candidates: list[dict[str, Any]],
+               rounds: int = 3) -> dict[str, Any]:
     """The option set with the lowest median step time over a few alternating rounds.
 
     One try per candidate is too noisy here: a single slow epoch once picked bf16 for the
@@ -82,9 +103,6 @@ def _pick_fast(raw: dict[str, Any], tmp: Path, rounds: int = 3) -> dict[str, Any
     order reversed every round, and the median decides; the pick is then measured again with
     the other contenders, so a wrong pick costs the table its fastest column, never its honesty.
     """
-    candidates = list(FAST_CANDIDATES)
-    if torch.cuda.is_available():
-        candidates.append({"train.precision": "bf16", "train.channels_last": True})
     times: list[list[float]] = [[] for _ in candidates]
     for r in range(rounds):
         order = range(len(candidates)) if r % 2 == 0 else reversed(range(len(candidates)))
@@ -94,14 +112,16 @@ def _pick_fast(raw: dict[str, Any], tmp: Path, rounds: int = 3) -> dict[str, Any
     return candidates[medians.index(min(medians))]
 
 
-def measure(name: str, rounds: int, tmp: Path) -> dict[str, Any]:
+def measure(name: str, rounds: int, tmp: Path,
+            candidates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     raw = copy.deepcopy(WORKLOADS[name])
     raw["train"] = {"epochs": 1, "seed": 0}
     config = resolve_run(raw)
     data = load_dataset(config.data, config.model)
-    fast = _pick_fast(raw, tmp)
+    fast = _pick_fast(raw, tmp, candidates if candidates is not None else FAST_CANDIDATES)
+    summary: dict[str, Any] = {}  # the last engine run's (its recorded peak memory)
     contenders: dict[str, Contender] = {
-        "trainlab": engine,
+        "trainlab": lambda r, t: engine(r, t, summary=summary),
         "trainlab-fast": lambda r, t: engine(with_options(r, fast), t),
         "plain": plain,
         "script": script,
@@ -111,10 +131,19 @@ def measure(name: str, rounds: int, tmp: Path) -> dict[str, Any]:
     for fn in contenders.values():  # warm-up round, discarded
         fn(raw, tmp / "warmup")
     times: dict[str, list[float]] = {k: [] for k in contenders}
+    gpu = bench_device().type == "cuda"
+    peaks: dict[str, list[float]] = {k: [] for k in contenders}  # on a GPU, bytes
+    recorded: list[float] = []  # trainlab's own peak_memory_bytes, each round
     order = list(contenders)
     for r in range(rounds):
         for key in order if r % 2 == 0 else reversed(order):
+            if gpu:
+                torch.cuda.reset_peak_memory_stats()
             times[key].append(contenders[key](raw, tmp / f"{name}-{r}"))
+            if gpu:
+                peaks[key].append(float(torch.cuda.max_memory_allocated()))
+                if key == "trainlab":
+                    recorded.append(float(summary["peak_memory_bytes"]))
         print(f"  {name} round {r + 1}/{rounds}", file=sys.stderr, flush=True)
     bs = raw["data"]["batch_size"]
     flops = train_step_flops(model_spec(raw), data.info, bs)
@@ -143,6 +172,9 @@ def measure(name: str, rounds: int, tmp: Path) -> dict[str, Any]:
         "vs_plain": {k: v / med["plain"] for k, v in med.items()},
         "interleaved_vs_plain": interleaved_ratio,
         "rounds": rounds,
+        "peak_bytes": {k: max(v) for k, v in peaks.items()} if gpu else None,
+        # trainlab's recorded peak and the allocator's around the same run, each round.
+        "recorded_peak_bytes": list(zip(recorded, peaks["trainlab"])) if gpu else None,
     }
 
 
@@ -193,7 +225,12 @@ def _markdown(results: list[dict[str, Any]], machine: dict[str, Any], command: s
         f"bf16 {machine['peak_bf16'] / 1e9:.1f} GFLOP/s, the highest of the measurements "
         "at the start and after each workload (fp32 "
         + "-".join(f"{v / 1e9:.0f}" for v in (min(fp32), max(fp32))) + ", bf16 "
-        + "-".join(f"{v / 1e9:.0f}" for v in (min(bf16), max(bf16))) + ")", "",
+        + "-".join(f"{v / 1e9:.0f}" for v in (min(bf16), max(bf16))) + ")",
+        "- fast options tried: " + "; ".join(
+            ", ".join(f"{k}={v}" for k, v in c.items()) or "defaults"
+            for c in machine["candidates"])
+        + ("" if any(c.get("train.precision") == "bf16" for c in machine["candidates"])
+           else " (not bf16: its matmul peak here is below fp32's)"), "",
         "| workload | " + " | ".join(names) + " | fast options | GFLOP/step |",
         "|---|" + "---|" * (len(names) + 2),
     ]
@@ -223,11 +260,30 @@ def _markdown(results: list[dict[str, Any]], machine: dict[str, Any], command: s
                  for k in ("trainlab", "picked")]
         picked = ", ".join(f"{k}={v}" for k, v in r["picked_options"].items()) or "defaults"
         lines.append(f"| {r['workload']} | {cells[0]} | {cells[1]} | {picked} |")
+    if any(r.get("peak_bytes") for r in results):
+        lines += _memory_markdown(results, names)
     lines += ["", "trainlab's default optimizer uses fused kernels where they are exact "
               "(`optimizer.fused: auto`); plain, script and Lightning use torch's defaults "
               "(the for-loop kernels on CPU). `benchmarks/overhead.py` measures the engine's "
               "pure overhead with identical kernels.", ""]
     return "\n".join(lines)
+
+
+def _memory_markdown(results: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """The GPU memory table: each contender's peak allocated MiB (the largest over rounds),
+    and trainlab's recorded peak against the allocator's around the same runs."""
+    lines = ["", "Peak GPU memory: `torch.cuda.max_memory_allocated` around each contender's "
+             "run (reset before it), MiB, the largest over the rounds. The last column checks "
+             "trainlab's recorded `peak_memory_bytes` against the allocator's around the same "
+             "run: the largest relative difference over the rounds.", "",
+             "| workload | " + " | ".join(names) + " | trainlab recorded vs allocator |",
+             "|---|" + "---|" * (len(names) + 1)]
+    for r in results:
+        peaks, pairs = r["peak_bytes"], r["recorded_peak_bytes"]
+        worst = max(abs(a - b) / b for a, b in pairs) if pairs else float("nan")
+        cells = [f"{peaks[n] / 2**20:.1f}" for n in names]
+        lines.append(f"| {r['workload']} | " + " | ".join(cells) + f" | {worst:.2%} |")
+    return lines
 
 
 def main() -> None:
@@ -237,7 +293,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = bench_device()
     # Measured at the start and after every workload, the highest kept: a peak measured while
     # the shared machine was slow would overstate every MFU (one run read 98 GFLOP/s at its
     # start; two measurements a minute apart read 138 and 177).
@@ -248,16 +304,18 @@ def main() -> None:
         lightning_version = L.__version__
     except ImportError:
         sys.exit("Lightning is not installed: pip install -e '.[bench]'")
+    candidates = candidates_for(measured[0])
     machine: dict[str, Any] = {
         "date": datetime.date.today().isoformat(), "cpu": cpu_name(),
         "threads": torch.get_num_threads(), "python": platform.python_version(),
         "torch": torch.__version__, "lightning": lightning_version,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "candidates": candidates,
     }
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.workloads.split(","):
-            result = measure(name, args.rounds, Path(tmp))
+            result = measure(name, args.rounds, Path(tmp), candidates)
             results.append(result)
             print(f"{name}: " + ", ".join(f"{k} x{v:.2f}" for k, v in result["vs_plain"].items()),
                   flush=True)

@@ -176,6 +176,8 @@ def run(
         sweep, st, executor=executor, jobs=jobs, ray_address=ray_address,
         cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log or [], check=predict))
     the_plan = prepared.plan
+    if not as_json:
+        _warn_slow_precision(the_plan)
     if estimates:
         st.set_estimates({k: e.to_dict() for k, e in estimates.items()})
     from trainlab.engine.interrupt import graceful_sigint
@@ -200,6 +202,22 @@ def run(
         if result.interrupted:
             err.print("[yellow]interrupted:[/] state saved; rerun the same command to resume.")
     raise typer.Exit(result.exit_code)
+
+
+def _warn_slow_precision(plan: Plan) -> None:
+    """A warning (not an error) for runs whose precision is slower than fp32 on this CPU."""
+    from trainlab.engine.flops import slow_precision
+    from trainlab.engine.measure import resolve_device
+
+    seen: set[str] = set()
+    for planned in plan.todo:
+        train = planned.run.config.train
+        if train.precision == "fp32" or train.precision in seen:
+            continue
+        seen.add(train.precision)
+        why = slow_precision(resolve_device(train.device), train.precision)
+        if why:
+            err.print(f"[yellow]warning:[/] {why}.")
 
 
 class _Progress:

@@ -190,3 +190,23 @@ def test_fit_memory_refuses_runs_that_do_not_fit(tiny: dict, write_config,
     assert _run("estimate", str(cfg), "--fit-memory", "1TiB").exit_code == 0
     bad = _run("estimate", str(cfg), "--fit-memory", "plenty")
     assert bad.exit_code == 2 and "is not a size" in bad.output
+
+
+@pytest.mark.parametrize("bf16_gflops", [1.3, 400.0])
+def test_run_warns_when_the_precision_is_slower_than_fp32_on_this_cpu(
+        tiny: dict, write_config, store_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        bf16_gflops: float) -> None:
+    import torch
+
+    from trainlab.engine import flops
+
+    # The peaks this process would measure (cached per device, threads and dtype): a CPU
+    # without native bf16, then one with it.
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(flops, "_PEAKS", {("cpu", threads, "torch.float32"): 120e9,
+                                          ("cpu", threads, "torch.bfloat16"): bf16_gflops * 1e9})
+    tiny["train"] = {**tiny.get("train", {}), "precision": "bf16", "device": "cpu"}
+    result = _run("run", str(write_config(tiny)), "--store", str(store_dir), "--quiet")
+    assert result.exit_code == 0, result.output
+    warned = "warning: `train.precision: bf16` on this CPU: matmuls measured 1.3 GFLOP/s"
+    assert (warned in " ".join(result.output.split())) == (bf16_gflops < 120)
