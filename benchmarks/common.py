@@ -34,6 +34,7 @@ def steady_allocator(module: str) -> None:
 
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from trainlab.components import build_model, build_optimizer, load_dataset  # noqa: E402
@@ -47,7 +48,7 @@ from trainlab.engine import (  # noqa: E402
 )
 from trainlab.engine.measure import resolve_device, synchronize  # noqa: E402
 from trainlab.engine.speed import gathered  # noqa: E402
-from trainlab.engine.tasks import TASKS  # noqa: E402
+from trainlab.engine.tasks import IGNORE_INDEX, TASKS  # noqa: E402
 from trainlab.store import open_store  # noqa: E402
 
 FMNIST = {"name": "synthetic", "n_samples": 12000, "shape": [1, 28, 28], "n_classes": 10}
@@ -170,6 +171,15 @@ def engine(raw: dict[str, Any], store_root: Path, steps: list[float] | None = No
     return seconds / n
 
 
+def torch_loss(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss people write with torch alone (``F.cross_entropy``, ``F.mse_loss``), where
+    trainlab's LM loss has a leaner backward of its own (:mod:`trainlab.engine.tasks`)."""
+    if task == "lm":
+        return lambda out, y: F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1),
+                                              ignore_index=IGNORE_INDEX)
+    return F.cross_entropy if task == "classification" else F.mse_loss
+
+
 def _prepare(raw: dict[str, Any], trainlab_optimizer: bool) -> tuple[Any, Any, Any, Any]:
     config = resolve_run(raw)
     data = load_dataset(config.data, config.model)  # a text set takes the model's tokenizer
@@ -187,15 +197,17 @@ def _prepare(raw: dict[str, Any], trainlab_optimizer: bool) -> tuple[Any, Any, A
 class PlainSteps:
     """A hand-written loop, one step per call: batches indexed from memory, nothing measured.
 
-    The same model, data, seed, batch order and (with ``trainlab_optimizer``) optimizer
-    kernels as the engine; a new epoch's shuffle and ``model.train()`` happen inside the step
-    that starts it, so they count as they do in the engine's epoch time.
+    The same model, data, seed, batch order and (with ``trainlab_optimizer``) optimizer and
+    loss kernels as the engine (without it, torch's default optimizer and loss); a new epoch's
+    shuffle and ``model.train()`` happen inside the step that starts it, so they count as they
+    do in the engine's epoch time.
     """
 
     def __init__(self, raw: dict[str, Any], trainlab_optimizer: bool = True,
                  gather: bool = False) -> None:
         self.config, data, self.model, self.opt = _prepare(raw, trainlab_optimizer)
-        self.loss_fn = TASKS[data.info.task].loss
+        self.loss_fn = (TASKS[data.info.task].loss if trainlab_optimizer
+                        else torch_loss(data.info.task))
         # In the device's memory, as the engine keeps data that fits.
         self.device = bench_device()
         self.x_all = data.train.inputs.to(self.device)
@@ -234,7 +246,7 @@ class ScriptSteps:
 
     def __init__(self, raw: dict[str, Any]) -> None:
         config, data, self.model, self.opt = _prepare(raw, False)
-        self.loss_fn = TASKS[data.info.task].loss
+        self.loss_fn = torch_loss(data.info.task)
         self.device = bench_device()
         self.loader = DataLoader(TensorDataset(data.train.inputs, data.train.targets),
                                  batch_size=config.data.batch_size, shuffle=True,
@@ -409,7 +421,7 @@ def lightning(raw: dict[str, Any], _: Path, progress_bar: bool = False) -> float
     import lightning as L
 
     config, data, model, _opt = _prepare(raw, False)
-    loss_fn = TASKS[data.info.task].loss
+    loss_fn = torch_loss(data.info.task)
     spec = config.optimizer
 
     class Module(L.LightningModule):

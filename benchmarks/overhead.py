@@ -10,7 +10,7 @@ Contenders, on the same model, data and seed:
   * plain   - a hand-written loop: same model, data, seed, batch order AND optimizer kernels
               (trainlab's optimizer builder), nothing measured: the engine's pure overhead;
   * script  - a typical course script: DataLoader over a TensorDataset, loss.item() every
-              step, a tqdm bar (when tqdm is installed), torch's default optimizer;
+              step, a tqdm bar (when tqdm is installed), torch's default optimizer and loss;
   * gathered (interleaved mode) - the plain loop taking its batches as the engine does
               (slices of chunks gathered together, one index op per chunk instead of two
               per step): engine/gathered is the engine's bookkeeping alone.

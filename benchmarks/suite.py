@@ -16,7 +16,7 @@ steps of one epoch of:
                    is above fp32's); the options picked are printed in the table, and
                    where the main rounds measure the pick slower than the defaults, the
                    defaults are the fastest options (the table names the rejected pick)
-  plain            a hand-written loop with torch's default optimizer
+  plain            a hand-written loop with torch's default optimizer and loss
   script           a typical course script (DataLoader, loss.item() every step, tqdm)
   lightning        Lightning's Trainer, progress bar off
   lightning-bar    Lightning's Trainer, progress bar on
@@ -263,9 +263,11 @@ def _markdown(results: list[dict[str, Any]], machine: dict[str, Any], command: s
     if any(r.get("peak_bytes") for r in results):
         lines += _memory_markdown(results, names)
     lines += ["", "trainlab's default optimizer uses fused kernels where they are exact "
-              "(`optimizer.fused: auto`); plain, script and Lightning use torch's defaults "
-              "(the for-loop kernels on CPU). `benchmarks/overhead.py` measures the engine's "
-              "pure overhead with identical kernels.", ""]
+              "(`optimizer.fused: auto`), and its LM loss a cross-entropy whose backward needs "
+              "no second pass of exponentials; plain, script and Lightning use torch's "
+              "defaults (the for-loop optimizer kernels on CPU, `F.cross_entropy`). "
+              "`benchmarks/overhead.py` measures the engine's pure overhead with identical "
+              "kernels.", ""]
     return "\n".join(lines)
 
 
