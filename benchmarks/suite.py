@@ -113,12 +113,12 @@ def _pick_fast(raw: dict[str, Any], tmp: Path, candidates: list[dict[str, Any]],
 
 
 def measure(name: str, rounds: int, tmp: Path,
-            candidates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            candidates: list[dict[str, Any]]) -> dict[str, Any]:
     raw = copy.deepcopy(WORKLOADS[name])
     raw["train"] = {"epochs": 1, "seed": 0}
     config = resolve_run(raw)
     data = load_dataset(config.data, config.model)
-    fast = _pick_fast(raw, tmp, candidates if candidates is not None else FAST_CANDIDATES)
+    fast = _pick_fast(raw, tmp, candidates)
     summary: dict[str, Any] = {}  # the last engine run's (its recorded peak memory)
     contenders: dict[str, Contender] = {
         "trainlab": lambda r, t: engine(r, t, summary=summary),

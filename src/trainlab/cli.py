@@ -209,13 +209,10 @@ def _warn_slow_precision(plan: Plan) -> None:
     from trainlab.engine.flops import slow_precision
     from trainlab.engine.measure import resolve_device
 
-    seen: set[str] = set()
-    for planned in plan.todo:
-        train = planned.run.config.train
-        if train.precision == "fp32" or train.precision in seen:
-            continue
-        seen.add(train.precision)
-        why = slow_precision(resolve_device(train.device), train.precision)
+    settings = {(resolve_device(p.run.config.train.device), p.run.config.train.precision)
+                for p in plan.todo}
+    for device, precision in sorted(settings, key=str):
+        why = slow_precision(device, precision)
         if why:
             err.print(f"[yellow]warning:[/] {why}.")
 
