@@ -1,6 +1,6 @@
 """`trainlab report` and `trainlab compare`: the store's runs as figures, tables and answers.
 
-Registered on the app by :mod:`trainlab.cli` (imported at its end).
+Registered on the app when :mod:`trainlab.cli` imports this module.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from trainlab.cli import JsonOpt, StoreOpt, _escape, _guard, _open_store, app, err, out
+from trainlab.cli.common import JsonOpt, StoreOpt, app, command_store, err, escape, guard, out
 
 # --- report / compare -------------------------------------------------------------------------
 
@@ -70,15 +70,15 @@ def report(
     def _split(text: str | None) -> list[str] | None:
         return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
-    st = _open_store(ctx, store, create=False)
+    st = command_store(ctx, store, create=False)
     options = ReportOptions(sweep=sweep, metric=metric, facet=_split(facet), panel=panel,
                             hue=_split(hue), sort=sort, group=group, target=target,
                             clock=clock, overfit_epochs=overfit_epochs,  # type: ignore[arg-type]
                             formats=tuple(_split(formats) or ()))
-    built = _guard(lambda: build_report(st, options))
+    built = guard(lambda: build_report(st, options))
     try:
         target_dir = out_dir or default_out(built.frames.name)
-        paths = _guard(lambda: write_report(built, target_dir))
+        paths = guard(lambda: write_report(built, target_dir))
     finally:
         built.close()
     if as_json:
@@ -96,7 +96,7 @@ def report(
     out.print(f"report of sweep [bold]{built.frames.name}[/]: {len(built.frames.runs)} runs, "
               f"{figures} figures, 2 tables, {len(built.answers)} answers", highlight=False)
     for answer in built.answers[:3]:
-        out.print(f"[bold]{_escape(answer.question)}[/] {_escape(answer.answer)}",
+        out.print(f"[bold]{escape(answer.question)}[/] {escape(answer.answer)}",
                   highlight=False)
     out.print(f"wrote {target_dir / 'report.html'} (open it in a browser), report.md, "
               f"tables/ and figures/ in {target_dir}", highlight=False)
@@ -113,8 +113,8 @@ def compare(
     """Compare runs side by side: the config keys that differ, then the key results."""
     from trainlab.analysis.compare import compare_runs
 
-    st = _open_store(ctx, store, create=False)
-    result = _guard(lambda: compare_runs(st, run_ids))
+    st = command_store(ctx, store, create=False)
+    result = guard(lambda: compare_runs(st, run_ids))
     if as_json:
         out.print_json(data=result.to_dict())
         return
@@ -124,9 +124,9 @@ def compare(
     for col in result.columns:
         table.add_column(col, justify="right")
     for key, cells in result.differences:
-        table.add_row(key, *[_escape(c) for c in cells])
+        table.add_row(key, *[escape(c) for c in cells])
     table.add_section()
     for label, cells, best in result.results:
-        table.add_row(label, *[f"[bold green]{_escape(c)}[/]" if i == best else _escape(c)
+        table.add_row(label, *[f"[bold green]{escape(c)}[/]" if i == best else escape(c)
                                for i, c in enumerate(cells)])
     out.print(table)

@@ -1,6 +1,6 @@
 """`trainlab lr-find`, and how `plan`, `run` and `show` talk about `optimizer.lr: auto`.
 
-Registered on the app by :mod:`trainlab.cli` (imported at its end).
+Registered on the app when :mod:`trainlab.cli` imports this module.
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from trainlab.cli import (
+from trainlab.cli.common import (
     ExampleOpt,
     JsonOpt,
     SetOpt,
     StoreOpt,
-    _escape,
-    _guard,
-    _load,
-    _open_store,
     app,
+    command_store,
     err,
+    escape,
+    guard,
+    load_config,
     out,
 )
 from trainlab.errors import ConfigError
@@ -88,19 +88,19 @@ def lr_find(
     from trainlab.lr_study import LRFindReport
     from trainlab.plan import check_runs
 
-    sweep = _guard(lambda: _load(config, example, overrides))
+    sweep = guard(lambda: load_config(config, example, overrides))
     given = {"start": start, "end": end, "steps": steps, "epochs": epochs, "mode": mode,
              "smooth": smooth, "diverge": diverge, "loss": "valid" if valid else None,
              "suggest": suggest, "candidates": candidates, "seed": seed}
-    settings = _guard(lambda: _cli_settings(resolve_lr_find, sweep.lr_find, given))
+    settings = guard(lambda: _cli_settings(resolve_lr_find, sweep.lr_find, given))
     names = [s.strip() for s in schedules.split(",") if s.strip()]
     if emit_grid is not None:
-        _guard(lambda: _check_schedules(names))
+        guard(lambda: _check_schedules(names))
     from trainlab.config import expand
 
-    runs = _guard(lambda: expand(sweep))
-    _guard(lambda: check_runs(sweep, runs))
-    st = _open_store(ctx, store)
+    runs = guard(lambda: expand(sweep))
+    guard(lambda: check_runs(sweep, runs))
+    st = command_store(ctx, store)
     report = LRFindReport(sweep.name)
     figures_dir = out_dir or st.root / "lr-ranges"
     from trainlab.lr_study import range_groups, run_group
@@ -109,7 +109,7 @@ def lr_find(
               else f"{settings.epochs:g} epochs")
     for group in range_groups(runs, lambda run: settings):
         if not as_json:
-            err.print(f"lr-find {_escape(group.describe())}: range {group.range_id}, {length} "
+            err.print(f"lr-find {escape(group.describe())}: range {group.range_id}, {length} "
                       f"from {settings.start:g} to {settings.end:g} ...", highlight=False)
         outcome = run_group(group, st, sweep=sweep.name, rerun=rerun)
         report.outcomes.append(outcome)
@@ -161,7 +161,7 @@ def _emit(report: LRFindReport, sweep: Any, schedules: list[str], path: Path) ->
         err.print("[red]no follow-up sweep written:[/] no range test gave candidate LRs")
         return
     doc, skipped = followup_document(sweep, report.outcomes, schedules)
-    report.grid_runs = _guard(lambda: write_followup(doc, path, usable))
+    report.grid_runs = guard(lambda: write_followup(doc, path, usable))
     report.grid_path = str(path)
     report.skipped = [o.group.range_id for o in skipped]
 
@@ -180,7 +180,7 @@ def _print_ranges(report: LRFindReport) -> None:
         trust = {"ok": "[green]trusted[/]", "untrusted": "[yellow]not trusted[/]",
                  "diverged": "[red]no LR[/]"}[r.status]
         cands = ", ".join(f"{c:.3g}" for c in sug.candidates or [])
-        table.add_row(_escape(o.group.describe()), o.group.range_id,
+        table.add_row(escape(o.group.describe()), o.group.range_id,
                       f"{r.steps}/{r.planned_steps}",
                       f"{r.seconds:.1f}" + (" (stored)" if o.reused else ""), stopped,
                       *[f"{v:.3g}" if v is not None else "-" for v in
@@ -189,7 +189,7 @@ def _print_ranges(report: LRFindReport) -> None:
             notes.append(f"{o.group.describe()}: {r.explain()}")
     out.print(table)
     for note in notes:
-        out.print(f"[yellow]note:[/] {_escape(note)}", highlight=False)
+        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     for rid, paths in report.figures.items():
         out.print(f"figure {rid}: {', '.join(paths)}", highlight=False)
     if report.grid_path is not None:

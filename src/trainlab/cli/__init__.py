@@ -1,0 +1,77 @@
+"""The `trainlab` command line.
+
+Exit codes: 0 every run ok; 1 the sweep finished but some runs failed or diverged; 2 bad input
+(config or usage: a one-paragraph message, no traceback); 130 interrupted (state saved).
+
+:mod:`trainlab.cli.common` holds the app and what commands share; one module per command
+group registers its commands on it.  This package imports them all, orders them for
+`--help`, and holds the console entry point.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+
+from trainlab.cli import (  # noqa: F401  (each registers its commands on import)
+    estimate,
+    info,
+    lr_find,
+    plan,
+    report,
+    run,
+    store,
+)
+from trainlab.cli.common import app, err
+
+# `trainlab --help` lists the commands in the order of a session: run, look, explain.
+_ORDER = ("run", "estimate", "plan", "ls", "show", "examples", "components", "lr-find", "report",
+          "compare")
+
+
+def _command_name(info: object) -> str:
+    name = getattr(info, "name", None) or getattr(getattr(info, "callback", None), "__name__", "")
+    return str(name).replace("_", "-")
+
+
+app.registered_commands.sort(
+    key=lambda c: _ORDER.index(_command_name(c)) if _command_name(c) in _ORDER else len(_ORDER))
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(130)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def main() -> None:
+    """Console entry point.
+
+    Once the command is over, a Ctrl-C (typically the second one, after a graceful stop)
+    must not end the process by signal, which shows as exit -2 instead of 130: while threads
+    are joined and trackers' exit hooks run it exits at once with 130; during the
+    interpreter's teardown, which resets Python's handlers to the default action (death by
+    SIGINT), it is ignored.  Registered before any command imports a tracker, this atexit
+    hook runs after theirs.
+    """
+    import atexit
+
+    atexit.register(_ignore_sigint)
+    try:
+        app()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, _exit_now)
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGINT, _exit_now)
+
+
+__all__ = ["app", "main"]

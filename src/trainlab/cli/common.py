@@ -1,0 +1,142 @@
+"""What every command shares: the typer app, the consoles, common options, and the guard
+that turns bad input into a message and exit code 2.
+
+Each command module registers its commands on :data:`app`; :mod:`trainlab.cli` imports them
+all.  Modules here import torch, the engine and the store inside their commands only, so that
+`trainlab --help`, `ls` and `show` start fast.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from trainlab import __version__
+from trainlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainlab.plan import PlannedRun
+    from trainlab.store import Store
+
+app = typer.Typer(
+    name="trainlab",
+    help="Run, measure and compare deep-learning training experiments from one YAML file.\n\n"
+         "Start with `trainlab run --example quickstart`, then `trainlab ls`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+# Tables piped to a file or CI log get room to breathe (rich assumes 80 columns there).
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 140
+out = Console(width=_WIDTH)
+err = Console(stderr=True, width=_WIDTH)
+
+T = TypeVar("T")
+
+StoreOpt = typer.Option(None, "--store", envvar="TRAINLAB_STORE", metavar="DIR",
+                        help="Store directory (default: ./trainlab-runs, or $TRAINLAB_STORE).")
+SetOpt = typer.Option(None, "--set", "-s", metavar="KEY=VALUE",
+                      help="Override a config field for every run, e.g. --set train.epochs=2 "
+                           "(repeatable; grid.KEY=[..] edits a grid axis).")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+FitOpt = typer.Option(
+    None, "--fit-memory", metavar="BYTES|auto",
+    help="Refuse runs whose predicted peak memory exceeds this (8e9, 16GiB, auto = the "
+         "device's memory) and suggest the largest batch size that fits.")
+ExampleOpt = typer.Option(
+    None, "--example", "-e", metavar="NAME",
+    help="Use a built-in example instead of CONFIG (see `trainlab examples`).")
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def guard(fn: Callable[[], T]) -> T:
+    """Run ``fn``; bad input becomes a message and exit code 2, never a traceback."""
+    try:
+        return fn()
+    except ConfigError as exc:
+        fail(escape(str(exc)))
+
+
+def command_store(ctx: typer.Context, path: Path | None, *, create: bool = True) -> Store:
+    """The command's store (bad input: exit 2), closed when the command ends, however it ends
+    (an explicit close: its SQLite connection is not left to the garbage collector)."""
+    from trainlab.store import open_store
+
+    st = guard(lambda: open_store(path, create=create))
+    ctx.call_on_close(st.close)
+    return st
+
+
+def escape(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"trainlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Show the version and exit.")) -> None:
+    """Run, measure and compare deep-learning training experiments."""
+
+
+def load_config(config: Path | None, example: str | None, overrides: list[str] | None) -> Any:
+    from trainlab.config import load_sweep
+
+    if config is not None and example is not None:
+        raise ConfigError("give either CONFIG or --example, not both")
+    return load_sweep(config, example=example, overrides=overrides or [])
+
+
+def describe_run(planned: PlannedRun) -> str:
+    from trainlab.config.grid import short_names
+
+    labels = short_names(list(planned.varied))
+    return " ".join(f"{labels[k]}={format_value(v)}" for k, v in planned.varied.items())
+
+
+def headline(summary: Mapping[str, Any]) -> str:
+    parts = []
+    for key in ("test_accuracy", "test_perplexity", "test_rmse", "test_loss"):
+        if key in summary and summary[key] is not None:
+            parts.append(f"{key.replace('_', '/', 1)} {format_value(summary[key])}")
+            break
+    if summary.get("train_time") is not None:
+        parts.append(f"{summary['train_time']:.1f}s")
+    return "  ".join(parts)
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# Beside each result: what it cost (trainable share, throughput, peak memory, gradient norm).
+COST_COLUMNS = ("trainable %", "samples/s", "peak MB", "grad norm")
+
+
+def cost_cells(summary: Mapping[str, Any]) -> list[str]:
+    def get(key: str, fmt: str, scale: float = 1.0) -> str:
+        value = summary.get(key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return ""
+        return format(value * scale, fmt)
+
+    return [get("params_trainable_pct", ".3g"), get("samples_per_s", ".0f"),
+            get("peak_memory_bytes", ".0f", 1 / 2**20), get("grad_norm_median", ".3g")]

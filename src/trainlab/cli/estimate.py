@@ -1,0 +1,141 @@
+"""`trainlab estimate`: predicted parameters, peak memory and time of every run; the
+estimates and the `--fit-memory` check that `trainlab run` also uses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.table import Table
+
+from trainlab.cli.common import (
+    ExampleOpt,
+    FitOpt,
+    JsonOpt,
+    SetOpt,
+    app,
+    describe_run,
+    err,
+    format_value,
+    guard,
+    load_config,
+    out,
+)
+from trainlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainlab.plan import Plan, PlannedRun
+
+
+def estimate_plan(plan: Plan, runs: Sequence[PlannedRun], *, calibrate: bool,
+              quiet: bool) -> dict[str, Any]:
+    from trainlab.estimate import estimate_runs
+
+    if not quiet:
+        err.print(f"estimating {len(runs)} runs"
+                  + (" (a short calibration probe per distinct setup)" if calibrate else ""))
+    configs = {r.run_id: r.run.config for r in runs}
+    return estimate_runs(configs, calibrate=calibrate)
+
+
+def check_fit(plan: Plan, estimates: Mapping[str, Any], budget_text: str) -> None:
+    from trainlab.engine.measure import resolve_device
+    from trainlab.estimate import largest_fitting_batch, memory_budget
+
+    problems = []
+    for planned in plan.runs:
+        est = estimates.get(planned.run_id)
+        if est is None:
+            continue
+        config = planned.run.config
+        budget = memory_budget(budget_text, resolve_device(config.train.device))
+        if est.peak_bytes > budget:
+            best = largest_fitting_batch(config, budget, est)
+            hint = (f"data.batch_size={best} fits" if best else "no batch size fits: use a "
+                    "smaller model or a bigger device")
+            problems.append(f"run {planned.index} ({describe_run(planned)}): predicted peak "
+                            f"{human_bytes(est.peak_bytes)} > {human_bytes(budget)}; {hint}")
+    if problems:
+        raise ConfigError("`--fit-memory`: some runs will not fit:\n  " + "\n  ".join(problems))
+
+
+def validate_size(text: str) -> None:
+    """Fail fast on a malformed --fit-memory, before any probe runs."""
+    import torch
+
+    from trainlab.estimate import memory_budget
+
+    guard(lambda: memory_budget(text, torch.device("cpu")))
+
+
+def human_bytes(n: float) -> str:
+    """Bytes for people: 3 significant digits in the largest binary unit below the value."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+@app.command("estimate")
+def estimate_cmd(
+    config: Path | None = typer.Argument(None, help="Sweep YAML file.", show_default=False),
+    example: str | None = ExampleOpt,
+    overrides: list[str] | None = SetOpt,
+    calibrate: bool = typer.Option(
+        True, "--calibrate/--no-calibrate",
+        help="Time and measure a few real steps per distinct setup (default), or predict from "
+             "FLOPs over the measured matmul peak and traced memory (instant, a lower bound)."),
+    fit_memory: str | None = FitOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Predict parameters, peak memory and time of every run before running it."""
+    from trainlab.config.grid import short_names
+    from trainlab.plan import make_plan
+
+    sweep = guard(lambda: load_config(config, example, overrides))
+    if fit_memory:
+        validate_size(fit_memory)
+    the_plan = guard(lambda: make_plan(sweep, None))
+    estimates = guard(lambda: estimate_plan(the_plan, the_plan.runs, calibrate=calibrate,
+                                         quiet=as_json))
+    total = sum(e.run_s for e in estimates.values())
+    if as_json:
+        out.print_json(data={"sweep": sweep.name, "total_run_s": total, "runs": [
+            {"index": r.index, "run_id": r.run_id, "varied": r.varied,
+             **estimates[r.run_id].to_dict()} for r in the_plan.runs]})
+    else:
+        labels = short_names(the_plan.varied)
+        method = next(iter(estimates.values())).method
+        table = Table(title=f"sweep {sweep.name}: predicted ({method} method); whole sweep "
+                            f"{human_seconds(total)}", title_justify="left")
+        for col in ["#", *labels.values(), "params", "trainable", "weights+grads+opt",
+                    "activations", "peak memory", "ms/step", "s/epoch", "run"]:
+            table.add_column(col, justify="right")
+        for r in the_plan.runs:
+            e = estimates[r.run_id]
+            table.add_row(
+                str(r.index), *[format_value(r.varied[k]) for k in the_plan.varied],
+                f"{e.params_total:,}", f"{e.params_trainable:,}",
+                human_bytes(e.param_bytes + e.grad_bytes + e.optimizer_bytes),
+                human_bytes(e.activation_bytes) if e.activation_bytes is not None else "?",
+                human_bytes(e.peak_bytes), f"{e.step_s * 1e3:.3g}",
+                f"{e.epoch_train_s + e.epoch_eval_s:.3g}", human_seconds(e.run_s))
+        out.print(table)
+        out.print("peak memory is what the run reports as memory/peak_bytes: on CPU the "
+                  "process's peak RSS (Python, torch and the data included); activations are "
+                  "traced on the meta device.", highlight=False)
+        if any(estimates[r.run_id].activation_bytes is None for r in the_plan.runs):
+            out.print("activations ?: not traced (PyTorch's MemTracker cannot follow frozen "
+                      "parameters or ops without a meta kernel); the peak then rests on the "
+                      "calibration probe (with --no-calibrate: on weights, gradients and "
+                      "optimizer state alone).", highlight=False)
+    if fit_memory:
+        guard(lambda: check_fit(the_plan, estimates, fit_memory))
+
+
+def human_seconds(s: float) -> str:
+    if s < 120:
+        return f"{s:.1f} s"
+    return f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"

@@ -1,0 +1,278 @@
+"""`trainlab run`: train every run of a sweep into the store, with progress bars."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.table import Table
+
+from trainlab.cli.common import (
+    COST_COLUMNS,
+    ExampleOpt,
+    FitOpt,
+    JsonOpt,
+    SetOpt,
+    StoreOpt,
+    app,
+    command_store,
+    cost_cells,
+    describe_run,
+    err,
+    escape,
+    format_value,
+    guard,
+    headline,
+    load_config,
+    out,
+)
+from trainlab.cli.estimate import check_fit, estimate_plan, validate_size
+
+if TYPE_CHECKING:
+    from trainlab.engine import Callback, RunOutcome, RunState
+    from trainlab.lr_study import AutoLR
+    from trainlab.plan import Plan, PlannedRun
+
+
+@app.command()
+def run(
+    ctx: typer.Context,
+    config: Path | None = typer.Argument(None, help="Sweep YAML file.", show_default=False),
+    example: str | None = ExampleOpt,
+    store: Path | None = StoreOpt,
+    overrides: list[str] | None = SetOpt,
+    as_json: bool = JsonOpt,
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    estimate: bool = typer.Option(
+        True, "--estimate/--no-estimate",
+        help="Predict each run's peak memory and time first (a short calibration probe per "
+             "distinct setup) and store the prediction with the run."),
+    fit_memory: str | None = FitOpt,
+    jobs: int | None = typer.Option(
+        None, "--jobs", "-j", metavar="N", show_default=False,
+        help="Train N runs at once in local worker processes (CPU threads divided, one GPU "
+             "per job when there are several)."),
+    executor: str | None = typer.Option(
+        None, "--executor", metavar="NAME", show_default=False,
+        help="local (one run at a time, the default), pool (--jobs) or ray."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", metavar="ADDR", show_default=False,
+        help="An existing Ray cluster (HOST:PORT, ray://HOST:10001 or auto); default: a local "
+             "Ray. Implies --executor ray."),
+    cpus_per_run: float | None = typer.Option(
+        None, "--cpus-per-run", show_default=False, help="Ray: CPUs per run (default: 1)."),
+    gpus_per_run: float | None = typer.Option(
+        None, "--gpus-per-run", show_default=False,
+        help="Ray: GPUs per run (default: 1 when the cluster has GPUs, else 0)."),
+    nproc: int | None = typer.Option(
+        None, "--nproc", metavar="N", show_default=False,
+        help="Train each run with DistributedDataParallel on N processes (torchrun): one per "
+             "GPU, or gloo on CPU. Same as --set train.nproc=N."),
+    log: list[str] | None = typer.Option(
+        None, "--log", metavar="TRACKER", show_default=False,
+        help="Mirror every metric, the config and the system measurements to wandb, mlflow or "
+             "tensorboard (repeatable)."),
+) -> None:
+    """Train every run of a sweep into the store.
+
+    Finished runs are skipped, interrupted ones resume from their last checkpoint, failed ones
+    are retried. Ctrl-C saves state and exits with 130; rerun the same command to go on.
+    """
+    from trainlab.api import prepare
+
+    if nproc is not None:
+        overrides = [*(overrides or []), f"train.nproc={nproc}"]
+    sweep = guard(lambda: load_config(config, example, overrides))
+    st = command_store(ctx, store)
+    estimates: dict[str, Any] = {}
+    if fit_memory:
+        validate_size(fit_memory)
+
+    def predict(the_plan: Plan) -> None:
+        # Before the plan is registered: a run refused by --fit-memory leaves no trace.
+        if (estimate or fit_memory) and the_plan.todo:
+            estimates.update(estimate_plan(the_plan, the_plan.todo, calibrate=True,
+                                       quiet=quiet or as_json))
+            if fit_memory:
+                check_fit(the_plan, estimates, fit_memory)
+
+    prepared = guard(lambda: prepare(
+        sweep, st, executor=executor, jobs=jobs, ray_address=ray_address,
+        cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log or [], check=predict))
+    the_plan = prepared.plan
+    if not as_json:
+        _warn_slow_precision(the_plan)
+    if estimates:
+        st.set_estimates({k: e.to_dict() for k, e in estimates.items()})
+    from trainlab.engine.interrupt import graceful_sigint
+
+    def notify() -> None:
+        err.print("\n[yellow]Ctrl-C:[/] stopping after the current step and saving state; "
+                  "press Ctrl-C again to quit at once.")
+
+    try:
+        observer = _Progress(the_plan, quiet=quiet or as_json)
+        try:
+            with graceful_sigint(notify):
+                result = prepared.executor.execute(the_plan, prepared.store, observer)
+        finally:
+            observer.close()
+    finally:
+        prepared.close()  # trackers finished, workers ended
+    if as_json:
+        out.print_json(data=_sweep_json(the_plan, st))
+    else:
+        _print_summary(the_plan, st)
+        if result.interrupted:
+            err.print("[yellow]interrupted:[/] state saved; rerun the same command to resume.")
+    raise typer.Exit(result.exit_code)
+
+
+def _warn_slow_precision(plan: Plan) -> None:
+    """A warning (not an error) for runs whose precision is slower than fp32 on this CPU."""
+    from trainlab.engine.flops import slow_precision
+    from trainlab.engine.measure import resolve_device
+
+    settings = {(resolve_device(p.run.config.train.device), p.run.config.train.precision)
+                for p in plan.todo}
+    for device, precision in sorted(settings, key=str):
+        why = slow_precision(device, precision)
+        if why:
+            err.print(f"[yellow]warning:[/] {why}.")
+
+
+class _Progress:
+    """Rich progress: a bar over the sweep's runs and one over the current run's steps."""
+
+    def __init__(self, plan: Plan, *, quiet: bool) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.plan, self.quiet = plan, quiet
+        self.live = not quiet and err.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=err, transient=False, disable=not self.live, refresh_per_second=8)
+        self.sweep_task: Any = None
+        self.run_tasks: dict[str, Any] = {}  # one bar per run in progress (several with --jobs)
+
+    def on_sweep_start(self, plan: Plan) -> None:
+        skipped = len(plan.runs) - len(plan.todo)
+        if not self.quiet:
+            err.print(f"sweep [bold]{plan.sweep.name}[/]: {len(plan.runs)} runs, "
+                      f"{len(plan.todo)} to train, {skipped} already done")
+        self.progress.start()
+        self.sweep_task = self.progress.add_task(
+            f"sweep {plan.sweep.name}", total=len(plan.todo), info="")
+
+    def callbacks(self, planned: PlannedRun) -> Sequence[Callback]:
+        from trainlab.engine import Callback
+
+        progress, owner = self.progress, self
+        label = describe_run(planned)
+
+        class _Bar(Callback):
+            last = 0.0
+
+            def on_run_start(self, state: RunState) -> None:
+                owner.run_tasks[planned.run_id] = progress.add_task(
+                    f"  run {planned.index} {label}", total=state.total_steps,
+                    completed=state.step, info="")
+
+            def on_step_end(self, state: RunState) -> None:
+                # Counting steps reads no tensor; refresh at most 10 times a second.
+                now = time.perf_counter()
+                if now - self.last > 0.1 and planned.run_id in owner.run_tasks:
+                    self.last = now
+                    progress.update(owner.run_tasks[planned.run_id], completed=state.step)
+
+            def on_log(self, state: RunState, values: Mapping[str, float]) -> None:
+                if planned.run_id not in owner.run_tasks:
+                    return
+                rate = state.info.tokens_per_example * _batch(state) / max(
+                    values.get("time/step", math.inf), 1e-9)
+                unit = "tok/s" if state.info.task == "lm" else "samples/s"
+                progress.update(owner.run_tasks[planned.run_id], completed=state.step,
+                                info=f"loss {values['train/step_loss']:.4g}  {rate:,.0f} {unit}")
+
+        return [_Bar()]
+
+    def on_run_end(self, planned: PlannedRun, outcome: RunOutcome) -> None:
+        task = self.run_tasks.pop(planned.run_id, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        self.progress.advance(self.sweep_task)
+        if self.quiet:
+            return
+        colour = {"ok": "green", "diverged": "yellow", "interrupted": "yellow",
+                  "busy": "cyan"}.get(outcome.status, "red")
+        metric = headline(outcome.summary)
+        line = (f"[{colour}]{outcome.status:>8}[/] run {planned.index} {planned.run_id} "
+                f"{escape(describe_run(planned))}  {metric}")
+        if outcome.status not in ("ok", "interrupted") and outcome.error:
+            line += f"\n         {escape(outcome.error.strip().splitlines()[-1][:200])}"
+        err.print(line, highlight=False)
+
+    def on_lr_range(self, choice: AutoLR) -> None:
+        if self.quiet:
+            return
+        from trainlab.cli.lr_find import auto_line
+
+        err.print(escape(auto_line(choice)), highlight=False)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _batch(state: RunState) -> int:
+    return int(state.config.data.batch_size)  # type: ignore[attr-defined]
+
+
+def _metric_name(summary: Mapping[str, Any]) -> str | None:
+    return next((m for m in ("accuracy", "perplexity", "rmse") if f"test_{m}" in summary
+                 or f"best_valid_{m}" in summary), None)
+
+
+def _print_summary(plan: Plan, store: Any) -> None:
+    from trainlab.config.grid import short_names
+
+    runs = store.runs(plan.sweep.name).set_index("run_id")
+    labels = short_names(plan.varied)
+    summaries = {p.run_id: (runs.loc[p.run_id, "summary"] if p.run_id in runs.index else {})
+                 for p in plan.runs}
+    metric = next((m for m in map(_metric_name, summaries.values()) if m), None) or "loss"
+    abbrev = {"accuracy": "acc", "perplexity": "ppl", "rmse": "rmse", "loss": "loss"}[metric]
+    table = Table(title=f"sweep {plan.sweep.name}", title_justify="left")
+    columns = ["#", "run", *labels.values(), "status", "best ep", f"valid {abbrev}",
+               f"test {abbrev}", "train s", *COST_COLUMNS]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("run", "status") else "right")
+    for planned in plan.runs:
+        summary = summaries[planned.run_id]
+        status = runs.loc[planned.run_id, "status"] if planned.run_id in runs.index else "?"
+        cells = [format_value(summary.get(k)) if summary.get(k) is not None else "" for k in
+                 ("best_epoch", f"best_valid_{metric}", f"test_{metric}")]
+        table.add_row(str(planned.index), planned.run_id[:8],
+                      *[format_value(planned.varied[k]) for k in plan.varied], status, *cells,
+                      f"{summary['train_time']:.1f}" if "train_time" in summary else "",
+                      *cost_cells(summary))
+    out.print(table)
+
+
+def _sweep_json(plan: Plan, store: Any) -> dict[str, Any]:
+    runs = store.runs(plan.sweep.name).set_index("run_id")
+    return {"sweep": plan.sweep.name, "varied": plan.varied, "runs": [
+        {"index": p.index, "run_id": p.run_id, "varied": p.varied,
+         "status": runs.loc[p.run_id, "status"], "summary": runs.loc[p.run_id, "summary"]}
+        for p in plan.runs]}

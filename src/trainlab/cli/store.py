@@ -1,0 +1,115 @@
+"""`trainlab ls` and `trainlab show`: browse the store (no torch, no engine)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from trainlab.cli.common import (
+    COST_COLUMNS,
+    JsonOpt,
+    StoreOpt,
+    app,
+    command_store,
+    cost_cells,
+    escape,
+    fail,
+    format_value,
+    guard,
+    headline,
+    out,
+)
+
+
+@app.command("ls")
+def ls(
+    ctx: typer.Context,
+    store: Path | None = StoreOpt,
+    sweep: str | None = typer.Option(None, "--sweep", help="Only this sweep's runs."),
+    status: str | None = typer.Option(None, "--status", help="Only runs with this status."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """List the sweeps and runs in the store."""
+    from trainlab.config.grid import short_names
+    from trainlab.records import STATUSES
+
+    st = command_store(ctx, store, create=False)
+    if status is not None and status not in STATUSES:
+        fail(f"`--status`: unknown status {status!r}; valid: {', '.join(STATUSES)}")
+    if sweep is not None and st.sweep_info(sweep) is None:
+        names = list(st.sweeps()["sweep"])
+        fail(f"`--sweep`: no sweep {sweep!r} in {st.root}; sweeps: {', '.join(names) or 'none'}")
+    runs = st.runs(sweep)
+    if status is not None:
+        runs = runs[runs["status"] == status]
+    records = runs.to_dict(orient="records")
+    for r in records:
+        r["index"] = None if r["index"] is None or r["index"] != r["index"] else int(r["index"])
+    if as_json:
+        out.print_json(data=[{k: r[k] for k in ("run_id", "sweep", "index", "status",
+                                                  "summary", "overrides")} for r in records])
+        return
+    table = Table(title=f"store {st.root}", title_justify="left")
+    for col in ("sweep", "#", "run id", "status", "settings", "result", "train s",
+                *COST_COLUMNS):
+        table.add_column(col)
+    for r in records:
+        summary: dict[str, Any] = r["summary"]
+        labels = short_names(list(r["overrides"]))
+        settings = " ".join(f"{labels[k]}={format_value(v)}" for k, v in r["overrides"].items())
+        table.add_row(str(r["sweep"] or "-"), "" if r["index"] is None else str(r["index"]),
+                      r["run_id"], r["status"], settings, headline(summary).split("  ")[0],
+                      f"{summary['train_time']:.1f}" if "train_time" in summary else "",
+                      *cost_cells(summary))
+    out.print(table)
+
+
+@app.command()
+def show(
+    ctx: typer.Context,
+    run_id: str = typer.Argument(..., metavar="RUN", help="Run id (a unique prefix is enough)."),
+    store: Path | None = StoreOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show one run: config, status, environment, summary and its per-epoch metrics."""
+    st = command_store(ctx, store, create=False)
+    full = guard(lambda: st.find_run(run_id))
+    runs = st.runs()
+    row = runs[runs["run_id"] == full].iloc[0]
+    metrics = st.metrics([full])
+    if as_json:
+        out.print_json(data={
+            "run_id": full, "sweeps": sorted(set(runs[runs["run_id"] == full]["sweep"].dropna())),
+            "status": row["status"], "error": row["error"], "config": row["config"],
+            "env": row["env"], "summary": row["summary"],
+            "metrics": metrics.to_dict(orient="records")})
+        return
+    out.print(f"[bold]run {full}[/]  status {row['status']}  attempts {row['attempts']}")
+    out.print_json(data={"config": row["config"]})
+    if row["error"]:
+        out.print(f"[red]error:[/] {escape(str(row['error']))}", highlight=False)
+    summary = row["summary"] or {}
+    if "lr_chosen" in summary:
+        trust = "trusted" if summary.get("lr_trusted") else (
+            "not trusted: " + ", ".join(summary.get("lr_flags") or []))
+        lr = summary["lr_chosen"]
+        out.print(f"optimizer.lr: auto -> {lr:.4g} " if lr is not None else
+                  "optimizer.lr: auto -> no LR ", end="", highlight=False)
+        out.print(f"({summary.get('lr_method')} of LR range test {summary.get('lr_range_id')}; "
+                  f"{trust})", highlight=False)
+    out.print_json(data={"summary": row["summary"], "env": row["env"]})
+    epochs = metrics[metrics["epoch"] > 0]
+    per_epoch = epochs[epochs["key"].str.match(r"^(train|valid)/(loss|accuracy|perplexity|rmse)$")
+                       | epochs["key"].isin(["time/train", "throughput/samples_per_s"])]
+    if not per_epoch.empty:
+        wide = per_epoch.pivot_table(index="epoch", columns="key", values="value", aggfunc="last")
+        table = Table(title="per epoch", title_justify="left")
+        table.add_column("epoch")
+        for col in wide.columns:
+            table.add_column(str(col), justify="right")
+        for epoch, values in wide.iterrows():
+            table.add_row(str(epoch), *[format_value(v) for v in values])
+        out.print(table)
