@@ -21,8 +21,9 @@ from typing import Any
 
 import pandas as pd
 
+from trainlab.analysis.fmt import format_number, mib
 from trainlab.analysis.frames import Metric, SweepFrames, aggregate, curves
-from trainlab.analysis.tables import format_number, sort_frame
+from trainlab.analysis.tables import sort_frame
 
 RELATIVE_TOLERANCE = 0.10  # lower-is-better metrics: within 10 % of the best
 ACCURACY_TOLERANCE = 0.01  # accuracy: within one percentage point of the best
@@ -268,11 +269,10 @@ def pareto(frames: SweepFrames, configs: pd.DataFrame, cost: str) -> Answer:
     a = m.abbrev
     what = "training time" if cost == "train_time" else "peak memory"
     unit = "s" if cost == "train_time" else "MiB"
-    scale = 1.0 if cost == "train_time" else 1 / 2**20
     key = "pareto_time" if cost == "train_time" else "pareto_memory"
     question = f"Which configurations trade validation {a} against {what} best (Pareto front)?"
     ok = _ok(configs).reset_index(drop=True)
-    costs = [float(c) * scale for c in ok[cost]]
+    costs = [float(c) if cost == "train_time" else mib(float(c)) for c in ok[cost]]
     values = [float(v) for v in ok[f"valid_{m.name}"]]
     front = pareto_front(costs, values, m.higher_is_better)
     evidence = [{"run": frames.run_numbers(r), "config": frames.describe(r),

@@ -6,8 +6,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainlab.analysis.frames import METRICS, flatten, format_value
-from trainlab.analysis.tables import format_number
+from trainlab.analysis.fmt import (
+    format_count,
+    format_int,
+    format_mib,
+    format_number,
+    format_rate,
+    format_value,
+)
+from trainlab.analysis.frames import METRICS, flatten
 from trainlab.errors import ConfigError
 
 # (summary key, label, kind): kind picks the format and which way is better.
@@ -69,7 +76,7 @@ def compare_runs(store: Any, prefixes: list[str]) -> Comparison:
         for prefix, label in (("best_valid_", "valid"), ("test_", "test")):
             values = [_num(r["summary"].get(f"{prefix}{name}")) for r in rows]
             if any(math.isfinite(v) for v in values):
-                results.append((f"{label} {name}", [_fmt(v) for v in values],
+                results.append((f"{label} {name}", [_format_result(v) for v in values],
                                 _best(values, metric.higher_is_better)))
     for key, label, kind in _RESULTS:
         values = [_num(r["summary"].get(key)) for r in rows]
@@ -77,7 +84,7 @@ def compare_runs(store: Any, prefixes: list[str]) -> Comparison:
             continue
         best = (_best(values, kind.endswith("high")) if kind.endswith(("low", "high"))
                 else None)
-        results.append((label, [_fmt(v, kind) for v in values], best))
+        results.append((label, [_format_result(v, kind) for v in values], best))
     return Comparison(columns, differences, results, identical, ids)
 
 
@@ -104,19 +111,21 @@ def _nan(value: Any) -> bool:
         return True
 
 
-def _fmt(value: float, kind: str = "metric") -> str:
+def _format_result(value: float, kind: str = "metric") -> str:
+    """A result cell by its ``_RESULTS`` kind (the ``-low``/``-high`` suffix only says which
+    way is better); ``-`` when not recorded."""
     if not math.isfinite(value):
         return "-"
     if kind.startswith("bytes"):
-        return f"{value / 2**20:,.0f}"
-    if kind in ("int",):
-        return f"{int(value)}"
+        return format_mib(value)
+    if kind == "int":
+        return format_int(value)
     if kind == "count":
-        return f"{int(value):,}"
+        return format_count(value)
     if kind.startswith("rate"):
-        return f"{value:,.0f}"
+        return format_rate(value)
     if kind.startswith("seconds"):
-        return f"{value:.1f}"
+        return f"{value:.1f}"  # whole runs: tenths of a second are enough
     return format_number(value)
 
 

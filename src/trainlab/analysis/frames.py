@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainlab.analysis.fmt import format_indices, format_value, is_finite, is_missing
 from trainlab.errors import ConfigError, closest
 
 SEED_KEY = "train.seed"
@@ -35,7 +36,7 @@ class Metric:
         return a > b if self.higher_is_better else a < b
 
     def best_of(self, values: Iterable[float]) -> float:
-        finite = [v for v in values if _finite(v)]
+        finite = [v for v in values if is_finite(v)]
         if not finite:
             return math.nan
         return max(finite) if self.higher_is_better else min(finite)
@@ -136,7 +137,7 @@ def pick_sweep(store: Any, sweep: str | None) -> str:
 def build_frames(name: str, varied: list[str], runs: pd.DataFrame, long: pd.DataFrame, *,
                  metric: str | None = None, config: dict[str, Any] | None = None) -> SweepFrames:
     """The frames of one sweep from ``store.runs(name)`` and ``store.metrics(...)`` frames."""
-    from trainlab.config.grid import short_names
+    from trainlab.config.keys import short_names
 
     keys = [k for k in varied if k != SEED_KEY]
     labels = short_names(varied)
@@ -158,7 +159,7 @@ def build_frames(name: str, varied: list[str], runs: pd.DataFrame, long: pd.Data
     # A run still training has no summary yet: its parameter counts are recorded at epoch 0.
     for col, key in (("params_total", "params/total"), ("params_trainable", "params/trainable")):
         counts = long[long["key"] == key].groupby("run_id")["value"].last()
-        rows[col] = [v if _finite(v) else _num(counts.get(r, math.nan))
+        rows[col] = [v if is_finite(v) else _num(counts.get(r, math.nan))
                      for v, r in zip(rows[col], rows["run_id"])]
     return SweepFrames(name=name, varied=varied, keys=keys, labels=labels, runs=rows,
                        epochs=epochs, metric=chosen, metrics=ordered, skipped=skipped,
@@ -233,8 +234,9 @@ def _run_rows(runs: pd.DataFrame, epochs: pd.DataFrame, varied: list[str],
             "params_trainable": _num(summary.get("params_trainable")),
         }
         total, trainable = row["params_total"], row["params_trainable"]
-        row["trainable_pct"] = (100 * trainable / total if _finite(total) and _finite(trainable)
-                                and total else math.nan)
+        row["trainable_pct"] = (100 * trainable / total
+                                if is_finite(total) and is_finite(trainable) and total
+                                else math.nan)
         raw_estimate = run.get("estimate")
         estimate: dict[str, Any] = raw_estimate if isinstance(raw_estimate, dict) else {}
         row["predicted_peak_bytes"] = _num(estimate.get("peak_bytes"))
@@ -245,7 +247,8 @@ def _run_rows(runs: pd.DataFrame, epochs: pd.DataFrame, varied: list[str],
             row[key] = flat.get(key)
         for m in metrics:
             best_valid = _num(summary.get(f"best_valid_{m}"))
-            row[f"valid_{m}"] = best_valid if _finite(best_valid) else _get(at_best, f"valid/{m}")
+            row[f"valid_{m}"] = (best_valid if is_finite(best_valid)
+                                 else _get(at_best, f"valid/{m}"))
             row[f"train_{m}"] = _get(at_best, f"train/{m}")
             row[f"test_{m}"] = _num(summary.get(f"test_{m}"))
         rows.append(row)
@@ -334,32 +337,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def is_missing(value: Any) -> bool:
-    """None or NaN: a varied key this run does not set."""
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def format_value(value: Any) -> str:
-    if is_missing(value):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(format_value(v) for v in value) + "]"
-    return str(value)
-
-
-def format_indices(indices: Sequence[Any]) -> str:
-    nums = sorted(int(i) for i in indices if i is not None)
-    if len(nums) > 2 and nums == list(range(nums[0], nums[-1] + 1)):
-        return f"{nums[0]}-{nums[-1]}"
-    return ", ".join(map(str, nums))
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float | np.floating | np.integer) and math.isfinite(value)
 
 
 def _num(value: Any) -> float:

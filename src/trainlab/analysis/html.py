@@ -11,79 +11,71 @@ from importlib import resources
 from string import Template
 from typing import TYPE_CHECKING, Any
 
+from trainlab.analysis.fmt import format_evidence, format_number
 from trainlab.analysis.render import to_html
-from trainlab.analysis.tables import format_number
+from trainlab.analysis.sections import LR_RANGE_COLUMNS, Report, Section, lr_range_rows
 
 if TYPE_CHECKING:
     from trainlab.analysis.answers import Answer
-    from trainlab.analysis.report import Report
 
 
 def render_html(report: Report, pngs: dict[str, bytes]) -> str:
+    """The page: a table of contents, then each of the report's sections in order."""
     from trainlab import __version__
-    from trainlab.analysis.report import sections
 
     frames = report.frames
     esc = html.escape
-    toc: list[tuple[str, str]] = [("summary", "Summary"), ("answers", "Answers")]
-    figure_sections = sections(report)
-    toc += [(anchor, heading) for anchor, heading, _ in figure_sections]
-    toc += [("system", "Memory and throughput")]
-    if report.estimates is not None:
-        toc.append(("estimates", "Predicted and measured"))
-    toc.append(("runs", "Runs and their configs"))
     body = [f"<h1>Report: sweep {esc(frames.name)}</h1>", f'<p class="meta">{_meta(report)}</p>',
             '<nav class="toc" aria-label="contents"><b>Contents</b><ol>'
-            + "".join(f'<li><a href="#{a}">{esc(h)}</a></li>' for a, h in toc) + "</ol></nav>"]
-    body += ['<section id="summary"><h2>Summary</h2><div class="scroll">',
-             to_html(report.summary, 1), "</div></section>"]
-    body += ['<section id="answers"><h2>Answers</h2>']
-    body += [_answer(a) for a in report.answers]
-    body.append("</section>")
-    number = 0
-    for anchor, heading, figs in figure_sections:
-        body.append(f'<section id="{anchor}"><h2>{esc(heading)}</h2>')
-        if anchor == "lr-range":
-            body.append(_lr_range_table(report))
-        for fig in figs:
-            number += 1
-            data = base64.b64encode(pngs[fig.name]).decode("ascii")
-            body.append(
-                f'<figure id="fig-{esc(fig.name)}"><img src="data:image/png;base64,{data}" '
-                f'alt="{esc(fig.title)}"><figcaption><b>Figure {number}.</b> '
-                f"{esc(fig.caption)} <span class=\"meta\">(files: figures/{esc(fig.name)}.png, "
-                f".svg)</span></figcaption></figure>")
-        body.append("</section>")
-    body += ['<section id="system"><h2>Memory and throughput</h2><div class="scroll">',
-             to_html(report.system, 2), "</div></section>"]
-    if report.estimates is not None:
-        body += ['<section id="estimates"><h2>Predicted and measured</h2><div class="scroll">',
-                 to_html(report.estimates, 3), "</div></section>"]
-    body += ['<section id="runs"><h2>Runs and their configs</h2>',
-             "<p>Each run's resolved config (every default filled in), summary and environment; "
-             "run numbers in the tables link here.</p>"]
-    body += [_run(frames, row) for _, row in frames.runs.sort_values("index").iterrows()]
-    for s in frames.skipped:
-        body.append(f'<details class="run" id="run-{s["index"]}"><summary>run {s["index"]} · '
-                    f'{esc(str(s["run_id"]))} · {esc(str(s["status"]))} · no epoch recorded'
-                    f"</summary><pre>{esc(str(s.get('error') or ''))}</pre></details>")
-    body.append("</section>")
+            + "".join(f'<li><a href="#{s.id}">{esc(s.title)}</a></li>' for s in report.sections)
+            + "</ol></nav>"]
+    for section in report.sections:
+        body += _section(report, section, pngs)
     template = Template(resources.files("trainlab.analysis").joinpath(
         "templates/report.html").read_text(encoding="utf-8"))
     return template.substitute(title=esc(f"trainlab report: {frames.name}"),
                                version=esc(__version__), body="\n".join(body))
 
 
-def _lr_range_table(report: Report) -> str:
-    """The stored range tests' suggestions, as an HTML table (from the Markdown rows)."""
-    from trainlab.analysis.report import lr_range_markdown
+def _section(report: Report, section: Section, pngs: dict[str, bytes]) -> list[str]:
+    esc = html.escape
+    start = f'<section id="{esc(section.id)}"><h2>{esc(section.title)}</h2>'
+    if section.kind == "table":
+        assert section.table is not None
+        return [start + '<div class="scroll">', to_html(section.table, section.number),
+                "</div></section>"]
+    body = [start]
+    if section.kind == "answers":
+        body += [_answer(a) for a in report.answers]
+    elif section.kind == "figures":
+        for number, fig in section.numbered_figures():
+            data = base64.b64encode(pngs[fig.name]).decode("ascii")
+            body.append(
+                f'<figure id="fig-{esc(fig.name)}"><img src="data:image/png;base64,{data}" '
+                f'alt="{esc(fig.title)}"><figcaption><b>Figure {number}.</b> '
+                f"{esc(fig.caption)} <span class=\"meta\">(files: figures/{esc(fig.name)}.png, "
+                f".svg)</span></figcaption></figure>")
+    elif section.kind == "lr-ranges":
+        body.append(_lr_range_table(report))
+    elif section.kind == "runs":
+        frames = report.frames
+        body.append("<p>Each run's resolved config (every default filled in), summary and "
+                    "environment; run numbers in the tables link here.</p>")
+        body += [_run(frames, row) for _, row in frames.runs.sort_values("index").iterrows()]
+        for s in frames.skipped:
+            body.append(f'<details class="run" id="run-{s["index"]}"><summary>run {s["index"]}'
+                        f' · {esc(str(s["run_id"]))} · {esc(str(s["status"]))} · no epoch '
+                        f"recorded</summary><pre>{esc(str(s.get('error') or ''))}</pre></details>")
+    body.append("</section>")
+    return body
 
-    lines = lr_range_markdown(report).splitlines()
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+def _lr_range_table(report: Report) -> str:
+    """The stored range tests' suggestions, as a sortable HTML table."""
+    rows = lr_range_rows(report.lr_ranges)
     esc = html.escape
     return ('<div class="scroll"><table class="sortable"><thead><tr>'
-            + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join(f"<th>{esc(h)}</th>" for h in LR_RANGE_COLUMNS) + "</tr></thead><tbody>"
             + "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
             + "</tbody></table></div>")
 
@@ -116,7 +108,7 @@ def _answer(answer: Answer) -> str:
                 value = r.get(c)
                 sort = value if isinstance(value, int | float) and not isinstance(value, bool) \
                     else ""
-                text = _evidence(value)
+                text = format_evidence(value)
                 if c == "run" and value is not None:
                     first = str(value).replace("-", ",").split(",")[0].strip()
                     text = f'<a href="#run-{esc(first)}" class="runlink">{esc(text)}</a>'
@@ -129,12 +121,6 @@ def _answer(answer: Answer) -> str:
                      "</div>")
     parts.append("</div>")
     return "\n".join(parts)
-
-
-def _evidence(value: Any) -> str:
-    from trainlab.analysis.report import format_evidence
-
-    return format_evidence(value)
 
 
 def _run(frames: Any, row: Any) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from trainlab.analysis.frames import SweepFrames, aggregate, format_value
+from trainlab.analysis.fmt import format_value
+from trainlab.analysis.frames import SweepFrames, aggregate
 from trainlab.analysis.tables import sort_frame
 from trainlab.errors import ConfigError
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from trainlab.analysis.frames import SweepFrames, curves, format_value, is_missing
+from trainlab.analysis.files import atomic_write_bytes
+from trainlab.analysis.fmt import format_value, is_missing
+from trainlab.analysis.frames import SweepFrames, curves
 from trainlab.analysis.layout import FigureLayout, Panel
 
 if TYPE_CHECKING:
@@ -40,8 +42,6 @@ class Figure:
     def save(self, directory: Path, formats: Sequence[str] = ("png", "svg"),
              dpi: int = 110) -> list[Path]:
         """Write each format atomically (a temporary name, then rename)."""
-        from trainlab.analysis.report import atomic_write_bytes
-
         paths = []
         for fmt in formats:
             import io

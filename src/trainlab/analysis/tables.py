@@ -14,7 +14,20 @@ from typing import Any, Literal
 
 import pandas as pd
 
-from trainlab.analysis.frames import SEED_KEY, SweepFrames, aggregate, format_value
+from trainlab.analysis.fmt import (
+    format_count,
+    format_indices,
+    format_int,
+    format_mib,
+    format_number,
+    format_percent,
+    format_rate,
+    format_seconds,
+    format_signed,
+    format_value,
+    is_finite,
+)
+from trainlab.analysis.frames import SEED_KEY, SweepFrames, aggregate
 from trainlab.errors import ConfigError, closest
 
 Kind = Literal["run", "text", "int", "metric", "number", "seconds", "bytes", "rate", "count",
@@ -36,8 +49,8 @@ class Column:
 class Table:
     """A rendered-agnostic table: columns, rows of raw values and marks."""
 
-    name: str  # file stem: summary, system
-    title: str
+    name: str  # file stem (summary, system) and the report section's anchor
+    title: str  # the report section's heading
     columns: list[Column]
     rows: list[dict[str, Any]]  # raw values by column key (+ "<key>_std", "n", "run_ids")
     marks: list[Mark]
@@ -51,11 +64,11 @@ class Table:
         values = self.rows[row]
         value = values.get(col.key)
         if col.kind == "run" and values.get("indices") is not None:
-            return _indices(values["indices"])
+            return format_indices(values["indices"])
         text = format_cell(value, col.kind)
         std = values.get(f"{col.key}_std")
         if self.seeded and col.kind in ("metric", "number", "seconds", "rate", "bytes") \
-                and _finite(std):
+                and is_finite(std):
             text = f"{text} ± {format_cell(std, col.kind)}"
         return text
 
@@ -67,40 +80,19 @@ class Table:
 
 
 def format_cell(value: Any, kind: Kind) -> str:
+    """A cell's text by its column kind (see :mod:`trainlab.analysis.fmt`); ``-`` for a
+    numeric cell whose value is not a finite number (text included)."""
     if kind in ("text", "run"):
-        return format_value(value) if not isinstance(value, list) else _indices(value)
-    if not _finite(value):
+        return format_value(value) if not isinstance(value, list) else format_indices(value)
+    if not is_finite(value):
         return "-"
-    v = float(value)
-    if kind == "int":
-        return f"{round(v)}"
-    if kind == "count":
-        return f"{round(v):,}"
     if kind == "bytes":
-        return f"{v / 2**20:,.0f}"
-    if kind == "rate":
-        return f"{v:,.0f}"
-    if kind == "seconds":
-        return f"{v:.1f}" if v >= 1 else f"{v:.3f}" if v >= 0.01 else f"{v:.2g}"
-    if kind == "percent":
-        return f"{v:.0f}" if v >= 10 else f"{v:.1f}"
-    if kind == "signed":
-        return f"{v:+.1f}"
-    return format_number(v)
+        return format_mib(value)
+    return _FORMATS.get(kind, format_number)(float(value))
 
 
-def format_number(v: float) -> str:
-    """About four significant digits, never in scientific notation for usual magnitudes."""
-    a = abs(v)
-    if a >= 1000:
-        return f"{v:,.0f}"
-    if a >= 100:
-        return f"{v:.1f}"
-    if a >= 10:
-        return f"{v:.2f}"
-    if a >= 0.001 or a == 0:
-        return f"{v:.3f}" if a >= 1 or a == 0 else f"{v:.4f}"
-    return f"{v:.3g}"
+_FORMATS = {"int": format_int, "count": format_count, "rate": format_rate,
+            "seconds": format_seconds, "percent": format_percent, "signed": format_signed}
 
 
 # --- marking the best ---------------------------------------------------------------------------
@@ -116,7 +108,7 @@ def mark_best(means: Sequence[float], stds: Sequence[float], higher_is_better: b
     ``"best"``; a best with ties is ``"tie"``, and so is every row tied with it.
     """
     ok = list(eligible) if eligible is not None else [True] * len(means)
-    candidates = [i for i, m in enumerate(means) if ok[i] and _finite(m)]
+    candidates = [i for i, m in enumerate(means) if ok[i] and is_finite(m)]
     marks: list[Mark] = [None] * len(means)
     if not candidates:
         return marks
@@ -133,7 +125,7 @@ def mark_best(means: Sequence[float], stds: Sequence[float], higher_is_better: b
 
 
 def _noise(a: float, b: float, scale: float) -> float:
-    spread = max(a if _finite(a) else 0.0, b if _finite(b) else 0.0)
+    spread = max(a if is_finite(a) else 0.0, b if is_finite(b) else 0.0)
     return max(spread, 1e-12 * max(abs(scale), 1.0))
 
 
@@ -170,7 +162,7 @@ def sort_frame(frame: pd.DataFrame, keys: Sequence[str], order_from: pd.DataFram
             rank = ranker(key)
             values = [rank(v) for v in out[key]]
         else:
-            values = [(0, float(v), "") if _finite(v) else (2, 0.0, "") for v in out[key]]
+            values = [(0, float(v), "") if is_finite(v) else (2, 0.0, "") for v in out[key]]
         if desc[i]:
             values = [(g, -x, s) for g, x, s in values]
         out[col] = values
@@ -323,7 +315,7 @@ def estimate_table(frames: SweepFrames, order: Sequence[str] | None = None) -> T
             f"see trainlab estimate). Whole sweep: predicted "
             f"{_total(runs['predicted_run_time'])} s, measured {_total(runs['wall_time'])} s "
             "(training and evaluation).")
-    return _build(frames, "estimates", "Predicted and measured memory and time", cols,
+    return _build(frames, "estimates", "Predicted and measured", cols,
                   sort=None, group=None, lead=lead, order=order)
 
 
@@ -433,19 +425,6 @@ def _memory_note(frames: SweepFrames) -> str:
 
 def _env_device(env: Any) -> str:
     return str((env or {}).get("device", "")) if isinstance(env, dict) else ""
-
-
-def _indices(values: list[Any]) -> str:
-    from trainlab.analysis.frames import format_indices
-
-    return format_indices(values)
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return value is not None and math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 __all__ = ["TIE_SYMBOL", "Column", "Table", "estimate_table", "format_cell", "format_number",
