@@ -13,8 +13,7 @@ Status = Literal["pending", "running", "ok", "failed", "diverged", "interrupted"
 # An outcome (never a stored status): another live process holds the run, so it was skipped.
 BUSY = "busy"
 # Finished for good: a rerun skips these (failed, oom and interrupted runs are retried).
-DONE: tuple[str, ...] = ("ok", "diverged")
-FINISHED: tuple[Status, ...] = ("ok", "diverged")  # a rerun skips these
+DONE: tuple[Status, ...] = ("ok", "diverged")
 STATUSES: tuple[Status, ...] = ("pending", "running", "ok", "failed", "diverged", "interrupted",
                                 "oom")
 
@@ -32,14 +31,24 @@ class MetricRecord:
 
 
 class RecordSink(Protocol):
-    """Where the engine sends records; the store implements it."""
+    """Where the engine sends records; every store implements it (the whole store contract is
+    :class:`trainlab.store.base.RunStore`)."""
 
     def write(self, records: Sequence[MetricRecord]) -> None:
-        """Persist records (one transaction)."""
+        """Persist records in one transaction: all of them or none.
+
+        A record is keyed by (run_id, key, step): writing a key again at a step replaces the
+        stored value (epoch, time and value), in this call or a later one; within one call the
+        later record wins.  A store refreshes each written run's heartbeat.  On return the
+        records are committed: a reader that reads afterwards, in any process, sees them.  An
+        empty sequence changes nothing.
+        """
 
     def rewind(self, run_id: str, step: int) -> None:
-        """Drop the run's records after optimizer step ``step`` (all of them for -1): what a
-        resume from a checkpoint taken at that step will record again."""
+        """Drop the run's records after optimizer step ``step`` (records at ``step`` and
+        before stay; -1 drops all of them; other runs are untouched): what a resume from a
+        checkpoint taken at that step will record again.  Committed on return, like
+        :meth:`write`."""
 
 
 class NullSink:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import builtins
 import glob
+import importlib
 import json
 import struct
 from collections.abc import Iterator
@@ -171,8 +172,15 @@ def test_a_missing_tracker_package_says_how_to_install_it(
             raise ImportError(f"No module named {name!r}")
         return real_import(name, *args, **kwargs)
 
+    real_import_module = importlib.import_module
+
+    def refuse_module(name: str, package: str | None = None) -> Any:
+        if name == tracker or name.startswith(f"{tracker}."):
+            raise ImportError(f"No module named {name!r}")
+        return real_import_module(name, package)
+
     monkeypatch.setattr(builtins, "__import__", refuse)
-    monkeypatch.setattr("importlib.import_module", lambda name, *a: refuse(name))
+    monkeypatch.setattr("importlib.import_module", refuse_module)
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(SWEEP))
     result = runner.invoke(app, ["run", str(config), "--store", str(tmp_path / "s"),

@@ -20,55 +20,17 @@ from __future__ import annotations
 import importlib
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from trainlab.components.base import Spec
 from trainlab.errors import ConfigError
+from trainlab.loggers.base import LOGGERS, LoggerSpec, RunInfo, Tracker, flat_numbers
 from trainlab.records import MetricRecord
-from trainlab.registry import Registry
 
 if TYPE_CHECKING:
-    from trainlab.execute.relay import RunStore
     from trainlab.plan import Plan
+    from trainlab.store import Store
 
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What a tracker knows of a run when it starts."""
-
-    run_id: str
-    sweep: str
-    index: int
-    config: dict[str, Any]  # the resolved config, nested sections
-    varied: dict[str, Any]  # the sweep's varied settings for this run
-    root: Path  # the store directory
-
-
-class Tracker(Protocol):
-    def start(self, run: RunInfo, env: dict[str, Any]) -> None:
-        """The run was claimed and is about to train (or resume)."""
-
-    def rewind(self, run_id: str, step: int) -> None:
-        """The run resumes from a checkpoint at ``step`` (-1: from scratch)."""
-
-    def log(self, run_id: str, records: Sequence[MetricRecord]) -> None:
-        """Records just committed to the store, in step order."""
-
-    def finish(self, run_id: str, status: str, error: str | None,
-               summary: dict[str, Any]) -> None:
-        """The run ended (ok, failed, diverged, oom, interrupted)."""
-
-    def close(self) -> None:
-        """The sweep is over."""
-
-
-class LoggerSpec(Spec):
-    """A tracker takes its settings from its own environment variables (see the README)."""
-
-
-LOGGERS: Registry[Any] = Registry("logger")
 EXTRAS = {"wandb": "wandb", "mlflow": "mlflow", "tensorboard": "tensorboard"}
 
 
@@ -120,9 +82,15 @@ def make_trackers(names: Sequence[str]) -> list[Tracker]:
 
 
 class TrackedStore:
-    """The store, with every claim, record and outcome mirrored to trackers."""
+    """The store, with every claim, record and outcome mirrored to trackers.
 
-    def __init__(self, store: RunStore, trackers: Sequence[Tracker], plan: Plan) -> None:
+    A :class:`~trainlab.store.base.RunStore`: each call returns once the wrapped store has
+    committed, and only then tells the trackers.  It lives in the process that owns ``store``
+    (the trackers do too), so it also passes through the LR range tables that
+    ``optimizer.lr: auto`` reads and writes there.
+    """
+
+    def __init__(self, store: Store, trackers: Sequence[Tracker], plan: Plan) -> None:
         self.store, self.trackers = store, list(trackers)
         self.root = store.root
         self.plan = {p.run_id: p for p in plan.runs}
@@ -139,11 +107,6 @@ class TrackedStore:
                 self.broken.add((i, run_id))
                 warnings.warn(f"{type(tracker).__name__} stopped mirroring run {run_id}: "
                               f"{type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
-
-    def __getattr__(self, name: str) -> Any:
-        # Everything not mirrored (the LR-range tables that optimizer.lr: auto reads and
-        # writes, sweep_info, ...) is the store's own.
-        return getattr(self.store, name)
 
     def start_run(self, run_id: str, env: dict[str, Any]) -> bool:
         claimed = self.store.start_run(run_id, env)
@@ -174,6 +137,19 @@ class TrackedStore:
     def run_dir(self, run_id: str) -> Path:
         return self.store.run_dir(run_id)
 
+    # The LR range tables (resolve_plan_lrs, in the owner's process): not mirrored.
+
+    def lr_range(self, range_id: str) -> dict[str, Any] | None:
+        return self.store.lr_range(range_id)
+
+    def write_lr_range(self, range_id: str, config: dict[str, Any], settings: dict[str, Any],
+                       status: str, result: dict[str, Any], env: dict[str, Any] | None = None,
+                       ) -> None:
+        self.store.write_lr_range(range_id, config, settings, status, result, env)
+
+    def link_lr_range(self, sweep: str, range_id: str, label: dict[str, Any]) -> None:
+        self.store.link_lr_range(sweep, range_id, label)
+
     def close_trackers(self) -> None:
         for tracker in self.trackers:
             try:
@@ -183,15 +159,5 @@ class TrackedStore:
                               RuntimeWarning, stacklevel=2)
 
 
-def flat_numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    """The numeric leaves of a nested dict (a run summary), as dotted keys."""
-    out: dict[str, float] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat_numbers(value, f"{prefix}{key}."))
-        elif isinstance(value, (bool, int | float)):
-            out[f"{prefix}{key}"] = float(value)
-    return out
-
-
-__all__ = ["LOGGERS", "RunInfo", "TrackedStore", "Tracker", "flat_numbers", "make_trackers"]
+__all__ = ["LOGGERS", "LoggerSpec", "RunInfo", "TrackedStore", "Tracker", "flat_numbers",
+           "make_trackers"]

@@ -22,7 +22,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from trainlab.config.schema import flatten
-from trainlab.loggers import RunInfo, flat_numbers
+from trainlab.loggers.base import RunInfo, flat_numbers
 from trainlab.records import MetricRecord
 
 _BATCH = 1000  # MLflow's limit of metrics per log_batch call

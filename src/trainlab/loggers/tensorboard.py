@@ -19,7 +19,7 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from trainlab.loggers import RunInfo, flat_numbers
+from trainlab.loggers.base import RunInfo, flat_numbers
 from trainlab.records import MetricRecord
 
 

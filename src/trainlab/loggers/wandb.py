@@ -18,7 +18,7 @@ from typing import Any
 
 import wandb
 
-from trainlab.loggers import RunInfo, flat_numbers
+from trainlab.loggers.base import RunInfo, flat_numbers
 from trainlab.records import MetricRecord
 
 
