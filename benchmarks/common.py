@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from trainlab.components import build_model, build_optimizer, load_dataset  # noqa: E402
 from trainlab.config.schema import resolve_component, resolve_run  # noqa: E402
+from trainlab.devices import resolve_device, synchronize  # noqa: E402
 from trainlab.engine import (  # noqa: E402
     Callback,
     RunState,
@@ -46,7 +47,6 @@ from trainlab.engine import (  # noqa: E402
     epoch_permutation,
     train,
 )
-from trainlab.engine.measure import resolve_device, synchronize  # noqa: E402
 from trainlab.engine.speed import gathered  # noqa: E402
 from trainlab.engine.tasks import IGNORE_INDEX, TASKS  # noqa: E402
 from trainlab.store import open_store  # noqa: E402

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import trainlab
-from trainlab.config.grid import short_names
+from trainlab.config.keys import short_names
 
 
 def measure(example: str, store_dir: Path) -> list[dict[str, Any]]:

@@ -31,8 +31,8 @@ from trainlab.components.optimizers import with_lr
 from trainlab.config import expand, load_sweep
 from trainlab.config.schema import LRFindSpec, RunConfig, resolve_lr_find
 from trainlab.engine import epoch_permutation, seed_everything
-from trainlab.engine.lr_range import lr_find
 from trainlab.engine.tasks import TASKS
+from trainlab.lr.range_test import lr_find
 
 
 def _batches(config: RunConfig, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,10 +15,10 @@ from trainlab.components import (
     build_schedule,
     load_dataset,
 )
-from trainlab.components.optimizers import is_auto, with_lr
+from trainlab.components.optimizers import is_auto, resolved_lr, with_lr
 from trainlab.components.schedules import ScheduleContext
 from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_keys
-from trainlab.engine.measure import device_available
+from trainlab.devices import device_available, nproc_limit
 from trainlab.engine.tasks import TASKS
 from trainlab.errors import ConfigError
 from trainlab.records import DONE
@@ -72,14 +71,14 @@ def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
 
 def make_plan(sweep: SweepConfig, store: Store | None, *, check: bool = True,
               devices: bool = True) -> Plan:
-    """Expand the sweep, check every run can be built, and decide what to do with each.
+    """Expand the sweep, decide what to do with each run, and check that every run with
+    something to do can be built (a finished run is skipped, so its data and model are not
+    built again: a rerun of a finished sweep costs its planning alone).
 
     ``devices=False`` skips the checks against this machine's devices (a Ray cluster's nodes
     have their own; the Ray executor checks those).
     """
     runs = expand(sweep)
-    if check:
-        check_runs(sweep, runs, devices=devices)
     keys = varied_keys(runs)
     statuses = store.statuses(r.run_id for r in runs) if store is not None else {}
     planned = []
@@ -87,6 +86,8 @@ def make_plan(sweep: SweepConfig, store: Store | None, *, check: bool = True,
         info = statuses.get(run.run_id)
         status = info["status"] if info else "new"
         planned.append(PlannedRun(run, status, _action(info), values_of(run, keys)))
+    if check:
+        check_runs(sweep, [p.run for p in planned if p.action != "skip"], devices=devices)
     return Plan(sweep, planned, keys)
 
 
@@ -118,11 +119,11 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
                 f"(cuda available: {torch.cuda.is_available()}); use auto or cpu",
                 field="train.device").within(where)
         try:
-            data = load_dataset(cfg.data, cfg.model)  # type: ignore[arg-type]
+            data = load_dataset(cfg.data, cfg.model)
             task = TASKS[data.info.task]
             if cfg.train.nproc > 1:
                 check_nproc(cfg.train.nproc, cfg.train.device, len(data.train),
-                            cfg.data.batch_size, devices)  # type: ignore[attr-defined]
+                            cfg.data.batch_size, devices)
             monitor = cfg.train.monitor.split("/", 1)[1]
             if monitor not in ("loss", *task.metrics):
                 valid = ", ".join(f"valid/{m}" for m in ("loss", *task.metrics))
@@ -136,9 +137,9 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
             with torch.device("meta"):
                 model = build_model(cfg.model, data.info)
                 # lr: auto is chosen at run time; any LR checks that the optimizer builds.
-                opt_spec = with_lr(cfg.optimizer, 1.0) if is_auto(  # type: ignore[arg-type]
+                opt_spec = with_lr(cfg.optimizer, 1.0) if is_auto(
                     cfg.optimizer) else cfg.optimizer
-                lr = opt_spec.lr  # type: ignore[attr-defined]
+                lr = resolved_lr(opt_spec)
                 # Transformers are built from their config alone here (no weights are read)
                 # and the fine-tuning strategy is applied to that meta model: unknown LoRA
                 # targets or adapters on an unrecognised model fail now, before anything trains.
@@ -147,8 +148,8 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
                     raise ConfigError("nothing to train: the model has no trainable parameters "
                                       f"under finetune.name={cfg.finetune.name!r}",
                                       field="finetune.name")
-                optimizer = build_optimizer(opt_spec, groups)  # type: ignore[arg-type]
-                steps = -(-len(data.train) // cfg.data.batch_size)  # type: ignore[attr-defined]
+                optimizer = build_optimizer(opt_spec, groups)
+                steps = -(-len(data.train) // cfg.data.batch_size)
                 build_schedule(cfg.schedule, optimizer, ScheduleContext(cfg.train.epochs, steps))
         except ConfigError as exc:
             raise exc.within(where) from None
@@ -160,27 +161,6 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
             raise ConfigError(f"run {run.index} cannot be built: the model's description alone "
                               "does not fit in memory; check model sizes such as model.layers, "
                               "model.hidden_dim and the data shape").within(where) from None
-
-
-def nproc_limit(device: str) -> tuple[int, str]:
-    """How many DDP processes ``device`` allows here, and what limits it.
-
-    CUDA: one process per GPU.  CPU: one per core (gloo ranks share the cores; more would
-    only slow each step down).
-    """
-    from trainlab.engine.measure import resolve_device
-
-    kind = resolve_device(device).type
-    if kind == "cuda":
-        count = torch.cuda.device_count()
-        return count, f"{count} GPU(s) visible"
-    if kind == "mps":
-        return 1, "Apple MPS has no multi-process backend"
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return cores, f"{cores} CPU core(s): on CPU trainlab allows one gloo process per core"
 
 
 def check_nproc(nproc: int, device: str, n_train: int, batch_size: int, devices: bool) -> None:

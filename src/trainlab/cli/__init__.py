@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 
+from typer.models import CommandInfo
+
 from trainlab.cli import (  # noqa: F401  (each registers its commands on import)
     estimate,
     info,
@@ -31,9 +33,8 @@ _ORDER = ("run", "estimate", "plan", "ls", "show", "examples", "components", "lr
           "compare")
 
 
-def _command_name(info: object) -> str:
-    name = getattr(info, "name", None) or getattr(getattr(info, "callback", None), "__name__", "")
-    return str(name).replace("_", "-")
+def _command_name(command: CommandInfo) -> str:
+    return command.name or getattr(command.callback, "__name__", "").replace("_", "-")
 
 
 app.registered_commands.sort(

@@ -8,7 +8,6 @@ all.  Modules here import torch, the engine and the store inside their commands 
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ import typer
 from rich.console import Console
 
 from trainlab import __version__
+from trainlab.analysis.fmt import format_mib, is_finite
 from trainlab.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def load_config(config: Path | None, example: str | None, overrides: list[str] |
 
 
 def describe_run(planned: PlannedRun) -> str:
-    from trainlab.config.grid import short_names
+    from trainlab.config.keys import short_names
 
     labels = short_names(list(planned.varied))
     return " ".join(f"{labels[k]}={format_value(v)}" for k, v in planned.varied.items())
@@ -128,15 +128,14 @@ def format_value(value: Any) -> str:
 
 
 # Beside each result: what it cost (trainable share, throughput, peak memory, gradient norm).
-COST_COLUMNS = ("trainable %", "samples/s", "peak MB", "grad norm")
+COST_COLUMNS = ("trainable %", "samples/s", "peak MiB", "grad norm")
 
 
 def cost_cells(summary: Mapping[str, Any]) -> list[str]:
-    def get(key: str, fmt: str, scale: float = 1.0) -> str:
+    def get(key: str, spec: str) -> str:
         value = summary.get(key)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            return ""
-        return format(value * scale, fmt)
+        return format(value, spec) if is_finite(value) else ""
 
     return [get("params_trainable_pct", ".3g"), get("samples_per_s", ".0f"),
-            get("peak_memory_bytes", ".0f", 1 / 2**20), get("grad_norm_median", ".3g")]
+            format_mib(summary.get("peak_memory_bytes"), missing="", grouping=False),
+            get("grad_norm_median", ".3g")]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from trainlab.analysis.fmt import format_bytes
 from trainlab.cli.common import (
     ExampleOpt,
     FitOpt,
@@ -41,7 +42,7 @@ def estimate_plan(plan: Plan, runs: Sequence[PlannedRun], *, calibrate: bool,
 
 
 def check_fit(plan: Plan, estimates: Mapping[str, Any], budget_text: str) -> None:
-    from trainlab.engine.measure import resolve_device
+    from trainlab.devices import resolve_device
     from trainlab.estimate import largest_fitting_batch, memory_budget
 
     problems = []
@@ -56,7 +57,7 @@ def check_fit(plan: Plan, estimates: Mapping[str, Any], budget_text: str) -> Non
             hint = (f"data.batch_size={best} fits" if best else "no batch size fits: use a "
                     "smaller model or a bigger device")
             problems.append(f"run {planned.index} ({describe_run(planned)}): predicted peak "
-                            f"{human_bytes(est.peak_bytes)} > {human_bytes(budget)}; {hint}")
+                            f"{format_bytes(est.peak_bytes)} > {format_bytes(budget)}; {hint}")
     if problems:
         raise ConfigError("`--fit-memory`: some runs will not fit:\n  " + "\n  ".join(problems))
 
@@ -68,14 +69,6 @@ def validate_size(text: str) -> None:
     from trainlab.estimate import memory_budget
 
     guard(lambda: memory_budget(text, torch.device("cpu")))
-
-
-def human_bytes(n: float) -> str:
-    """Bytes for people: 3 significant digits in the largest binary unit below the value."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} B"
 
 
 @app.command("estimate")
@@ -91,7 +84,7 @@ def estimate_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Predict parameters, peak memory and time of every run before running it."""
-    from trainlab.config.grid import short_names
+    from trainlab.config.keys import short_names
     from trainlab.plan import make_plan
 
     sweep = guard(lambda: load_config(config, example, overrides))
@@ -118,9 +111,9 @@ def estimate_cmd(
             table.add_row(
                 str(r.index), *[format_value(r.varied[k]) for k in the_plan.varied],
                 f"{e.params_total:,}", f"{e.params_trainable:,}",
-                human_bytes(e.param_bytes + e.grad_bytes + e.optimizer_bytes),
-                human_bytes(e.activation_bytes) if e.activation_bytes is not None else "?",
-                human_bytes(e.peak_bytes), f"{e.step_s * 1e3:.3g}",
+                format_bytes(e.param_bytes + e.grad_bytes + e.optimizer_bytes),
+                format_bytes(e.activation_bytes) if e.activation_bytes is not None else "?",
+                format_bytes(e.peak_bytes), f"{e.step_s * 1e3:.3g}",
                 f"{e.epoch_train_s + e.epoch_eval_s:.3g}", human_seconds(e.run_s))
         out.print(table)
         out.print("peak memory is what the run reports as memory/peak_bytes: on CPU the "

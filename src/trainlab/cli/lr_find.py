@@ -28,7 +28,7 @@ from trainlab.cli.common import (
 from trainlab.errors import ConfigError
 
 if TYPE_CHECKING:
-    from trainlab.lr_study import AutoLR, LRFindReport, RangeOutcome
+    from trainlab.lr.study import AutoLR, LRFindReport, RangeOutcome
     from trainlab.plan import Plan
 
 
@@ -85,7 +85,7 @@ def lr_find(
     code 1 when a test could not suggest anything (it diverged from the start).
     """
     from trainlab.config.schema import resolve_lr_find
-    from trainlab.lr_study import LRFindReport
+    from trainlab.lr.study import LRFindReport
     from trainlab.plan import check_runs
 
     sweep = guard(lambda: load_config(config, example, overrides))
@@ -103,7 +103,7 @@ def lr_find(
     st = command_store(ctx, store)
     report = LRFindReport(sweep.name)
     figures_dir = out_dir or st.root / "lr-ranges"
-    from trainlab.lr_study import range_groups, run_group
+    from trainlab.lr.study import range_groups, run_group
 
     length = (f"{settings.steps} steps" if settings.epochs is None
               else f"{settings.epochs:g} epochs")
@@ -154,7 +154,7 @@ def _draw(outcome: RangeOutcome, folder: Path, sweep: str) -> list[Path]:
 
 
 def _emit(report: LRFindReport, sweep: Any, schedules: list[str], path: Path) -> None:
-    from trainlab.lr_study import followup_document, write_followup
+    from trainlab.lr.study import followup_document, write_followup
 
     usable = [o for o in report.outcomes if o.result.suggestions.candidates]
     if not usable:
@@ -220,8 +220,8 @@ def auto_line(choice: AutoLR) -> str:
 def auto_lrs(plan: Plan, store: Any) -> dict[str, dict[str, Any]]:
     """For runs with optimizer.lr: auto: range id, and the LR chosen if the store has it."""
     from trainlab.components.optimizers import is_auto
-    from trainlab.engine.lr_range import LRRangeResult
-    from trainlab.lr_study import auto_group
+    from trainlab.lr.range_test import LRRangeResult
+    from trainlab.lr.study import auto_group
 
     out: dict[str, dict[str, Any]] = {}
     for r in plan.runs:

@@ -33,7 +33,8 @@ def plan(
 ) -> None:
     """List the runs a sweep expands to: varied keys, ids, status in the store, next action.
 
-    Checks every run (devices, data, model shapes) without training or writing anything.
+    Checks every run still to train (devices, data, model shapes) without training or
+    writing anything.
     """
     from trainlab.plan import make_plan
     from trainlab.store import open_store
@@ -56,7 +57,7 @@ def plan(
              **({"lr_auto": auto[r.run_id]} if r.run_id in auto else {})}
             for r in the_plan.runs]})
         return
-    from trainlab.config.grid import short_names
+    from trainlab.config.keys import short_names
 
     table = Table(title=f"sweep {sweep.name}: {len(the_plan.runs)} runs, "
                         f"{len(the_plan.todo)} to do", title_justify="left")

@@ -94,7 +94,8 @@ def report(
                   "(pick one with --sweep)", highlight=False)
     figures = len(built.figures)
     out.print(f"report of sweep [bold]{built.frames.name}[/]: {len(built.frames.runs)} runs, "
-              f"{figures} figures, 2 tables, {len(built.answers)} answers", highlight=False)
+              f"{figures} figures, {len(built.tables)} tables, {len(built.answers)} answers",
+              highlight=False)
     for answer in built.answers[:3]:
         out.print(f"[bold]{escape(answer.question)}[/] {escape(answer.answer)}",
                   highlight=False)

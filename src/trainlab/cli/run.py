@@ -33,8 +33,8 @@ from trainlab.cli.common import (
 from trainlab.cli.estimate import check_fit, estimate_plan, validate_size
 
 if TYPE_CHECKING:
-    from trainlab.engine import Callback, RunOutcome, RunState
-    from trainlab.lr_study import AutoLR
+    from trainlab.hooks import Callback, RunOutcome, RunState
+    from trainlab.lr.study import AutoLR
     from trainlab.plan import Plan, PlannedRun
 
 
@@ -134,8 +134,8 @@ def run(
 
 def _warn_slow_precision(plan: Plan) -> None:
     """A warning (not an error) for runs whose precision is slower than fp32 on this CPU."""
+    from trainlab.devices import resolve_device
     from trainlab.engine.flops import slow_precision
-    from trainlab.engine.measure import resolve_device
 
     settings = {(resolve_device(p.run.config.train.device), p.run.config.train.precision)
                 for p in plan.todo}
@@ -177,7 +177,7 @@ class _Progress:
             f"sweep {plan.sweep.name}", total=len(plan.todo), info="")
 
     def callbacks(self, planned: PlannedRun) -> Sequence[Callback]:
-        from trainlab.engine import Callback
+        from trainlab.hooks import Callback
 
         progress, owner = self.progress, self
         label = describe_run(planned)
@@ -236,7 +236,7 @@ class _Progress:
 
 
 def _batch(state: RunState) -> int:
-    return int(state.config.data.batch_size)  # type: ignore[attr-defined]
+    return int(state.config.data.batch_size)
 
 
 def _metric_name(summary: Mapping[str, Any]) -> str | None:
@@ -245,7 +245,7 @@ def _metric_name(summary: Mapping[str, Any]) -> str | None:
 
 
 def _print_summary(plan: Plan, store: Any) -> None:
-    from trainlab.config.grid import short_names
+    from trainlab.config.keys import short_names
 
     runs = store.runs(plan.sweep.name).set_index("run_id")
     labels = short_names(plan.varied)

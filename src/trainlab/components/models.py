@@ -23,7 +23,11 @@ from trainlab.errors import ConfigError
 from trainlab.registry import Registry
 
 Builder = Callable[..., nn.Module]
-MODELS: Registry[Builder] = Registry("model")
+class ModelSpec(Spec):
+    """Options of a model; each model adds its own."""
+
+
+MODELS: Registry[Builder] = Registry("model", base=ModelSpec)
 
 Activation = Literal["relu", "gelu", "tanh", "sigmoid", "leaky_relu"]
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -60,7 +64,7 @@ def _needs(info: DataInfo, tasks: tuple[str, ...], model: str) -> None:
 # --- MLP --------------------------------------------------------------------------------------
 
 
-class MLPSpec(Spec):
+class MLPSpec(ModelSpec):
     """Fully connected network on flattened inputs."""
 
     hidden_dim: PositiveInt = Field(default=128, description="width of each hidden layer")
@@ -94,7 +98,7 @@ def build_mlp(spec: MLPSpec, info: DataInfo) -> nn.Module:
 # --- linear ------------------------------------------------------------------------------------
 
 
-class LinearSpec(Spec):
+class LinearSpec(ModelSpec):
     """One affine layer on flattened inputs: linear or logistic regression."""
 
     bias: bool = True
@@ -112,7 +116,7 @@ def build_linear(spec: LinearSpec, info: DataInfo) -> nn.Module:
 # --- CNN (LeNet-5 family) ---------------------------------------------------------------------
 
 
-class CNNSpec(Spec):
+class CNNSpec(ModelSpec):
     """LeNet-5 family: conv-pool stages, then fully connected layers."""
 
     channels: list[PositiveInt] = Field(default_factory=lambda: [6, 16], min_length=1)
@@ -166,7 +170,7 @@ def build_cnn(spec: CNNSpec, info: DataInfo) -> nn.Module:
 # --- LSTM language model ----------------------------------------------------------------------
 
 
-class LSTMSpec(Spec):
+class LSTMSpec(ModelSpec):
     """LSTM language model: embedding, stacked LSTM, dropout, linear decoder."""
 
     embed_dim: PositiveInt = 128
@@ -209,7 +213,7 @@ def build_lstm(spec: LSTMSpec, info: DataInfo) -> nn.Module:
 # --- GPT-1-style decoder ----------------------------------------------------------------------
 
 
-class GPTSpec(Spec):
+class GPTSpec(ModelSpec):
     """GPT-1-style causal transformer decoder with learned positions."""
 
     embed_dim: PositiveInt = Field(default=128, description="d_model")

@@ -18,7 +18,6 @@ from trainlab.registry import Registry
 
 Params = Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
 Builder = Callable[..., torch.optim.Optimizer]
-OPTIMIZERS: Registry[Builder] = Registry("optimizer")
 
 
 class OptimizerSpec(Spec):
@@ -42,6 +41,9 @@ class OptimizerSpec(Spec):
         if isinstance(value, bool) or not number > 0:
             raise ValueError("must be greater than 0 (or auto: an LR range test picks it)")
         return number
+
+
+OPTIMIZERS: Registry[Builder] = Registry("optimizer", base=OptimizerSpec)
 
 
 def build_optimizer(spec: OptimizerSpec, params: Params) -> torch.optim.Optimizer:
@@ -89,10 +91,11 @@ def with_lr(spec: OptimizerSpec, lr: float) -> OptimizerSpec:
     return spec.model_copy(update={"lr": float(lr)})
 
 
-def _lr(spec: OptimizerSpec) -> float:
+def resolved_lr(spec: OptimizerSpec) -> float:
+    """The LR as a number; `auto` must have been resolved by the LR range test before."""
     if spec.lr == "auto":
         raise RunError("optimizer.lr is 'auto' and was not resolved: `trainlab run` runs the LR "
-                       "range test first; from Python use trainlab.lr_study.resolve_auto_lr")
+                       "range test first; from Python use trainlab.lr.study.resolve_auto_lr")
     return spec.lr
 
 
@@ -110,7 +113,7 @@ class MomentumSpec(OptimizerSpec):
 def build_sgd(spec: SGDSpec, params: Params) -> torch.optim.Optimizer:
     """Plain SGD (momentum 0 unless set)."""
     plist: list[Any] = list(params)
-    return torch.optim.SGD(plist, lr=_lr(spec), momentum=spec.momentum,
+    return torch.optim.SGD(plist, lr=resolved_lr(spec), momentum=spec.momentum,
                            weight_decay=spec.weight_decay,
                            **_kernels(spec, plist, exact=spec.momentum == 0.0))
 
@@ -119,7 +122,7 @@ def build_sgd(spec: SGDSpec, params: Params) -> torch.optim.Optimizer:
 def build_momentum(spec: MomentumSpec, params: Params) -> torch.optim.Optimizer:
     """SGD with heavy-ball momentum (0.9 by default)."""
     plist: list[Any] = list(params)
-    return torch.optim.SGD(plist, lr=_lr(spec), momentum=spec.momentum,
+    return torch.optim.SGD(plist, lr=resolved_lr(spec), momentum=spec.momentum,
                            weight_decay=spec.weight_decay, **_kernels(spec, plist, exact=False))
 
 
@@ -127,7 +130,7 @@ def build_momentum(spec: MomentumSpec, params: Params) -> torch.optim.Optimizer:
 def build_nesterov(spec: MomentumSpec, params: Params) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum (0.9 by default)."""
     plist: list[Any] = list(params)
-    return torch.optim.SGD(plist, lr=_lr(spec), momentum=spec.momentum, nesterov=True,
+    return torch.optim.SGD(plist, lr=resolved_lr(spec), momentum=spec.momentum, nesterov=True,
                            weight_decay=spec.weight_decay, **_kernels(spec, plist, exact=False))
 
 
@@ -144,7 +147,7 @@ class AdamSpec(OptimizerSpec):
 def build_adam(spec: AdamSpec, params: Params) -> torch.optim.Optimizer:
     """Adam; weight_decay is L2 added to the gradient."""
     plist: list[Any] = list(params)
-    return torch.optim.Adam(plist, lr=_lr(spec), betas=spec.betas, eps=spec.eps,
+    return torch.optim.Adam(plist, lr=resolved_lr(spec), betas=spec.betas, eps=spec.eps,
                             weight_decay=spec.weight_decay, amsgrad=spec.amsgrad,
                             **_kernels(spec, plist, exact=True))
 
@@ -157,7 +160,7 @@ class AdamWSpec(AdamSpec):
 def build_adamw(spec: AdamWSpec, params: Params) -> torch.optim.Optimizer:
     """AdamW: Adam with decoupled weight decay (0.01 by default, as torch)."""
     plist: list[Any] = list(params)
-    return torch.optim.AdamW(plist, lr=_lr(spec), betas=spec.betas, eps=spec.eps,
+    return torch.optim.AdamW(plist, lr=resolved_lr(spec), betas=spec.betas, eps=spec.eps,
                              weight_decay=spec.weight_decay, amsgrad=spec.amsgrad,
                              **_kernels(spec, plist, exact=True))
 
@@ -172,7 +175,7 @@ class RMSpropSpec(OptimizerSpec):
 def build_rmsprop(spec: RMSpropSpec, params: Params) -> torch.optim.Optimizer:
     """RMSprop (no fused kernel in torch: foreach)."""
     plist: list[Any] = list(params)
-    return torch.optim.RMSprop(plist, lr=_lr(spec), alpha=spec.alpha, eps=spec.eps,
+    return torch.optim.RMSprop(plist, lr=resolved_lr(spec), alpha=spec.alpha, eps=spec.eps,
                                momentum=spec.momentum, weight_decay=spec.weight_decay,
                                **_kernels(spec, plist, exact=False, fused_exists=False))
 
@@ -186,5 +189,5 @@ class AdagradSpec(OptimizerSpec):
 def build_adagrad(spec: AdagradSpec, params: Params) -> torch.optim.Optimizer:
     """Adagrad."""
     plist: list[Any] = list(params)
-    return torch.optim.Adagrad(plist, lr=_lr(spec), eps=spec.eps, lr_decay=spec.lr_decay,
+    return torch.optim.Adagrad(plist, lr=resolved_lr(spec), eps=spec.eps, lr_decay=spec.lr_decay,
                                weight_decay=spec.weight_decay, **_kernels(spec, plist, exact=True))

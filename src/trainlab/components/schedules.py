@@ -70,10 +70,17 @@ class Schedule:
 
 
 Builder = Callable[..., Schedule]
-SCHEDULES: Registry[Builder] = Registry("schedule")
 
 
-def build_schedule(spec: Spec, optimizer: torch.optim.Optimizer, ctx: ScheduleContext) -> Schedule:
+class ScheduleSpec(Spec):
+    """Options of a schedule; each schedule adds its own."""
+
+
+SCHEDULES: Registry[Builder] = Registry("schedule", base=ScheduleSpec)
+
+
+def build_schedule(spec: ScheduleSpec, optimizer: torch.optim.Optimizer,
+                   ctx: ScheduleContext) -> Schedule:
     return SCHEDULES.get(spec.name, field="schedule.name").build(spec, optimizer, ctx)
 
 
@@ -81,7 +88,7 @@ def _factor(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> lr_
     return lr_scheduler.LambdaLR(optimizer, fn)
 
 
-class ConstantSpec(Spec):
+class ConstantSpec(ScheduleSpec):
     """A fixed learning rate."""
 
 
@@ -92,7 +99,7 @@ def build_constant(spec: ConstantSpec, opt: torch.optim.Optimizer,
     return Schedule(None, "step")
 
 
-class StepSpec(Spec):
+class StepSpec(ScheduleSpec):
     step_size: PositiveInt = Field(default=1, description="epochs (or steps) between decays")
     gamma: PositiveFloat = 0.1
     interval: Interval = "epoch"
@@ -104,7 +111,7 @@ def build_step(spec: StepSpec, opt: torch.optim.Optimizer, ctx: ScheduleContext)
     return Schedule(lr_scheduler.StepLR(opt, spec.step_size, spec.gamma), spec.interval)
 
 
-class MultiStepSpec(Spec):
+class MultiStepSpec(ScheduleSpec):
     milestones: list[PositiveInt] = Field(min_length=1)
     gamma: PositiveFloat = 0.1
     interval: Interval = "epoch"
@@ -118,7 +125,7 @@ def build_multistep(spec: MultiStepSpec, opt: torch.optim.Optimizer,
                     spec.interval)
 
 
-class ExponentialSpec(Spec):
+class ExponentialSpec(ScheduleSpec):
     gamma: float = Field(default=0.95, gt=0.0, le=1.0)
     interval: Interval = "epoch"
 
@@ -130,7 +137,7 @@ def build_exponential(spec: ExponentialSpec, opt: torch.optim.Optimizer,
     return Schedule(lr_scheduler.ExponentialLR(opt, spec.gamma), spec.interval)
 
 
-class CosineSpec(Spec):
+class CosineSpec(ScheduleSpec):
     min_lr: float = Field(default=0.0, ge=0.0)
     interval: Interval = "step"
 
@@ -142,7 +149,7 @@ def build_cosine(spec: CosineSpec, opt: torch.optim.Optimizer, ctx: ScheduleCont
     return Schedule(sched, spec.interval)
 
 
-class WarmupLinearSpec(Spec):
+class WarmupLinearSpec(ScheduleSpec):
     warmup_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)
     warmup_steps: PositiveInt | None = Field(default=None, description="overrides the fraction")
     final_ratio: float = Field(default=0.0, ge=0.0, le=1.0, description="last LR / peak LR")
@@ -165,7 +172,7 @@ def build_warmup_linear(spec: WarmupLinearSpec, opt: torch.optim.Optimizer,
     return Schedule(_factor(opt, factor), "step")
 
 
-class OneCycleSpec(Spec):
+class OneCycleSpec(ScheduleSpec):
     max_lr: PositiveFloat | None = Field(default=None, description="default: the optimizer's LR")
     pct_start: float = Field(default=0.3, gt=0.0, lt=1.0)
     anneal: Literal["cos", "linear"] = "cos"
@@ -186,7 +193,7 @@ def build_onecycle(spec: OneCycleSpec, opt: torch.optim.Optimizer,
     return Schedule(sched, "step")
 
 
-class CyclicSpec(Spec):
+class CyclicSpec(ScheduleSpec):
     ratio: float = Field(default=10.0, ge=1.0, description="peak LR / lowest LR")
     step_size_up: PositiveInt | None = Field(
         default=None, description="steps from low to peak (default: half the run: one triangle)")
@@ -209,7 +216,7 @@ def build_cyclic(spec: CyclicSpec, opt: torch.optim.Optimizer, ctx: ScheduleCont
     return Schedule(_factor(opt, factor), "step")
 
 
-class SlantedTriangularSpec(Spec):
+class SlantedTriangularSpec(ScheduleSpec):
     cut_frac: float = Field(default=0.1, gt=0.0, lt=1.0, description="fraction spent increasing")
     ratio: float = Field(default=32.0, ge=1.0, description="peak LR / lowest LR")
 
@@ -228,7 +235,7 @@ def build_slanted_triangular(spec: SlantedTriangularSpec, opt: torch.optim.Optim
     return Schedule(_factor(opt, factor), "step")
 
 
-class PlateauSpec(Spec):
+class PlateauSpec(ScheduleSpec):
     factor: float = Field(default=0.1, gt=0.0, lt=1.0)
     patience: int = Field(default=2, ge=0, description="evaluations without improvement")
     threshold: float = Field(default=1e-4, ge=0.0)

@@ -83,7 +83,8 @@ class VaderSpec(_TextOptions):
 
 def vader_lexicon() -> list[tuple[str, float]]:
     """(token, mean valence in [-4, 4]) for each token of the lexicon ``vaderSentiment`` ships."""
-    package = require("vaderSentiment", "`data.name: vader-sentiment`")
+    package = require("vaderSentiment", "`data.name: vader-sentiment`", examples=True,
+                      field="data.name")
     path = Path(package.__file__).parent / "vader_lexicon.txt"
     entries: dict[str, float] = {}
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -132,21 +132,10 @@ def varied_keys(runs: list[ExpandedRun]) -> list[str]:
     return sorted(varied, key=lambda k: (sections.index(k.split(".")[0]), order.index(k)))
 
 
-def short_names(keys: list[str]) -> dict[str, str]:
-    """Column labels: ``model.name`` -> ``model``, ``model.hidden_dim`` -> ``hidden_dim``;
-    the full key where two would collide."""
-    def short(k: str) -> str:
-        section, _, rest = k.partition(".")
-        return section if rest == "name" else rest.split(".")[-1]
-
-    labels = [short(k) for k in keys]
-    return {k: (lab if labels.count(lab) == 1 else k) for k, lab in zip(keys, labels)}
-
-
 def values_of(run: ExpandedRun, keys: list[str]) -> dict[str, Any]:
     flat = run.config.flat()
     return {k: flat.get(k) for k in keys}
 
 
 __all__ = ["COMPONENT_SECTIONS", "ExpandedRun", "check_key", "expand", "set_dotted",
-           "short_names", "values_of", "varied_keys"]
+           "values_of", "varied_keys"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -26,15 +26,24 @@ from pydantic import (
 
 from trainlab.components import REGISTRIES
 from trainlab.components.base import Spec
-from trainlab.components.optimizers import is_auto
-from trainlab.engine.lr_suggest import METHODS
+from trainlab.components.datasets import DataSpec
+from trainlab.components.finetune.base import FinetuneSpec
+from trainlab.components.models import ModelSpec
+from trainlab.components.optimizers import OptimizerSpec, is_auto
+from trainlab.components.schedules import ScheduleSpec
 from trainlab.errors import ConfigError, closest
 from trainlab.registry import Registry
+
+S = TypeVar("S", bound=Spec)
 
 SECTIONS = ("data", "model", "optimizer", "schedule", "finetune", "train")
 COMPONENT_SECTIONS = ("data", "model", "optimizer", "schedule", "finetune")
 DEFAULTS: dict[str, dict[str, Any]] = {
     "optimizer": {"name": "adam"}, "schedule": {"name": "constant"}, "finetune": {"name": "full"}}
+# The names `lr_find.suggest` accepts: the single-LR methods of trainlab.lr.suggest (kept here
+# so that the config does not import the LR package, which imports the config; a test checks
+# that the two lists agree).
+SUGGEST_METHODS = ("valley", "steepest", "minimum")
 MONITORS = ("valid/loss", "valid/accuracy", "valid/perplexity", "valid/rmse", "valid/f1",
             "valid/mcc")
 Monitor = Literal["valid/loss", "valid/accuracy", "valid/perplexity", "valid/rmse", "valid/f1",
@@ -112,10 +121,11 @@ class LRFindSpec(_Frozen):
     @field_validator("suggest")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        if value not in METHODS:
-            guess = closest(value, METHODS)
+        if value not in SUGGEST_METHODS:
+            guess = closest(value, SUGGEST_METHODS)
             hint = f"; did you mean {guess!r}?" if guess else ""
-            raise ValueError(f"is not a suggestion method{hint} Valid: {', '.join(METHODS)}")
+            raise ValueError(f"is not a suggestion method{hint} "
+                             f"Valid: {', '.join(SUGGEST_METHODS)}")
         return value
 
     @field_validator("end")
@@ -172,13 +182,18 @@ _NOT_IN_RUN_ID = frozenset(
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The resolved config of one run: concrete component specs, every default filled in."""
+    """The resolved config of one run: concrete component specs, every default filled in.
 
-    data: Spec
-    model: Spec
-    optimizer: Spec
-    schedule: Spec
-    finetune: Spec
+    Each section is typed by its kind's base spec (what every entry of that registry shares,
+    such as ``data.batch_size`` and ``optimizer.lr``); the value is the spec of the entry its
+    ``name`` picked, whose own fields the component's builder reads.
+    """
+
+    data: DataSpec
+    model: ModelSpec
+    optimizer: OptimizerSpec
+    schedule: ScheduleSpec
+    finetune: FinetuneSpec
     train: TrainSpec
     lr_find: LRFindSpec | None = None  # only with optimizer.lr: auto (then part of the run id)
 
@@ -253,10 +268,16 @@ def resolve_component(section: str, raw: Any) -> Spec:
         raise config_error(exc, section) from None
 
 
+def _section(raw: dict[str, Any], section: str, base: type[S]) -> S:
+    spec = resolve_component(section, raw[section] if section in raw else DEFAULTS.get(section))
+    if not isinstance(spec, base):  # the registry refuses such entries; a guard for mypy
+        raise TypeError(f"{section}: {type(spec).__name__} is not a {base.__name__}")
+    return spec
+
+
 def resolve_run(raw: dict[str, Any]) -> RunConfig:
     """A fully resolved :class:`RunConfig` from nested sections."""
-    specs = {s: resolve_component(s, raw[s] if s in raw else DEFAULTS.get(s))
-             for s in COMPONENT_SECTIONS}
+    optimizer = _section(raw, "optimizer", OptimizerSpec)
     train_raw = raw.get("train") or {}
     if not isinstance(train_raw, dict):
         raise ConfigError(f"`train` must be a mapping; got {train_raw!r}", field="train")
@@ -266,8 +287,10 @@ def resolve_run(raw: dict[str, Any]) -> RunConfig:
         raise config_error(exc, "train") from None
     lr_find = resolve_lr_find(raw.get("lr_find"))
     # The range test's settings belong to a run only when they choose its LR.
-    return RunConfig(train=train, lr_find=lr_find if is_auto(specs["optimizer"]) else None,
-                     **specs)
+    return RunConfig(data=_section(raw, "data", DataSpec), model=_section(raw, "model", ModelSpec),
+                     optimizer=optimizer, schedule=_section(raw, "schedule", ScheduleSpec),
+                     finetune=_section(raw, "finetune", FinetuneSpec), train=train,
+                     lr_find=lr_find if is_auto(optimizer) else None)
 
 
 def resolve_lr_find(raw: Any, overrides: dict[str, Any] | None = None) -> LRFindSpec:

@@ -28,10 +28,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
+import resource
 import sys
 from functools import cache
+from pathlib import Path
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_STATUS = Path("/proc/self/status")
 _THRESHOLD = 1 << 30  # 1 GiB: no step of a model that trains on a CPU allocates more at once
 
 
@@ -69,8 +73,6 @@ def is_steady() -> bool:
 def trim(min_growth: int = 64 << 20) -> bool:
     """Give the heap's free memory back to the system (glibc's ``malloc_trim``) if the
     process's RSS grew by more than ``min_growth`` bytes since the last trim; True if it did."""
-    from trainlab.engine.measure import rss_bytes  # measure imports this module
-
     global _trimmed_at
     libc = _glibc()
     if libc is None:
@@ -81,3 +83,31 @@ def trim(min_growth: int = 64 << 20) -> bool:
     libc.malloc_trim(0)
     _trimmed_at = rss_bytes()
     return True
+
+
+def _status_bytes(field: str) -> int | None:
+    """A memory field of /proc/self/status (Linux) in bytes, or None where there is none."""
+    try:
+        match = re.search(rf"{field}:\s+(\d+)\s+kB", _STATUS.read_text())
+    except OSError:
+        return None
+    return int(match.group(1)) * 1024 if match else None
+
+
+def rss_peak_bytes() -> int:
+    """The process's peak resident set size (since the last reset, on Linux)."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
+
+
+def rss_bytes() -> int:
+    """The process's current resident set size."""
+    current = _status_bytes("VmRSS")
+    if current is not None:
+        return current
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)

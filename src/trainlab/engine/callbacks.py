@@ -1,58 +1,11 @@
-"""Callbacks: hooks into the one training loop.
-
-Every hook is a documented no-op; a callback keeps its own state (and returns it from
-``state_dict`` so it survives resume).  ``on_step_end`` runs every step and must never read a
-device tensor (that would sync the host each step).  Raise :class:`StopTraining` to end a run
-early; the run still ends with the test evaluation and status ``ok``.
-"""
+"""The engine's own callbacks (the hooks they implement are in :mod:`trainlab.hooks`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from trainlab.engine.loop import RunState
-
-
-class StopTraining(Exception):
-    # A signal, not an error: hence no "Error" suffix.
-    """Raised by a callback to end training after the current evaluation."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Callback:
-    """Base class: override the hooks you need."""
-
-    def on_run_start(self, state: RunState) -> None:
-        """After setup (and resume); ``state.step`` is where training starts."""
-
-    def on_epoch_start(self, state: RunState) -> None:
-        """Before the first step of ``state.epoch``."""
-
-    def on_step_end(self, state: RunState) -> None:
-        """After each optimizer step.  Runs every step: never read device tensors here."""
-
-    def on_log(self, state: RunState, values: Mapping[str, float]) -> None:
-        """Every ``train.log_every`` steps, with the host values just recorded."""
-
-    def on_eval_end(self, state: RunState, values: Mapping[str, float]) -> None:
-        """After each validation, with ``valid/...`` values (may raise StopTraining)."""
-
-    def on_epoch_end(self, state: RunState, values: Mapping[str, float]) -> None:
-        """After the epoch's validation and checkpoint."""
-
-    def on_run_end(self, state: RunState, status: str) -> None:
-        """Once, whatever the outcome (ok, failed, diverged, interrupted)."""
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned (on resume)."""
+from trainlab.hooks import Callback, RunState, StopTraining
 
 
 class EarlyStopping(Callback):

@@ -15,12 +15,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainlab.components import DataInfo, build_finetune, build_model
-from trainlab.components.base import Spec
-from trainlab.engine.measure import synchronize
+from trainlab.components.finetune.base import FinetuneSpec
+from trainlab.components.models import ModelSpec
+from trainlab.devices import synchronize
 
 
-def train_step_flops(model_spec: Spec, info: DataInfo, batch_size: int,
-                     finetune: Spec | None = None, lr: float = 1.0) -> int | None:
+def train_step_flops(model_spec: ModelSpec, info: DataInfo, batch_size: int,
+                     finetune: FinetuneSpec | None = None, lr: float = 1.0) -> int | None:
     """FLOPs of one forward and backward pass on a batch, or None when they cannot be traced.
 
     With ``finetune`` the strategy is applied first: frozen weights need no weight gradients,

@@ -15,7 +15,6 @@ import statistics
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +23,6 @@ import torch
 from torch import Tensor, nn
 
 from trainlab.components import (
-    DataInfo,
-    Schedule,
     ScheduleContext,
     build_finetune,
     build_model,
@@ -35,50 +32,21 @@ from trainlab.components import (
     load_dataset,
 )
 from trainlab.components.datasets import Split
+from trainlab.components.optimizers import resolved_lr
 from trainlab.config.schema import RunConfig
+from trainlab.devices import resolve_device
 from trainlab.engine import allocator, distributed, interrupt
-from trainlab.engine.callbacks import Callback, EarlyStopping, StopTraining
+from trainlab.engine.callbacks import EarlyStopping
 from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
 from trainlab.engine.interval import LogInterval
-from trainlab.engine.measure import Clock, PeakMemory, grad_norm, resolve_device
+from trainlab.engine.measure import Clock, PeakMemory, grad_norm
 from trainlab.engine.sampler import nvml_sampler
 from trainlab.engine.speed import Speed, decide, intra_op_threads
 from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix
 from trainlab.errors import Diverged, RunError
+from trainlab.hooks import Callback, RunOutcome, RunState, StopTraining
 from trainlab.records import MetricRecord, NullSink, RecordSink
-
-
-@dataclass
-class RunState:
-    """What callbacks may read: the run's objects and counters, updated as it trains."""
-
-    run_id: str
-    config: RunConfig
-    info: DataInfo
-    device: torch.device
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
-    steps_per_epoch: int
-    epoch: int = 0  # the epoch in progress (1-based); after setup, the last completed
-    step: int = 0  # optimizer steps done
-    start_step: int = 0  # where this process started (non-zero after resume)
-    train_time: float = 0.0  # seconds spent in training steps, excluding eval and I/O
-    last: dict[str, float] = field(default_factory=dict)  # the latest recorded host values
-    run_dir: Path | None = None  # where checkpoints and artifacts go (None: nowhere)
-
-    @property
-    def total_steps(self) -> int:
-        return self.config.train.epochs * self.steps_per_epoch
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    run_id: str
-    status: str  # ok | failed | diverged | interrupted | oom
-    error: str | None
-    summary: dict[str, Any]
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -180,19 +148,19 @@ class _Trainer:
         self.t0 = time.perf_counter()
         self.elapsed_offset = 0.0
         self.checkpointed_at = self.t0  # when this process last wrote last.pt
-        data = load_dataset(cfg.data, cfg.model)  # type: ignore[arg-type]
+        data = load_dataset(cfg.data, cfg.model)
         self.task: TaskKind = TASKS[data.info.task]
         seed_everything(tc.seed)
         model = build_model(cfg.model, data.info).to(device)
-        tuning = build_finetune(cfg.finetune, model, cfg.optimizer.lr)  # type: ignore[attr-defined]
+        tuning = build_finetune(cfg.finetune, model, resolved_lr(cfg.optimizer))
         # A strategy may add modules (adapters) or wrap the model (PEFT): move what it added.
         model = (tuning.model if tuning.model is not None else model).to(device)
         self.callbacks.extend(tuning.callbacks)
         # Every parameter the strategy may ever train; frozen ones have no .grad and are skipped.
         self.params = [p for g in tuning.param_groups for p in g["params"]]
         self.frozen_keys = _frozen_keys(model, self.params)
-        optimizer = build_optimizer(cfg.optimizer, tuning.param_groups)  # type: ignore[arg-type]
-        bs = cfg.data.batch_size  # type: ignore[attr-defined]
+        optimizer = build_optimizer(cfg.optimizer, tuning.param_groups)
+        bs = cfg.data.batch_size
         steps_per_epoch = math.ceil(len(data.train) / bs)
         schedule = build_schedule(cfg.schedule, optimizer,
                                   ScheduleContext(tc.epochs, steps_per_epoch))
@@ -210,13 +178,13 @@ class _Trainer:
         # measured now, in this process, under the same load as the run.
         with torch.random.fork_rng(devices=[]):  # measuring must not move the run's RNG
             self.step_flops = train_step_flops(cfg.model, data.info, bs, cfg.finetune,
-                                               cfg.optimizer.lr)  # type: ignore[attr-defined]
+                                               resolved_lr(cfg.optimizer))
             self.peak_flops = measure_peak_flops(device, self.speed.amp_dtype or torch.float32)
         if self.dist is not None:
             self.peak_flops = self.dist.sum_float(self.peak_flops)  # the group's aggregate peak
             self.dist.fork_rng(tc.seed)
         default_eval = bs if data.info.task == "lm" else max(bs, 256)
-        self.eval_bs = cfg.data.eval_batch_size or default_eval  # type: ignore[attr-defined]
+        self.eval_bs = cfg.data.eval_batch_size or default_eval
         self.memory = PeakMemory(device)
         self.memory.reset()
         self.sampler = nvml_sampler(device, tc.gpu_sample_every)
@@ -287,7 +255,7 @@ class _Trainer:
         state, task, tc = self._st, self.task, self.config.train
         model, optimizer, schedule = state.model, state.optimizer, state.schedule
         params = self.params
-        bs = self.config.data.batch_size  # type: ignore[attr-defined]
+        bs = self.config.data.batch_size
         order = epoch_permutation(len(self.train_split), tc.seed, epoch).to(
             self.train_split.inputs.device)
         speed = self.speed
@@ -773,6 +741,6 @@ def _pinned(split: Split) -> Split:
 
 
 def _oom_message(config: RunConfig, exc: BaseException) -> str:
-    bs = config.data.batch_size  # type: ignore[attr-defined]
+    bs = config.data.batch_size
     return (f"out of memory at data.batch_size={bs}: {str(exc).splitlines()[0][:300]}. "
             f"Try data.batch_size={max(1, bs // 2)} or a smaller model.")

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import os
 import platform
-import re
-import resource
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,44 +17,11 @@ from typing import Any
 
 import torch
 
+from trainlab.devices import synchronize
 from trainlab.engine import allocator
+from trainlab.engine.allocator import rss_peak_bytes
 
-_STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(name)
-
-
-def device_available(name: str) -> bool:
-    if name in ("auto", "cpu"):
-        return True
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            return False
-        index = int(name.split(":")[1]) if ":" in name else 0
-        return index < torch.cuda.device_count()
-    if name == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        return bool(mps is not None and mps.is_available())
-    return False
-
-
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels so a clock read after this call covers them."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
 
 
 class Clock:
@@ -104,39 +68,15 @@ class PeakMemory:
         return out
 
 
-def _status_bytes(field: str) -> int | None:
-    """A memory field of /proc/self/status (Linux) in bytes, or None where there is none."""
-    try:
-        match = re.search(rf"{field}:\s+(\d+)\s+kB", _STATUS.read_text())
-    except OSError:
-        return None
-    return int(match.group(1)) * 1024 if match else None
-
-
-def rss_peak_bytes() -> int:
-    """The process's peak resident set size (since the last reset, on Linux)."""
-    peak = _status_bytes("VmHWM")
-    if peak is not None:
-        return peak
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(maxrss if sys.platform == "darwin" else maxrss * 1024)
-
-
-def rss_bytes() -> int:
-    """The process's current resident set size."""
-    current = _status_bytes("VmRSS")
-    if current is not None:
-        return current
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
-
-
 def grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
     """The global L2 norm of the gradients, left on the device (no host sync)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
+    if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: the public API
+        # error_if_nonfinite=False: no check of the value, hence no host sync.
+        return torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False)
+    # torch 2.4 and 2.5: what get_total_norm does for tensors of one device and dtype.
     norms = torch._foreach_norm(grads, 2.0)
     return torch.linalg.vector_norm(torch.stack(norms), 2.0)
 

@@ -24,10 +24,11 @@ from typing import Any
 import torch
 
 from trainlab.components import build_finetune, build_model, load_dataset
-from trainlab.components.optimizers import is_auto, with_lr
+from trainlab.components.optimizers import is_auto, resolved_lr, with_lr
 from trainlab.config.schema import RunConfig
+from trainlab.devices import resolve_device
+from trainlab.engine.allocator import rss_bytes
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
-from trainlab.engine.measure import resolve_device, rss_bytes
 from trainlab.errors import ConfigError
 from trainlab.estimate.memory import state_bytes, trace
 from trainlab.estimate.probe import Probe, probe
@@ -75,17 +76,17 @@ def estimate_run(config: RunConfig, *, calibrate: bool = True,
     cache = {} if cache is None else cache
     if is_auto(config.optimizer):
         # Step time and memory do not depend on the LR: estimate before the range test picks it.
-        config = replace(config, optimizer=with_lr(config.optimizer, 1e-3))  # type: ignore[arg-type]
+        config = replace(config, optimizer=with_lr(config.optimizer, 1e-3))
     device = resolve_device(config.train.device)
-    data = load_dataset(config.data, config.model)  # type: ignore[arg-type]
-    bs = config.data.batch_size  # type: ignore[attr-defined]
+    data = load_dataset(config.data, config.model)
+    bs = config.data.batch_size
     key = _setup_key(config)
     if key not in cache:
         cache[key] = _measure_setup(config, device, calibrate)
     parts, measured, note = cache[key]
     steps_per_epoch = math.ceil(len(data.train) / bs)
     default_eval = bs if data.info.task == "lm" else max(bs, 256)
-    eval_bs = config.data.eval_batch_size or default_eval  # type: ignore[attr-defined]
+    eval_bs = config.data.eval_batch_size or default_eval
     eval_batches = math.ceil(len(data.valid) / eval_bs)
     test_batches = math.ceil(len(data.test) / eval_bs)
     if measured is not None:
@@ -117,9 +118,9 @@ def estimate_run(config: RunConfig, *, calibrate: bool = True,
 
 def _measure_setup(config: RunConfig, device: torch.device,
                    calibrate: bool) -> tuple[dict[str, Any], Probe | None, str | None]:
-    data = load_dataset(config.data, config.model)  # type: ignore[arg-type]
-    bs = config.data.batch_size  # type: ignore[attr-defined]
-    lr = config.optimizer.lr  # type: ignore[attr-defined]
+    data = load_dataset(config.data, config.model)
+    bs = config.data.batch_size
+    lr = resolved_lr(config.optimizer)
     with torch.device("meta"):
         model = build_model(config.model, data.info)
         tuning = build_finetune(config.finetune, model, lr)
@@ -157,7 +158,7 @@ def largest_fitting_batch(config: RunConfig, budget: int, estimate: Estimate) ->
     the configured batch gives the slope, the state (parameters, gradients, optimizer) the
     intercept.
     """
-    bs = config.data.batch_size  # type: ignore[attr-defined]
+    bs = config.data.batch_size
     fixed = estimate.base_bytes + estimate.param_bytes + estimate.grad_bytes + \
         estimate.optimizer_bytes
     per_example = max(estimate.peak_bytes - fixed, 0) / bs

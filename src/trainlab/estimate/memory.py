@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from trainlab.components import DataInfo, build_finetune, build_model
-from trainlab.components.base import Spec
+from trainlab.components.finetune.base import FinetuneSpec
+from trainlab.components.models import ModelSpec
+from trainlab.components.optimizers import OptimizerSpec
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ def _bytes(tensors: list[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def optimizer_state_bytes(optimizer: Spec, trainable: list[torch.Tensor]) -> int:
+def optimizer_state_bytes(optimizer: OptimizerSpec, trainable: list[torch.Tensor]) -> int:
     """Bytes of the optimizer's state once it has stepped, from its update rule.
 
     Adam/AdamW keep two moments (three with amsgrad), Adagrad a sum, RMSprop a square average
@@ -58,14 +60,15 @@ def optimizer_state_bytes(optimizer: Spec, trainable: list[torch.Tensor]) -> int
     return 2 * size + step  # an unknown optimizer: assume Adam-like
 
 
-def state_bytes(model: nn.Module, optimizer: Spec, trainable: list[torch.Tensor]) -> StateBytes:
+def state_bytes(model: nn.Module, optimizer: OptimizerSpec,
+                trainable: list[torch.Tensor]) -> StateBytes:
     params = _bytes(list({id(p): p for p in model.parameters()}.values()))
     buffers = _bytes(list(model.buffers()))
     grads = _bytes(trainable)
     return StateBytes(params + buffers, grads, optimizer_state_bytes(optimizer, trainable))
 
 
-def trace(model_spec: Spec, finetune: Spec, info: DataInfo, batch_size: int,
+def trace(model_spec: ModelSpec, finetune: FinetuneSpec, info: DataInfo, batch_size: int,
           lr: float = 1e-3) -> dict[str, int] | None:
     """Peak bytes by category of one forward and backward pass, traced on the meta device.
 
@@ -87,8 +90,8 @@ def trace(model_spec: Spec, finetune: Spec, info: DataInfo, batch_size: int,
         return None
 
 
-def _trace(tracker_type: Any, model_spec: Spec, finetune: Spec, info: DataInfo, batch_size: int,
-           lr: float) -> dict[str, int]:
+def _trace(tracker_type: Any, model_spec: ModelSpec, finetune: FinetuneSpec, info: DataInfo,
+           batch_size: int, lr: float) -> dict[str, int]:
     with torch.device("meta"):
         model = build_model(model_spec, info)
         # Freezes what the strategy freezes; adapters / PEFT wrap or extend the model.

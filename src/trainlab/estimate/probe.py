@@ -22,9 +22,12 @@ from dataclasses import dataclass
 import torch
 
 from trainlab.components import build_finetune, build_model, build_optimizer, load_dataset
+from trainlab.components.optimizers import resolved_lr
 from trainlab.config.schema import RunConfig
+from trainlab.devices import resolve_device, synchronize
 from trainlab.engine import allocator
-from trainlab.engine.measure import PeakMemory, resolve_device, rss_bytes, synchronize
+from trainlab.engine.allocator import rss_bytes
+from trainlab.engine.measure import PeakMemory
 from trainlab.engine.speed import decide, intra_op_threads
 from trainlab.engine.tasks import TASKS
 
@@ -58,17 +61,17 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
     t_begin = time.perf_counter()
     allocator.steady()  # the heap the run will have (the engine sets it at run start)
     device = resolve_device(config.train.device)
-    data = load_dataset(config.data, config.model)  # type: ignore[arg-type]
+    data = load_dataset(config.data, config.model)
     task = TASKS[data.info.task]
-    bs = config.data.batch_size  # type: ignore[attr-defined]
+    bs = config.data.batch_size
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         memory = PeakMemory(device)
         memory.reset()
         base = (torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes())
         model = build_model(config.model, data.info).to(device)
-        tuning = build_finetune(config.finetune, model, config.optimizer.lr)  # type: ignore[attr-defined]
+        tuning = build_finetune(config.finetune, model, resolved_lr(config.optimizer))
         model = (tuning.model or model).to(device)  # adapters / PEFT wrap or extend it
-        optimizer = build_optimizer(config.optimizer, tuning.param_groups)  # type: ignore[arg-type]
+        optimizer = build_optimizer(config.optimizer, tuning.param_groups)
         speed = decide(config.train, model, device, [data.train])
         train = data.train.to(device) if speed.data_on_device else data.train
         fetch = speed.fetcher(train)
@@ -101,7 +104,7 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
             if len(times) >= min_steps and timed > budget_s:
                 break
         default_eval = bs if data.info.task == "lm" else max(bs, 256)
-        eval_bs = config.data.eval_batch_size or default_eval  # type: ignore[attr-defined]
+        eval_bs = config.data.eval_batch_size or default_eval
         split = data.valid if len(data.valid) else data.train
         model.eval()
         eval_times = []

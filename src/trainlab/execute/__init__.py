@@ -23,9 +23,9 @@ from trainlab.execute.local import (
     SweepResult,
     run_one,
 )
-from trainlab.execute.relay import RunStore
 from trainlab.plan import Plan
 from trainlab.registry import Registry
+from trainlab.store.base import RunStore
 
 
 class Executor(Protocol):

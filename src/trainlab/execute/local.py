@@ -9,16 +9,18 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from trainlab.components.optimizers import is_auto
-from trainlab.engine import Callback, RunOutcome, interrupt, train
-from trainlab.engine.measure import environment, resolve_device
+from trainlab.devices import resolve_device
+from trainlab.engine import interrupt, train
+from trainlab.engine.measure import environment
+from trainlab.hooks import Callback, RunOutcome
 from trainlab.plan import Plan, PlannedRun
 from trainlab.records import MetricRecord, RecordSink
 
 if TYPE_CHECKING:
-    from trainlab.execute.relay import RunStore
+    from trainlab.store.base import RunStore
 
 if TYPE_CHECKING:
-    from trainlab.lr_study import AutoLR
+    from trainlab.lr.study import AutoLR
 
 
 class SweepObserver(Protocol):
@@ -122,7 +124,7 @@ def run_one(planned: PlannedRun, store: RunStore, callbacks: Sequence[Callback] 
 def _resolve(planned: PlannedRun, store: Any) -> AutoLR:
     import traceback
 
-    from trainlab.lr_study import AutoLR, auto_group, resolve_auto_lr
+    from trainlab.lr.study import AutoLR, auto_group, resolve_auto_lr
 
     try:
         return resolve_auto_lr(planned.run.config, store)
@@ -189,7 +191,7 @@ def resolve_plan_lrs(plan: Plan, store: Any, observer: SweepObserver | None = No
     todo = [p.run for p in plan.todo if is_auto(p.run.config.optimizer)]
     if not todo:
         return {}
-    from trainlab.lr_study import resolve_auto_lrs
+    from trainlab.lr.study import resolve_auto_lrs
 
     hook = getattr(observer, "on_lr_range", None)
     return resolve_auto_lrs(todo, store, sweep=plan.sweep.name, on_result=hook)
@@ -199,6 +201,6 @@ def auto_for(planned: PlannedRun, chosen: dict[str, AutoLR]) -> AutoLR | None:
     """The range test result ``planned`` trains with (None: it does not use ``lr: auto``)."""
     if not is_auto(planned.run.config.optimizer):
         return None
-    from trainlab.lr_study import auto_group
+    from trainlab.lr.study import auto_group
 
     return chosen.get(auto_group(planned.run.config)[0])

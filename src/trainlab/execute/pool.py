@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainlab.engine import Callback, RunOutcome, interrupt
+from trainlab.engine import interrupt
 from trainlab.errors import ConfigError
 from trainlab.execute.local import (
     NullObserver,
@@ -62,10 +62,11 @@ from trainlab.execute.relay import (
     RunStore,
     answer,
 )
+from trainlab.hooks import Callback, RunOutcome
 from trainlab.plan import Plan, PlannedRun
 
 if TYPE_CHECKING:
-    from trainlab.lr_study import AutoLR
+    from trainlab.lr.study import AutoLR
 
 
 def usable_cores() -> int:

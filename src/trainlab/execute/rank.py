@@ -20,8 +20,8 @@ import torch
 import torch.distributed as dist
 
 from trainlab.config.schema import resolve_run
+from trainlab.devices import resolve_device
 from trainlab.engine import distributed, train
-from trainlab.engine.measure import resolve_device
 from trainlab.execute.relay import ConnectionChannel, DiscardSink, RelayCallback, RemoteStore
 from trainlab.execute.torchrun import AUTHKEY_ENV
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainlab.engine import Callback, RunOutcome, interrupt
+from trainlab.engine import interrupt
 from trainlab.errors import ConfigError
 from trainlab.execute.local import (
     NullObserver,
@@ -35,11 +35,13 @@ from trainlab.execute.local import (
     auto_for,
     resolve_plan_lrs,
 )
-from trainlab.execute.relay import RelayCallback, RemoteStore, Replayer, RunStore, answer
+from trainlab.execute.relay import RelayCallback, RemoteStore, Replayer, answer
+from trainlab.hooks import Callback, RunOutcome
 from trainlab.plan import Plan, PlannedRun
+from trainlab.store.base import RunStore
 
 if TYPE_CHECKING:
-    from trainlab.lr_study import AutoLR
+    from trainlab.lr.study import AutoLR
 
 PIP_HINT = 'pip install "trainlab[ray]"'
 

@@ -22,30 +22,9 @@ from typing import Any, Protocol, cast
 
 import torch
 
-from trainlab.engine import Callback, RunState
+from trainlab.hooks import Callback, RunState
 from trainlab.records import MetricRecord
-
-
-class RunStore(Protocol):
-    """What an executor needs of the store; :class:`trainlab.store.Store` is one."""
-
-    root: Path
-
-    def start_run(self, run_id: str, env: dict[str, Any]) -> bool:
-        """Claim the run (False: another live process holds it)."""
-
-    def finish_run(self, run_id: str, status: str, error: str | None,
-                   summary: dict[str, Any]) -> None:
-        """Store the run's outcome."""
-
-    def write(self, records: Sequence[MetricRecord]) -> None:
-        """Persist records (one transaction)."""
-
-    def rewind(self, run_id: str, step: int) -> None:
-        """Drop the run's records after ``step``."""
-
-    def run_dir(self, run_id: str) -> Path:
-        """The run's checkpoint directory."""
+from trainlab.store.base import RunStore
 
 
 class Channel(Protocol):
@@ -77,7 +56,8 @@ class ConnectionChannel:
 
 
 class RemoteStore:
-    """The store, seen from a worker: every call is answered by the owner of the real one.
+    """The store, seen from a worker: every call is answered by the owner of the real one
+    (a :class:`~trainlab.store.base.RunStore`: each call returns after the owner's commit).
 
     Run directories are the owner's paths (a cluster needs them on a shared filesystem).
     """

@@ -31,8 +31,9 @@ from typing import Any
 import torch
 
 from trainlab.config.schema import RunConfig
-from trainlab.engine import Callback, RunOutcome, interrupt
+from trainlab.engine import interrupt
 from trainlab.execute.relay import Replayer, answer
+from trainlab.hooks import Callback, RunOutcome
 from trainlab.records import RecordSink
 
 AUTHKEY_ENV = "TRAINLAB_DDP_AUTHKEY"

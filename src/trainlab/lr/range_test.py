@@ -3,7 +3,7 @@
 Train for a short ramp of learning rates, from ``start`` to ``end`` (exponentially by default),
 recording the loss after every update; stop once the smoothed loss passes ``diverge`` x its
 best or is not finite.  The curve is then read by the pure functions of
-:mod:`trainlab.engine.lr_suggest`.
+:mod:`trainlab.lr.suggest`.
 
 Two entry points:
 
@@ -44,11 +44,13 @@ from trainlab.components.datasets import Split
 from trainlab.components.optimizers import with_lr
 from trainlab.components.schedules import Schedule
 from trainlab.config.schema import LRFindSpec, RunConfig
-from trainlab.engine.loop import RunState, epoch_permutation, seed_everything
-from trainlab.engine.lr_suggest import Suggestions, suggest
-from trainlab.engine.measure import Clock, resolve_device
+from trainlab.devices import resolve_device
+from trainlab.engine.loop import epoch_permutation, seed_everything
+from trainlab.engine.measure import Clock
 from trainlab.engine.speed import intra_op_threads
 from trainlab.engine.tasks import TASKS
+from trainlab.hooks import RunState
+from trainlab.lr.suggest import Suggestions, suggest
 
 Batches = Iterator[tuple[Tensor, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -326,17 +328,17 @@ def lr_find(config: RunConfig, settings: LRFindSpec | None = None) -> LRRangeRes
 def _lr_find(config: RunConfig, settings: LRFindSpec) -> tuple[LRRangeResult, dict[str, Any]]:
     with preserved_rng():
         device = resolve_device(config.train.device)
-        data = load_dataset(config.data, config.model)  # type: ignore[arg-type]
+        data = load_dataset(config.data, config.model)
         task = TASKS[data.info.task]
         seed_everything(settings.seed)
         model = build_model(config.model, data.info).to(device)
         # Built at LR 1, each group's LR is its ratio to the optimizer's LR.
         tuning = build_finetune(config.finetune, model, 1.0)
         model = (tuning.model or model).to(device)  # adapters / PEFT wrap or extend it
-        optimizer = build_optimizer(with_lr(config.optimizer, 1.0),  # type: ignore[arg-type]
+        optimizer = build_optimizer(with_lr(config.optimizer, 1.0),
                                     tuning.param_groups)
         scales = [float(g["lr"]) for g in optimizer.param_groups]
-        bs = config.data.batch_size  # type: ignore[attr-defined]
+        bs = config.data.batch_size
         train_split = data.train.to(device)
         steps_per_epoch = math.ceil(len(train_split) / bs)
         steps = settings.steps
@@ -356,7 +358,7 @@ def _lr_find(config: RunConfig, settings: LRFindSpec) -> tuple[LRRangeResult, di
                                   f"{data.info.name!r} has none here; use train",
                                   field="lr_find.loss")
             valid = data.valid.to(device)
-            eval_bs = config.data.eval_batch_size or max(bs, 256)  # type: ignore[attr-defined]
+            eval_bs = config.data.eval_batch_size or max(bs, 256)
             evaluate = _evaluator(valid, task.sums, eval_bs)
         result = range_test(model, optimizer,
                             _batches(train_split, bs, settings.seed, device), task.loss,

@@ -26,8 +26,8 @@ from typing import Any
 from trainlab.components.optimizers import is_auto, with_lr
 from trainlab.config.grid import ExpandedRun, expand, set_dotted, values_of, varied_keys
 from trainlab.config.schema import LRFindSpec, RunConfig, SweepConfig, resolve_lr_find
-from trainlab.engine.lr_range import LRRangeResult, lr_find
 from trainlab.errors import ConfigError
+from trainlab.lr.range_test import LRRangeResult, lr_find
 from trainlab.store import Store
 
 # Sections whose keys change the range test; the schedule and the rest of `train` do not.
@@ -104,7 +104,8 @@ def run_group(group: RangeGroup, store: Store | None, *, sweep: str | None = Non
     else:
         result = lr_find(group.config, group.settings)
         if store is not None:
-            from trainlab.engine.measure import environment, resolve_device
+            from trainlab.devices import resolve_device
+            from trainlab.engine.measure import environment
 
             env = environment(resolve_device(group.config.train.device))
             store.write_lr_range(group.range_id, group.config.to_dict(),
@@ -161,7 +162,7 @@ class AutoLR:
         """``config`` with the chosen LR in place of ``auto`` (for training, not for its id)."""
         if self.lr is None:
             raise ValueError(f"range test {self.range_id} chose no LR: {self.error}")
-        return replace(config, optimizer=with_lr(config.optimizer,  # type: ignore[arg-type]
+        return replace(config, optimizer=with_lr(config.optimizer,
                                                  self.lr))
 
 

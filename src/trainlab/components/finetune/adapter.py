@@ -21,8 +21,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from trainlab.components.base import Spec
-from trainlab.components.finetune import FINETUNE, FinetuneSetup
+from trainlab.components.finetune.base import FINETUNE, FinetuneSetup, FinetuneSpec
 from trainlab.components.finetune.layers import describe_modules, find_blocks, layer_groups
 from trainlab.errors import ConfigError
 
@@ -141,7 +140,7 @@ def freeze_except(model: nn.Module, keep: set[int]) -> None:
         p.requires_grad_(id(p) in keep)
 
 
-class AdapterSpec(Spec):
+class AdapterSpec(FinetuneSpec):
     """Houlsby adapter tuning: base frozen; adapters, layer norms and head train."""
 
     reduction: PositiveInt = Field(default=16, description="bottleneck = width / reduction")
@@ -163,7 +162,7 @@ def build_adapter(spec: AdapterSpec, model: nn.Module, lr: float) -> FinetuneSet
     return FinetuneSetup([{"params": params, "name": "adapter"}])
 
 
-class WithAdapter(Spec):
+class WithAdapter(FinetuneSpec):
     """Options of schemes that can run with adapters (discriminative LR, gradual unfreezing)."""
 
     adapter: bool = Field(default=False,

@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import Field
 from torch import nn
 
-from trainlab.components.finetune import FINETUNE, FinetuneSetup
 from trainlab.components.finetune.adapter import WithAdapter, maybe_adapters
+from trainlab.components.finetune.base import FINETUNE, FinetuneSetup
 from trainlab.components.finetune.layers import LayerGroup, WithLayerGroups, layer_groups
 
 

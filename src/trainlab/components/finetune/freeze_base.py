@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from trainlab.components.finetune import FINETUNE, FinetuneSetup
+from trainlab.components.finetune.base import FINETUNE, FinetuneSetup
 from trainlab.components.finetune.layers import WithLayerGroups, layer_groups
 from trainlab.errors import ConfigError
 

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from trainlab.components.finetune import FINETUNE, FinetuneSetup
 from trainlab.components.finetune.adapter import WithAdapter, maybe_adapters
+from trainlab.components.finetune.base import FINETUNE, FinetuneSetup
 from trainlab.components.finetune.discriminative_lr import group_factors, trainable_groups
 from trainlab.components.finetune.layers import WithLayerGroups, layer_groups
-from trainlab.engine.callbacks import Callback
+from trainlab.hooks import Callback
 
 if TYPE_CHECKING:
-    from trainlab.engine.loop import RunState
+    from trainlab.hooks import RunState
 
 
 class GradualUnfreeze(Callback):

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pydantic import Field
 from torch import nn
 
-from trainlab.components.base import Spec
+from trainlab.components.finetune.base import FinetuneSpec
 from trainlab.errors import ConfigError
 
 
-class WithLayerGroups(Spec):
+class WithLayerGroups(FinetuneSpec):
     """Strategies that work on layer groups may override how the model is split."""
 
     groups: dict[str, str] | None = Field(

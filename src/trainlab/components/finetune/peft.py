@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from trainlab.components.base import Spec
-from trainlab.components.finetune import FINETUNE, FinetuneSetup
+from trainlab.components.finetune.base import FINETUNE, FinetuneSetup, FinetuneSpec
 from trainlab.components.hf import HFModel, require
-from trainlab.engine.callbacks import Callback
 from trainlab.errors import ConfigError
+from trainlab.hooks import Callback
 
 if TYPE_CHECKING:
-    from trainlab.engine.loop import RunState
+    from trainlab.hooks import RunState
 
 _LINEAR_TYPES = ("Linear", "Conv1D", "Conv1d", "Conv2d", "Embedding")
 
@@ -103,7 +102,7 @@ def _get_peft_model(peft: Any, model: nn.Module, config: Any, kind: str) -> Any:
 # --- lora -------------------------------------------------------------------------------------
 
 
-class LoraSpec(Spec):
+class LoraSpec(FinetuneSpec):
     """LoRA: low-rank updates W + (alpha/r) B A on the target layers; the base is frozen."""
 
     r: PositiveInt = Field(default=8, description="rank")
@@ -135,7 +134,7 @@ def build_lora(spec: LoraSpec, model: nn.Module, lr: float) -> FinetuneSetup:
 # --- ia3 --------------------------------------------------------------------------------------
 
 
-class IA3Spec(Spec):
+class IA3Spec(FinetuneSpec):
     """IA3: learned vectors rescaling keys, values and feed-forward activations."""
 
     target_modules: list[str] | None = Field(
@@ -168,7 +167,7 @@ def build_ia3(spec: IA3Spec, model: nn.Module, lr: float) -> FinetuneSetup:
 # --- prompt tuning and prefix tuning ----------------------------------------------------------
 
 
-class PromptTuningSpec(Spec):
+class PromptTuningSpec(FinetuneSpec):
     """Prompt tuning (Lester et al.): trainable virtual-token embeddings before the input."""
 
     num_virtual_tokens: PositiveInt = 20
@@ -200,7 +199,7 @@ def build_prompt_tuning(spec: PromptTuningSpec, model: nn.Module, lr: float) -> 
     return _apply(config, model, "prompt-tuning", custom_ok=False)
 
 
-class PrefixTuningSpec(Spec):
+class PrefixTuningSpec(FinetuneSpec):
     """Prefix tuning (Li & Liang): trainable key/value prefixes in every attention layer."""
 
     num_virtual_tokens: PositiveInt = 20
@@ -221,4 +220,78 @@ def build_prefix_tuning(spec: PrefixTuningSpec, model: nn.Module, lr: float) -> 
         return peft.PrefixTuningConfig(task_type=task_type,
                                        num_virtual_tokens=spec.num_virtual_tokens, **kwargs)
 
+    if isinstance(model, HFModel):
+        check_prefix_support(model)
     return _apply(config, model, "prefix-tuning", custom_ok=False)
+
+
+def _names_past_key_values(forward: Any) -> bool:
+    import inspect
+
+    try:
+        return "past_key_values" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _renames_past_key_values(forward: Any) -> bool:
+    """Whether a wrapper of ``forward`` (transformers' ``deprecate_kwarg``) still accepts
+    ``past_key_values`` and passes it on under its new name."""
+    fn = getattr(forward, "__func__", forward)
+    while fn is not None:
+        code, cells = getattr(fn, "__code__", None), getattr(fn, "__closure__", None) or ()
+        if code is not None and len(code.co_freevars) == len(cells):
+            bound: dict[str, Any] = {}
+            for name, cell in zip(code.co_freevars, cells):
+                try:
+                    bound[name] = cell.cell_contents
+                except ValueError:  # an empty cell
+                    continue
+            if (bound.get("old_name") == "past_key_values" and bound.get("new_name")
+                    and not (bound.get("raise_if_greater_or_equal_version")
+                             and bound.get("is_greater_or_equal_version"))):
+                return True
+        fn = getattr(fn, "__wrapped__", None)
+    return False
+
+
+def check_prefix_support(model: HFModel) -> None:
+    """Refuse prefix tuning, at plan time, where PEFT cannot hand the installed transformers
+    model its prefix.
+
+    PEFT passes the trained prefix as the ``past_key_values`` argument.  For sequence
+    classification it first checks that the model's forward (or its backbone's) names that
+    argument and fails at the first training step otherwise: transformers 5.24 renamed it
+    ``cache``.  For causal LM it passes the argument as it is, which works while the forward
+    takes it or a deprecation shim renames it.  The same checks run here, on the model.
+    """
+    inner = model.model
+    forwards = [inner.forward]
+    if model.task == "sequence-classification":
+        pretrained = getattr(require("transformers", "`finetune.name: prefix-tuning`"),
+                             "PreTrainedModel", nn.Module)
+        # PEFT's fallback: the first child that is a transformers model (the backbone).
+        backbone = next((m for _, m in inner.named_children() if isinstance(m, pretrained)),
+                        None)
+        if backbone is not None:
+            forwards.append(backbone.forward)
+        if any(_names_past_key_values(f) for f in forwards):
+            return
+    elif _names_past_key_values(inner.forward) or _renames_past_key_values(inner.forward):
+        return
+    import inspect
+
+    transformers = require("transformers", "`finetune.name: prefix-tuning`")
+    peft = require("peft", "`finetune.name: prefix-tuning`")
+    try:
+        params = list(inspect.signature(inner.forward).parameters)
+    except (TypeError, ValueError):
+        params = []
+    takes = " (it takes `cache` instead)" if "cache" in params else ""
+    raise ConfigError(
+        f"`finetune.name`: prefix-tuning cannot work with the installed transformers "
+        f"{transformers.__version__} and peft {peft.__version__}: PEFT passes the prefix as "
+        f"`past_key_values`, which {type(inner).__name__}.forward does not accept{takes}, so "
+        f"{model.task} training would fail at its first step. Use prompt-tuning, lora or ia3 "
+        "here, or a transformers release whose models take `past_key_values` (5.23 and "
+        "earlier)", field="finetune.name")

@@ -1,0 +1,65 @@
+"""Device facts: which device a config's ``train.device`` means here, whether it exists, how
+many DDP processes it allows, and how to wait for its queued work.
+
+Planning, estimating and the engine all ask these questions; they live here so that planning
+does not reach into the engine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def device_available(name: str) -> bool:
+    if name in ("auto", "cpu"):
+        return True
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return False
+        index = int(name.split(":")[1]) if ":" in name else 0
+        return index < torch.cuda.device_count()
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        return bool(mps is not None and mps.is_available())
+    return False
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels so a clock read after this call covers them."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def nproc_limit(device: str) -> tuple[int, str]:
+    """How many DDP processes ``device`` allows here, and what limits it.
+
+    CUDA: one process per GPU.  CPU: one per core (gloo ranks share the cores; more would
+    only slow each step down).
+    """
+    kind = resolve_device(device).type
+    if kind == "cuda":
+        count = torch.cuda.device_count()
+        return count, f"{count} GPU(s) visible"
+    if kind == "mps":
+        return 1, "Apple MPS has no multi-process backend"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return cores, f"{cores} CPU core(s): on CPU trainlab allows one gloo process per core"
