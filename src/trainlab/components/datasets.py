@@ -186,7 +186,7 @@ class DigitsSpec(_SplitFractions):
 
 @DATASETS.register("digits", spec=DigitsSpec)
 def build_digits(spec: DigitsSpec) -> Dataset:
-    """scikit-learn's 8x8 handwritten digits, as 1x8x8 images scaled to [0, 1]."""
+    """scikit-learn's 8x8 handwritten digits (shipped with trainlab) as 1x8x8 images in [0, 1]."""
     data, target = _digits_arrays()
     x = (data / 16.0).astype(np.float32)
     return _from_arrays("digits", x, target, "classification", spec, (1, 8, 8))

@@ -44,6 +44,7 @@ from trainlab.engine.measure import Clock, PeakMemory, grad_norm
 from trainlab.engine.sampler import nvml_sampler
 from trainlab.engine.speed import Speed, decide, intra_op_threads
 from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix
+from trainlab.engine.timing import epoch_rates, median_of, training_seconds
 from trainlab.errors import Diverged, RunError
 from trainlab.hooks import Callback, RunOutcome, RunState, StopTraining
 from trainlab.records import MetricRecord, NullSink, RecordSink
@@ -361,7 +362,8 @@ class _Trainer:
         self._log_interval(None)
         t_end = self.clock.now()
         samples += _samples(batches, first_batch, batch)
-        epoch_time = time_before + t_end - t_start - self.paused - (self.io_time - io_before)
+        epoch_time = training_seconds(t_start, t_end, paused=self.paused,
+                                      io=self.io_time - io_before, before=time_before)
         state.train_time += epoch_time
         loss_sum, metric_sum, weight = self.epoch_sums
         values = {f"train/{k}": v for k, v in task.finalize(loss_sum, metric_sum, weight).items()}
@@ -370,19 +372,11 @@ class _Trainer:
         schedule.after_epoch()
         if self.dist is not None:  # the group's samples (each rank counted its own slices)
             samples = round(self.dist.sum_float(samples))
-        values.update({
-            "time/epoch_train": epoch_time,
-            "time/train": state.train_time,
-            "throughput/samples_per_s": samples / epoch_time if epoch_time > 0 else float("nan"),
-        })
-        if state.info.task == "lm":
-            values["throughput/tokens_per_s"] = (
-                values["throughput/samples_per_s"] * state.info.tokens_per_example)
-        if self.step_flops is not None and epoch_time > 0:
-            # FLOPs scale with samples (the last batch of an epoch may be short).
-            rate = self.step_flops * samples / bs / epoch_time
-            values["perf/flops_per_s"] = rate
-            values["perf/mfu"] = rate / self.peak_flops
+        values.update({"time/epoch_train": epoch_time, "time/train": state.train_time})
+        values.update(epoch_rates(
+            samples, epoch_time, batch_size=bs, flops_per_batch=self.step_flops,
+            peak_flops=self.peak_flops,
+            tokens_per_example=state.info.tokens_per_example if state.info.task == "lm" else None))
         memory = self.memory.read()
         values.update(memory if self.dist is None else self.dist.memory(memory))
         if self.sampler is not None:
@@ -702,12 +696,9 @@ class _Trainer:
             out.update(epochs=self.state.epoch, steps=self.state.step,
                        train_time=self.state.train_time, device=str(self.state.device))
         if self.epoch_stats:
-            rates = [s["throughput/samples_per_s"] for s in self.epoch_stats
-                     if math.isfinite(s["throughput/samples_per_s"])]
-            out["samples_per_s"] = statistics.median(rates) if rates else None
+            out["samples_per_s"] = median_of(self.epoch_stats, "throughput/samples_per_s")
             out["peak_memory_bytes"] = max(s["memory/peak_bytes"] for s in self.epoch_stats)
-            mfus = [s["perf/mfu"] for s in self.epoch_stats if "perf/mfu" in s]
-            out["mfu"] = statistics.median(mfus) if mfus else None
+            out["mfu"] = median_of(self.epoch_stats, "perf/mfu")
         if getattr(self, "speed", None) is not None and self.state is not None:
             out["speed"] = self.speed.describe(self.state.optimizer)
             out["flops_per_step"] = self.step_flops

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 
 import pytest
-from analysis_fakes import LM_VARIED, lm_runs
 
+from tests.unit.analysis.fakes import LM_VARIED, lm_runs
 from trainlab.analysis.answers import (
     answer_all,
     overfit_spans,

@@ -157,7 +157,7 @@ def test_every_model_builds_and_steps(spec: dict, data: dict) -> None:
 
 
 def test_every_model_is_covered() -> None:
-    # The transformers models (hf, minilm) are built and stepped in tests/unit/test_hf.py.
+    # The transformers models (hf, minilm) are built and stepped in components/test_hf.py.
     assert {c[0]["name"] for c in MODEL_CASES} == set(MODELS.names()) - {"hf", "minilm"}
 
 

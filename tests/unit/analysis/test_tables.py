@@ -9,8 +9,8 @@ import re
 
 import pandas as pd
 import pytest
-from analysis_fakes import LM_VARIED, lm_runs
 
+from tests.unit.analysis.fakes import LM_VARIED, lm_runs
 from trainlab.analysis.frames import load_sweep
 from trainlab.analysis.render import latex_escape, to_csv, to_html, to_latex, to_markdown
 from trainlab.analysis.tables import (

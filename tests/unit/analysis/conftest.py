@@ -1,4 +1,4 @@
-"""Fixtures: hand-made stores (see analysis_fakes)."""
+"""Fixtures: hand-made stores (see fakes)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from analysis_fakes import LM_VARIED, add_sweep, lm_runs
 
+from tests.unit.analysis.fakes import LM_VARIED, add_sweep, lm_runs
 from trainlab.store import Store, open_store
 
 

@@ -300,7 +300,7 @@ def test_peft_trains_its_parameters_and_saves_and_loads(
     if finetune["name"] == "prefix-tuning" and "past_key_values" not in inspect.signature(
             GPT2ForSequenceClassification.forward).parameters:
         pytest.skip("transformers >= 5.24 calls GPT-2's past_key_values `cache`, which PEFT's "
-                    "prefix tuning cannot use: refused at plan time (test_prefix_support.py)")
+                    "prefix tuning cannot use: refused at plan time (see finetune/test_peft.py)")
     model = {"name": "hf", "path": tiny_hf[which]}
     outcome = _run(model, _data(tiny_hf, sentiment_dir), finetune, epochs=1, run_dir=tmp_path)
     assert 0 < outcome.summary["params_trainable_pct"] < 30

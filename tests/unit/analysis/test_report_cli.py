@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from analysis_fakes import LM_VARIED, add_sweep, lm_runs
 from typer.testing import CliRunner
 
+from tests.unit.analysis.fakes import LM_VARIED, add_sweep, lm_runs
 from trainlab.cli import app
 from trainlab.store import open_store
 

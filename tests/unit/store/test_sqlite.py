@@ -13,7 +13,7 @@ from trainlab.errors import ConfigError
 from trainlab.records import MetricRecord
 from trainlab.store import MIGRATIONS, SCHEMA_VERSION, Store, open_store
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 def _rec(run: str, key: str, step: int, epoch: int, value: float) -> MetricRecord:

@@ -1,0 +1,47 @@
+"""Timing arithmetic: training seconds, throughput and MFU from clock readings and counts.
+
+Pure functions of numbers (no clock, no device), so each is unit-tested with made-up readings;
+the loop reads the clocks (after an accelerator sync) and hands the readings here, as
+Lightning Fabric keeps its throughput arithmetic apart from the device-bound monitor.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+
+
+def training_seconds(start: float, end: float, *, paused: float = 0.0, io: float = 0.0,
+                     before: float = 0.0) -> float:
+    """Seconds spent training between two clock readings: the span, less what was paused
+    inside it (validation, warm-up) and the I/O done in it (checkpoints), plus ``before``
+    (the part of the epoch trained before a resume)."""
+    return before + (end - start) - paused - io
+
+
+def epoch_rates(samples: float, seconds: float, *, tokens_per_example: float | None = None,
+                flops_per_batch: float | None = None, batch_size: int = 1,
+                peak_flops: float | None = None) -> dict[str, float]:
+    """Throughput of an epoch, as recorded: samples (and tokens) per second, and, where the
+    FLOPs of a batch are known, achieved FLOP/s and MFU against ``peak_flops``.
+
+    FLOPs scale with samples, not batches: an epoch's last batch may be short.  With no time
+    measured, the rate is NaN (not infinite); FLOP rates are then left out.
+    """
+    rate = samples / seconds if seconds > 0 else float("nan")
+    out = {"throughput/samples_per_s": rate}
+    if tokens_per_example is not None:
+        out["throughput/tokens_per_s"] = rate * tokens_per_example
+    if flops_per_batch is not None and seconds > 0:
+        flops = flops_per_batch * samples / batch_size / seconds
+        out["perf/flops_per_s"] = flops
+        if peak_flops:
+            out["perf/mfu"] = flops / peak_flops
+    return out
+
+
+def median_of(epochs: Iterable[Mapping[str, float]], key: str) -> float | None:
+    """The median of ``key`` over the epochs that recorded a finite value of it, else None."""
+    values = [e[key] for e in epochs if key in e and math.isfinite(e[key])]
+    return statistics.median(values) if values else None
