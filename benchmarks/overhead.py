@@ -27,6 +27,9 @@ epoch, pools the epochs into GROUPS contiguous groups, and gives per group the r
 step times (an epoch's cost) and the median of the per-step ratios; over groups, the median and
 the range.
 
+--mode own-code: the digits MLP as trainlab builds it against the same MLP written in a user's
+file (model.name: python), each a whole engine run, alternating: user code costs nothing extra.
+
 --mode epochs: in alternating order each round, one whole epoch of each contender after the
 other, timed from the epoch's start (shuffle included) to its last step's end; the paired ratio
 of epoch means and of median single steps per round, median and range over rounds.
@@ -154,6 +157,47 @@ def measure_interleaved(name: str, rounds: int, tmp: Path,
     return result
 
 
+# The built-in `mlp` of the digits workload, written as a user writes it in a file of their own.
+OWN_MLP = """
+from torch import nn
+
+
+def mlp(input_shape, num_classes, hidden=128):
+    width = 1
+    for d in input_shape:
+        width *= d
+    return nn.Sequential(nn.Flatten(), nn.Linear(width, hidden), nn.ReLU(),
+                         nn.Linear(hidden, num_classes))
+"""
+
+
+def measure_own_code(rounds: int, tmp: Path, epochs: int = 3) -> dict[str, Any]:
+    """The digits MLP built in (``model.name: mlp``) against the same MLP from a user's file
+    (``model.name: python``), each trained by the engine, whole runs alternating in order
+    round by round: the ratio of their last epochs' seconds per step (median and range over
+    rounds), and whether both trained the same weights (same init, same batches)."""
+    (tmp / "own").mkdir(exist_ok=True)
+    (tmp / "own" / "nets.py").write_text(OWN_MLP)
+    base = copy.deepcopy(WORKLOADS["digits-mlp"])
+    base["train"] = {"epochs": epochs}
+    builtin = base
+    own = {**base, "model": {"name": "python", "target": str(tmp / "own" / "nets.py") + ":mlp",
+                             "args": {"hidden": base["model"]["hidden_dim"]}}}
+    ratios, steps = [], {"builtin": [], "own": []}
+    for r in range(rounds + 1):  # the first round warms up and is left out
+        order = [("builtin", builtin), ("own", own)]
+        seconds = {}
+        for name, raw in order if r % 2 else reversed(order):
+            seconds[name] = engine(raw, tmp / f"store-{name}")
+        if r:
+            ratios.append(seconds["own"] / seconds["builtin"])
+            for name in seconds:
+                steps[name].append(seconds[name] * 1e3)
+    return {"workload": "digits-mlp, own file vs built-in", "own_vs_builtin":
+            statistics.median(ratios), "own_vs_builtin_range": [min(ratios), max(ratios)],
+            "step_ms": {k: statistics.median(v) for k, v in steps.items()}, "rounds": rounds}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -163,11 +207,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="interleaved: go on past --rounds epochs until the plain loop's "
                              "measured steps add up to this many seconds")
-    parser.add_argument("--mode", choices=["interleaved", "epochs"], default="interleaved",
-                        help="step-by-step interleaving in one run (default) or whole epochs "
-                             "alternating")
+    parser.add_argument("--mode", choices=["interleaved", "epochs", "own-code"],
+                        default="interleaved",
+                        help="step-by-step interleaving in one run (default), whole epochs "
+                             "alternating, or own-code: the digits MLP built in against the "
+                             "same MLP from a user's file, whole runs alternating")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.mode == "own-code":
+        with tempfile.TemporaryDirectory() as tmp:
+            own = measure_own_code(args.rounds, Path(tmp))
+        lo, hi = own["own_vs_builtin_range"]
+        print(f"| workload | built-in ms/step | own file ms/step | own/built-in [range] |\n"
+              f"|---|---|---|---|\n| {own['workload']} | {own['step_ms']['builtin']:.3f} | "
+              f"{own['step_ms']['own']:.3f} | {own['own_vs_builtin']:.3f} [{lo:.3f}-{hi:.3f}] |")
+        if args.json:
+            args.json.write_text(json.dumps(own, indent=2))
+        return
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.workloads.split(","):

@@ -60,7 +60,7 @@ def describe(kinds: list[str]) -> list[dict[str, Any]]:
             continue
         for entry in REGISTRIES[kind]:
             entries.append({"kind": kind, "name": entry.name, "doc": entry.doc,
-                            "fields": _fields(entry.spec)})
+                            "origin": entry.origin, "fields": _fields(entry.spec)})
     return entries
 
 

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 
 from trainlab.components import (
+    DataInfo,
     build_finetune,
     build_model,
     build_optimizer,
@@ -16,10 +17,11 @@ from trainlab.components import (
     load_dataset,
 )
 from trainlab.components.optimizers import is_auto, resolved_lr, with_lr
+from trainlab.components.python import PythonModelSpec, check_output
 from trainlab.components.schedules import ScheduleContext
 from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_keys
 from trainlab.devices import device_available, nproc_limit
-from trainlab.engine.tasks import TASKS
+from trainlab.engine.tasks import TASKS, training_loss
 from trainlab.errors import ConfigError
 from trainlab.records import DONE
 from trainlab.store import Store, held_elsewhere
@@ -134,8 +136,11 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
                     and cfg.lr_find.loss == "valid" and len(data.valid) == 0):
                 raise ConfigError("`lr_find.loss`: valid needs a validation split and this "
                                   "data has none; use train", field="lr_find.loss")
+            training_loss(cfg, task)  # a train.loss target that does not load fails here
             with torch.device("meta"):
                 model = build_model(cfg.model, data.info)
+                if isinstance(cfg.model, PythonModelSpec):
+                    _check_meta_output(model, data.info, cfg.model.target)
                 # lr: auto is chosen at run time; any LR checks that the optimizer builds.
                 opt_spec = with_lr(cfg.optimizer, 1.0) if is_auto(
                     cfg.optimizer) else cfg.optimizer
@@ -186,3 +191,14 @@ def check_nproc(nproc: int, device: str, n_train: int, batch_size: int, devices:
                           f"in batches of {batch_size}); choose a batch size (or data.limit) "
                           f"that leaves at least {nproc} examples in every batch",
                           field="data.batch_size")
+
+
+def _check_meta_output(model: torch.nn.Module, info: DataInfo, target: str) -> None:
+    """A user's model on one meta batch: an output shape that does not fit the task is bad
+    input now.  A model the meta device cannot run (one that reads a value, say) is checked
+    at its first training step instead."""
+    try:
+        out = model(info.example_batch(2).to("meta"))
+    except Exception:
+        return
+    check_output(out, info, 2, target)

@@ -30,6 +30,7 @@ class Entry(Generic[F]):
     spec: type[BaseModel]
     build: F
     doc: str
+    origin: str = "trainlab"  # where it came from: trainlab, or the plugin package's name
 
 
 class Registry(Generic[F]):
@@ -50,7 +51,8 @@ class Registry(Generic[F]):
                 raise TypeError(f"{self.kind} {name!r}: its spec {spec.__name__} must subclass "
                                 f"{self.base.__name__}")
             doc = (build.__doc__ or spec.__doc__ or "").strip().splitlines()
-            self._entries[name] = Entry(name, spec, build, doc[0] if doc else "")
+            self._entries[name] = Entry(name, spec, build, doc[0] if doc else "",
+                                        _origin(build))
             return build
 
         return decorate
@@ -73,3 +75,34 @@ class Registry(Generic[F]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# Set while a plugin's entry point loads: what it registers is credited to its package.
+_LOADING: list[str] = []
+
+
+def _origin(build: Callable[..., Any]) -> str:
+    if _LOADING:
+        return _LOADING[-1]
+    module = getattr(build, "__module__", "") or ""
+    return "trainlab" if module.split(".")[0] == "trainlab" else module
+
+
+def load_plugins(group: str = "trainlab.components") -> list[str]:
+    """Import every installed package's entry point in ``group`` (each registers its
+    components where it defines them, as trainlab's own do); returns the warnings for plugins
+    that failed to load (a broken plugin never stops trainlab)."""
+    from importlib.metadata import entry_points
+
+    warnings = []
+    for point in entry_points(group=group):
+        package = point.dist.name if point.dist is not None else point.value.split(":")[0]
+        _LOADING.append(package)
+        try:
+            point.load()
+        except Exception as exc:  # a plugin's own bug: reported, never raised
+            warnings.append(f"plugin {package!r} ({point.value}) failed to load: "
+                            f"{type(exc).__name__}: {exc}")
+        finally:
+            _LOADING.pop()
+    return warnings

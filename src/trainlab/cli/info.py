@@ -3,22 +3,41 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from trainlab.cli.common import JsonOpt, app, fail, guard, out
+from trainlab.cli.common import JsonOpt, app, err, escape, fail, guard, out
 
 
 @app.command()
 def examples(
     name: str | None = typer.Argument(None, help="Print this example's YAML."),
+    copy: Path | None = typer.Option(
+        None, "--copy", metavar="DIR", show_default=False,
+        help="Write the example's YAML and its code files into DIR, to edit and run from there "
+             "(trainlab run DIR/NAME.yaml)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """List the built-in examples (all run offline), or print one's YAML."""
+    """List the built-in examples (all run offline), print one's YAML, or copy one to edit."""
     from trainlab.config import example_names, example_text
-    from trainlab.config.load import parse_yaml
+    from trainlab.config.load import example_files, parse_yaml
 
+    if copy is not None and name is None:
+        fail("`--copy` needs the example's NAME: trainlab examples NAME --copy DIR")
+    if name is not None and copy is not None:
+        files = guard(lambda: example_files(name))
+        existing = [rel for rel in files if (copy / rel).exists()]
+        if existing:
+            fail(f"`--copy`: {copy} already has {', '.join(existing)}; nothing was written "
+                 "(choose an empty folder)")
+        for rel, text in files.items():
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            (copy / rel).write_text(text)
+        out.print(f"wrote {', '.join(files)} to {copy}; run it with: trainlab run "
+                  f"{copy / f'{name}.yaml'}", highlight=False)
+        return
     if name is not None:
         text = guard(lambda: example_text(name))
         sys.stdout.write(text)
@@ -50,11 +69,17 @@ def components(
     if kind is not None and kind not in KINDS:
         fail(f"`KIND`: unknown kind {kind!r}; valid: {', '.join(KINDS)}")
     entries = describe([kind] if kind else list(KINDS))
+    from trainlab.components import PLUGIN_WARNINGS
+
+    for warning in PLUGIN_WARNINGS:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
     if as_json:
         out.print_json(data=entries)
         return
     for entry in entries:
-        out.print(f"[bold]{entry['kind']}.name: {entry['name']}[/]  {entry['doc']}",
+        origin = entry.get("origin", "trainlab")
+        source = "" if origin == "trainlab" else f"  [dim](from {origin})[/]"
+        out.print(f"[bold]{entry['kind']}.name: {entry['name']}[/]{source}  {entry['doc']}",
                   highlight=False)
         for f in entry["fields"]:
             desc = f"  {f['description']}" if f["description"] else ""

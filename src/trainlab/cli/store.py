@@ -100,6 +100,11 @@ def show(
                   "optimizer.lr: auto -> no LR ", end="", highlight=False)
         out.print(f"({summary.get('lr_method')} of LR range test {summary.get('lr_range_id')}; "
                   f"{trust})", highlight=False)
+    for source in (row["env"] or {}).get("sources", []):
+        copied = "; a copy in the run's sources/" if source["target"].split(":")[0].endswith(
+            ".py") else ""
+        out.print(f"own code: {source['field']} = {source['target']}  ({source['file']}, "
+                  f"sha256 {source['sha256']}{copied})", highlight=False, markup=False)
     out.print_json(data={"summary": row["summary"], "env": row["env"]})
     epochs = metrics[metrics["epoch"] > 0]
     per_epoch = epochs[epochs["key"].str.match(r"^(train|valid)/(loss|accuracy|perplexity|rmse)$")

@@ -2,13 +2,17 @@
 
 from typing import Any
 
-from trainlab.components import hf, text_data  # noqa: F401  (register hf, minilm, vader-sentiment)
+# Importing these registers hf, minilm, vader-sentiment and the `python` entries (own code).
+from trainlab.components import hf, python, text_data  # noqa: F401
 from trainlab.components.datasets import DATASETS, DataInfo, Dataset, DataSpec, load_dataset
 from trainlab.components.finetune import FINETUNE, FinetuneSetup, build_finetune
 from trainlab.components.models import MODELS, build_model, count_parameters
 from trainlab.components.optimizers import OPTIMIZERS, build_optimizer
 from trainlab.components.schedules import SCHEDULES, Schedule, ScheduleContext, build_schedule
-from trainlab.registry import Registry
+from trainlab.registry import Registry, load_plugins
+
+# Installed packages add components through the entry-point group `trainlab.components`.
+PLUGIN_WARNINGS = load_plugins()
 
 REGISTRIES: dict[str, Registry[Any]] = {
     "data": DATASETS, "model": MODELS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,

@@ -20,6 +20,7 @@ import torch
 from pydantic import Field, PositiveInt, model_validator
 
 from trainlab.components.base import Spec
+from trainlab.components.items import ItemSplit
 from trainlab.errors import ConfigError
 from trainlab.registry import Registry
 
@@ -55,6 +56,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.inputs.shape[0])
 
+    @property
+    def device(self) -> torch.device:
+        return self.inputs.device
+
     def head(self, n: int) -> Split:
         return Split(self.inputs[:n], self.targets[:n])
 
@@ -64,10 +69,14 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
+    """A dataset's three splits: tensors in memory (:class:`Split`), or items of a torch
+    Dataset read anew for every batch (:class:`~trainlab.components.items.ItemSplit`, the
+    user's own data with ``data.name: python``)."""
+
     info: DataInfo
-    train: Split
-    valid: Split
-    test: Split
+    train: Split | ItemSplit
+    valid: Split | ItemSplit
+    test: Split | ItemSplit
     vocab: tuple[str, ...] | None = None
 
 
@@ -111,8 +120,11 @@ def load_dataset(spec: DataSpec, model: Spec | None = None) -> Dataset:
     the tokenizer actually used.
     """
     tokenizer = tokenizer_source(spec, model)
+    # A user's data function (name: python) is found relative to the config's folder: two
+    # folders with the same file may still read different data files beside it.
+    root = getattr(spec, "_root", None)
     key = json.dumps([spec.model_dump(mode="json", exclude={"batch_size", "eval_batch_size"}),
-                      tokenizer], sort_keys=True)
+                      tokenizer] + ([root] if root is not None else []), sort_keys=True)
     if key not in _CACHE:
         entry = DATASETS.get(spec.name, field="data.name")
         if "tokenizer" in type(spec).model_fields:

@@ -101,7 +101,7 @@ def expand(sweep: SweepConfig) -> list[ExpandedRun]:
             where = f"in sweep {sweep.name}, run {len(runs) + 1}" + (
                 f": {_describe(overrides)}" if overrides else "")
             try:
-                config = resolve_run(raw)
+                config = resolve_run(raw, root=sweep.root)
             except ConfigError as exc:
                 raise exc.within(where) from None
             if config.run_id in seen:

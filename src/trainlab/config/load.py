@@ -30,6 +30,23 @@ def example_text(name: str) -> str:
     return resources.files("trainlab.examples").joinpath(f"{name}.yaml").read_text()
 
 
+def example_root() -> Path:
+    """The folder of the built-in examples: the own-code example's files are found there."""
+    return Path(str(resources.files("trainlab.examples")))
+
+
+def example_files(name: str) -> dict[str, str]:
+    """The example's files by relative path: its YAML, and the user code beside it (the folder
+    named after it, ``own_code/`` for ``own-code``), as a user copies them to edit."""
+    text = example_text(name)
+    files = {f"{name}.yaml": text}
+    folder = example_root() / name.replace("-", "_")
+    if folder.is_dir():
+        for path in sorted(folder.rglob("*.py")):
+            files[str(path.relative_to(example_root()))] = path.read_text()
+    return files
+
+
 def parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(text)
@@ -125,4 +142,5 @@ def load_sweep(path: str | Path | None = None, *, example: str | None = None,
     if "name" not in doc and path is not None:
         doc["name"] = Path(path).stem
     doc = apply_overrides(doc, overrides or [])
-    return validate_sweep(doc, source)
+    root = Path(path).parent if example is None and path is not None else example_root()
+    return validate_sweep(doc, source).with_root(root)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import (
@@ -19,6 +20,7 @@ from pydantic import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
+    PrivateAttr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -30,9 +32,11 @@ from trainlab.components.datasets import DataSpec
 from trainlab.components.finetune.base import FinetuneSpec
 from trainlab.components.models import ModelSpec
 from trainlab.components.optimizers import OptimizerSpec, is_auto
+from trainlab.components.python import with_source
 from trainlab.components.schedules import ScheduleSpec
 from trainlab.errors import ConfigError, closest
 from trainlab.registry import Registry
+from trainlab.usercode import source_digest
 
 S = TypeVar("S", bound=Spec)
 
@@ -92,6 +96,14 @@ class TrainSpec(_Frozen):
     data_on_device: Literal["auto"] | bool = Field(
         default="auto", description="keep the whole dataset on the accelerator (auto: when it "
         "takes under half the free memory); else pinned host batches copied asynchronously")
+    loss: str | None = Field(
+        default=None, description='your loss: "losses.py:name" or "package.module:name", a '
+        "function (outputs, targets) -> scalar tensor that training minimises (default: the "
+        "task's; validation and test always report the task's loss and metrics)",
+        json_schema_extra={"run_id": "when set"})
+    loss_source: str | None = Field(
+        default=None, description="set by trainlab: sha256 of train.loss's source file (part of "
+        "the run id)", json_schema_extra={"run_id": "when set"})
     nproc: PositiveInt = Field(
         default=1, description="processes training this run together with "
         "DistributedDataParallel (torchrun): one per GPU on CUDA (NCCL), or CPU processes (gloo); "
@@ -156,6 +168,18 @@ class SweepConfig(_Frozen):
     runs: list[dict[str, Any]] = Field(default_factory=list)
     seeds: list[int] | None = None
     lr_find: dict[str, Any] = Field(default_factory=dict)
+    # The folder of the file this sweep was read from: relative file targets are found there.
+    _root: str | None = PrivateAttr(default=None)
+
+    @property
+    def root(self) -> str | None:
+        return self._root
+
+    def with_root(self, root: str | Path | None) -> SweepConfig:
+        """This sweep, with relative file targets found in ``root``."""
+        out = self.model_copy()
+        out._root = None if root is None else str(Path(root).resolve())
+        return out
 
     @field_validator("grid")
     @classmethod
@@ -173,11 +197,18 @@ class SweepConfig(_Frozen):
         return seeds
 
 
-# Train fields marked ``run_id: False`` say how a run is kept, not what it computes (how often
-# it checkpoints): changing them does not make a new run, and adding one keeps existing ids.
-_NOT_IN_RUN_ID = frozenset(
-    name for name, field in TrainSpec.model_fields.items()
-    if isinstance(field.json_schema_extra, dict) and field.json_schema_extra.get("run_id") is False)
+def _run_id_rules(spec: type[BaseModel]) -> tuple[frozenset[str], frozenset[str]]:
+    """The fields a run id leaves out, and those it takes only when set (not None).
+
+    Fields marked ``run_id: False`` say how a run is kept, not what it computes (how often it
+    checkpoints): changing them does not make a new run.  Fields marked ``run_id: "when set"``
+    were added after runs were stored: at their default they leave every existing id as it
+    was.
+    """
+    rules = {name: field.json_schema_extra.get("run_id") for name, field in
+             spec.model_fields.items() if isinstance(field.json_schema_extra, dict)}
+    return (frozenset(n for n, r in rules.items() if r is False),
+            frozenset(n for n, r in rules.items() if r == "when set"))
 
 
 @dataclass(frozen=True)
@@ -196,18 +227,27 @@ class RunConfig:
     finetune: FinetuneSpec
     train: TrainSpec
     lr_find: LRFindSpec | None = None  # only with optimizer.lr: auto (then part of the run id)
+    # The folder relative file targets (name: python, train.loss) are found in: the config
+    # file's.  Not part of the run id (the targets' source hashes are).
+    root: str | None = None
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        out = {s: getattr(self, s).model_dump(mode="json") for s in SECTIONS}
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {s: getattr(self, s).model_dump(mode="json") for s in SECTIONS}
         if self.lr_find is not None:
             out["lr_find"] = self.lr_find.model_dump(mode="json")
+        if self.root is not None:
+            out["root"] = self.root
         return out
 
     @property
     def run_id(self) -> str:
         """A stable id: the hash of the canonical resolved config."""
         config = self.to_dict()
-        config["train"] = {k: v for k, v in config["train"].items() if k not in _NOT_IN_RUN_ID}
+        config.pop("root", None)
+        for section in SECTIONS:
+            hidden, when_set = _run_id_rules(type(getattr(self, section)))
+            config[section] = {k: v for k, v in config[section].items()
+                               if k not in hidden and not (k in when_set and v is None)}
         canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -275,9 +315,16 @@ def _section(raw: dict[str, Any], section: str, base: type[S]) -> S:
     return spec
 
 
-def resolve_run(raw: dict[str, Any]) -> RunConfig:
-    """A fully resolved :class:`RunConfig` from nested sections."""
-    optimizer = _section(raw, "optimizer", OptimizerSpec)
+def resolve_run(raw: dict[str, Any], root: str | None = None) -> RunConfig:
+    """A fully resolved :class:`RunConfig` from nested sections; ``root`` (else the raw
+    config's own ``root``) is where relative file targets are found."""
+    root = root or raw.get("root")
+
+    def section(name: str, base: type[S]) -> S:
+        spec: S = with_source(_section(raw, name, base), root, name)
+        return spec
+
+    optimizer = section("optimizer", OptimizerSpec)
     train_raw = raw.get("train") or {}
     if not isinstance(train_raw, dict):
         raise ConfigError(f"`train` must be a mapping; got {train_raw!r}", field="train")
@@ -287,10 +334,13 @@ def resolve_run(raw: dict[str, Any]) -> RunConfig:
         raise config_error(exc, "train") from None
     lr_find = resolve_lr_find(raw.get("lr_find"))
     # The range test's settings belong to a run only when they choose its LR.
-    return RunConfig(data=_section(raw, "data", DataSpec), model=_section(raw, "model", ModelSpec),
-                     optimizer=optimizer, schedule=_section(raw, "schedule", ScheduleSpec),
-                     finetune=_section(raw, "finetune", FinetuneSpec), train=train,
-                     lr_find=lr_find if is_auto(optimizer) else None)
+    if train.loss is not None:
+        train = train.model_copy(update={"loss_source": source_digest(train.loss, root,
+                                                                      "train.loss")})
+    return RunConfig(data=section("data", DataSpec), model=section("model", ModelSpec),
+                     optimizer=optimizer, schedule=section("schedule", ScheduleSpec),
+                     finetune=section("finetune", FinetuneSpec), train=train,
+                     lr_find=lr_find if is_auto(optimizer) else None, root=root)
 
 
 def resolve_lr_find(raw: Any, overrides: dict[str, Any] | None = None) -> LRFindSpec:

@@ -32,7 +32,9 @@ from trainlab.components import (
     load_dataset,
 )
 from trainlab.components.datasets import Split
+from trainlab.components.items import ItemSplit
 from trainlab.components.optimizers import resolved_lr
+from trainlab.components.python import PythonModelSpec, check_output
 from trainlab.config.schema import RunConfig
 from trainlab.devices import resolve_device
 from trainlab.engine import allocator, distributed, interrupt
@@ -43,7 +45,7 @@ from trainlab.engine.interval import LogInterval
 from trainlab.engine.measure import Clock, PeakMemory, grad_norm
 from trainlab.engine.sampler import nvml_sampler
 from trainlab.engine.speed import Speed, decide, intra_op_threads
-from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix
+from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix, training_loss
 from trainlab.engine.timing import epoch_rates, median_of, training_seconds
 from trainlab.errors import Diverged, RunError
 from trainlab.hooks import Callback, RunOutcome, RunState, StopTraining
@@ -151,6 +153,7 @@ class _Trainer:
         self.checkpointed_at = self.t0  # when this process last wrote last.pt
         data = load_dataset(cfg.data, cfg.model)
         self.task: TaskKind = TASKS[data.info.task]
+        self.loss_fn = training_loss(cfg, self.task)  # the user's train.loss, or the task's
         seed_everything(tc.seed)
         model = build_model(cfg.model, data.info).to(device)
         tuning = build_finetune(cfg.finetune, model, resolved_lr(cfg.optimizer))
@@ -258,10 +261,10 @@ class _Trainer:
         params = self.params
         bs = self.config.data.batch_size
         order = epoch_permutation(len(self.train_split), tc.seed, epoch).to(
-            self.train_split.inputs.device)
+            self.train_split.device)
         speed = self.speed
         forward, scaler = speed.forward, speed.scaler
-        loss_fn: Callable[[Tensor, Tensor], Tensor] = task.loss
+        loss_fn: Callable[[Tensor, Tensor], Tensor] = self.loss_fn
         amp = speed.amp_dtype is not None
         # The first step a process takes pays for lazy initialisation (kernel selection,
         # allocator growth, compilation with train.compile): it is timed apart as warm-up.
@@ -328,6 +331,8 @@ class _Trainer:
             if step_schedule is not None:
                 step_schedule()
             if warming:
+                if isinstance(self.config.model, PythonModelSpec):  # once: the user's model
+                    check_output(out, state.info, len(y), self.config.model.target)
                 self.warmup_time = self.clock.now() - t_warm
                 self.paused += self.warmup_time
                 samples -= len(idx)
@@ -429,7 +434,7 @@ class _Trainer:
 
     # --- evaluation --------------------------------------------------------------------------
 
-    def _evaluate(self, split: Split) -> tuple[dict[str, float], float, int]:
+    def _evaluate(self, split: Split | ItemSplit) -> tuple[dict[str, float], float, int]:
         """(loss and metric, seconds, batches) over ``split``; one host sync at the end."""
         state, task, speed = self._st, self.task, self.speed
         model = state.model
@@ -444,17 +449,11 @@ class _Trainer:
         metric_sum = torch.zeros((), device=state.device)
         count = torch.zeros((), device=state.device)
         predictions: list[Tensor] = []
+        # A Dataset's targets are the ones its items gave in this pass (they are not in memory).
+        seen: list[Tensor] = []
         batches = 0
         with torch.inference_mode(), speed.autocast():
-            for start in range(lo, hi, self.eval_bs):
-                end = min(start + self.eval_bs, hi)
-                x = split.inputs[start:end]
-                y = split.targets[start:end]
-                if not speed.data_on_device:
-                    x = x.to(state.device, non_blocking=True)
-                    y = y.to(state.device, non_blocking=True)
-                if speed.channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
+            for x, y in speed.eval_batches(split, lo, hi, self.eval_bs):
                 out = forward(x)
                 batch_loss, batch_metric = task.sums(out, y)
                 loss_sum += batch_loss.float()
@@ -462,11 +461,17 @@ class _Trainer:
                 count += task.weight(y)
                 if task.extra_metrics:
                     predictions.append(out.argmax(-1))
+                    if not isinstance(split, Split):
+                        seen.append(y)
                 batches += 1
             parts = [torch.stack([loss_sum, metric_sum, count.float()])]
             classes = state.info.num_outputs if task.extra_metrics else 0
             if classes:  # F1 and MCC from the confusion matrix of the whole split
-                targets = split.targets[lo:hi].to(state.device, non_blocking=True)
+                if isinstance(split, Split):
+                    targets = split.targets[lo:hi].to(state.device, non_blocking=True)
+                else:
+                    targets = torch.cat(seen) if seen else torch.zeros(
+                        0, dtype=torch.long, device=state.device)
                 found = torch.cat(predictions) if predictions else targets.new_zeros(0)
                 parts.append(confusion_matrix(targets, found, classes).flatten().float())
             sums = torch.cat(parts)
@@ -726,8 +731,11 @@ def _samples(batches: Sequence[Tensor], first: int, done: int) -> int:
     return sum(len(b) for b in batches[first:done])
 
 
-def _pinned(split: Split) -> Split:
-    """Host-resident data for an accelerator that cannot hold it: page-locked for async copies."""
+def _pinned(split: Split | ItemSplit) -> Split | ItemSplit:
+    """Host-resident data for an accelerator that cannot hold it: page-locked for async copies
+    (a Dataset's batches are pinned as they are loaded)."""
+    if isinstance(split, ItemSplit):
+        return split
     return Split(split.inputs.pin_memory(), split.targets.pin_memory())
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from trainlab.components.datasets import Split
+from trainlab.components.items import ItemSplit
 from trainlab.config.schema import TrainSpec
 from trainlab.engine import allocator
 
@@ -66,17 +67,24 @@ class Speed:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def batches(self, split: Split, batches: Sequence[Tensor]
+    def batches(self, split: Split | ItemSplit, batches: Sequence[Tensor]
                 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """(indices, inputs, targets) of each batch of ``batches`` in turn: fetched one by one
-        for host-resident data, else gathered in chunks (:func:`gathered`)."""
+        for host-resident data, else gathered in chunks (:func:`gathered`); a Dataset's items
+        through a DataLoader whose batch sampler is ``batches``."""
+        if isinstance(split, ItemSplit):
+            return self._item_batches(split, batches)
         fetch = self.fetcher(split)
         if fetch is None:
             return gathered(split.inputs, split.targets, batches)
         return ((idx, *fetch(idx)) for idx in batches)
 
-    def fetcher(self, split: Split) -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
-        """A batch fetcher for host-resident data or channels-last; None: plain indexing."""
+    def fetcher(self, split: Split | ItemSplit
+                ) -> Callable[[Tensor], tuple[Tensor, Tensor]] | None:
+        """A batch fetcher for host-resident data, a Dataset's items or channels-last; None:
+        plain indexing."""
+        if isinstance(split, ItemSplit):
+            return lambda idx: self._place(*split.take(idx), non_blocking=False)
         if self.data_on_device and not self.channels_last:
             return None
         device, cl = self.device, self.channels_last
@@ -96,6 +104,38 @@ class Speed:
             return x, y
 
         return fetch
+
+    def eval_batches(self, split: Split | ItemSplit, lo: int, hi: int, batch_size: int
+                     ) -> Iterator[tuple[Tensor, Tensor]]:
+        """(inputs, targets) on the device, in order, of examples ``lo`` to ``hi``."""
+        if isinstance(split, ItemSplit):
+            for x, y in split.batches(split.ranges(lo, hi, batch_size), self.device):
+                yield self._place(x, y)
+            return
+        for start in range(lo, hi, batch_size):
+            end = min(start + batch_size, hi)
+            x = split.inputs[start:end]
+            y = split.targets[start:end]
+            if not self.data_on_device:
+                x = x.to(self.device, non_blocking=True)
+                y = y.to(self.device, non_blocking=True)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y
+
+    def _item_batches(self, split: ItemSplit, batches: Sequence[Tensor]
+                      ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        for idx, (x, y) in zip(batches, split.batches(batches, self.device)):
+            yield (idx, *self._place(x, y))
+
+    def _place(self, x: Tensor, y: Tensor, non_blocking: bool = True
+               ) -> tuple[Tensor, Tensor]:
+        """A host batch of a Dataset's items on the device, channels-last where chosen."""
+        x = x.to(self.device, non_blocking=non_blocking)
+        y = y.to(self.device, non_blocking=non_blocking)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
 
     def describe(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """What was on, for the run's summary and report."""
@@ -117,16 +157,19 @@ def _has_conv2d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def _fits_on_device(splits: list[Split], device: torch.device) -> bool:
+def _fits_on_device(splits: Sequence[Split | ItemSplit], device: torch.device) -> bool:
     if device.type != "cuda":
         return True
-    need = sum(t.numel() * t.element_size() for s in splits for t in (s.inputs, s.targets))
+    # A Dataset's items stay on the host whatever is decided: only tensor splits count.
+    need = sum(t.numel() * t.element_size() for s in splits if isinstance(s, Split)
+               for t in (s.inputs, s.targets))
     free, _ = torch.cuda.mem_get_info(device)
     return need < free / 2
 
 
 def decide(train: TrainSpec, model: nn.Module, device: torch.device,
-           splits: list[Split], wrap: Callable[[nn.Module], nn.Module] | None = None) -> Speed:
+           splits: Sequence[Split | ItemSplit],
+           wrap: Callable[[nn.Module], nn.Module] | None = None) -> Speed:
     """Resolve the run's speed options ("auto" included) for this model and device.
 
     ``wrap`` (DistributedDataParallel under torchrun) wraps the model before compilation.

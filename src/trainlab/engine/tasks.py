@@ -9,11 +9,19 @@ which F1 and Matthews correlation come.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+
+from trainlab.components.python import load_loss
+
+if TYPE_CHECKING:
+    from trainlab.config.schema import RunConfig
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 IGNORE_INDEX = -100  # as torch's cross_entropy: a target that is padding
 
@@ -172,3 +180,10 @@ TASKS = {
     "lm": TaskKind("lm", "perplexity", False, False),
     "regression": TaskKind("regression", "rmse", False, False),
 }
+
+
+def training_loss(config: RunConfig, task: TaskKind) -> LossFn:
+    """What training minimises: the user's ``train.loss`` where given, else ``task``'s."""
+    if config.train.loss is not None:
+        return load_loss(config.train.loss, config.root)
+    return task.loss

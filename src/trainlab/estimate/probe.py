@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from trainlab.components import build_finetune, build_model, build_optimizer, load_dataset
+from trainlab.components.datasets import Split
 from trainlab.components.optimizers import resolved_lr
 from trainlab.config.schema import RunConfig
 from trainlab.devices import resolve_device, synchronize
@@ -29,7 +30,7 @@ from trainlab.engine import allocator
 from trainlab.engine.allocator import rss_bytes
 from trainlab.engine.measure import PeakMemory
 from trainlab.engine.speed import decide, intra_op_threads
-from trainlab.engine.tasks import TASKS
+from trainlab.engine.tasks import TASKS, training_loss
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
     device = resolve_device(config.train.device)
     data = load_dataset(config.data, config.model)
     task = TASKS[data.info.task]
+    loss_fn = training_loss(config, task)
     bs = config.data.batch_size
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         memory = PeakMemory(device)
@@ -75,6 +77,9 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
         speed = decide(config.train, model, device, [data.train])
         train = data.train.to(device) if speed.data_on_device else data.train
         fetch = speed.fetcher(train)
+        if fetch is None:  # tensors on the device, indexed as the engine does
+            assert isinstance(train, Split)  # a Dataset's items always have a fetcher
+            inputs, targets = train.inputs, train.targets
         n = len(train)
         gen = torch.Generator().manual_seed(0)
         times: list[float] = []
@@ -82,13 +87,13 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
         steps = 0
         timed = 0.0  # seconds of the timed steps so far
         while len(times) < max_steps or (timed < min_window_s and len(times) < 20 * max_steps):
-            idx = torch.randint(0, n, (min(bs, n),), generator=gen).to(train.inputs.device)
+            idx = torch.randint(0, n, (min(bs, n),), generator=gen).to(train.device)
             synchronize(device)
             t = time.perf_counter()
-            x, y = (train.inputs[idx], train.targets[idx]) if fetch is None else fetch(idx)
+            x, y = (inputs[idx], targets[idx]) if fetch is None else fetch(idx)
             optimizer.zero_grad(set_to_none=True)
             with speed.autocast():
-                loss = task.loss(speed.forward(x), y)
+                loss = loss_fn(speed.forward(x), y)
             loss.backward()
             optimizer.step()
             synchronize(device)
@@ -106,14 +111,18 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
         default_eval = bs if data.info.task == "lm" else max(bs, 256)
         eval_bs = config.data.eval_batch_size or default_eval
         split = data.valid if len(data.valid) else data.train
+        if isinstance(split, Split):
+            x_host, y_host = split.inputs[:eval_bs], split.targets[:eval_bs]
+        else:  # a Dataset's first items, read once
+            x_host, y_host = split.take(range(min(eval_bs, len(split))))
         model.eval()
         eval_times = []
         with torch.inference_mode(), speed.autocast():
             for _ in range(3):
-                x = split.inputs[:eval_bs].to(device)
+                x = x_host.to(device)
                 synchronize(device)
                 t = time.perf_counter()
-                task.sums(speed.forward(x), split.targets[:eval_bs].to(device))
+                task.sums(speed.forward(x), y_host.to(device))
                 synchronize(device)
                 eval_times.append(time.perf_counter() - t)
         peak = memory.read()["memory/peak_bytes"]

@@ -15,6 +15,7 @@ from trainlab.engine.measure import environment
 from trainlab.hooks import Callback, RunOutcome
 from trainlab.plan import Plan, PlannedRun
 from trainlab.records import MetricRecord, RecordSink
+from trainlab.usercode import config_sources, copy_sources
 
 if TYPE_CHECKING:
     from trainlab.store.base import RunStore
@@ -87,12 +88,16 @@ def run_one(planned: PlannedRun, store: RunStore, callbacks: Sequence[Callback] 
     sink: RecordSink = store
     extra: dict[str, object] = {}
     env = environment(resolve_device(config.train.device))
+    sources = config_sources(config)
+    if sources:  # the user's files it trains: path and hash in the record, a copy in run_dir
+        env["sources"] = sources
     if config.train.nproc > 1:
         env["nproc"] = config.train.nproc
     if not store.start_run(planned.run_id, env):
         return RunOutcome(planned.run_id, "busy", "another process is training or has "
                           "trained this run", {})
     try:
+        copy_sources(sources, store.run_dir(planned.run_id) / "sources")
         if is_auto(config.optimizer):
             auto = auto or _resolve(planned, store)
             extra = auto.summary()

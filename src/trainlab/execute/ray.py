@@ -204,7 +204,12 @@ class _Driver:
 
     def _submit(self, planned: PlannedRun) -> None:
         cpus, gpus = self.executor.resources(planned)
-        ref = self.task.options(num_cpus=cpus, num_gpus=gpus, max_retries=0).remote(
+        options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 0}
+        env = code_runtime_env(planned, self.store.root) if not self.executor.started_local \
+            else None
+        if env is not None:  # the user's files travel to the cluster's workers
+            options["runtime_env"] = env
+        ref = self.task.options(**options).remote(
             planned, self.relay, str(self.store.root), max(1, int(cpus)),
             auto_for(planned, self.executor.chosen))
         self.inflight[ref] = planned
@@ -317,8 +322,44 @@ def _train_task(planned: PlannedRun, relay: Any, root: str, threads: int,
 
     interrupt.clear()
     torch.set_num_threads(threads)
+    planned = _code_here(planned)
     channel = _RayChannel(relay)
     return run_one(planned, RemoteStore(channel, Path(root)), [RelayCallback(channel)], auto)
+
+
+def code_runtime_env(planned: PlannedRun, store_root: Path) -> dict[str, Any] | None:
+    """Ray's runtime environment that ships a run's own code (the config file's folder, as
+    ``working_dir``) to a cluster's workers; None when the run names no user file."""
+    from trainlab.usercode import config_sources
+
+    config = planned.run.config
+    files = [s for s in config_sources(config)
+             if s["file"] and s["target"].split(":")[0].endswith(".py")]
+    if not files or config.root is None:
+        return None
+    excludes = [".git", "__pycache__", "*.pt", "trainlab-runs", "reports"]
+    with contextlib.suppress(ValueError):  # the store inside the folder stays behind
+        excludes.append(str(Path(store_root).resolve().relative_to(Path(config.root))))
+    return {"working_dir": config.root, "excludes": excludes}
+
+
+def _code_here(planned: PlannedRun) -> PlannedRun:
+    """On a node where the config's folder is not (a cluster's worker, whose working_dir Ray
+    unpacked from :func:`code_runtime_env`), the run's files are found in the working
+    directory: the same files, so the same hashes and run id."""
+    import dataclasses
+    import os
+
+    from trainlab.config.schema import resolve_run
+
+    config = planned.run.config
+    if config.root is None or Path(config.root).is_dir():
+        return planned
+    here = resolve_run(config.to_dict(), root=os.getcwd())
+    if here.run_id != planned.run_id:
+        raise RuntimeError(f"the own code that reached this Ray worker differs from the "
+                           f"driver's (run id {here.run_id}, planned {planned.run_id})")
+    return dataclasses.replace(planned, run=dataclasses.replace(planned.run, config=here))
 
 
 def _check_reachable(address: str, timeout: float) -> None:

@@ -41,6 +41,7 @@ from trainlab.components import (
     load_dataset,
 )
 from trainlab.components.datasets import Split
+from trainlab.components.items import ItemSplit
 from trainlab.components.optimizers import with_lr
 from trainlab.components.schedules import Schedule
 from trainlab.config.schema import LRFindSpec, RunConfig
@@ -48,7 +49,7 @@ from trainlab.devices import resolve_device
 from trainlab.engine.loop import epoch_permutation, seed_everything
 from trainlab.engine.measure import Clock
 from trainlab.engine.speed import intra_op_threads
-from trainlab.engine.tasks import TASKS
+from trainlab.engine.tasks import TASKS, training_loss
 from trainlab.hooks import RunState
 from trainlab.lr.suggest import Suggestions, suggest
 
@@ -359,9 +360,10 @@ def _lr_find(config: RunConfig, settings: LRFindSpec) -> tuple[LRRangeResult, di
                                   field="lr_find.loss")
             valid = data.valid.to(device)
             eval_bs = config.data.eval_batch_size or max(bs, 256)
-            evaluate = _evaluator(valid, task.sums, eval_bs)
+            evaluate = _evaluator(valid, task.sums, eval_bs, device)
         result = range_test(model, optimizer,
-                            _batches(train_split, bs, settings.seed, device), task.loss,
+                            _batches(train_split, bs, settings.seed, device),
+                            training_loss(config, task),
                             settings, steps=steps, scales=scales, evaluate=evaluate,
                             clip_grad_norm=config.train.clip_grad_norm, device=device,
                             restore=False)
@@ -369,26 +371,38 @@ def _lr_find(config: RunConfig, settings: LRFindSpec) -> tuple[LRRangeResult, di
                     "steps_per_epoch": steps_per_epoch}
 
 
-def _batches(split: Split, batch_size: int, seed: int, device: torch.device) -> Batches:
-    """Training batches in the loop's order, epoch after epoch."""
+def _batches(split: Split | ItemSplit, batch_size: int, seed: int,
+             device: torch.device) -> Batches:
+    """Training batches in the loop's order, epoch after epoch (a Dataset's items through a
+    DataLoader whose batch sampler is that order, as the loop reads them)."""
     epoch = 1
     while True:
-        order = epoch_permutation(len(split), seed, epoch).to(device)
-        for idx in order.split(batch_size):
-            yield split.inputs[idx], split.targets[idx]
+        if isinstance(split, ItemSplit):
+            order = epoch_permutation(len(split), seed, epoch)
+            yield from split.batches(order.split(batch_size), device)
+        else:
+            order = epoch_permutation(len(split), seed, epoch).to(device)
+            for idx in order.split(batch_size):
+                yield split.inputs[idx], split.targets[idx]
         epoch += 1
 
 
-def _evaluator(split: Split, sums: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
-               batch_size: int) -> Callable[[nn.Module], Tensor]:
+def _evaluator(split: Split | ItemSplit,
+               sums: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], batch_size: int,
+               device: torch.device) -> Callable[[nn.Module], Tensor]:
     def evaluate(model: nn.Module) -> Tensor:
         model.eval()
-        total = torch.zeros((), device=split.inputs.device)
+        total = torch.zeros((), device=device)
         count = 0
         with torch.inference_mode():
-            for start in range(0, len(split), batch_size):
-                y = split.targets[start:start + batch_size]
-                total += sums(model(split.inputs[start:start + batch_size]), y)[0].float()
+            if isinstance(split, ItemSplit):
+                batches = split.batches(split.ranges(0, len(split), batch_size), device)
+            else:
+                batches = ((split.inputs[start:start + batch_size],
+                            split.targets[start:start + batch_size])
+                           for start in range(0, len(split), batch_size))
+            for x, y in batches:
+                total += sums(model(x), y)[0].float()
                 count += y.numel()
         return total / max(count, 1)
 

@@ -238,6 +238,10 @@ def _transformer_run(request: pytest.FixtureRequest, model: dict[str, Any],
 def test_every_model(model: str, request: pytest.FixtureRequest) -> None:
     if model in ("hf", "minilm"):
         config = _transformer_run(request, {"name": model})
+    elif model == "python":  # own code, by module target
+        config = resolve_run({"data": _DIGITS, "optimizer": {"name": "adam", "lr": "auto"},
+                              "model": {"name": "python",
+                                        "target": "tests.unit.components.own:classifier"}})
     else:
         config = resolve_run({"data": _MODEL_DATA[model],
                               "model": {"name": model, "embed_dim": 16, "hidden_dim": 16},
@@ -249,7 +253,8 @@ def test_every_model(model: str, request: pytest.FixtureRequest) -> None:
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS.names())
 def test_every_optimizer(optimizer: str) -> None:
-    result = lr_find(_tiny(optimizer={"name": optimizer, "lr": "auto"}),
+    own = {"target": "torch.optim:SGD"} if optimizer == "python" else {}
+    result = lr_find(_tiny(optimizer={"name": optimizer, "lr": "auto", **own}),
                      LRFindSpec(steps=12, start=1e-5, end=1.0))
     assert 0 < result.steps <= 12 and all(lr > 0 for lr in result.lrs)
 
