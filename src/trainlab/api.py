@@ -52,8 +52,6 @@ def run(config: str | os.PathLike[str] | dict[str, Any] | SweepConfig | None = N
     first predicted (see :mod:`trainlab.estimate`) and the prediction is stored with it, as
     ``trainlab run`` does.
     """
-    from trainlab.estimate import estimate_runs
-
     if nproc is not None:
         overrides = [*(overrides or []), f"train.nproc={nproc}"]
     sweep = load(config or {}, overrides=overrides, example=example)
@@ -62,6 +60,8 @@ def run(config: str | os.PathLike[str] | dict[str, Any] | SweepConfig | None = N
 
     def predict(the_plan: Plan) -> None:
         if estimate and the_plan.todo:
+            from trainlab.estimate import estimate_runs  # torch: only with runs to train
+
             estimates.update(estimate_runs({r.run_id: r.run.config for r in the_plan.todo}))
 
     try:
@@ -117,6 +117,8 @@ def prepare(sweep: SweepConfig, store: Store, *, executor: str | None = None,
 
     chosen = make_executor(executor, jobs=jobs, address=ray_address, cpus_per_run=cpus_per_run,
                            gpus_per_run=gpus_per_run)
+    if hasattr(chosen, "store_root"):  # Ray ships own code to a cluster, never the store
+        chosen.store_root = store.root
     try:
         trackers = make_trackers(log)
         the_plan = make_plan(sweep, store, devices=getattr(chosen, "local_devices", True))

@@ -2,18 +2,23 @@
 many DDP processes it allows, and how to wait for its queued work.
 
 Planning, estimating and the engine all ask these questions; they live here so that planning
-does not reach into the engine.
+does not reach into the engine.  Each imports torch when asked, so that importing this module
+(planning a finished sweep does) costs nothing.
 """
 
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks cuda, then mps, then cpu."""
+    import torch
+
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -27,6 +32,8 @@ def resolve_device(name: str) -> torch.device:
 def device_available(name: str) -> bool:
     if name in ("auto", "cpu"):
         return True
+    import torch
+
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             return False
@@ -40,6 +47,10 @@ def device_available(name: str) -> bool:
 
 def synchronize(device: torch.device) -> None:
     """Wait for queued kernels so a clock read after this call covers them."""
+    if device.type == "cpu":  # nothing queued (and no import statement in a timed step)
+        return
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -52,6 +63,8 @@ def nproc_limit(device: str) -> tuple[int, str]:
     CUDA: one process per GPU.  CPU: one per core (gloo ranks share the cores; more would
     only slow each step down).
     """
+    import torch
+
     kind = resolve_device(device).type
     if kind == "cuda":
         count = torch.cuda.device_count()

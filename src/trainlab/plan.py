@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from trainlab.components import (
     DataInfo,
@@ -21,10 +19,12 @@ from trainlab.components.python import PythonModelSpec, check_output
 from trainlab.components.schedules import ScheduleContext
 from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_keys
 from trainlab.devices import device_available, nproc_limit
-from trainlab.engine.tasks import TASKS, training_loss
 from trainlab.errors import ConfigError
 from trainlab.records import DONE
 from trainlab.store import Store, held_elsewhere
+
+if TYPE_CHECKING:  # torch and the engine's tasks are imported when there are runs to check
+    import torch
 
 Action = Literal["train", "resume", "retry", "skip", "busy"]
 
@@ -111,7 +111,14 @@ def _action(info: dict[str, Any] | None) -> Action:
 def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = True) -> None:
     """Raise ConfigError for a run that cannot be built: a missing device, data that does not
     load, a model that does not fit its data, more DDP processes than devices.  Models are
-    built on the meta device (no memory, no time)."""
+    built on the meta device (no memory, no time).  Nothing to check (a finished sweep) imports
+    no torch."""
+    if not runs:
+        return
+    import torch
+
+    from trainlab.engine.tasks import TASKS, training_loss
+
     for run in runs:
         where = f"in sweep {sweep.name}, run {run.index}"
         cfg = run.config
@@ -170,6 +177,8 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
 
 def check_nproc(nproc: int, device: str, n_train: int, batch_size: int, devices: bool) -> None:
     """Raise ConfigError when ``train.nproc`` ranks cannot train this run."""
+    import torch
+
     if device.startswith("cuda:"):
         raise ConfigError(f"`train.nproc`: {nproc} processes need one GPU each, but "
                           f"train.device={device!r} pins one; use device auto or cuda",

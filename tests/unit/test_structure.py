@@ -169,3 +169,44 @@ def test_commands_that_read_the_store_do_not_import_torch(finished_store: Path,
     lines = result.stdout.strip().splitlines()
     assert command == ["--help"] or "abc123def456" in result.stdout, result.stdout
     assert lines and lines[-1] == "False False", result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A sweep file and a store in which every run of it is finished (trained here once)."""
+    from trainlab.api import run
+
+    root = tmp_path_factory.mktemp("sweep")
+    config = root / "tiny.yaml"
+    config.write_text("name: tiny\n"
+                      "data: {name: digits, limit: 64, batch_size: 32}\n"
+                      "model: {name: mlp, hidden_dim: 8}\n"
+                      "train: {epochs: 1, seed: 0}\n"
+                      "grid: {model.hidden_dim: [8, 16]}\n")
+    result = run(config, store=root / "store", estimate=False)
+    assert [o.status for o in result.outcomes] == ["ok", "ok"]
+    return config, root / "store"
+
+
+@pytest.mark.parametrize("command", ["run", "plan"])
+def test_a_finished_sweep_reruns_and_plans_without_torch(finished_sweep: tuple[Path, Path],
+                                                         command: str) -> None:
+    """Rerunning or planning a sweep whose runs are all done reads the store and the config
+    only: no component builds, no engine, no torch (the no-op rerun costs a Python start-up
+    and pandas)."""
+    config, store = finished_sweep
+    args = [command, str(config), "--store", str(store)]
+    code = ("import sys\nfrom trainlab.cli import app\n"
+            f"try:\n    app({args!r})\n"
+            "except SystemExit as exc:\n    assert not exc.code, exc.code\n"
+            "print('torch' in sys.modules, 'trainlab.engine.loop' in sys.modules)")
+    env = {**os.environ, "COLUMNS": "250"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120, env=env)
+    lines = result.stdout.strip().splitlines()
+    assert lines and lines[-1] == "False False", result.stdout + result.stderr
+    if command == "run":
+        assert "2 runs, 0 to train, 2 already done" in result.stderr, result.stderr
+    else:
+        assert "2 runs, 0 to do" in result.stdout, result.stdout
+        assert result.stdout.count(" skip ") == 2, result.stdout

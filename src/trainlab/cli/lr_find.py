@@ -220,6 +220,9 @@ def auto_line(choice: AutoLR) -> str:
 def auto_lrs(plan: Plan, store: Any) -> dict[str, dict[str, Any]]:
     """For runs with optimizer.lr: auto: range id, and the LR chosen if the store has it."""
     from trainlab.components.optimizers import is_auto
+
+    if not any(is_auto(r.run.config.optimizer) for r in plan.runs):
+        return {}  # no range test to look up: the LR package (and torch) stay unloaded
     from trainlab.lr.range_test import LRRangeResult
     from trainlab.lr.study import auto_group
 

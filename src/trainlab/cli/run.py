@@ -134,6 +134,8 @@ def run(
 
 def _warn_slow_precision(plan: Plan) -> None:
     """A warning (not an error) for runs whose precision is slower than fp32 on this CPU."""
+    if not plan.todo:  # a finished sweep: no torch to import
+        return
     from trainlab.devices import resolve_device
     from trainlab.engine.flops import slow_precision
 

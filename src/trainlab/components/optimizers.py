@@ -7,17 +7,19 @@ decoupled from the adaptive step (Loshchilov & Hutter).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
-import torch
 from pydantic import Field, PositiveFloat, field_validator
 
 from trainlab.components.base import Spec
 from trainlab.errors import ConfigError, RunError
 from trainlab.registry import Registry
 
-Params = Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
-Builder = Callable[..., torch.optim.Optimizer]
+if TYPE_CHECKING:  # torch is imported where an optimizer is built, not where specs are validated
+    import torch
+
+Params: TypeAlias = "Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]"
+Builder: TypeAlias = "Callable[..., torch.optim.Optimizer]"
 
 
 class OptimizerSpec(Spec):
@@ -112,6 +114,8 @@ class MomentumSpec(OptimizerSpec):
 @OPTIMIZERS.register("sgd", spec=SGDSpec)
 def build_sgd(spec: SGDSpec, params: Params) -> torch.optim.Optimizer:
     """Plain SGD (momentum 0 unless set)."""
+    import torch
+
     plist: list[Any] = list(params)
     return torch.optim.SGD(plist, lr=resolved_lr(spec), momentum=spec.momentum,
                            weight_decay=spec.weight_decay,
@@ -121,6 +125,8 @@ def build_sgd(spec: SGDSpec, params: Params) -> torch.optim.Optimizer:
 @OPTIMIZERS.register("momentum", spec=MomentumSpec)
 def build_momentum(spec: MomentumSpec, params: Params) -> torch.optim.Optimizer:
     """SGD with heavy-ball momentum (0.9 by default)."""
+    import torch
+
     plist: list[Any] = list(params)
     return torch.optim.SGD(plist, lr=resolved_lr(spec), momentum=spec.momentum,
                            weight_decay=spec.weight_decay, **_kernels(spec, plist, exact=False))
@@ -129,6 +135,8 @@ def build_momentum(spec: MomentumSpec, params: Params) -> torch.optim.Optimizer:
 @OPTIMIZERS.register("nesterov", spec=MomentumSpec)
 def build_nesterov(spec: MomentumSpec, params: Params) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum (0.9 by default)."""
+    import torch
+
     plist: list[Any] = list(params)
     return torch.optim.SGD(plist, lr=resolved_lr(spec), momentum=spec.momentum, nesterov=True,
                            weight_decay=spec.weight_decay, **_kernels(spec, plist, exact=False))
@@ -146,6 +154,8 @@ class AdamSpec(OptimizerSpec):
 @OPTIMIZERS.register("adam", spec=AdamSpec)
 def build_adam(spec: AdamSpec, params: Params) -> torch.optim.Optimizer:
     """Adam; weight_decay is L2 added to the gradient."""
+    import torch
+
     plist: list[Any] = list(params)
     return torch.optim.Adam(plist, lr=resolved_lr(spec), betas=spec.betas, eps=spec.eps,
                             weight_decay=spec.weight_decay, amsgrad=spec.amsgrad,
@@ -159,6 +169,8 @@ class AdamWSpec(AdamSpec):
 @OPTIMIZERS.register("adamw", spec=AdamWSpec)
 def build_adamw(spec: AdamWSpec, params: Params) -> torch.optim.Optimizer:
     """AdamW: Adam with decoupled weight decay (0.01 by default, as torch)."""
+    import torch
+
     plist: list[Any] = list(params)
     return torch.optim.AdamW(plist, lr=resolved_lr(spec), betas=spec.betas, eps=spec.eps,
                              weight_decay=spec.weight_decay, amsgrad=spec.amsgrad,
@@ -174,6 +186,8 @@ class RMSpropSpec(OptimizerSpec):
 @OPTIMIZERS.register("rmsprop", spec=RMSpropSpec)
 def build_rmsprop(spec: RMSpropSpec, params: Params) -> torch.optim.Optimizer:
     """RMSprop (no fused kernel in torch: foreach)."""
+    import torch
+
     plist: list[Any] = list(params)
     return torch.optim.RMSprop(plist, lr=resolved_lr(spec), alpha=spec.alpha, eps=spec.eps,
                                momentum=spec.momentum, weight_decay=spec.weight_decay,
@@ -188,6 +202,8 @@ class AdagradSpec(OptimizerSpec):
 @OPTIMIZERS.register("adagrad", spec=AdagradSpec)
 def build_adagrad(spec: AdagradSpec, params: Params) -> torch.optim.Optimizer:
     """Adagrad."""
+    import torch
+
     plist: list[Any] = list(params)
     return torch.optim.Adagrad(plist, lr=resolved_lr(spec), eps=spec.eps, lr_decay=spec.lr_decay,
                                weight_decay=spec.weight_decay, **_kernels(spec, plist, exact=True))

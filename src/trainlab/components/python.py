@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import BaseModel, Field, PrivateAttr
-from torch import nn
 
 from trainlab.components.datasets import DATASETS, DataInfo, Dataset, Task, _SplitFractions
 from trainlab.components.models import MODELS, ModelSpec
@@ -43,6 +41,10 @@ from trainlab.components.schedules import (
 )
 from trainlab.errors import ConfigError
 from trainlab.usercode import call_with, load_target, source_digest
+
+if TYPE_CHECKING:  # torch is imported where a component is built, not where specs are validated
+    import torch
+    from torch import nn
 
 
 class PythonTarget(BaseModel):
@@ -97,6 +99,8 @@ def data_facts(info: DataInfo) -> dict[str, Any]:
 @MODELS.register("python", spec=PythonModelSpec)
 def build_python_model(spec: PythonModelSpec, info: DataInfo) -> nn.Module:
     """Your own model, named by model.target: an nn.Module class or a function returning one."""
+    from torch import nn
+
     target = load_target(spec.target, _root(spec), "model.target")
     model = call_with(target.obj, spec.args, "model.args", data_facts(info),
                       what=spec.target)
@@ -108,6 +112,8 @@ def build_python_model(spec: PythonModelSpec, info: DataInfo) -> nn.Module:
 
 def check_output(out: Any, info: DataInfo, batch_size: int, where: str) -> None:
     """Raise ConfigError when a model's output on a batch does not fit the task."""
+    import torch
+
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
     expected: tuple[int, ...]
     if info.task == "classification":
@@ -137,6 +143,8 @@ class PythonOptimizerSpec(OptimizerSpec, PythonTarget):
 @OPTIMIZERS.register("python", spec=PythonOptimizerSpec)
 def build_python_optimizer(spec: PythonOptimizerSpec, params: Params) -> torch.optim.Optimizer:
     """Your own optimizer, named by optimizer.target (torch.optim:RAdam works too)."""
+    import torch
+
     target = load_target(spec.target, _root(spec), "optimizer.target")
     args = dict(spec.args)
     if spec.weight_decay and "weight_decay" not in args and _takes(target.obj, "weight_decay"):
@@ -162,6 +170,8 @@ class PythonScheduleSpec(ScheduleSpec, PythonTarget):
 def build_python_schedule(spec: PythonScheduleSpec, optimizer: torch.optim.Optimizer,
                           ctx: ScheduleContext) -> Schedule:
     """Your own schedule, named by schedule.target, stepped after every optimizer step."""
+    import torch
+
     target = load_target(spec.target, _root(spec), "schedule.target")
     facts = {"total_steps": ctx.total_steps, "steps_per_epoch": ctx.steps_per_epoch,
              "epochs": ctx.epochs}

@@ -12,14 +12,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import Field, PositiveFloat, PositiveInt
-from torch.optim import lr_scheduler
 
 from trainlab.components.base import Spec
 from trainlab.registry import Registry
+
+if TYPE_CHECKING:  # torch is imported where a schedule is built, not where specs are validated
+    import torch
+    from torch.optim import lr_scheduler
 
 Interval = Literal["step", "epoch"]
 
@@ -85,6 +87,8 @@ def build_schedule(spec: ScheduleSpec, optimizer: torch.optim.Optimizer,
 
 
 def _factor(optimizer: torch.optim.Optimizer, fn: Callable[[int], float]) -> lr_scheduler.LambdaLR:
+    from torch.optim import lr_scheduler
+
     return lr_scheduler.LambdaLR(optimizer, fn)
 
 
@@ -108,6 +112,8 @@ class StepSpec(ScheduleSpec):
 @SCHEDULES.register("step", spec=StepSpec)
 def build_step(spec: StepSpec, opt: torch.optim.Optimizer, ctx: ScheduleContext) -> Schedule:
     """StepLR: multiply the LR by gamma every step_size epochs (or steps)."""
+    from torch.optim import lr_scheduler
+
     return Schedule(lr_scheduler.StepLR(opt, spec.step_size, spec.gamma), spec.interval)
 
 
@@ -121,6 +127,8 @@ class MultiStepSpec(ScheduleSpec):
 def build_multistep(spec: MultiStepSpec, opt: torch.optim.Optimizer,
                     ctx: ScheduleContext) -> Schedule:
     """MultiStepLR: multiply the LR by gamma at each milestone epoch (or step)."""
+    from torch.optim import lr_scheduler
+
     return Schedule(lr_scheduler.MultiStepLR(opt, sorted(spec.milestones), spec.gamma),
                     spec.interval)
 
@@ -134,6 +142,8 @@ class ExponentialSpec(ScheduleSpec):
 def build_exponential(spec: ExponentialSpec, opt: torch.optim.Optimizer,
                       ctx: ScheduleContext) -> Schedule:
     """ExponentialLR: multiply the LR by gamma every epoch (or step)."""
+    from torch.optim import lr_scheduler
+
     return Schedule(lr_scheduler.ExponentialLR(opt, spec.gamma), spec.interval)
 
 
@@ -145,6 +155,8 @@ class CosineSpec(ScheduleSpec):
 @SCHEDULES.register("cosine", spec=CosineSpec)
 def build_cosine(spec: CosineSpec, opt: torch.optim.Optimizer, ctx: ScheduleContext) -> Schedule:
     """Cosine annealing from the optimizer's LR to min_lr over the whole run."""
+    from torch.optim import lr_scheduler
+
     sched = lr_scheduler.CosineAnnealingLR(opt, max(1, ctx.units(spec.interval)), spec.min_lr)
     return Schedule(sched, spec.interval)
 
@@ -185,6 +197,8 @@ class OneCycleSpec(ScheduleSpec):
 def build_onecycle(spec: OneCycleSpec, opt: torch.optim.Optimizer,
                    ctx: ScheduleContext) -> Schedule:
     """OneCycleLR (Smith): warm up to max_lr, then anneal far below the start, per step."""
+    from torch.optim import lr_scheduler
+
     max_lr = spec.max_lr if spec.max_lr is not None else [g["lr"] for g in opt.param_groups]
     sched = lr_scheduler.OneCycleLR(
         opt, max_lr=max_lr, total_steps=max(1, ctx.total_steps), pct_start=spec.pct_start,
@@ -245,6 +259,8 @@ class PlateauSpec(ScheduleSpec):
 @SCHEDULES.register("plateau", spec=PlateauSpec)
 def build_plateau(spec: PlateauSpec, opt: torch.optim.Optimizer, ctx: ScheduleContext) -> Schedule:
     """ReduceLROnPlateau on the validation loss, checked after every validation."""
+    from torch.optim import lr_scheduler
+
     sched = lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=spec.factor,
                                            patience=spec.patience, threshold=spec.threshold,
                                            min_lr=spec.min_lr)

@@ -16,10 +16,9 @@ tokenizer); on disk only the ``datasets`` library's own download cache is used.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from pydantic import Field, PositiveInt
 
 from trainlab.components.datasets import (
@@ -32,6 +31,9 @@ from trainlab.components.datasets import (
 )
 from trainlab.components.hf import load_tokenizer, require
 from trainlab.errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where data is built, not where specs are validated
+    import torch
 
 IGNORE_INDEX = -100  # torch's cross_entropy ignore_index: targets at padding
 
@@ -55,6 +57,8 @@ def _require_tokenizer(source: str | None, data: str) -> Any:
 
 def encode(tokenizer: Any, texts: list[str], max_length: int) -> torch.Tensor:
     """Token ids ``[N, max_length]``, padded on the right and truncated."""
+    import torch
+
     enc = tokenizer(list(texts), padding="max_length", truncation=True, max_length=max_length,
                     return_attention_mask=False, return_token_type_ids=False)
     return torch.tensor(enc["input_ids"], dtype=torch.long).reshape(len(texts), max_length)
@@ -99,6 +103,8 @@ def vader_lexicon() -> list[tuple[str, float]]:
 @DATASETS.register("vader-sentiment", spec=VaderSpec)
 def build_vader(spec: VaderSpec, tokenizer: str | None = None) -> Dataset:
     """Words and emoticons of VADER's lexicon (vaderSentiment), label 1 if mean valence > threshold, 0 if < -threshold."""  # noqa: E501
+    import torch
+
     tok = _require_tokenizer(tokenizer, "vader-sentiment")
     kept = [(w, v) for w, v in vader_lexicon() if abs(v) > spec.threshold]
     if len(kept) < 20:
@@ -294,6 +300,8 @@ def _label_ids(parts: list[Any], label: str) -> tuple[list[np.ndarray], int]:
 
 def _text_dataset(name: str, parts: list[Any], text: str, label: str, tok: Any,
                   spec: HFDataSpec) -> Dataset:
+    import torch
+
     labels, n = _label_ids(parts, label)
     train, valid, test = (Split(encode(tok, [str(t) for t in p[text]], spec.max_length),
                                 torch.from_numpy(y)) for p, y in zip(parts, labels))
@@ -302,6 +310,8 @@ def _text_dataset(name: str, parts: list[Any], text: str, label: str, tok: Any,
 
 
 def _lm_dataset(name: str, parts: list[Any], text: str, tok: Any, spec: HFDataSpec) -> Dataset:
+    import torch
+
     length = spec.max_length
     eos = tok.eos_token_id
     splits = []
@@ -337,6 +347,8 @@ def _lm_dataset(name: str, parts: list[Any], text: str, tok: Any, spec: HFDataSp
 
 def _image_dataset(name: str, parts: list[Any], image: str, label: str | None,
                    spec: HFDataSpec) -> Dataset:
+    import torch
+
     if label is None:
         raise ConfigError(f"`data.label`: image dataset {name!r} needs a label column",
                           field="data.label")

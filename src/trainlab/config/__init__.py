@@ -5,8 +5,9 @@
 - :mod:`.load`: YAML files, built-in examples and ``--set`` overrides.
 - :mod:`.keys`: dotted keys as column labels (light: no schema, no torch).
 
-The names below load on first use: validating a config imports every component (and so
-torch), which the commands that only read the store (``ls``, ``show``, ``report``) never need.
+The names below load on first use: validating a config imports every component's specs
+(pydantic; torch only when a component is built), which the commands that only read the store
+(``ls``, ``show``, ``report``) never need.
 """
 
 from __future__ import annotations

@@ -229,7 +229,7 @@ class _Trainer:
             cb.on_run_start(state)
 
     def _fit(self) -> None:
-        state = self._st
+        state = self._run_state
         if self.stop_reason is not None:
             return
         for epoch in range(state.epoch + 1, self.config.train.epochs + 1):
@@ -250,13 +250,13 @@ class _Trainer:
     def _rewrap(self) -> None:
         """A strategy changed which parameters train: rebuild the DDP wrapper around them."""
         assert self.dist is not None
-        forward = self.dist.wrap(self._st.model)
+        forward = self.dist.wrap(self._run_state.model)
         self.speed.forward = torch.compile(forward) if self.speed.compiled else forward  # type: ignore[assignment]
 
     # --- one epoch -------------------------------------------------------------------------
 
     def _train_epoch(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
-        state, task, tc = self._st, self.task, self.config.train
+        state, task, tc = self._run_state, self.task, self.config.train
         model, optimizer, schedule = state.model, state.optimizer, state.schedule
         params = self.params
         bs = self.config.data.batch_size
@@ -400,7 +400,7 @@ class _Trainer:
         steps = len(interval)
         if not steps:
             return
-        state = self._st
+        state = self._run_state
         if self.dist is None:
             loss_sum, correct, weight, norm_value = interval.read(norm)
         else:  # summed over the ranks, in one all-reduce
@@ -436,7 +436,7 @@ class _Trainer:
 
     def _evaluate(self, split: Split | ItemSplit) -> tuple[dict[str, float], float, int]:
         """(loss and metric, seconds, batches) over ``split``; one host sync at the end."""
-        state, task, speed = self._st, self.task, self.speed
+        state, task, speed = self._run_state, self.task, self.speed
         model = state.model
         was_training = model.training
         model.eval()
@@ -485,7 +485,7 @@ class _Trainer:
         return task.finalize(host[0], host[1], host[2], confusion), seconds, batches
 
     def _validate(self) -> None:
-        state = self._st
+        state = self._run_state
         if len(self.valid_split) == 0:
             return
         result, seconds, batches = self._evaluate(self.valid_split)
@@ -523,7 +523,7 @@ class _Trainer:
         best = self.best.get("best_value")
         sign = 1.0 if self._higher_is_better(monitor) else -1.0
         if best is None or sign * (value - best) > 0:
-            state = self._st
+            state = self._run_state
             self.best.update(best_value=value, best_monitor=monitor, best_epoch=state.epoch,
                              best_step=state.step, best_valid=dict(values))
             if self.run_dir is not None:
@@ -537,7 +537,7 @@ class _Trainer:
                                    self._model_state().items()}
 
     def _test(self) -> None:
-        state = self._st
+        state = self._run_state
         if self.dist is not None:
             self.dist.barrier()  # rank 0 has written best.pt
         if self.run_dir is not None and (self.run_dir / "best.pt").is_file():
@@ -556,7 +556,7 @@ class _Trainer:
     # --- records, checkpoints, resume -----------------------------------------------------------
 
     def _record(self, step: int, values: dict[str, float], epoch: int | None = None) -> None:
-        state = self._st
+        state = self._run_state
         now = self.elapsed_offset + (time.perf_counter() - self.t0)
         ep = state.epoch if epoch is None else epoch
         for key, value in values.items():
@@ -589,7 +589,7 @@ class _Trainer:
         an interrupted epoch stands (its next batch, sums and time so far)."""
         if self.run_dir is None or (not self.config.train.checkpoint and partial is None):
             return
-        state = self._st
+        state = self._run_state
         t = time.perf_counter()
         rng = {
             "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
@@ -628,7 +628,7 @@ class _Trainer:
                            f"{exc.strerror or exc}") from exc
 
     def _restore(self, ckpt: dict[str, Any]) -> None:
-        state = self._st
+        state = self._run_state
         self._load_model_state(ckpt["model"])
         state.optimizer.load_state_dict(ckpt["optimizer"])
         state.schedule.load_state_dict(ckpt["schedule"])
@@ -660,13 +660,13 @@ class _Trainer:
         """The model's state without parameters no strategy ever trains: those equal the
         deterministic build (pretrained weights, seeded init), so checkpoints of adapter or
         LoRA runs hold the trained part only."""
-        full = self._st.model.state_dict()
+        full = self._run_state.model.state_dict()
         if not self.frozen_keys:
             return full
         return {k: v for k, v in full.items() if k not in self.frozen_keys}
 
     def _load_model_state(self, saved: dict[str, Tensor]) -> None:
-        model = self._st.model
+        model = self._run_state.model
         if not self.frozen_keys:
             model.load_state_dict(saved)
             return
@@ -686,7 +686,7 @@ class _Trainer:
         return self.interval
 
     @property
-    def _st(self) -> RunState:
+    def _run_state(self) -> RunState:
         assert self.state is not None, "setup has not run"
         return self.state
 

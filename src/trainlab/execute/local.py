@@ -6,12 +6,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-
 from trainlab.components.optimizers import is_auto
 from trainlab.devices import resolve_device
-from trainlab.engine import interrupt, train
-from trainlab.engine.measure import environment
+from trainlab.engine import interrupt  # no torch: the loop and torch load in run_one
 from trainlab.hooks import Callback, RunOutcome
 from trainlab.plan import Plan, PlannedRun
 from trainlab.records import MetricRecord, RecordSink
@@ -83,6 +80,11 @@ def run_one(planned: PlannedRun, store: RunStore, callbacks: Sequence[Callback] 
     ``lr/chosen`` at step 0.  With ``train.nproc > 1`` the run trains on that many DDP ranks
     under torchrun.
     """
+    import torch
+
+    from trainlab.engine import train
+    from trainlab.engine.measure import environment
+
     config = planned.run.config
     threads = torch.get_num_threads()
     sink: RecordSink = store

@@ -15,15 +15,18 @@ is a child of the layer it follows, applied by a forward hook).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from pydantic import Field, PositiveInt
-from torch import nn
 
 from trainlab.components.finetune.base import FINETUNE, FinetuneSetup, FinetuneSpec
 from trainlab.components.finetune.layers import describe_modules, find_blocks, layer_groups
 from trainlab.errors import ConfigError
+
+if TYPE_CHECKING:  # torch and Adapter (.adapter_modules) are imported when adapters are added
+    from torch import nn
+
+    from trainlab.components.finetune.adapter_modules import Adapter
 
 # (after attention, after feed-forward): module paths inside one block, per model family.
 KNOWN_TARGETS: tuple[tuple[str, str], ...] = (
@@ -34,22 +37,6 @@ KNOWN_TARGETS: tuple[tuple[str, str], ...] = (
     ("self_attn.out_proj", "fc2"),  # OPT, BART
     ("proj", "ff.2"),  # trainlab's gpt
 )
-
-
-class Adapter(nn.Module):
-    """Bottleneck adapter: ``h + up(gelu(down(h)))``, near identity at initialisation."""
-
-    def __init__(self, width: int, bottleneck: int) -> None:
-        super().__init__()
-        self.down = nn.Linear(width, bottleneck)
-        self.up = nn.Linear(bottleneck, width)
-        self.act = nn.GELU()
-        for layer in (self.down, self.up):
-            nn.init.normal_(layer.weight, std=1e-2)  # small: the block starts as it was
-            nn.init.zeros_(layer.bias)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.up(self.act(self.down(h)))
 
 
 def _apply_adapter(module: nn.Module, args: Any, output: Any) -> Any:
@@ -81,6 +68,8 @@ def _block_targets(block: nn.Module, targets: list[str] | None) -> list[str] | N
 def insert_adapters(model: nn.Module, reduction: int, targets: list[str] | None = None
                     ) -> list[Adapter]:
     """Add Houlsby adapters to every block of ``model``; the adapters, bottom to top."""
+    from trainlab.components.finetune.adapter_modules import Adapter
+
     found = find_blocks(model)
     if found is None:
         raise ConfigError(
@@ -122,6 +111,8 @@ def adapter_trainables(model: nn.Module, adapters: list[Adapter], train_layer_no
                        train_base: bool) -> set[int]:
     """Ids of the parameters adapter tuning trains: the adapters, the head, and (Houlsby)
     the layer norms inside the blocks; everything when ``train_base``."""
+    from torch import nn
+
     if train_base:
         return {id(p) for p in model.parameters()}
     keep = {id(p) for a in adapters for p in a.parameters()}
@@ -177,3 +168,13 @@ def maybe_adapters(spec: WithAdapter, model: nn.Module) -> None:
     if spec.adapter:
         adapters = insert_adapters(model, spec.reduction)
         freeze_except(model, adapter_trainables(model, adapters, True, spec.train_base))
+
+
+def __getattr__(name: str) -> Any:
+    # Adapter moved to .adapter_modules (torch only when adapters are added); still importable
+    # from here.
+    if name == "Adapter":
+        from trainlab.components.finetune.adapter_modules import Adapter
+
+        return Adapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

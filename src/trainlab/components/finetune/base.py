@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from trainlab.components.base import Spec
 from trainlab.hooks import Callback
 from trainlab.registry import Registry
+
+if TYPE_CHECKING:  # no torch where specs are validated
+    from torch import nn
 
 
 @dataclass
@@ -27,6 +28,8 @@ class FinetuneSetup:
 
 
 Builder = Callable[..., FinetuneSetup]
+
+
 class FinetuneSpec(Spec):
     """Options of a fine-tuning strategy; each strategy adds its own."""
 

@@ -8,14 +8,16 @@ group's LR by the same factor, so the ratios hold throughout the run.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
-from torch import nn
 
 from trainlab.components.finetune.adapter import WithAdapter, maybe_adapters
 from trainlab.components.finetune.base import FINETUNE, FinetuneSetup
 from trainlab.components.finetune.layers import LayerGroup, WithLayerGroups, layer_groups
+
+if TYPE_CHECKING:  # no torch where specs are validated
+    from torch import nn
 
 
 def group_factors(n: int, mode: str, decay: float, min_factor: float) -> list[float]:

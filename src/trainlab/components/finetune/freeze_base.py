@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import Field, PositiveInt
-from torch import nn
 
 from trainlab.components.finetune.base import FINETUNE, FinetuneSetup
 from trainlab.components.finetune.layers import WithLayerGroups, layer_groups
 from trainlab.errors import ConfigError
+
+if TYPE_CHECKING:  # no torch where specs are validated
+    from torch import nn
 
 
 class FreezeBaseSpec(WithLayerGroups):

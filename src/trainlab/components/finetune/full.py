@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
 from trainlab.components.finetune.base import FINETUNE, FinetuneSetup, FinetuneSpec
+
+if TYPE_CHECKING:  # no torch where specs are validated
+    from torch import nn
 
 
 class FullSpec(FinetuneSpec):

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, PositiveInt
-from torch import nn
 
 from trainlab.components.finetune.adapter import WithAdapter, maybe_adapters
 from trainlab.components.finetune.base import FINETUNE, FinetuneSetup
@@ -20,7 +19,9 @@ from trainlab.components.finetune.discriminative_lr import group_factors, traina
 from trainlab.components.finetune.layers import WithLayerGroups, layer_groups
 from trainlab.hooks import Callback
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # no torch where specs are validated
+    from torch import nn
+
     from trainlab.hooks import RunState
 
 

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pydantic import Field
-from torch import nn
 
 from trainlab.components.finetune.base import FinetuneSpec
 from trainlab.errors import ConfigError
+
+if TYPE_CHECKING:  # no torch where specs are validated
+    from torch import nn
 
 
 class WithLayerGroups(FinetuneSpec):
@@ -52,6 +55,8 @@ def unique_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
     """(path, list) of the model's stack of transformer (or other) blocks, or None."""
+    from torch import nn
+
     best: tuple[int, str, nn.ModuleList] | None = None
     for path, module in model.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0:

@@ -1,7 +1,7 @@
 """PEFT strategies: ``lora``, ``prompt-tuning``, ``prefix-tuning`` and ``ia3``.
 
 On a transformers model (``hf``, ``minilm``) the PEFT wrapper replaces the wrapped model inside
-:class:`~trainlab.components.hf.HFModel` with the task type that fits it (sequence
+:class:`~trainlab.components.nets.HFModel` with the task type that fits it (sequence
 classification: the classifier head also trains, as PEFT's ``modules_to_save``).  LoRA and
 IA3 also work on trainlab's own models (every linear layer by default for LoRA).  Target
 modules are checked against the model first, so a typo is a config error that lists the
@@ -15,14 +15,16 @@ import warnings
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PositiveInt
-from torch import nn
 
 from trainlab.components.finetune.base import FINETUNE, FinetuneSetup, FinetuneSpec
-from trainlab.components.hf import HFModel, require
+from trainlab.components.hf import require
 from trainlab.errors import ConfigError
 from trainlab.hooks import Callback
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch and HFModel (in .nets) are imported when a strategy is applied
+    from torch import nn
+
+    from trainlab.components.nets import HFModel
     from trainlab.hooks import RunState
 
 _LINEAR_TYPES = ("Linear", "Conv1D", "Conv1d", "Conv2d", "Embedding")
@@ -63,6 +65,8 @@ class SavePeft(Callback):
 
 def _apply(config_factory: Any, model: nn.Module, kind: str, *,
            custom_ok: bool) -> FinetuneSetup:
+    from trainlab.components.nets import HFModel
+
     peft = require("peft", f"`finetune.name: {kind}`")
     if isinstance(model, HFModel):
         task_type = (peft.TaskType.SEQ_CLS if model.task == "sequence-classification"
@@ -117,6 +121,8 @@ class LoraSpec(FinetuneSpec):
 @FINETUNE.register("lora", spec=LoraSpec)
 def build_lora(spec: LoraSpec, model: nn.Module, lr: float) -> FinetuneSetup:
     """LoRA through PEFT: rank, alpha, dropout, target modules; base frozen."""
+    from trainlab.components.nets import HFModel
+
     inner = model.model if isinstance(model, HFModel) else model
     check_targets(inner, spec.target_modules, "finetune.target_modules")
 
@@ -147,6 +153,8 @@ class IA3Spec(FinetuneSpec):
 @FINETUNE.register("ia3", spec=IA3Spec)
 def build_ia3(spec: IA3Spec, model: nn.Module, lr: float) -> FinetuneSetup:
     """IA3 through PEFT: rescaling vectors on keys, values and feed-forward layers."""
+    from trainlab.components.nets import HFModel
+
     inner = model.model if isinstance(model, HFModel) else model
     check_targets(inner, spec.target_modules, "finetune.target_modules")
     check_targets(inner, spec.feedforward_modules, "finetune.feedforward_modules")
@@ -212,6 +220,8 @@ class PrefixTuningSpec(FinetuneSpec):
 @FINETUNE.register("prefix-tuning", spec=PrefixTuningSpec)
 def build_prefix_tuning(spec: PrefixTuningSpec, model: nn.Module, lr: float) -> FinetuneSetup:
     """Prefix tuning through PEFT: trainable key/value prefixes in every attention layer."""
+    from trainlab.components.nets import HFModel
+
 
     def config(peft: Any, task_type: Any, m: nn.Module) -> Any:
         kwargs: dict[str, Any] = {"prefix_projection": spec.projection}
@@ -265,6 +275,8 @@ def check_prefix_support(model: HFModel) -> None:
     ``cache``.  For causal LM it passes the argument as it is, which works while the forward
     takes it or a deprecation shim renames it.  The same checks run here, on the model.
     """
+    from torch import nn
+
     inner = model.model
     forwards = [inner.forward]
     if model.task == "sequence-classification":
