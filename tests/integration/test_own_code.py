@@ -140,7 +140,7 @@ def test_ray_ships_own_code_and_a_worker_finds_it_in_its_working_dir(
     config = _project(tmp_path / "proj" if (tmp_path / "proj").mkdir() is None else tmp_path,
                       grid={})
     planned = make_plan(load_sweep(config), None).runs[0]
-    env = code_runtime_env(planned, tmp_path / "proj" / "trainlab-runs")
+    env = code_runtime_env([planned], tmp_path / "proj" / "trainlab-runs")
     assert env is not None and env["working_dir"] == str((tmp_path / "proj").resolve())
     assert "trainlab-runs" in env["excludes"]
     # A worker on another node: the driver's folder is not there, Ray unpacked it as the cwd.
@@ -157,4 +157,4 @@ def test_ray_ships_own_code_and_a_worker_finds_it_in_its_working_dir(
     builtin = make_plan(load_sweep(_project(tmp_path / "unpacked", grid={},
                                             model={"name": "mlp"}, train={"epochs": 1})),
                         None).runs[0]
-    assert code_runtime_env(builtin, tmp_path) is None
+    assert code_runtime_env([builtin], tmp_path) is None

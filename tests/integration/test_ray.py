@@ -3,8 +3,13 @@ relay actor into the driver's store."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +110,68 @@ def test_a_local_ray_gets_the_cpus_its_jobs_need() -> None:
     ddp = make_plan(load({**SWEEP, "train": {**SWEEP["train"], "device": "cpu", "nproc": 2}}),
                     None)
     assert RayExecutor(jobs=1)._local_cpus(ddp) == 2  # one DDP run needs 2 CPUs at once
+
+
+NETS = '''
+from torch import nn
+
+
+def net(input_shape, num_classes, hidden=8):
+    return nn.Sequential(nn.Linear(input_shape[0], hidden), nn.ReLU(),
+                         nn.Linear(hidden, num_classes))
+'''
+
+
+@pytest.fixture
+def ray_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A Ray head started apart with `ray start --head`, as users run one.  A token in
+    ~/.ray/auth_token (what a local ray.init() of Ray >= 2.59 leaves behind) makes the head
+    enforce token authentication, which a client connecting by address does not pick up by
+    itself: the case users met."""
+    pytest.importorskip("ray", reason="CI installs the ray extra; pip install 'trainlab[ray]'")
+    ray_cli = Path(sys.executable).with_name("ray")
+    port = _closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["HOME"] = str(tmp_path / "home")  # its own ~/.ray: the token this head writes
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are limited
+    token = subprocess.run([str(ray_cli), "get-auth-token", "--generate"], capture_output=True,
+                           text=True, env=env, timeout=120)
+    assert token.returncode == 0, token.stdout + token.stderr
+    started = subprocess.run(
+        [str(ray_cli), "start", "--head", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+        capture_output=True, text=True, env=env, timeout=180)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield f"127.0.0.1:{port}", env
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], capture_output=True, env=env,
+                       timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_cluster_started_apart_runs_own_code_with_its_token(
+        tmp_path: Path, ray_cluster: tuple[str, dict[str, str]]) -> None:
+    address, env = ray_cluster
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "nets.py").write_text(NETS)
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({
+        **SWEEP, "name": "cluster", "grid": {"model.args.hidden": [4, 8]},
+        "model": {"name": "python", "target": "code/nets.py:net"}}))
+    # A client without RAY_AUTH_MODE, as the user's shell has it: the token is picked up.
+    result = subprocess.run(
+        [sys.executable, "-m", "trainlab.cli", "run", str(config), "--store",
+         str(tmp_path / "s"), "--ray-address", address, "-q", "--no-estimate"],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = open_store(tmp_path / "s").runs("cluster")
+    assert list(runs["status"]) == ["ok", "ok"]
+    # A wrong token is refused, and the message says what to set.
+    wrong = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "trainlab.cli", "run", str(config), "--store",
+         str(tmp_path / "s2"), "--ray-address", address, "-q", "--no-estimate"],
+        capture_output=True, text=True, env=wrong, timeout=300)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "RAY_AUTH_TOKEN" in refused.stderr and "Traceback" not in refused.stderr

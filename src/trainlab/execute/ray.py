@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import socket
 from collections import deque
 from pathlib import Path
@@ -70,6 +71,7 @@ class RayExecutor:
         self.cluster_cpus: float | None = None
         self.cluster_gpus = 0.0
         self.chosen: dict[str, AutoLR] = {}  # range test results of lr: auto runs
+        self.store_root: Path | None = None  # left out of the code shipped to a cluster
 
     # --- connecting ------------------------------------------------------------------------------
 
@@ -102,12 +104,17 @@ class RayExecutor:
                      log_to_driver=False, object_store_memory=128 * 1024**2)
             return
         _check_reachable(address, self.connect_timeout)
+        picked = _pick_up_token_auth()
+        # The user's files travel to the cluster's workers with the job (Ray takes a local
+        # working_dir only there, not per task).
+        env = code_runtime_env(plan.todo, self.store_root)
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False,
+                     **({"runtime_env": env} if env is not None else {}))
         except Exception as exc:  # ConnectionError, RuntimeError, grpc errors: all bad input
             raise ConfigError(f"`--ray-address`: could not connect to the Ray cluster at "
-                              f"{address!r}: {str(exc).splitlines()[0][:300]}",
-                              field="--ray-address") from None
+                              f"{address!r}: {str(exc).splitlines()[0][:300]}"
+                              f"{_auth_hint(picked)}", field="--ray-address") from None
 
     def _local_cpus(self, plan: Plan) -> int:
         """CPUs of a local Ray: the usable cores, or with ``--jobs N`` what N runs at once
@@ -204,12 +211,7 @@ class _Driver:
 
     def _submit(self, planned: PlannedRun) -> None:
         cpus, gpus = self.executor.resources(planned)
-        options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "max_retries": 0}
-        env = code_runtime_env(planned, self.store.root) if not self.executor.started_local \
-            else None
-        if env is not None:  # the user's files travel to the cluster's workers
-            options["runtime_env"] = env
-        ref = self.task.options(**options).remote(
+        ref = self.task.options(num_cpus=cpus, num_gpus=gpus, max_retries=0).remote(
             planned, self.relay, str(self.store.root), max(1, int(cpus)),
             auto_for(planned, self.executor.chosen))
         self.inflight[ref] = planned
@@ -327,19 +329,20 @@ def _train_task(planned: PlannedRun, relay: Any, root: str, threads: int,
     return run_one(planned, RemoteStore(channel, Path(root)), [RelayCallback(channel)], auto)
 
 
-def code_runtime_env(planned: PlannedRun, store_root: Path) -> dict[str, Any] | None:
-    """Ray's runtime environment that ships a run's own code (the config file's folder, as
-    ``working_dir``) to a cluster's workers; None when the run names no user file."""
+def code_runtime_env(runs: list[PlannedRun], store_root: Path | None) -> dict[str, Any] | None:
+    """Ray's runtime environment that ships the runs' own code (the config file's folder, as
+    ``working_dir``) to a cluster's workers; None when no run names a user file."""
     from trainlab.usercode import config_sources
 
-    config = planned.run.config
-    files = [s for s in config_sources(config)
-             if s["file"] and s["target"].split(":")[0].endswith(".py")]
-    if not files or config.root is None:
+    config = next((p.run.config for p in runs if any(
+        s["file"] and s["target"].split(":")[0].endswith(".py")
+        for s in config_sources(p.run.config))), None)
+    if config is None or config.root is None:
         return None
     excludes = [".git", "__pycache__", "*.pt", "trainlab-runs", "reports"]
-    with contextlib.suppress(ValueError):  # the store inside the folder stays behind
-        excludes.append(str(Path(store_root).resolve().relative_to(Path(config.root))))
+    if store_root is not None:
+        with contextlib.suppress(ValueError):  # the store inside the folder stays behind
+            excludes.append(str(Path(store_root).resolve().relative_to(Path(config.root))))
     return {"working_dir": config.root, "excludes": excludes}
 
 
@@ -360,6 +363,51 @@ def _code_here(planned: PlannedRun) -> PlannedRun:
         raise RuntimeError(f"the own code that reached this Ray worker differs from the "
                            f"driver's (run id {here.run_id}, planned {planned.run_id})")
     return dataclasses.replace(planned, run=dataclasses.replace(planned.run, config=here))
+
+
+def _token_source() -> str | None:
+    """Where Ray would read an authentication token from (its own order), or None."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if path:
+        return path if Path(path).is_file() else None
+    default = Path.home() / ".ray" / "auth_token"
+    return str(default) if default.is_file() else None
+
+
+def _pick_up_token_auth() -> str | None:
+    """Connect with token authentication where a token is configured and RAY_AUTH_MODE is not
+    set, as Ray itself does for a local cluster: ``ray start --head`` enforces it where
+    ``~/.ray/auth_token`` exists (a local Ray of 2.59 or later leaves one), but a client
+    connecting to an address does not look for it and fails with a bare "Failed to connect".
+    Returns where the token came from, when this turned token mode on."""
+    source = _token_source()
+    if os.environ.get("RAY_AUTH_MODE") or source is None:
+        return None
+    os.environ["RAY_AUTH_MODE"] = "token"
+    with contextlib.suppress(Exception):  # Ray's own switch refreshes its cached config
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+        _enable_token_auth()
+    return source
+
+
+def _auth_hint(picked: str | None) -> str:
+    """What to check when a connection failed: token authentication, which newer Ray clusters
+    require and which fails as a bare "Failed to connect"."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if picked is not None:
+        return (f". trainlab connected with token authentication (RAY_AUTH_MODE=token, the "
+                f"token from {picked}); if the cluster uses another token, set RAY_AUTH_TOKEN "
+                "to it (on the head node: ray get-auth-token)")
+    if mode == "token":
+        return (". RAY_AUTH_MODE=token is set: check that RAY_AUTH_TOKEN (or "
+                "RAY_AUTH_TOKEN_PATH) holds the cluster's token (on the head node: ray "
+                "get-auth-token)")
+    return (". If the cluster uses token authentication (ray start --head enforces it where "
+            "~/.ray/auth_token exists), set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN to its "
+            "token (on the head node: ray get-auth-token)")
 
 
 def _check_reachable(address: str, timeout: float) -> None:

@@ -6,6 +6,11 @@ import math
 
 from torch import nn
 
+# What a `python` entry needs beyond its name, for tables over every registered component.
+OWN_SPECS = {"optimizer": {"python": {"target": "torch.optim:SGD"}},
+             "schedule": {"python": {"target": "torch.optim.lr_scheduler:StepLR",
+                                     "args": {"step_size": 5}}}}
+
 
 def classifier(input_shape: tuple[int, ...], num_classes: int, hidden: int = 8) -> nn.Module:
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.unit.components.own import OWN_SPECS
 from trainlab.components import (
     DATASETS,
     MODELS,
@@ -32,7 +33,7 @@ def _data(**raw):
 
 def _step(model: torch.nn.Module, data, optimizer_name: str = "adam") -> float:
     task = TASKS[data.info.task]
-    spec = {"name": optimizer_name, "lr": 1e-3, **OWN["optimizer"].get(optimizer_name, {})}
+    spec = {"name": optimizer_name, "lr": 1e-3, **OWN_SPECS["optimizer"].get(optimizer_name, {})}
     opt = build_optimizer(resolve_component("optimizer", spec), model.parameters())
     x, y = data.train.inputs[:4], data.train.targets[:4]
     before = [p.detach().clone() for p in model.parameters()]
@@ -141,11 +142,6 @@ MODEL_CASES = [
     ({"name": "python", "target": "tests.unit.components.own:classifier"}, DIGITS),
     ({"name": "python", "target": "tests.unit.components.own:LanguageModel"}, LM),
 ]
-
-# What each entry needs beyond its name (own code names its target).
-OWN = {"optimizer": {"python": {"target": "torch.optim:SGD"}},
-       "schedule": {"python": {"target": "torch.optim.lr_scheduler:StepLR",
-                               "args": {"step_size": 5}}}}
 
 
 @pytest.mark.parametrize(("spec", "data"), MODEL_CASES, ids=lambda v: str(v.get("name")))
@@ -261,7 +257,7 @@ def _lrs(spec: dict, epochs: int = 4, steps: int = 10, lr: float = 1.0) -> list[
 @pytest.mark.parametrize("name", SCHEDULES.names())
 def test_every_schedule_runs_a_whole_run(name: str) -> None:
     spec = {"name": name, **({"milestones": [2]} if name == "multistep" else {}),
-            **OWN["schedule"].get(name, {})}
+            **OWN_SPECS["schedule"].get(name, {})}
     lrs = _lrs(spec)
     assert len(lrs) == 40 and all(math.isfinite(v) and v >= 0 for v in lrs)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.unit.components.own import OWN_SPECS
 from trainlab.components import OPTIMIZERS, SCHEDULES, ScheduleContext, build_schedule
 from trainlab.components.optimizers import build_optimizer
 from trainlab.config.schema import resolve_component, resolve_run
@@ -103,11 +104,13 @@ def test_numpy_and_plain_values_round_trip_and_load_weights_only(tmp_path: Path)
 def test_every_optimizer_and_schedule_state_loads_weights_only(optimizer: str,
                                                                tmp_path: Path) -> None:
     param = torch.nn.Parameter(torch.ones(3))
-    opt = build_optimizer(resolve_component("optimizer", {"name": optimizer, "lr": 0.1}),
+    own = OWN_SPECS["optimizer"].get(optimizer, {})
+    opt = build_optimizer(resolve_component("optimizer", {"name": optimizer, "lr": 0.1, **own}),
                           [param])
     schedules = {}
     for name in SCHEDULES.names():
-        spec = {"name": name, **({"milestones": [2]} if name == "multistep" else {})}
+        spec = {"name": name, **({"milestones": [2]} if name == "multistep" else {}),
+                **OWN_SPECS["schedule"].get(name, {})}
         schedules[name] = build_schedule(resolve_component("schedule", spec), opt,
                                          ScheduleContext(2, 3))
     for _ in range(3):
