@@ -184,18 +184,23 @@ def measure_own_code(rounds: int, tmp: Path, epochs: int = 3) -> dict[str, Any]:
     own = {**base, "model": {"name": "python", "target": str(tmp / "own" / "nets.py") + ":mlp",
                              "args": {"hidden": base["model"]["hidden_dim"]}}}
     ratios, steps = [], {"builtin": [], "own": []}
+    results: dict[str, set[float]] = {"builtin": set(), "own": set()}
     for r in range(rounds + 1):  # the first round warms up and is left out
         order = [("builtin", builtin), ("own", own)]
         seconds = {}
         for name, raw in order if r % 2 else reversed(order):
-            seconds[name] = engine(raw, tmp / f"store-{name}")
+            summary: dict[str, Any] = {}
+            seconds[name] = engine(raw, tmp / f"store-{name}", summary=summary)
+            results[name].add(summary["test_loss"])
         if r:
             ratios.append(seconds["own"] / seconds["builtin"])
             for name in seconds:
                 steps[name].append(seconds[name] * 1e3)
     return {"workload": "digits-mlp, own file vs built-in", "own_vs_builtin":
             statistics.median(ratios), "own_vs_builtin_range": [min(ratios), max(ratios)],
-            "step_ms": {k: statistics.median(v) for k, v in steps.items()}, "rounds": rounds}
+            "step_ms": {k: statistics.median(v) for k, v in steps.items()}, "rounds": rounds,
+            # Same init, same batches, same arithmetic: every run of both ends at one test loss.
+            "same_results": len(results["builtin"] | results["own"]) == 1}
 
 
 def main() -> None:
@@ -220,7 +225,8 @@ def main() -> None:
         lo, hi = own["own_vs_builtin_range"]
         print(f"| workload | built-in ms/step | own file ms/step | own/built-in [range] |\n"
               f"|---|---|---|---|\n| {own['workload']} | {own['step_ms']['builtin']:.3f} | "
-              f"{own['step_ms']['own']:.3f} | {own['own_vs_builtin']:.3f} [{lo:.3f}-{hi:.3f}] |")
+              f"{own['step_ms']['own']:.3f} | {own['own_vs_builtin']:.3f} [{lo:.3f}-{hi:.3f}] |"
+              f"\n\nsame test loss in every run of both: {own['same_results']}")
         if args.json:
             args.json.write_text(json.dumps(own, indent=2))
         return

@@ -28,6 +28,14 @@ def test_overhead_benchmark_measures_every_contender(tmp_path: Path) -> None:
     assert lo == hi == result["engine_vs_plain"]  # one round: one paired ratio
 
 
+def test_own_code_benchmark_trains_the_same_mlp_from_a_users_file(tmp_path: Path) -> None:
+    from benchmarks.overhead import measure_own_code
+
+    result = measure_own_code(2, tmp_path, epochs=1)
+    assert result["own_vs_builtin"] > 0 and set(result["step_ms"]) == {"builtin", "own"}
+    assert result["same_results"]  # the same network, built by trainlab or by the user
+
+
 def test_engine_and_plain_take_the_same_steps(tmp_path: Path) -> None:
     from benchmarks.common import WORKLOADS, engine, plain, script
 
