@@ -7,7 +7,8 @@ valid: a missing file, a name the file does not define (with the names it does),
 import error (file and line, no traceback), keyword arguments the callable does not take or a
 required one missing (with its signature).
 
-A target's identity is the hash of its source file: editing ``nets.py`` makes new runs instead
+A target's identity is the hash of its source file and of the local modules that file imports
+from beside it: editing ``nets.py`` (or ``blocks.py``, which it imports) makes new runs instead
 of silently skipping them as done.  No torch here: the config resolves targets when it
 validates a run.
 """
@@ -62,12 +63,47 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def local_imports(path: Path) -> list[Path]:
+    """The user's own modules ``path`` imports from beside it (``from blocks import head``
+    where blocks.py sits in the same folder), and theirs in turn, in a stable order: the code
+    a run trains, beyond the file its target names.  Read from the source, not imported."""
+    import ast
+
+    folder, seen, todo = path.parent, {path}, [path]
+    while todo:
+        current = todo.pop()
+        try:
+            tree = ast.parse(current.read_text())
+        except (OSError, SyntaxError, ValueError):
+            continue  # a file that does not parse fails where it is loaded, with its line
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module for n in ast.walk(tree)
+                  if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module]
+        for name in names:
+            top = name.split(".")[0]
+            for candidate in (folder / f"{top}.py", folder / top / "__init__.py"):
+                if candidate.is_file() and candidate not in seen:
+                    seen.add(candidate)
+                    todo.append(candidate)
+    return sorted(seen - {path})
+
+
+def code_digest(path: Path) -> str:
+    """The hash of a user file and of the local modules it imports: a run's identity changes
+    when any of them is edited."""
+    digest = hashlib.sha256(path.read_bytes())
+    for dep in local_imports(path):
+        digest.update(f"\0{dep.relative_to(path.parent)}\0".encode())
+        digest.update(dep.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def source_digest(text: str, root: str | Path | None, field: str) -> str | None:
     """The hash of the file ``text`` names, without importing it (None for a module that has
     no source file); a missing file or module is a ConfigError."""
     where, _ = split_target(text, field)
     if _is_file(where):
-        return file_digest(_file_path(where, root, field))
+        return code_digest(_file_path(where, root, field))
     spec = _find_module(where, field)
     origin = getattr(spec, "origin", None)
     return file_digest(Path(origin)) if origin and Path(origin).is_file() else None
@@ -175,22 +211,32 @@ def config_sources(config: Any) -> list[dict[str, Any]]:
         else:
             origin = getattr(_find_module(where, field), "origin", None)
             file = Path(origin) if origin and Path(origin).is_file() else None
-        found.append({"field": field, "target": text, "file": str(file) if file else None,
-                      "sha256": file_digest(file) if file else None})
+        entry: dict[str, Any] = {"field": field, "target": text, "file": None,
+                                 "sha256": None, "imports": []}
+        if file is not None and _is_file(where):  # the user's file, and what it imports
+            entry.update(file=str(file), sha256=code_digest(file),
+                         imports=[str(d) for d in local_imports(file)])
+        elif file is not None:  # an installed module's file
+            entry.update(file=str(file), sha256=file_digest(file))
+        found.append(entry)
     return found
 
 
 def copy_sources(sources: list[dict[str, Any]], folder: Path) -> None:
-    """A copy of each user file beside the run's checkpoints (``<run_dir>/sources/``), so the
-    code a run trained stays with it after the file changes.  Installed packages' files are
+    """A copy of each user file and of the local modules it imports beside the run's
+    checkpoints (``<run_dir>/sources/<hash>/``), so the code a run trained stays with it after
+    the files change.  Installed packages' files are
     not copied (their version is in the run's environment)."""
     for item in sources:
         file = item.get("file")
         # A file target only: a module's file (torch.optim) is the installed package's.
         if not file or not _is_file(item["target"].split(":")[0]):
             continue
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(file, folder / f"{item['sha256']}-{Path(file).name}")
+        target = folder / item["sha256"]  # the file and the modules it imports, as trained
+        target.mkdir(parents=True, exist_ok=True)
+        for path in [file, *item.get("imports", [])]:
+            shutil.copy2(path, target / Path(path).relative_to(Path(file).parent).as_posix()
+                         .replace("/", "__"))
 
 
 def user_frames(exc: BaseException) -> str:
@@ -307,6 +353,6 @@ def _public_names(module: ModuleType) -> list[str]:
     return sorted(names)
 
 
-__all__ = ["Target", "bind_arguments", "call_with", "config_sources", "copy_sources",
-           "file_digest", "load_target",
-           "source_digest", "split_target", "user_frames", "where_raised"]
+__all__ = ["Target", "bind_arguments", "call_with", "code_digest", "config_sources",
+           "copy_sources", "file_digest", "load_target", "local_imports", "source_digest",
+           "split_target", "user_frames", "where_raised"]

@@ -101,8 +101,10 @@ def show(
         out.print(f"({summary.get('lr_method')} of LR range test {summary.get('lr_range_id')}; "
                   f"{trust})", highlight=False)
     for source in (row["env"] or {}).get("sources", []):
-        copied = "; a copy in the run's sources/" if source["target"].split(":")[0].endswith(
-            ".py") else ""
+        imports = source.get("imports") or []
+        copied = (f"; with {len(imports)} module(s) it imports" if imports else "") + (
+            f"; a copy in the run's sources/{source['sha256']}/"
+            if source["target"].split(":")[0].endswith(".py") else "")
         out.print(f"own code: {source['field']} = {source['target']}  ({source['file']}, "
                   f"sha256 {source['sha256']}{copied})", highlight=False, markup=False)
     out.print_json(data={"summary": row["summary"], "env": row["env"]})

@@ -110,7 +110,8 @@ def test_own_model_optimizer_schedule_and_loss_train(folder: Path, tmp_path: Pat
     assert outcome.status == "ok", outcome.error
     import sys
 
-    nets = next(m for n, m in sys.modules.items() if n.startswith("trainlab_user_nets_"))
+    nets = next(m for n, m in sys.modules.items() if n.startswith("trainlab_user_nets_")
+                and getattr(m, "__file__", None) == str((folder / "nets.py").resolve()))
     assert nets.CALLS["loss"] == 2 * 4  # the user's loss was what trained: 4 steps an epoch
     assert outcome.summary["test_accuracy"] > 0.0
 
@@ -147,7 +148,7 @@ def test_a_run_records_its_sources_and_keeps_a_copy(folder: Path, tmp_path: Path
     assert sources["optimizer.target"]["target"] == "torch.optim:Adam"
     digest = sources["model.target"]["sha256"]
     assert row["config"]["model"]["source"] == digest
-    assert (run_dir / "sources" / f"{digest}-nets.py").read_text() == NETS
+    assert (run_dir / "sources" / digest / "nets.py").read_text() == NETS
     shown = runner.invoke(app, ["show", row["run_id"], "--store", str(store)])
     assert "own code: model.target = nets.py:TinyMLP" in shown.output
 
@@ -240,6 +241,16 @@ def test_user_files_beside_each_other_import_each_other(folder: Path, tmp_path: 
         def build(input_shape, num_classes):
             return nn.Sequential(nn.Flatten(), head(64, num_classes))
     '''))
-    run = expand(load_sweep(_sweep(folder, model={"name": "python",
-                                                  "target": "model.py:build"})))[0]
+    config = _sweep(folder, model={"name": "python", "target": "model.py:build"})
+    run = expand(load_sweep(config))[0]
     assert train(run.config, run_id=run.run_id).status == "ok"
+    # blocks.py is part of what the run trains: editing it makes a new run, as model.py does.
+    (folder / "blocks.py").write_text((folder / "blocks.py").read_text() + "\n# edited\n")
+    assert expand(load_sweep(config))[0].run_id != run.run_id
+    from trainlab.usercode import config_sources, copy_sources
+
+    (source,) = [s for s in config_sources(run.config) if s["field"] == "model.target"]
+    assert source["imports"] == [str((folder / "blocks.py").resolve())]
+    copy_sources([source], tmp_path / "copies")
+    assert sorted(p.name for p in (tmp_path / "copies" / source["sha256"]).iterdir()) == [
+        "blocks.py", "model.py"]
