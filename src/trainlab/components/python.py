@@ -55,7 +55,8 @@ class PythonTarget(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict,
                                  description="keyword arguments (sweep one as SECTION.args.KEY)")
     source: str | None = Field(default=None, description="set by trainlab: sha256 of the "
-                               "target's source file (part of the run id)")
+                               "target's file and the local modules it imports (part of the "
+                               "run id)")
     # The folder relative file targets are found in (the run's root, set with the source).
     _root: str | None = PrivateAttr(default=None)
 
