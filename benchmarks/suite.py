@@ -69,9 +69,9 @@ from benchmarks.common import (
 )
 from trainlab.components import load_dataset
 from trainlab.config.schema import resolve_run
-from trainlab.engine import flops as flops_module
-from trainlab.engine.flops import measure_peak_flops, train_step_flops
+from trainlab.engine.flops import sample_peak_flops, train_step_flops
 from trainlab.engine.measure import cpu_name
+from trainlab.mfu import unreliable
 
 FAST_CANDIDATES: list[dict[str, Any]] = [
     {},
@@ -197,13 +197,16 @@ def add_mfu(result: dict[str, Any], peak: dict[str, float]) -> None:
     result["mfu"] = {k: (flops / (ms / 1e3) / (fast_peak if k == "trainlab-fast"
                                                   else peak["fp32"]) if flops else None)
                      for k, ms in result["step_ms"].items()}
+    # Above 1 the peak was measured low (a busy machine): no number, as in trainlab's records.
+    result["mfu_unreliable"] = sorted(k for k, v in result["mfu"].items() if unreliable(v))
+    result["mfu"] = {k: None if unreliable(v) else v for k, v in result["mfu"].items()}
 
 
 def matmul_peaks(device: torch.device) -> dict[str, float]:
-    """fp32 and bf16 matmul peaks, measured afresh (not the per-process cached value)."""
-    flops_module._PEAKS.clear()
-    return {"fp32": measure_peak_flops(device, torch.float32, seconds=1.0),
-            "bf16": measure_peak_flops(device, torch.bfloat16, seconds=1.0)}
+    """fp32 and bf16 matmul peaks, measured afresh by the engine's own measurement (each also
+    raises the process's cached peak, which the engine runs of the suite then divide by)."""
+    return {"fp32": sample_peak_flops(device, torch.float32, seconds=1.0),
+            "bf16": sample_peak_flops(device, torch.bfloat16, seconds=1.0)}
 
 
 def _markdown(results: list[dict[str, Any]], machine: dict[str, Any], command: str) -> str:
@@ -240,7 +243,8 @@ def _markdown(results: list[dict[str, Any]], machine: dict[str, Any], command: s
             lo, hi = r["range_ms"][n]
             mfu = r["mfu"][n]
             cells.append(f"{r['step_ms'][n]:.3f} [{lo:.3f}-{hi:.3f}]<br>x{r['vs_plain'][n]:.2f}"
-                         + (f", MFU {mfu:.1%}" if mfu is not None else ""))
+                         + (f", MFU {mfu:.1%}" if mfu is not None else "")
+                         + (", MFU unreliable" if n in r.get("mfu_unreliable", []) else ""))
         fast = ", ".join(f"{k}={v}" for k, v in r["fast_options"].items()) or "defaults"
         if r["picked_options"] != r["fast_options"]:
             fast += " (picked " + ", ".join(f"{k}={v}" for k, v in r["picked_options"].items()) \

@@ -68,7 +68,7 @@ def config_frame(frames: SweepFrames) -> pd.DataFrame:
     """One row per configuration, seeds averaged, finished runs first in table order."""
     m = frames.metric.name
     cols = [f"valid_{m}", f"train_{m}", "valid_loss", "train_loss", "train_time",
-            "peak_memory_bytes", "best_epoch", "time_to_best"]
+            "peak_memory_bytes", "best_epoch", "time_to_best", "disturbed_epochs"]
     cols = [c for c in cols if c in frames.runs.columns]
     configs = aggregate(frames.runs, frames.keys, cols)
     return sort_frame(configs, frames.keys, order_from=frames.runs)
@@ -103,6 +103,27 @@ def _ok(configs: pd.DataFrame) -> pd.DataFrame:
     return configs[configs["status"] == "ok"]
 
 
+def _timing_trusted(frames: SweepFrames, configs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The configurations whose timing no other work on the machine disturbed (every seed), and
+    a sentence naming those left out ("" when none): time answers rank the others only."""
+    if "disturbed_epochs" not in configs.columns:
+        return configs, ""
+    counts = pd.to_numeric(configs["disturbed_epochs"], errors="coerce")
+    bad = counts.notna() & (counts > 0)
+    if not bad.any():
+        return configs, ""
+    names = ", ".join(frames.run_numbers(r) for _, r in configs[bad].iterrows())
+    why = (f"Left out: run{'s' if bad.sum() > 1 or ',' in names else ''} {names}, whose timing "
+           "other work on the machine disturbed (perf/disturbed; see the table's †): their "
+           "times are not the model's alone.")
+    return configs[~bad], why
+
+
+def _undecided(key: str, question: str, why: str) -> Answer:
+    return Answer(key, question, "Could not decide: no finished run has timing to trust. "
+                  + why + " Rerun them on a quiet machine (or with train.threads=1).")
+
+
 def time_to_target(frames: SweepFrames, configs: pd.DataFrame,
                    target: float | None = None) -> Answer:
     m = frames.metric
@@ -112,6 +133,9 @@ def time_to_target(frames: SweepFrames, configs: pd.DataFrame,
     best = m.best_of(ok[f"valid_{m.name}"])
     if not math.isfinite(best):
         return Answer("wall_clock", question, "No finished run has a validation value.")
+    ok, left_out = _timing_trusted(frames, ok)
+    if ok.empty:
+        return _undecided("wall_clock", question, left_out)
     bound = target if target is not None else tolerance_bound(m, best)
     why = ("the target you gave" if target is not None else
            f"{_tolerance_text(m)}, {format_number(best)}")
@@ -131,7 +155,8 @@ def time_to_target(frames: SweepFrames, configs: pd.DataFrame,
     columns = ["run", "config", "epoch", "seconds", f"best valid {a}"]
     if not reached:
         return Answer("wall_clock", question, f"No run reaches valid {a} {cmp} "
-                      f"{format_number(bound)} ({why}).", columns, evidence)
+                      f"{format_number(bound)} ({why}).{' ' + left_out if left_out else ''}",
+                      columns, evidence)
     win = reached[0]
     tied = [r for r in reached[1:] if math.isclose(r["seconds"], win["seconds"], rel_tol=1e-9)]
     text = (f"{_who(frames, win['_row']).capitalize()}: it is the first to reach validation "
@@ -149,6 +174,8 @@ def time_to_target(frames: SweepFrames, configs: pd.DataFrame,
         text += f" {missing} of {len(rows)} configurations never reach it."
     text += (" Times are cumulative training seconds (evaluation excluded) at the end of the "
              "epoch where the target is first met, so they have epoch granularity.")
+    if left_out:
+        text += " " + left_out
     return Answer("wall_clock", question, text, columns, evidence,
                   [win["run"]] + [r["run"] for r in tied])
 
@@ -157,7 +184,9 @@ def time_budget(frames: SweepFrames, configs: pd.DataFrame) -> Answer:
     m = frames.metric
     a = m.abbrev
     question = "Which configuration gives the best result for an equal amount of training time?"
-    ok = _ok(configs)
+    ok, left_out = _timing_trusted(frames, _ok(configs))
+    if ok.empty and left_out:
+        return _undecided("time_budget", question, left_out)
     totals = [t for t in ok["train_time"] if math.isfinite(t)]
     if not totals:
         return Answer("time_budget", question, "No finished run recorded its training time.")
@@ -183,6 +212,8 @@ def time_budget(frames: SweepFrames, configs: pd.DataFrame) -> Answer:
         nxt = scored[1]
         text += (f" Runner-up: run {nxt['run']} with "
                  f"{format_number(nxt[f'best valid {a} within budget'])}.")
+    if left_out:
+        text += " " + left_out
     return Answer("time_budget", question, text, columns, evidence, [win["run"]])
 
 
@@ -271,7 +302,12 @@ def pareto(frames: SweepFrames, configs: pd.DataFrame, cost: str) -> Answer:
     unit = "s" if cost == "train_time" else "MiB"
     key = "pareto_time" if cost == "train_time" else "pareto_memory"
     question = f"Which configurations trade validation {a} against {what} best (Pareto front)?"
-    ok = _ok(configs).reset_index(drop=True)
+    ok, left_out = _ok(configs), ""
+    if cost == "train_time":  # memory is not disturbed by other processes; time is
+        ok, left_out = _timing_trusted(frames, ok)
+        if ok.empty and left_out:
+            return _undecided(key, question, left_out)
+    ok = ok.reset_index(drop=True)
     costs = [float(c) if cost == "train_time" else mib(float(c)) for c in ok[cost]]
     values = [float(v) for v in ok[f"valid_{m.name}"]]
     front = pareto_front(costs, values, m.higher_is_better)
@@ -289,6 +325,8 @@ def pareto(frames: SweepFrames, configs: pd.DataFrame, cost: str) -> Answer:
             f"{steps}.")
     if cost == "peak_memory_bytes":
         text += " " + _memory_caveat(frames)
+    if left_out:
+        text += " " + left_out
     return Answer(key, question, text, columns, evidence,
                   [frames.run_numbers(ok.iloc[i]) for i in front], figure=key)
 

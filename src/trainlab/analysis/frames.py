@@ -16,6 +16,7 @@ import pandas as pd
 
 from trainlab.analysis.fmt import format_indices, format_value, is_finite, is_missing
 from trainlab.errors import ConfigError, closest
+from trainlab.mfu import MFU_KEY, UNRELIABLE_KEY, trusted_summary
 
 SEED_KEY = "train.seed"
 # Keys recorded every log interval; everything else with epoch > 0 is an epoch-level value.
@@ -207,7 +208,8 @@ def _run_rows(runs: pd.DataFrame, epochs: pd.DataFrame, varied: list[str],
     rows = []
     for _, run in runs.iterrows():
         flat = flatten(run["config"])
-        summary: dict[str, Any] = run["summary"] or {}
+        # As shown: an older run's MFU above 1 becomes None with the reason (trainlab.mfu).
+        summary: dict[str, Any] = trusted_summary(run["summary"] or {})
         ep = epochs[epochs["run_id"] == run["run_id"]].set_index("epoch").sort_index()
         monitor = str(flat.get("train.monitor") or "valid/loss")
         best_epoch = _int(summary.get("best_epoch")) or _best_epoch(ep, monitor)
@@ -223,16 +225,22 @@ def _run_rows(runs: pd.DataFrame, epochs: pd.DataFrame, varied: list[str],
             "samples_per_s": _median(ep, "throughput/samples_per_s"),
             "tokens_per_s": _median(ep, "throughput/tokens_per_s"),
             "epoch_time": _median(ep, "time/epoch_train"),
+            # Epochs whose timing other work on the machine disturbed (engine/contention.py);
+            # NaN for runs recorded before the flag existed.
+            "disturbed_epochs": _col_sum(ep, "perf/disturbed"),
             "eval_time": _median(ep, "time/eval"),
             "peak_memory_bytes": _col_max(ep, "memory/peak_bytes"),
             # GPU utilization sampled through NVML (the mean of each epoch's samples).
             "utilization": _median(ep, "gpu/utilization_mean"),
-            "mfu": _median(ep, "perf/mfu"),
+            "mfu": _median(ep, MFU_KEY),
+            "mfu_unreliable": _mfu_unreliable(ep),
             "speed": speed_text(summary.get("speed")),
             "grad_norm": _num(summary.get("grad_norm_median")),
             "params_total": _num(summary.get("params_total")),
             "params_trainable": _num(summary.get("params_trainable")),
         }
+        if row["mfu_unreliable"]:  # no MFU rather than one against a peak measured low
+            row["mfu"] = math.nan
         total, trainable = row["params_total"], row["params_trainable"]
         row["trainable_pct"] = (100 * trainable / total
                                 if is_finite(total) and is_finite(trainable) and total
@@ -364,10 +372,23 @@ def _col_last(ep: pd.DataFrame, key: str) -> float:
     return float(ep[key].dropna().iloc[-1])
 
 
+def _col_sum(ep: pd.DataFrame, key: str) -> float:
+    if key not in ep.columns or ep[key].dropna().empty:
+        return math.nan
+    return float(ep[key].dropna().sum())
+
+
 def _col_max(ep: pd.DataFrame, key: str) -> float:
     if key not in ep.columns or ep[key].dropna().empty:
         return math.nan
     return float(ep[key].max())
+
+
+def _mfu_unreliable(ep: pd.DataFrame) -> bool:
+    """Whether an epoch found the run's measured peak too low: it recorded
+    ``perf/mfu_unreliable``, or (an older run) a ``perf/mfu`` above 1."""
+    flagged = UNRELIABLE_KEY in ep.columns and bool(ep[UNRELIABLE_KEY].notna().any())
+    return flagged or (MFU_KEY in ep.columns and bool((ep[MFU_KEY] > 1).any()))
 
 
 def _median(ep: pd.DataFrame, key: str) -> float:

@@ -18,7 +18,7 @@ _LATEX_SPECIAL = {
 }
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
 # Symbols that must leave text mode; applied after escaping, so their own $ survive.
-_LATEX_MATH = {"±": r"$\pm$", "≈": r"$\approx$", "*": r"$^{*}$", "−": r"$-$"}
+_LATEX_MATH = {"±": r"$\pm$", "≈": r"$\approx$", "*": r"$^{*}$", "−": r"$-$", "†": r"$^{\dagger}$"}
 
 
 def latex_escape(text: str) -> str:

@@ -29,12 +29,18 @@ from trainlab.analysis.fmt import (
 )
 from trainlab.analysis.frames import SEED_KEY, SweepFrames, aggregate
 from trainlab.errors import ConfigError, closest
+from trainlab.mfu import UNRELIABLE_NOTE, UNRELIABLE_TEXT
 
 Kind = Literal["run", "text", "int", "metric", "number", "seconds", "bytes", "rate", "count",
                "percent", "signed"]
 Mark = Literal["best", "tie"] | None
 
 TIE_SYMBOL = "≈"
+# Marks the time and throughput cells of a run whose timing other work on the machine
+# disturbed (perf/disturbed, engine/contention.py); the legend is the table's note.
+DISTURBED_SYMBOL = "†"
+TIMED_KEYS = frozenset({"time_to_best", "train_time", "wall_time", "samples_per_s",
+                        "tokens_per_s", "epoch_time", "eval_time", "time_error_pct"})
 
 
 @dataclass(frozen=True)
@@ -65,12 +71,21 @@ class Table:
         value = values.get(col.key)
         if col.kind == "run" and values.get("indices") is not None:
             return format_indices(values["indices"])
+        if value == UNRELIABLE_TEXT:  # an MFU against a peak measured low: no number
+            return UNRELIABLE_TEXT
         text = format_cell(value, col.kind)
         std = values.get(f"{col.key}_std")
         if self.seeded and col.kind in ("metric", "number", "seconds", "rate", "bytes") \
                 and is_finite(std):
             text = f"{text} ± {format_cell(std, col.kind)}"
+        if col.key in TIMED_KEYS and text != "-" and self.disturbed(row):
+            text = f"{text} {DISTURBED_SYMBOL}"
         return text
+
+    def disturbed(self, row: int) -> bool:
+        """Whether the row's timing was disturbed in some epoch (with seeds: in some seed)."""
+        count = self.rows[row].get("disturbed_epochs")
+        return is_finite(count) and float(count) > 0  # type: ignore[arg-type]
 
     def sort_value(self, row: int, col: Column) -> Any:
         value = self.rows[row].get(col.key)
@@ -271,10 +286,11 @@ def system_table(frames: SweepFrames, *, sort: str | None = None,
     if runs["utilization"].notna().any():
         cols.append(Column("utilization", "util (%)", "percent",
                            "util: GPU utilization sampled through NVML, median over epochs"))
-    if runs["mfu"].notna().any():
+    if runs["mfu"].notna().any() or _mfu_flags(runs).any():
         cols.append(Column("mfu_pct", "MFU (%)", "percent",
                            "MFU: model FLOPs utilization, achieved FLOP/s against the matmul "
-                           "peak measured on the same device, median over epochs"))
+                           "peak measured on the same device, median over epochs ("
+                           f"{UNRELIABLE_TEXT}: {UNRELIABLE_NOTE})"))
     if runs["speed"].notna().any():
         cols.append(Column("speed", "speed", "text", "speed: speed options that were on "
                            "(fused optimizer kernels, reduced precision, compile, channels-last"
@@ -334,7 +350,8 @@ def _build(frames: SweepFrames, name: str, title: str, cols: list[Column], *,
     runs["time_error_pct"] = 100 * (runs["predicted_epoch_time"] / runs["epoch_time"] - 1)
     numeric = [c.key for c in cols if c.kind not in ("text", "run")]
     seeded = frames.seeded
-    frame = aggregate(runs, [*frames.keys, *extra_text], numeric) if seeded else runs
+    frame = (aggregate(runs, [*frames.keys, *extra_text], [*numeric, "disturbed_epochs"])
+             if seeded else runs)
     if order is not None:
         rank = {g: i for i, g in enumerate(order)}
         frame = frame.sort_values("group", key=lambda col: col.map(
@@ -360,13 +377,52 @@ def _build(frames: SweepFrames, name: str, title: str, cols: list[Column], *,
         cols = [*cols, Column("n", "n", "int", "n: seeds (runs) averaged")]
     rows: list[dict[str, Any]] = [{str(k): v for k, v in r.items()}
                                   for r in frame.to_dict(orient="records")]
+    _mark_unreliable_mfu(frames, cols, rows)
     table = Table(name, title, cols, rows, marks, groups if group_key else [], "",
                   seeded=seeded)
     table.caption = _caption(frames, table, lead, group_key, sort)
     if any(r.get("status") not in ("ok", None) for r in rows):
         bad = [f"{frames.run_numbers(r)} ({r['status']})" for r in rows if r["status"] != "ok"]
         table.notes.append("Not finished normally: " + "; ".join(bad) + ".")
+    if any(c.key in TIMED_KEYS for c in cols) and any(
+            table.disturbed(i) for i in range(len(rows))):
+        table.notes.append(_disturbed_note())
+    flagged = [frames.run_numbers(r) for r in rows if r.get("mfu_pct") == UNRELIABLE_TEXT]
+    if flagged:
+        table.notes.append(f"MFU {UNRELIABLE_TEXT} for run {'; '.join(flagged)}: {UNRELIABLE_NOTE} "
+                           "(an epoch ran faster than that peak), so no MFU is given.")
     return table
+
+
+def _mfu_flags(runs: pd.DataFrame) -> pd.Series:
+    """Per run: whether its MFU is unreliable (False where frames predate the flag)."""
+    if "mfu_unreliable" not in runs.columns:
+        return pd.Series(False, index=runs.index)
+    return runs["mfu_unreliable"].fillna(False).astype(bool)
+
+
+def _mark_unreliable_mfu(frames: SweepFrames, cols: list[Column],
+                         rows: list[dict[str, Any]]) -> None:
+    """A row holding a run whose measured peak was too low shows "unreliable", not a number
+    (with seeds, the whole configuration's row: a mean over the others would hide it)."""
+    if not any(c.key == "mfu_pct" for c in cols):
+        return
+    runs = frames.runs
+    flagged = set(runs.loc[_mfu_flags(runs), "run_id"])
+    for r in rows:
+        if flagged.intersection(r.get("run_ids") or [r.get("run_id")]):
+            r.update(mfu_pct=UNRELIABLE_TEXT, mfu_pct_std=math.nan)
+
+
+def _disturbed_note() -> str:
+    from trainlab.engine.contention import CPU_SHARE_MIN, CPU_WAIT_MAX, STEAL_MAX
+
+    return (f"{DISTURBED_SYMBOL}: timing disturbed by other work on the machine in at least one "
+            f"epoch of that run (its threads waited for a core over {CPU_WAIT_MAX:.0%} of the "
+            f"time, or the hypervisor stole over {STEAL_MAX:.0%} of the CPU; without scheduler "
+            f"statistics: under {CPU_SHARE_MIN:.0%} of the CPU it asked for), so its times and "
+            "throughputs are not the model's alone: rerun it on a quiet machine. `trainlab "
+            "show RUN` lists the epochs.")
 
 
 def _caption(frames: SweepFrames, table: Table, lead: str, group_key: str | None,
@@ -427,6 +483,7 @@ def _env_device(env: Any) -> str:
     return str((env or {}).get("device", "")) if isinstance(env, dict) else ""
 
 
-__all__ = ["TIE_SYMBOL", "Column", "Table", "estimate_table", "format_cell", "format_number",
+__all__ = ["DISTURBED_SYMBOL", "TIE_SYMBOL", "TIMED_KEYS", "Column", "Table", "estimate_table",
+           "format_cell", "format_number",
            "mark_best", "resolve_group", "resolve_sort", "sort_frame", "summary_table",
            "system_table"]

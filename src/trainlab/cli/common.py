@@ -139,3 +139,18 @@ def cost_cells(summary: Mapping[str, Any]) -> list[str]:
     return [get("params_trainable_pct", ".3g"), get("samples_per_s", ".0f"),
             format_mib(summary.get("peak_memory_bytes"), missing="", grouping=False),
             get("grad_norm_median", ".3g")]
+
+
+def warn_if_busy(threads: list[int | None], jobs: int | None = None) -> None:
+    """Warn once, before training, when other processes hold the cores the runs will need
+    (the rule: :func:`trainlab.engine.contention.busy_message`).  ``threads``: each run's
+    ``train.threads`` (None: torch's default, about one per usable core); with ``--jobs`` that
+    many runs train at once."""
+    from trainlab.engine.contention import busy_message
+    from trainlab.engine.machine import load_average, usable_cores
+
+    cores = usable_cores()
+    wanted = max((t or cores for t in threads), default=cores) * max(jobs or 1, 1)
+    message = busy_message(load_average(), cores, wanted)
+    if message:
+        err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)

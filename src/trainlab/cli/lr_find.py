@@ -24,6 +24,7 @@ from trainlab.cli.common import (
     guard,
     load_config,
     out,
+    warn_if_busy,
 )
 from trainlab.errors import ConfigError
 
@@ -107,6 +108,8 @@ def lr_find(
 
     length = (f"{settings.steps} steps" if settings.epochs is None
               else f"{settings.epochs:g} epochs")
+    if not as_json:
+        warn_if_busy([run.config.train.threads for run in runs])
     for group in range_groups(runs, lambda run: settings):
         if not as_json:
             err.print(f"lr-find {escape(group.describe())}: range {group.range_id}, {length} "

@@ -29,8 +29,10 @@ from trainlab.cli.common import (
     headline,
     load_config,
     out,
+    warn_if_busy,
 )
 from trainlab.cli.estimate import check_fit, estimate_plan, validate_size
+from trainlab.mfu import UNRELIABLE_TEXT, trusted_summary
 
 if TYPE_CHECKING:
     from trainlab.hooks import Callback, RunOutcome, RunState
@@ -106,6 +108,8 @@ def run(
     the_plan = prepared.plan
     if not as_json:
         _warn_slow_precision(the_plan)
+        if the_plan.todo:
+            warn_if_busy([p.run.config.train.threads for p in the_plan.todo], jobs)
     if estimates:
         st.set_estimates({k: e.to_dict() for k, e in estimates.items()})
     from trainlab.engine.interrupt import graceful_sigint
@@ -224,6 +228,8 @@ class _Progress:
                 f"{escape(describe_run(planned))}  {metric}")
         if outcome.status not in ("ok", "interrupted") and outcome.error:
             line += f"\n         {escape(outcome.error.strip().splitlines()[-1][:200])}"
+        if outcome.summary.get("mfu_note"):
+            line += f"\n         MFU {UNRELIABLE_TEXT}: {escape(outcome.summary['mfu_note'])}"
         err.print(line, highlight=False)
 
     def on_lr_range(self, choice: AutoLR) -> None:
@@ -276,5 +282,6 @@ def _sweep_json(plan: Plan, store: Any) -> dict[str, Any]:
     runs = store.runs(plan.sweep.name).set_index("run_id")
     return {"sweep": plan.sweep.name, "varied": plan.varied, "runs": [
         {"index": p.index, "run_id": p.run_id, "varied": p.varied,
-         "status": runs.loc[p.run_id, "status"], "summary": runs.loc[p.run_id, "summary"]}
+         "status": runs.loc[p.run_id, "status"],
+         "summary": trusted_summary(runs.loc[p.run_id, "summary"] or {})}
         for p in plan.runs]}

@@ -22,6 +22,7 @@ from trainlab.cli.common import (
     headline,
     out,
 )
+from trainlab.mfu import UNRELIABLE_TEXT, trusted_metric_rows, trusted_summary
 
 
 @app.command("ls")
@@ -49,8 +50,10 @@ def ls(
     for r in records:
         r["index"] = None if r["index"] is None or r["index"] != r["index"] else int(r["index"])
     if as_json:
-        out.print_json(data=[{k: r[k] for k in ("run_id", "sweep", "index", "status",
-                                                  "summary", "overrides")} for r in records])
+        # Summaries as shown everywhere: an MFU above 1 (an older run's) is None with why.
+        out.print_json(data=[{**{k: r[k] for k in ("run_id", "sweep", "index", "status",
+                                                   "overrides")},
+                              "summary": trusted_summary(r["summary"] or {})} for r in records])
         return
     table = Table(title=f"store {st.root}", title_justify="left")
     for col in ("sweep", "#", "run id", "status", "settings", "result", "train s",
@@ -84,8 +87,8 @@ def show(
         out.print_json(data={
             "run_id": full, "sweeps": sorted(set(runs[runs["run_id"] == full]["sweep"].dropna())),
             "status": row["status"], "error": row["error"], "config": row["config"],
-            "env": row["env"], "summary": row["summary"],
-            "metrics": metrics.to_dict(orient="records")})
+            "env": row["env"], "summary": trusted_summary(row["summary"] or {}),
+            "metrics": trusted_metric_rows(metrics.to_dict(orient="records"))})
         return
     out.print(f"[bold]run {full}[/]  status {row['status']}  attempts {row['attempts']}")
     out.print_json(data={"config": row["config"]})
@@ -107,16 +110,31 @@ def show(
             if source["target"].split(":")[0].endswith(".py") else "")
         out.print(f"own code: {source['field']} = {source['target']}  ({source['file']}, "
                   f"sha256 {source['sha256']}{copied})", highlight=False, markup=False)
-    out.print_json(data={"summary": row["summary"], "env": row["env"]})
+    out.print_json(data={"summary": trusted_summary(summary), "env": row["env"]})
+    if trusted_summary(summary).get("mfu_note"):
+        out.print(f"MFU: {UNRELIABLE_TEXT} ({trusted_summary(summary)['mfu_note']})",
+                  highlight=False)
     epochs = metrics[metrics["epoch"] > 0]
     per_epoch = epochs[epochs["key"].str.match(r"^(train|valid)/(loss|accuracy|perplexity|rmse)$")
-                       | epochs["key"].isin(["time/train", "throughput/samples_per_s"])]
+                       | epochs["key"].isin(["time/train", "throughput/samples_per_s",
+                                           "time/cpu_share", "perf/disturbed"])]
     if not per_epoch.empty:
         wide = per_epoch.pivot_table(index="epoch", columns="key", values="value", aggfunc="last")
+        # perf/disturbed becomes a mark: other work on the machine disturbed that epoch's timing.
+        flags = wide.pop("perf/disturbed") if "perf/disturbed" in wide.columns else None
         table = Table(title="per epoch", title_justify="left")
         table.add_column("epoch")
         for col in wide.columns:
             table.add_column(str(col), justify="right")
+        if flags is not None:
+            table.add_column("timing")
         for epoch, values in wide.iterrows():
-            table.add_row(str(epoch), *[format_value(v) for v in values])
+            mark = [] if flags is None else [
+                "disturbed †" if flags.get(epoch, 0.0) == 1.0 else ""]
+            table.add_row(str(epoch), *[format_value(v) for v in values], *mark)
         out.print(table)
+        if flags is not None and (flags == 1.0).any():
+            out.print(f"†: {int((flags == 1.0).sum())} of {len(flags)} epochs had their timing "
+                      "disturbed by other work on the machine (time/cpu_wait, machine/steal; "
+                      "see the README's timing section): their times and throughput are not "
+                      "the model's alone.", highlight=False)

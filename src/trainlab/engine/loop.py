@@ -37,10 +37,10 @@ from trainlab.components.optimizers import resolved_lr
 from trainlab.components.python import PythonModelSpec, check_output
 from trainlab.config.schema import RunConfig
 from trainlab.devices import resolve_device
-from trainlab.engine import allocator, distributed, interrupt
+from trainlab.engine import allocator, contention, distributed, interrupt, machine
 from trainlab.engine.callbacks import EarlyStopping
 from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
-from trainlab.engine.flops import measure_peak_flops, train_step_flops
+from trainlab.engine.flops import measure_peak_flops, raise_peak_flops, train_step_flops
 from trainlab.engine.interval import LogInterval
 from trainlab.engine.measure import Clock, PeakMemory, grad_norm
 from trainlab.engine.sampler import nvml_sampler
@@ -49,6 +49,7 @@ from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix, training_lo
 from trainlab.engine.timing import epoch_rates, median_of, training_seconds
 from trainlab.errors import Diverged, RunError
 from trainlab.hooks import Callback, RunOutcome, RunState, StopTraining
+from trainlab.mfu import UNRELIABLE_NOTE
 from trainlab.records import MetricRecord, NullSink, RecordSink
 
 
@@ -178,12 +179,13 @@ class _Trainer:
         self.valid_split = place(data.valid)
         self.test_split = place(data.test)
         self.warmup_time: float | None = None  # the first step in this process, timed apart
-        # Model FLOPs utilization: FLOPs traced on the meta device against the matmul peak
-        # measured now, in this process, under the same load as the run.
+        # Model FLOPs utilization: FLOPs traced on the meta device against the process's best
+        # matmul peak (measured at its first run, topped up by a short measurement now).
         with torch.random.fork_rng(devices=[]):  # measuring must not move the run's RNG
             self.step_flops = train_step_flops(cfg.model, data.info, bs, cfg.finetune,
                                                resolved_lr(cfg.optimizer))
-            self.peak_flops = measure_peak_flops(device, self.speed.amp_dtype or torch.float32)
+            self.peak_flops = measure_peak_flops(device, self.speed.amp_dtype or torch.float32,
+                                                 refresh=True)
         if self.dist is not None:
             self.peak_flops = self.dist.sum_float(self.peak_flops)  # the group's aggregate peak
             self.dist.fork_rng(tc.seed)
@@ -291,6 +293,9 @@ class _Trainer:
         self.paused = 0.0  # eval and I/O inside this epoch, subtracted from training time
         io_before = self.io_time
         model.train()
+        # CPU time, scheduler waits and steal at both ends of the epoch (validation included):
+        # whether other work on the machine disturbed this epoch's timing (contention.py).
+        machine_before = machine.read()
         t_start = self.clock.now()
         self.t_interval = t_start - (carried["busy"] if carried else 0.0)
         self.paused_at_interval = 0.0
@@ -375,17 +380,27 @@ class _Trainer:
         if evaluated_at != state.step:
             self._validate()
         schedule.after_epoch()
+        machine_after = machine.read()
         if self.dist is not None:  # the group's samples (each rank counted its own slices)
             samples = round(self.dist.sum_float(samples))
         values.update({"time/epoch_train": epoch_time, "time/train": state.train_time})
         values.update(epoch_rates(
             samples, epoch_time, batch_size=bs, flops_per_batch=self.step_flops,
-            peak_flops=self.peak_flops,
+            peak_flops=self.peak_flops, peak_too_low=self._peak_too_low(),
             tokens_per_example=state.info.tokens_per_example if state.info.task == "lm" else None))
+        values.update(contention.epoch_contention(machine_before, machine_after, speed.threads,
+                                                  cpu_bound=state.device.type == "cpu"))
         memory = self.memory.read()
         values.update(memory if self.dist is None else self.dist.memory(memory))
         if self.sampler is not None:
             values.update(self.sampler.drain())
+        if "perf/mfu_unreliable" in values and "perf/flops_per_s" in values:
+            # This epoch beat the peak: the peak was measured while the machine was busy.  Later
+            # runs in this process divide by at least this rate (per rank under DDP); this run's
+            # later epochs stay flagged, as against its own rate their MFU would read ~1.
+            world = self.dist.world if self.dist is not None else 1
+            raise_peak_flops(self._run_state.device, self.speed.amp_dtype or torch.float32,
+                             values["perf/flops_per_s"] / world)
         self.epoch_stats.append(values)
         self._record(state.step, values)
         self._flush()
@@ -676,6 +691,10 @@ class _Trainer:
             raise RuntimeError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}"
                                f", unexpected {sorted(result.unexpected_keys)[:5]}")
 
+    def _peak_too_low(self) -> bool:
+        """Whether an epoch of this run beat the measured peak (its MFU is then unreliable)."""
+        return any("perf/mfu_unreliable" in s for s in self.epoch_stats)
+
     @property
     def _is_main(self) -> bool:
         return self.dist is None or self.dist.is_main
@@ -704,6 +723,13 @@ class _Trainer:
             out["samples_per_s"] = median_of(self.epoch_stats, "throughput/samples_per_s")
             out["peak_memory_bytes"] = max(s["memory/peak_bytes"] for s in self.epoch_stats)
             out["mfu"] = median_of(self.epoch_stats, "perf/mfu")
+            flags = [s[contention.DISTURBED_KEY] for s in self.epoch_stats
+                     if contention.DISTURBED_KEY in s]
+            if flags:  # epochs whose timing other work on the machine disturbed
+                out["disturbed_epochs"] = int(sum(flags))
+                out["timing_trusted"] = not any(flags)
+            if self._peak_too_low():  # no MFU rather than one against a peak known to be low
+                out.update(mfu=None, mfu_note=UNRELIABLE_NOTE)
         if getattr(self, "speed", None) is not None and self.state is not None:
             out["speed"] = self.speed.describe(self.state.optimizer)
             out["flops_per_step"] = self.step_flops

@@ -11,6 +11,8 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping
 
+from trainlab.mfu import mfu_record
+
 
 def training_seconds(start: float, end: float, *, paused: float = 0.0, io: float = 0.0,
                      before: float = 0.0) -> float:
@@ -22,9 +24,14 @@ def training_seconds(start: float, end: float, *, paused: float = 0.0, io: float
 
 def epoch_rates(samples: float, seconds: float, *, tokens_per_example: float | None = None,
                 flops_per_batch: float | None = None, batch_size: int = 1,
-                peak_flops: float | None = None) -> dict[str, float]:
+                peak_flops: float | None = None,
+                peak_too_low: bool = False) -> dict[str, float]:
     """Throughput of an epoch, as recorded: samples (and tokens) per second, and, where the
     FLOPs of a batch are known, achieved FLOP/s and MFU against ``peak_flops``.
+
+    An MFU above 1 is not recorded: the epoch beat the peak, so the peak was measured low;
+    ``perf/mfu_unreliable`` = 1 stands in its place (see :mod:`trainlab.mfu`), as it does for
+    every epoch of a run that already found its peak too low (``peak_too_low``).
 
     FLOPs scale with samples, not batches: an epoch's last batch may be short.  With no time
     measured, the rate is NaN (not infinite); FLOP rates are then left out.
@@ -37,7 +44,7 @@ def epoch_rates(samples: float, seconds: float, *, tokens_per_example: float | N
         flops = flops_per_batch * samples / batch_size / seconds
         out["perf/flops_per_s"] = flops
         if peak_flops:
-            out["perf/mfu"] = flops / peak_flops
+            out.update(mfu_record(flops, peak_flops, peak_too_low=peak_too_low))
     return out
 
 

@@ -25,7 +25,8 @@ def add_sweep(store: Store, name: str, varied: list[str], runs: Sequence[dict[st
               metric: str = "perplexity") -> list[str]:
     """Write a sweep: each run gives ``values`` (varied key -> value), per-epoch ``train`` and
     ``valid`` metric lists, per-epoch cumulative training ``time``; optional ``status``,
-    ``memory`` (MiB), ``params``, ``test``, ``error``, ``seed``."""
+    ``memory`` (MiB), ``params``, ``test``, ``error``, ``seed``, ``disturbed`` (per-epoch
+    perf/disturbed flags)."""
     rows = []
     for i, run in enumerate(runs, 1):
         values = dict(run["values"])
@@ -63,6 +64,9 @@ def add_sweep(store: Store, name: str, varied: list[str], runs: Sequence[dict[st
                 MetricRecord(run_id, "memory/peak_bytes", step, e, wall,
                              run.get("memory", 100) * MiB),
             ]
+            if "disturbed" in run:  # per epoch: 1.0 where other work disturbed its timing
+                records.append(MetricRecord(run_id, "perf/disturbed", step, e, wall,
+                                            run["disturbed"][e - 1]))
         store.write(records)
         valid = run["valid"]
         if valid:

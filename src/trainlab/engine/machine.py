@@ -1,0 +1,84 @@
+"""Readings of the machine for :mod:`trainlab.engine.contention`: this process's CPU time, its
+threads' scheduler statistics, the machine's steal ticks and load average.
+
+No torch: the CLI reads the load before training without importing it.  Every reader returns
+None where its source does not exist (``/proc`` is Linux only) and never raises for that.
+Each costs microseconds (a few small file reads) and is called at epoch ends only.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from trainlab.engine.contention import Reading
+
+_TASKS = Path("/proc/self/task")
+_STAT = Path("/proc/stat")
+
+
+def process_cpu_seconds() -> float:
+    """User + system CPU seconds of this process, all its threads (ended ones included)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def thread_schedstat() -> dict[int, tuple[int, int]] | None:
+    """Per thread of this process: (nanoseconds on a core, nanoseconds runnable but waiting for
+    one), from ``/proc/self/task/<tid>/schedstat``; None where the kernel does not expose it."""
+    try:
+        tids = os.listdir(_TASKS)
+    except OSError:
+        return None
+    out: dict[int, tuple[int, int]] = {}
+    for tid in tids:
+        try:
+            fields = (_TASKS / tid / "schedstat").read_text().split()
+            out[int(tid)] = (int(fields[0]), int(fields[1]))
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended between the listing and the read
+    return out or None
+
+
+def cpu_steal_ticks() -> tuple[int, int] | None:
+    """(steal ticks, total ticks) of all CPUs since boot, from the first line of /proc/stat."""
+    try:
+        with _STAT.open() as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    try:
+        # user nice system idle iowait irq softirq steal (guest time is inside user already)
+        ticks = [int(v) for v in fields[1:9]]
+    except ValueError:
+        return None
+    return ticks[7], sum(ticks)
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (running plus runnable tasks, this process's included)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def read() -> Reading:
+    """One snapshot for :func:`trainlab.engine.contention.epoch_contention`."""
+    return Reading(wall=time.perf_counter(), cpu=process_cpu_seconds(),
+                   threads=thread_schedstat(), stat=cpu_steal_ticks(), load=load_average())
+
+
+__all__ = ["cpu_steal_ticks", "load_average", "process_cpu_seconds", "read", "thread_schedstat",
+           "usable_cores"]

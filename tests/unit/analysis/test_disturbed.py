@@ -1,0 +1,95 @@
+"""Runs whose timing other work on the machine disturbed (perf/disturbed): marked in the
+tables and in `trainlab show`, left out of the time answers (made-up stores, no training)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from tests.unit.analysis.fakes import LM_VARIED, lm_runs
+from trainlab.analysis.answers import answer_all
+from trainlab.analysis.frames import load_sweep
+from trainlab.analysis.tables import DISTURBED_SYMBOL, summary_table, system_table
+from trainlab.cli import app
+from trainlab.store import Store
+
+runner = CliRunner()
+
+
+def _runs(disturbed: dict[int, list[float]]) -> list[dict[str, Any]]:
+    """lm_runs() (see fakes: run 3 wins the time answers) with perf/disturbed recorded for
+    every run: 0.0 per epoch unless ``disturbed`` gives that run's flags."""
+    runs = lm_runs()
+    for i, run in enumerate(runs, 1):
+        run["disturbed"] = disturbed.get(i, [0.0] * len(run["valid"]))
+    return runs
+
+
+def test_tables_mark_the_time_cells_of_a_disturbed_run(make_store: Callable[..., Store]
+                                                         ) -> None:
+    frames = load_sweep(make_store("lm", LM_VARIED, _runs({3: [0.0, 1.0, 0.0, 0.0]})), "lm")
+    for table in (summary_table(frames), system_table(frames)):
+        row = next(i for i, r in enumerate(table.rows) if r["index"] == 3)
+        other = next(i for i, r in enumerate(table.rows) if r["index"] == 4)
+        timed = [c for c in table.columns if c.key in ("train_time", "samples_per_s",
+                                                          "epoch_time")]
+        assert timed
+        for col in timed:
+            assert table.cell(row, col).endswith(DISTURBED_SYMBOL)
+            assert DISTURBED_SYMBOL not in table.cell(other, col)
+        metric = next(c for c in table.columns if c.key == "params_total")
+        assert DISTURBED_SYMBOL not in table.cell(row, metric)  # only time and throughput
+        legend = [n for n in table.notes if n.startswith(DISTURBED_SYMBOL)]
+        assert len(legend) == 1 and "quiet machine" in legend[0]
+
+
+def test_no_legend_without_a_disturbed_run(lm_store: Store) -> None:
+    table = summary_table(load_sweep(lm_store, "lm"))
+    assert not any(DISTURBED_SYMBOL in n for n in table.notes)
+
+
+def test_time_answers_leave_a_disturbed_run_out(make_store: Callable[..., Store]) -> None:
+    frames = load_sweep(make_store("lm", LM_VARIED, _runs({3: [1.0, 0.0, 0.0, 0.0]})), "lm")
+    answers = {a.key: a for a in answer_all(frames)}
+    # Without the flag run 3 wins all three (test_answers.py); its timing is not trusted now.
+    wall = answers["wall_clock"]
+    assert wall.runs == ["6"] and "Left out: run 3" in wall.answer
+    assert "3" not in [e["run"] for e in wall.evidence]
+    assert answers["time_budget"].runs == ["6"]
+    assert "Left out: run 3" in answers["time_budget"].answer
+    assert "3" not in answers["pareto_time"].runs
+    assert "Left out: run 3" in answers["pareto_time"].answer
+    # Memory and quality answers do not depend on the clock.
+    assert "3" in answers["pareto_memory"].runs
+    assert answers["generalization"].runs == ["3"]
+
+
+def test_time_answers_cannot_decide_when_every_run_is_disturbed(
+        make_store: Callable[..., Store]) -> None:
+    flags = {i: [1.0] * len(r["valid"]) for i, r in enumerate(lm_runs(), 1)}
+    frames = load_sweep(make_store("lm", LM_VARIED, _runs(flags)), "lm")
+    answers = {a.key: a for a in answer_all(frames)}
+    for key in ("wall_clock", "time_budget", "pareto_time"):
+        assert answers[key].answer.startswith("Could not decide"), answers[key].answer
+        assert "disturbed" in answers[key].answer and answers[key].runs == []
+
+
+def test_report_and_show_mark_the_disturbed_run(make_store: Callable[..., Store],
+                                                tmp_path: Path) -> None:
+    store = make_store("lm", LM_VARIED, _runs({3: [0.0, 1.0, 0.0, 0.0]}))
+    out = tmp_path / "rep"
+    result = runner.invoke(app, ["report", "--store", str(store.root), "--out", str(out)],
+                           catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    md = (out / "report.md").read_text()
+    assert DISTURBED_SYMBOL in md and "timing disturbed by other work" in md
+    assert r"$^{\dagger}$" in (out / "tables" / "summary.tex").read_text()
+    run_id = store.runs("lm").sort_values("index")["run_id"].iloc[2]
+    shown = runner.invoke(app, ["show", run_id, "--store", str(store.root)],
+                          catch_exceptions=False)
+    assert shown.exit_code == 0, shown.output
+    epoch_rows = [line for line in shown.output.splitlines() if "disturbed †" in line]
+    assert len(epoch_rows) == 1 and "1 of 4 epochs" in shown.output

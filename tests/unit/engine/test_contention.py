@@ -1,0 +1,142 @@
+"""Contention: the arithmetic with made-up readings, the readers, and a busy machine end to end.
+
+A quiet machine cannot be guaranteed here (the test hosts are shared), so "not flagged" is
+checked on made-up readings only; the end-to-end test makes the machine busy on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from trainlab.config.schema import resolve_run
+from trainlab.engine import contention as c
+from trainlab.engine import machine, train
+from trainlab.engine.contention import Reading
+
+
+def _r(wall: float, cpu: float, threads: dict[int, tuple[int, int]] | None = None,
+       stat: tuple[int, int] | None = None, load: float | None = None) -> Reading:
+    return Reading(wall, cpu, threads, stat, load)
+
+
+@pytest.mark.parametrize(("cpu0", "cpu1", "wall", "threads", "share"), [
+    (0.0, 2.0, 2.0, 1, 1.0),      # one thread, all of it
+    (0.0, 2.0, 2.0, 2, 0.5),      # two threads asked for, one core's worth got
+    (1.0, 4.0, 2.0, 2, 0.75),
+    (0.0, 0.0, 1.0, 4, 0.0),
+])
+def test_cpu_share(cpu0: float, cpu1: float, wall: float, threads: int, share: float) -> None:
+    assert c.cpu_share(_r(10.0, cpu0), _r(10.0 + wall, cpu1), threads) == pytest.approx(share)
+
+
+def test_cpu_share_without_time_is_none() -> None:
+    assert c.cpu_share(_r(1.0, 0.0), _r(1.0, 1.0), 1) is None
+
+
+def test_cpu_wait_over_threads_new_and_ended() -> None:
+    before = {1: (100, 0), 2: (50, 50), 3: (999, 999)}  # thread 3 ends in between
+    after = {1: (400, 100), 2: (150, 150), 4: (100, 0)}  # thread 4 starts in between
+    # run: 300 + 100 + 100 = 500, wait: 100 + 100 + 0 = 200
+    assert c.cpu_wait(_r(0, 0, before), _r(1, 0, after)) == pytest.approx(200 / 700)
+    assert c.cpu_wait(_r(0, 0, None), _r(1, 0, after)) is None
+    assert c.cpu_wait(_r(0, 0, {1: (5, 5)}), _r(1, 0, {1: (5, 5)})) is None  # never runnable
+
+
+def test_steal_share() -> None:
+    assert c.steal_share(_r(0, 0, stat=(10, 1000)), _r(1, 0, stat=(20, 1200))) == 0.05
+    assert c.steal_share(_r(0, 0), _r(1, 0, stat=(20, 1200))) is None
+    assert c.steal_share(_r(0, 0, stat=(1, 5)), _r(1, 0, stat=(1, 5))) is None
+
+
+QUIET = ({1: (0, 0)}, {1: (10**9, 10**7)})  # 1 % of the runnable time waiting
+BUSY = ({1: (0, 0)}, {1: (10**9, 5 * 10**8)})  # 33 %
+
+
+@pytest.mark.parametrize(("threads", "stat", "share_cpu", "flag"), [
+    (QUIET, ((0, 100), (1, 200)), 1.0, 0.0),    # quiet: 1 % wait, 1 % steal
+    (BUSY, ((0, 100), (1, 200)), 0.6, 1.0),     # run-queue wait 33 %
+    (QUIET, ((0, 100), (10, 200)), 1.0, 1.0),   # steal 10 %
+    # An idle intra-op thread lowers the share, but the wait says no one took a core.
+    (QUIET, None, 0.5, 0.0),
+])
+def test_epoch_flag(threads: tuple[dict[int, tuple[int, int]], ...],
+                    stat: tuple[tuple[int, int], tuple[int, int]] | None,
+                    share_cpu: float, flag: float) -> None:
+    s0, s1 = stat if stat is not None else (None, None)
+    values = c.epoch_contention(_r(0.0, 0.0, threads[0], s0),
+                                _r(1.0, 2 * share_cpu, threads[1], s1, 0.3), threads=2)
+    assert values[c.DISTURBED_KEY] == flag
+    assert values[c.CPU_SHARE_KEY] == pytest.approx(share_cpu)
+    assert values[c.LOAD_KEY] == 0.3
+    assert bool(c.reasons(values)) == bool(flag)
+
+
+def test_share_is_the_fallback_without_schedstat() -> None:
+    low = c.epoch_contention(_r(0.0, 0.0), _r(1.0, 0.5), threads=1)
+    assert low[c.DISTURBED_KEY] == 1.0 and c.CPU_WAIT_KEY not in low
+    assert c.epoch_contention(_r(0.0, 0.0), _r(1.0, 0.95), threads=1)[c.DISTURBED_KEY] == 0.0
+    # An accelerator run waits on its device: its CPU share decides nothing.
+    assert c.DISTURBED_KEY not in c.epoch_contention(_r(0.0, 0.0), _r(1.0, 0.1), threads=1,
+                                                     cpu_bound=False)
+
+
+@pytest.mark.parametrize(("load", "cores", "threads", "busy"), [
+    (0.2, 2, 2, False), (0.6, 2, 2, True), (1.4, 2, 1, False), (1.6, 2, 1, True),
+    (None, 2, 2, False), (3.0, 16, 8, False), (9.0, 16, 8, True),
+])
+def test_busy_message(load: float | None, cores: int, threads: int, busy: bool) -> None:
+    message = c.busy_message(load, cores, threads)
+    assert (message is not None) == busy
+    if message and threads > 1:
+        assert "train.threads=1" in message
+
+
+def test_readers_never_fail() -> None:
+    r = machine.read()
+    assert r.cpu > 0 and machine.usable_cores() >= 1
+    if os.path.exists("/proc/self/task"):
+        assert r.threads and os.getpid() in r.threads
+    if os.path.exists("/proc/stat"):
+        assert r.stat is not None and r.stat[1] >= r.stat[0] >= 0
+
+
+@pytest.fixture
+def busy_cores() -> Iterator[None]:
+    """One spinning Python process per core this process may use, pinned to those cores."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    pin = f"import os; os.sched_setaffinity(0, {set(cores)!r}); " if cores else ""
+    procs = [subprocess.Popen([sys.executable, "-c", pin + "\nwhile True: pass"])
+             for _ in range(len(cores) if cores else os.cpu_count() or 1)]
+    try:
+        time.sleep(0.5)  # let them start spinning
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()
+
+
+BUSY_RUN = {
+    "data": {"name": "synthetic", "n_samples": 2000, "shape": [32], "n_classes": 4,
+             "batch_size": 32},
+    "model": {"name": "mlp", "hidden_dim": 128},
+    "optimizer": {"name": "adam", "lr": 0.01},
+    "train": {"epochs": 2, "seed": 0, "threads": 1, "log_every": 50},
+}
+
+
+def test_busy_machine_flags_epochs(busy_cores: None) -> None:
+    outcome = train(resolve_run(BUSY_RUN))
+    assert outcome.status == "ok", outcome.error
+    summary = outcome.summary
+    # Every epoch is expected to be flagged; one is enough to fail the run's timing (a scheduler
+    # may leave the run alone for a short epoch).
+    assert summary["disturbed_epochs"] >= 1, summary
+    assert summary["timing_trusted"] is False
