@@ -251,6 +251,8 @@ def _run_rows(runs: pd.DataFrame, epochs: pd.DataFrame, varied: list[str],
         row["predicted_epoch_time"] = _num(estimate.get("epoch_train_s"))
         row["predicted_run_time"] = _num(estimate.get("run_s"))
         row["estimate_method"] = estimate.get("method")
+        # The calibration probe behind the prediction was disturbed (estimate/probe.py).
+        row["estimate_disturbed"] = estimate.get("disturbed") is True
         for key in varied:
             row[key] = flat.get(key)
         for m in metrics:

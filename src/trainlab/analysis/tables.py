@@ -73,12 +73,15 @@ class Table:
             return format_indices(values["indices"])
         if value == UNRELIABLE_TEXT:  # an MFU against a peak measured low: no number
             return UNRELIABLE_TEXT
+        if col.key == "time_error_pct" and values.get("time_error_withheld"):
+            return DISTURBED_SYMBOL  # a disturbed prediction or measurement: no error
         text = format_cell(value, col.kind)
         std = values.get(f"{col.key}_std")
         if self.seeded and col.kind in ("metric", "number", "seconds", "rate", "bytes") \
                 and is_finite(std):
             text = f"{text} ± {format_cell(std, col.kind)}"
-        if col.key in TIMED_KEYS and text != "-" and self.disturbed(row):
+        if text != "-" and ((col.key in TIMED_KEYS and self.disturbed(row)) or (
+                col.key == "predicted_epoch_time" and values.get("estimate_disturbed"))):
             text = f"{text} {DISTURBED_SYMBOL}"
         return text
 
@@ -331,8 +334,38 @@ def estimate_table(frames: SweepFrames, order: Sequence[str] | None = None) -> T
             f"see trainlab estimate). Whole sweep: predicted "
             f"{_total(runs['predicted_run_time'])} s, measured {_total(runs['wall_time'])} s "
             "(training and evaluation).")
-    return _build(frames, "estimates", "Predicted and measured", cols,
-                  sort=None, group=None, lead=lead, order=order)
+    table = _build(frames, "estimates", "Predicted and measured", cols,
+                   sort=None, group=None, lead=lead, order=order)
+    _withhold_disturbed_time_errors(frames, table)
+    return table
+
+
+def _withhold_disturbed_time_errors(frames: SweepFrames, table: Table) -> None:
+    """No time error for a row holding a run whose prediction (the calibration probe) or whose
+    measured epochs other work on the machine disturbed: the error would be the machine's, not
+    the estimate's (a 1,000 % error on a busy machine).  With seeds, the whole configuration's
+    row, as a mean over the others would hide it.  Memory errors stay."""
+    runs = frames.runs
+    counts = pd.to_numeric(runs["disturbed_epochs"], errors="coerce")
+    measured = (counts.notna() & (counts > 0)) | runs["summary"].map(
+        lambda s: isinstance(s, dict) and s.get("timing_trusted") is False)
+    predicted = runs["estimate_disturbed"].fillna(False).astype(bool)
+    flagged = set(runs.loc[measured | predicted, "run_id"])
+    from_probe = set(runs.loc[predicted, "run_id"])
+    withheld = []
+    for r in table.rows:
+        ids = set(r.get("run_ids") or [r.get("run_id")])
+        r["estimate_disturbed"] = bool(from_probe & ids)
+        if flagged & ids:
+            r.update(time_error_pct=math.nan, time_error_pct_std=math.nan,
+                     time_error_withheld=True)
+            withheld.append(frames.run_numbers(r))
+    if withheld:
+        table.notes.append(
+            f"{DISTURBED_SYMBOL} in err for run {'; '.join(withheld)}: no time error, because "
+            "other work on the machine disturbed its prediction (the calibration probe; its "
+            f"t/ep pred. is marked {DISTURBED_SYMBOL}) or its measured epochs, so the "
+            "difference would be the machine's, not the estimate's. Memory errors are shown.")
 
 
 def _total(values: pd.Series) -> str:

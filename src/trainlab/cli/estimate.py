@@ -29,6 +29,10 @@ from trainlab.errors import ConfigError
 if TYPE_CHECKING:
     from trainlab.plan import Plan, PlannedRun
 
+# Marks the predicted times of a run whose calibration probe was disturbed (perf/disturbed);
+# the same symbol as the report's tables.
+DISTURBED_MARK = "†"
+
 
 def estimate_plan(plan: Plan, runs: Sequence[PlannedRun], *, calibrate: bool,
               quiet: bool) -> dict[str, Any]:
@@ -108,17 +112,20 @@ def estimate_cmd(
             table.add_column(col, justify="right")
         for r in the_plan.runs:
             e = estimates[r.run_id]
+            mark = f" {DISTURBED_MARK}" if e.disturbed else ""
             table.add_row(
                 str(r.index), *[format_value(r.varied[k]) for k in the_plan.varied],
                 f"{e.params_total:,}", f"{e.params_trainable:,}",
                 format_bytes(e.param_bytes + e.grad_bytes + e.optimizer_bytes),
                 format_bytes(e.activation_bytes) if e.activation_bytes is not None else "?",
-                format_bytes(e.peak_bytes), f"{e.step_s * 1e3:.3g}",
-                f"{e.epoch_train_s + e.epoch_eval_s:.3g}", human_seconds(e.run_s))
+                format_bytes(e.peak_bytes), f"{e.step_s * 1e3:.3g}{mark}",
+                f"{e.epoch_train_s + e.epoch_eval_s:.3g}{mark}", human_seconds(e.run_s) + mark)
         out.print(table)
         out.print("peak memory is what the run reports as memory/peak_bytes: on CPU the "
                   "process's peak RSS (Python, torch and the data included); activations are "
                   "traced on the meta device.", highlight=False)
+        if any(estimates[r.run_id].disturbed for r in the_plan.runs):
+            out.print(disturbed_legend(), highlight=False)
         if any(estimates[r.run_id].activation_bytes is None for r in the_plan.runs):
             out.print("activations ?: not traced (PyTorch's MemTracker cannot follow frozen "
                       "parameters or ops without a meta kernel); the peak then rests on the "
@@ -126,6 +133,16 @@ def estimate_cmd(
                       "optimizer state alone).", highlight=False)
     if fit_memory:
         guard(lambda: check_fit(the_plan, estimates, fit_memory))
+
+
+def disturbed_legend() -> str:
+    """The one line under the table that explains the marker."""
+    from trainlab.engine.contention import CPU_WAIT_MAX, STEAL_MAX
+
+    return (f"{DISTURBED_MARK}: other work on the machine disturbed the calibration probe (its "
+            f"threads waited for a core over {CPU_WAIT_MAX:.0%} of the time, or the hypervisor "
+            f"stole over {STEAL_MAX:.0%} of the CPU), so these times are the machine's, not the "
+            "model's: estimate again on a quiet machine.")
 
 
 def human_seconds(s: float) -> str:

@@ -12,6 +12,11 @@ Two methods, named in every estimate:
 Peak memory means what the run will report as ``memory/peak_bytes``: on CUDA the allocator's
 peak; on CPU the process's peak resident set size, so the prediction adds the process's
 current size (Python, torch, the loaded data) to what the step adds.
+
+A probe whose timed steps other work on the machine disturbed (its threads waited for a core,
+or the hypervisor stole CPU: the thresholds of ``engine/contention.py``) makes every estimate
+it serves ``disturbed``, with the values it measured: its times are the machine's, not the
+model's.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from trainlab.components import build_finetune, build_model, load_dataset
 from trainlab.components.optimizers import is_auto, resolved_lr, with_lr
 from trainlab.config.schema import RunConfig
 from trainlab.devices import resolve_device
+from trainlab.engine import contention
 from trainlab.engine.allocator import rss_bytes
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
 from trainlab.errors import ConfigError
@@ -56,6 +62,13 @@ class Estimate:
     run_s: float
     probe_s: float  # the cost of the estimate itself
     note: str | None = None  # why the probe could not be used, when it could not
+    # The probe's timed steps were disturbed by other work on the machine (perf/disturbed),
+    # with what it measured (engine/contention.py); False with the flops method.
+    disturbed: bool = False
+    cpu_share: float | None = None  # time/cpu_share
+    cpu_wait: float | None = None  # time/cpu_wait
+    load: float | None = None  # machine/load
+    steal: float | None = None  # machine/steal
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +117,7 @@ def estimate_run(config: RunConfig, *, calibrate: bool = True,
     epoch_eval = eval_batches * eval_batch_s
     epochs = config.train.epochs
     state = parts["state"]
+    busy = measured.busy if measured is not None else {}
     return Estimate(
         method="probe" if measured is not None else "flops",
         params_total=parts["params_total"], params_trainable=parts["params_trainable"],
@@ -113,7 +127,9 @@ def estimate_run(config: RunConfig, *, calibrate: bool = True,
         flops_per_step=parts["flops"], peak_flops_per_s=parts["peak_flops"], step_s=step_s,
         epoch_train_s=epoch_train, epoch_eval_s=epoch_eval,
         run_s=epochs * (epoch_train + epoch_eval) + test_batches * eval_batch_s,
-        probe_s=probe_s, note=note)
+        probe_s=probe_s, note=note, disturbed=measured is not None and measured.disturbed,
+        cpu_share=busy.get(contention.CPU_SHARE_KEY), cpu_wait=busy.get(contention.CPU_WAIT_KEY),
+        load=busy.get(contention.LOAD_KEY), steal=busy.get(contention.STEAL_KEY))
 
 
 def _measure_setup(config: RunConfig, device: torch.device,

@@ -11,13 +11,17 @@ An epoch's time is the sum of its steps, so the probe reports their mean, not th
 step times on a shared machine are skewed to the right (the median under-predicted epochs by
 10-30 % here), and the mean is trimmed of the slowest and fastest 10 % so that one descheduled
 step among a few dozen does not move it.
+
+A machine reading before and after the training steps (two cheap reads of ``/proc``) gives the
+same contention values an epoch records (:func:`trainlab.engine.contention.epoch_contention`):
+a probe whose threads waited for a core is flagged ``disturbed``, and so is what it predicts.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,7 +30,7 @@ from trainlab.components.datasets import Split
 from trainlab.components.optimizers import resolved_lr
 from trainlab.config.schema import RunConfig
 from trainlab.devices import resolve_device, synchronize
-from trainlab.engine import allocator
+from trainlab.engine import allocator, contention, machine
 from trainlab.engine.allocator import rss_bytes
 from trainlab.engine.measure import PeakMemory
 from trainlab.engine.speed import decide, intra_op_threads
@@ -41,6 +45,14 @@ class Probe:
     base_bytes: int  # process RSS (CPU) or allocated bytes (CUDA) before the model existed
     steps_timed: int
     seconds: float  # what the probe itself cost
+    # time/cpu_share, time/cpu_wait, machine/load, machine/steal and perf/disturbed over the
+    # training steps, whichever could be measured (engine/contention.py)
+    busy: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def disturbed(self) -> bool:
+        """Whether other work on the machine disturbed the timed steps."""
+        return self.busy.get(contention.DISTURBED_KEY, 0.0) > 0
 
 
 def probe(config: RunConfig, *, min_steps: int = 10, max_steps: int = 100,
@@ -86,6 +98,7 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
         warm: list[float] = []
         steps = 0
         timed = 0.0  # seconds of the timed steps so far
+        before = machine.read()
         while len(times) < max_steps or (timed < min_window_s and len(times) < 20 * max_steps):
             idx = torch.randint(0, n, (min(bs, n),), generator=gen).to(train.device)
             synchronize(device)
@@ -108,6 +121,8 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
             timed += seconds
             if len(times) >= min_steps and timed > budget_s:
                 break
+        busy = contention.epoch_contention(before, machine.read(), speed.threads,
+                                           cpu_bound=device.type == "cpu")
         default_eval = bs if data.info.task == "lm" else max(bs, 256)
         eval_bs = config.data.eval_batch_size or default_eval
         split = data.valid if len(data.valid) else data.train
@@ -128,7 +143,7 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
         peak = memory.read()["memory/peak_bytes"]
         del model, optimizer, tuning, speed
     return Probe(trimmed_mean(times), min(eval_times[1:]), max(0, int(peak) - base), base,
-                 len(times), time.perf_counter() - t_begin)
+                 len(times), time.perf_counter() - t_begin, busy)
 
 
 def trimmed_mean(values: list[float], cut: float = 0.1) -> float:

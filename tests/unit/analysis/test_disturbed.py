@@ -12,7 +12,13 @@ from typer.testing import CliRunner
 from tests.unit.analysis.fakes import LM_VARIED, lm_runs
 from trainlab.analysis.answers import answer_all
 from trainlab.analysis.frames import load_sweep
-from trainlab.analysis.tables import DISTURBED_SYMBOL, summary_table, system_table
+from trainlab.analysis.render import to_csv
+from trainlab.analysis.tables import (
+    DISTURBED_SYMBOL,
+    estimate_table,
+    summary_table,
+    system_table,
+)
 from trainlab.cli import app
 from trainlab.store import Store
 
@@ -93,3 +99,29 @@ def test_report_and_show_mark_the_disturbed_run(make_store: Callable[..., Store]
     assert shown.exit_code == 0, shown.output
     epoch_rows = [line for line in shown.output.splitlines() if "disturbed †" in line]
     assert len(epoch_rows) == 1 and "1 of 4 epochs" in shown.output
+
+
+def test_estimates_table_shows_no_time_error_for_a_disturbed_run(
+        make_store: Callable[..., Store]) -> None:
+    # Run 3's prediction came from a disturbed probe, run 4's measured epochs were disturbed;
+    # every prediction says 2.2 s per epoch (runs 3 and 4 measured 2 s and 1 s: +10 %, +120 %).
+    store = make_store("lm", LM_VARIED, _runs({4: [0.0, 1.0, 0.0, 0.0]}))
+    runs = load_sweep(store, "lm").runs
+    ids = dict(zip(runs["index"], runs["run_id"]))
+    store.set_estimates({run_id: {
+        "method": "probe", "peak_bytes": 100 * 2**20, "epoch_train_s": 2.2, "run_s": 10.0,
+        "disturbed": i == 3, "cpu_wait": 0.6 if i == 3 else 0.01} for i, run_id in ids.items()})
+    table = estimate_table(load_sweep(store, "lm"))
+    assert table is not None
+    col = {c.key: c for c in table.columns}
+    row = {r["index"]: i for i, r in enumerate(table.rows)}
+    for index in (3, 4):
+        assert table.cell(row[index], col["time_error_pct"]) == DISTURBED_SYMBOL
+        assert table.cell(row[index], col["mem_error_pct"]) not in ("-", DISTURBED_SYMBOL)
+    assert table.cell(row[3], col["predicted_epoch_time"]).endswith(DISTURBED_SYMBOL)
+    assert DISTURBED_SYMBOL not in table.cell(row[4], col["predicted_epoch_time"])
+    quiet = table.cell(row[1], col["time_error_pct"])  # run 1: 3 s measured, -26.7 %
+    assert quiet == "-26.7"
+    assert "time_error_pct" in to_csv(table).splitlines()[0]
+    note = [n for n in table.notes if "no time error" in n]
+    assert len(note) == 1 and "run 3; 4" in note[0] and "Memory errors are shown" in note[0]

@@ -108,11 +108,13 @@ def test_readers_never_fail() -> None:
 
 @pytest.fixture
 def busy_cores() -> Iterator[None]:
-    """One spinning Python process per core this process may use, pinned to those cores."""
+    """Two spinning Python processes per core this process may use, pinned to those cores: the
+    run's thread then waits for a core most of the time, whatever the scheduler favours (one
+    spinner a core left a short run alone often enough to make the test flaky)."""
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     pin = f"import os; os.sched_setaffinity(0, {set(cores)!r}); " if cores else ""
     procs = [subprocess.Popen([sys.executable, "-c", pin + "\nwhile True: pass"])
-             for _ in range(len(cores) if cores else os.cpu_count() or 1)]
+             for _ in range(2 * (len(cores) if cores else os.cpu_count() or 1))]
     try:
         time.sleep(0.5)  # let them start spinning
         yield
@@ -124,7 +126,7 @@ def busy_cores() -> Iterator[None]:
 
 
 BUSY_RUN = {
-    "data": {"name": "synthetic", "n_samples": 2000, "shape": [32], "n_classes": 4,
+    "data": {"name": "synthetic", "n_samples": 6000, "shape": [32], "n_classes": 4,
              "batch_size": 32},
     "model": {"name": "mlp", "hidden_dim": 128},
     "optimizer": {"name": "adam", "lr": 0.01},
