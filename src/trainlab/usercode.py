@@ -287,7 +287,7 @@ def _load_file(path: Path, digest: str, field: str) -> ModuleType:
                           f"{exc.msg}\n    {(exc.text or '').strip()}", field=field) from None
     except Exception as exc:  # an error running the user's module
         del sys.modules[name]
-        raise ConfigError(f"`{field}`: importing {path} failed: {_where(exc, path)}",
+        raise ConfigError(f"`{field}`: importing {path} failed: {where_raised(exc, path)}",
                           field=field) from None
     _MODULES[key] = module
     return module
@@ -317,10 +317,6 @@ def _import_module(where: str, field: str) -> ModuleType:
     except Exception as exc:
         raise ConfigError(f"`{field}`: importing {where} failed: {type(exc).__name__}: {exc}",
                           field=field) from None
-
-
-def _where(exc: BaseException, path: Path) -> str:
-    return where_raised(exc, path)
 
 
 def where_raised(exc: BaseException, path: Path | None = None) -> str:

@@ -16,13 +16,14 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from tests.helpers import StopAt
 from trainlab.cli import app
 from trainlab.components import load_dataset
 from trainlab.components.datasets import Split
 from trainlab.components.items import ItemSplit
 from trainlab.config import expand, load_sweep
 from trainlab.config.schema import LRFindSpec, RunConfig
-from trainlab.engine import Callback, RunState, interrupt, train
+from trainlab.engine import interrupt, train
 from trainlab.engine.loop import epoch_permutation
 from trainlab.lr.range_test import lr_find
 from trainlab.records import NullSink
@@ -193,15 +194,6 @@ def test_data_limit_caps_a_dataset(tmp_path: Path) -> None:
     assert sorted(i for tag, i in calls if tag == "train") == list(range(20))
 
 
-class _StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, state: RunState) -> None:
-        if state.step == self.step:
-            interrupt.request_stop()
-
-
 @pytest.fixture
 def _no_stop():
     interrupt.clear()
@@ -217,7 +209,7 @@ def test_resume_mid_epoch_sees_the_same_batches(tmp_path: Path) -> None:
 
     def trained(run_dir: Path, stop: int | None = None) -> list[int]:
         calls.clear()
-        cbs = [_StopAt(stop)] if stop else []
+        cbs = [StopAt(stop)] if stop else []
         first = train(config, run_dir=run_dir, callbacks=cbs)
         if stop:
             assert first.status == "interrupted"

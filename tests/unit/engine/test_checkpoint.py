@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import StopAt
 from tests.unit.components.own import OWN_SPECS
 from trainlab.components import OPTIMIZERS, SCHEDULES, ScheduleContext, build_schedule
 from trainlab.components.optimizers import build_optimizer
 from trainlab.config.schema import resolve_component, resolve_run
-from trainlab.engine import Callback, RunState, interrupt, train
+from trainlab.engine import interrupt, train
 from trainlab.engine.callbacks import EarlyStopping
 from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
 from trainlab.records import NullSink
@@ -31,15 +32,6 @@ RAW: dict[str, Any] = {
     "schedule": {"name": "slanted-triangular"},
     "train": {"epochs": 3, "seed": 5, "log_every": 4, "early_stopping": {"patience": 5}},
 }
-
-
-class _StopAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, state: RunState) -> None:
-        if state.step == self.step:
-            interrupt.request_stop()
 
 
 @pytest.fixture(autouse=True)
@@ -151,7 +143,7 @@ def test_a_checkpoint_of_the_earlier_format_resumes_exactly(tmp_path: Path,
     want = _strict(tmp_path / "reference" / "last.pt")["model"]
 
     run_dir, sink = tmp_path / "cut", NullSink()
-    first = train(resolve_run(RAW), run_dir=run_dir, sink=sink, callbacks=[_StopAt(stop_step)])
+    first = train(resolve_run(RAW), run_dir=run_dir, sink=sink, callbacks=[StopAt(stop_step)])
     assert first.status == "interrupted"
     interrupt.clear()
     payload = load_verified(run_dir / "last.pt")

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.helpers import StopAt
 from trainlab.config.schema import resolve_run
 from trainlab.engine import Callback, RunState, interrupt, train
 from trainlab.records import NullSink
@@ -26,17 +27,6 @@ STEPS_PER_EPOCH = math.ceil(210 / 16)
 EPOCH_KEYS = ("train/loss", "train/accuracy", "valid/loss", "valid/accuracy", "test/loss")
 # Recorded at log points: a Ctrl-C between two of them must not add a row of its own.
 STEP_KEYS = ("train/step_loss", "lr", "grad_norm")
-
-
-class _StopAt(Callback):
-    """What the first Ctrl-C does, at a chosen step."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, state: RunState) -> None:
-        if state.step == self.step:
-            interrupt.request_stop()
 
 
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -66,7 +56,7 @@ def test_ctrl_c_mid_epoch_resumes_exactly(tmp_path: Path, reference, stop_step: 
     weights, values = reference
     sink = NullSink()
     first = train(resolve_run(RAW), run_dir=tmp_path / "cut", sink=sink,
-                  callbacks=[_StopAt(stop_step)])
+                  callbacks=[StopAt(stop_step)])
     assert first.status == "interrupted"
     saved = torch.load(tmp_path / "cut" / "last.pt", weights_only=False)
     assert saved["step"] == stop_step
@@ -88,7 +78,7 @@ def _every_epoch() -> dict[str, Any]:
 def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, reference) -> None:
     weights, values = reference
     run_dir, sink = tmp_path / "run", NullSink()
-    stop = _StopAt(3 * STEPS_PER_EPOCH)  # the end of epoch 3: last.pt = epoch 3, .prev = 2
+    stop = StopAt(3 * STEPS_PER_EPOCH)  # the end of epoch 3: last.pt = epoch 3, .prev = 2
     assert train(resolve_run(_every_epoch()), run_dir=run_dir, sink=sink,
                  callbacks=[stop]).status == "interrupted"
     interrupt.clear()
@@ -106,7 +96,7 @@ def test_a_corrupt_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, ref
 def test_no_usable_checkpoint_restarts_from_scratch(tmp_path: Path, reference) -> None:
     weights, _ = reference
     run_dir = tmp_path / "run"
-    train(resolve_run(RAW), run_dir=run_dir, callbacks=[_StopAt(2 * STEPS_PER_EPOCH + 1)])
+    train(resolve_run(RAW), run_dir=run_dir, callbacks=[StopAt(2 * STEPS_PER_EPOCH + 1)])
     interrupt.clear()
     for name in ("last.pt", "last.pt.prev"):
         (run_dir / name).write_bytes(b"garbage")
@@ -139,7 +129,7 @@ def test_epoch_checkpoints_are_at_least_checkpoint_every_s_apart(
     assert written == [4]  # the last epoch always writes one
     written.clear()
     interrupted = train(resolve_run(spaced), run_dir=tmp_path / "cut",
-                        callbacks=[_StopAt(2 * STEPS_PER_EPOCH)])  # Ctrl-C at epoch 2's end
+                        callbacks=[StopAt(2 * STEPS_PER_EPOCH)])  # Ctrl-C at epoch 2's end
     assert interrupted.status == "interrupted"
     assert written == [2]
 
@@ -162,7 +152,7 @@ def test_a_crash_after_skipped_checkpoints_resumes_from_the_older_one(
     weights, values = reference
     run_dir, sink = tmp_path / "run", NullSink()
     # Ctrl-C at the end of epoch 1: last.pt holds epoch 1.
-    train(resolve_run(RAW), run_dir=run_dir, sink=sink, callbacks=[_StopAt(STEPS_PER_EPOCH)])
+    train(resolve_run(RAW), run_dir=run_dir, sink=sink, callbacks=[StopAt(STEPS_PER_EPOCH)])
     interrupt.clear()
     spaced = {**RAW, "train": {**RAW["train"], "checkpoint_every_s": 3600}}
     crashed = train(resolve_run(spaced), run_dir=run_dir, sink=sink,
