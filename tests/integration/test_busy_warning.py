@@ -16,7 +16,7 @@ WARNING = "the machine is busy"
 
 
 @pytest.mark.parametrize(("load", "threads", "warned"), [
-    (1.9, 2, True), (0.1, 2, False), (1.4, 1, False), (1.9, 1, True)])
+    (1.9, 2, True), (0.1, 2, False), (1.4, 1, False), (2.4, 1, True)])
 def test_run_warns_once_on_a_busy_machine(tiny: dict, write_config, store_dir: Path,
                                           monkeypatch: pytest.MonkeyPatch, load: float,
                                           threads: int, warned: bool) -> None:

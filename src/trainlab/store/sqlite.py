@@ -118,7 +118,17 @@ def held_elsewhere(info: dict[str, Any]) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A killed process that nobody has reaped yet still answers kill(pid, 0): it holds
+    nothing (Linux; elsewhere assume it is alive)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
 def store_path(path: str | os.PathLike[str] | None = None) -> Path:

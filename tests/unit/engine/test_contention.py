@@ -87,8 +87,8 @@ def test_share_is_the_fallback_without_schedstat() -> None:
 
 
 @pytest.mark.parametrize(("load", "cores", "threads", "busy"), [
-    (0.2, 2, 2, False), (0.6, 2, 2, True), (1.4, 2, 1, False), (1.6, 2, 1, True),
-    (None, 2, 2, False), (3.0, 16, 8, False), (9.0, 16, 8, True),
+    (0.2, 2, 2, False), (0.8, 2, 2, False), (1.2, 2, 2, True), (1.9, 2, 1, False),
+    (2.1, 2, 1, True), (None, 2, 2, False), (3.0, 16, 8, False), (9.5, 16, 8, True),
 ])
 def test_busy_message(load: float | None, cores: int, threads: int, busy: bool) -> None:
     message = c.busy_message(load, cores, threads)

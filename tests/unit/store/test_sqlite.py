@@ -153,3 +153,32 @@ def test_a_read_only_store_can_still_be_read(tmp_path: Path,
     assert reader.read_only and list(reader.runs("a")["run_id"]) == ["r1"]
     with pytest.raises(ConfigError, match="cannot be used"):
         open_store(tmp_path / "s")  # a writer gets a clear message
+
+
+def test_a_killed_process_not_yet_reaped_holds_no_run() -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from trainlab.store.sqlite import held_elsewhere
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        stat = Path(f"/proc/{child.pid}/stat")
+        deadline = time.time() + 30
+        while stat.exists() and " Z " not in stat.read_text() and time.time() < deadline:
+            time.sleep(0.05)  # exited but not waited for: a zombie, kill(pid, 0) still works
+        if not stat.exists():
+            pytest.skip("no /proc here: zombies cannot be told apart")
+        assert not held_elsewhere({"pid": child.pid, "host": socket.gethostname(),
+                                   "heartbeat": time.time()})
+    finally:
+        child.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert held_elsewhere({"pid": live.pid, "host": socket.gethostname(),
+                               "heartbeat": time.time()})
+    finally:
+        live.kill()
+        live.wait()
