@@ -71,8 +71,13 @@ def nproc_limit(device: str) -> tuple[int, str]:
         return count, f"{count} GPU(s) visible"
     if kind == "mps":
         return 1, "Apple MPS has no multi-process backend"
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    cores = usable_cpus()
     return cores, f"{cores} CPU core(s): on CPU trainlab allows one gloo process per core"
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

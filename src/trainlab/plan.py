@@ -18,7 +18,7 @@ from trainlab.components.optimizers import is_auto, resolved_lr, with_lr
 from trainlab.components.python import PythonModelSpec, check_output
 from trainlab.components.schedules import ScheduleContext
 from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_keys
-from trainlab.devices import device_available, nproc_limit
+from trainlab.devices import device_available, nproc_limit, usable_cpus
 from trainlab.errors import ConfigError
 from trainlab.records import DONE
 from trainlab.store import Store, held_elsewhere
@@ -133,6 +133,8 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
             if cfg.train.nproc > 1:
                 check_nproc(cfg.train.nproc, cfg.train.device, len(data.train),
                             cfg.data.batch_size, devices)
+            if devices and cfg.data.loader is not None:
+                check_workers(cfg.data.loader.workers, cfg.train.nproc)
             monitor = cfg.train.monitor.split("/", 1)[1]
             if monitor not in ("loss", *task.metrics):
                 valid = ", ".join(f"valid/{m}" for m in ("loss", *task.metrics))
@@ -200,6 +202,18 @@ def check_nproc(nproc: int, device: str, n_train: int, batch_size: int, devices:
                           f"in batches of {batch_size}); choose a batch size (or data.limit) "
                           f"that leaves at least {nproc} examples in every batch",
                           field="data.batch_size")
+
+
+def check_workers(workers: int, nproc: int = 1) -> None:
+    """Raise ConfigError when ``data.loader.workers`` asks for more loading processes than
+    this machine has CPUs (each DDP rank starts its own)."""
+    cores = usable_cpus()
+    if workers * nproc > cores:
+        per = f" per process x train.nproc={nproc}" if nproc > 1 else ""
+        raise ConfigError(f"`data.loader.workers`: {workers}{per} worker processes, but this "
+                          f"machine has {cores} usable CPU(s); workers beyond the CPUs only "
+                          f"wait for one another. Use data.loader.workers <= {cores // nproc}",
+                          field="data.loader.workers")
 
 
 def _check_meta_output(model: torch.nn.Module, info: DataInfo, target: str) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 
 from trainlab.components.base import Spec
 from trainlab.errors import ConfigError
@@ -44,6 +44,7 @@ class DataInfo:
     tokens_per_example: int = 1  # seq_len for language modelling, so tokens/s is derivable
     vocab_size: int | None = None  # tokenized text: the tokenizer's vocabulary size
     pad_token_id: int | None = None  # tokenized text padded with this id (None: no padding)
+    notes: tuple[str, ...] = ()  # how the data was built, for the run's summary (notes)
 
     def example_batch(self, batch_size: int) -> torch.Tensor:
         """Zeros shaped like a batch of inputs (token ids for text), for tracing."""
@@ -85,6 +86,26 @@ class Dataset:
     vocab: tuple[str, ...] | None = None
 
 
+class LoaderSpec(BaseModel):
+    """How a Dataset's items are loaded (``torch.utils.data.DataLoader`` settings).
+
+    Used for data that is not a tensor in memory (a map-style Dataset of your own, memory-mapped
+    Hugging Face data); tensors in memory are indexed a batch at a time and need none of it.
+    Every field is sweepable: ``grid: {data.loader.workers: [0, 2, 4]}``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workers: NonNegativeInt = Field(
+        default=0, description="worker processes loading batches (0: in the training process)")
+    pin_memory: Literal["auto"] | bool = Field(
+        default="auto", description="page-locked host batches (auto: when training on CUDA)")
+    prefetch: PositiveInt = Field(
+        default=2, description="batches each worker loads ahead (with workers > 0)")
+    persistent: bool = Field(
+        default=True, description="keep the workers alive between epochs (with workers > 0)")
+
+
 class DataSpec(Spec):
     """Options every dataset has."""
 
@@ -94,6 +115,10 @@ class DataSpec(Spec):
         description="batch size for validation and test (default: max(batch_size, 256))"
     )
     limit: PositiveInt | None = Field(default=None, description="cap on training examples")
+    loader: LoaderSpec | None = Field(
+        default=None, description="DataLoader settings for data that is not a tensor in memory: "
+        "{workers: 0, pin_memory: auto, prefetch: 2, persistent: true}",
+        json_schema_extra={"run_id": "when set"})
 
 
 class _SplitFractions(DataSpec):
@@ -128,7 +153,8 @@ def load_dataset(spec: DataSpec, model: Spec | None = None) -> Dataset:
     # A user's data function (name: python) is found relative to the config's folder: two
     # folders with the same file may still read different data files beside it.
     root = getattr(spec, "_root", None)
-    key = json.dumps([spec.model_dump(mode="json", exclude={"batch_size", "eval_batch_size"}),
+    key = json.dumps([spec.model_dump(mode="json",
+                                      exclude={"batch_size", "eval_batch_size", "loader"}),
                       tokenizer] + ([root] if root is not None else []), sort_keys=True)
     if key not in _CACHE:
         entry = DATASETS.get(spec.name, field="data.name")

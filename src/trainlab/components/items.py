@@ -3,15 +3,21 @@
 Tensor splits (:class:`~trainlab.components.datasets.Split`) live in memory and the engine
 indexes them a batch at a time.  An :class:`ItemSplit` is never materialised: a dataset's items
 may change on every access (augmentation), so every batch calls its ``__getitem__`` again,
-through a ``DataLoader`` at zero workers (fast loading is ``data.loader``'s work).
+through a ``DataLoader`` (:class:`ItemLoader`) with ``data.loader``'s settings: in the training
+process by default, or in ``workers`` worker processes that load the next batches while the
+model trains on this one.
 
 Order: the ``DataLoader``'s batch sampler is the list of index batches the caller passes, i.e.
 the engine's own :func:`~trainlab.engine.loop.epoch_permutation` split into batches; a resumed
 or a sharded (DDP) run passes its remaining batches, or its slice of each, exactly as for
 tensors.  The loader gets a generator of its own: a default ``DataLoader`` draws a seed from the
 global RNG at every ``iter()``, which would shift every later dropout mask.  Augmentation drawn
-from the global RNG inside ``__getitem__`` is the user's, replayed on resume because items are
-fetched lazily, one batch per step, and the RNG state is checkpointed.
+from the global RNG inside ``__getitem__`` is the user's.  At zero workers it is replayed on
+resume because items are fetched lazily, one batch per step, and the RNG state is checkpointed.
+With workers, each worker's RNG is seeded by the loader from the pass's seed (the engine gives
+a function of (seed, epoch)); persistent workers are seeded once, at their first pass.  A run
+resumed mid-epoch sees the same batches, but its workers' random draws differ from an
+uninterrupted run's.
 
 Batches are shaped as tensor splits are: float64 inputs become float32 (the models' dtype);
 classification and lm targets become int64; regression targets float32, ``[B]`` -> ``[B, 1]``.
@@ -21,14 +27,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset, default_collate
 from torch.utils.data import Dataset as TorchDataset
 
+from trainlab.components.datasets import LoaderSpec
+
 Indices = Tensor | range | Sequence[int]
+
+
+class Batch(NamedTuple):
+    """A ready batch that a dataset's ``__getitems__(indices)`` may return instead of a list of
+    items: ``ItemSplit`` then uses it as it is (one read per batch, no per-item collate), as the
+    memory-mapped Hugging Face data does."""
+
+    inputs: Tensor  # [B, ...]
+    targets: Tensor  # [B] or [B, ...]
 
 
 def conform(x: Tensor, y: Tensor, task: str) -> tuple[Tensor, Tensor]:
@@ -72,7 +89,9 @@ class ItemSplit:
         """The split itself: items stay where the dataset keeps them; batches move."""
         return self
 
-    def collate(self, items: list[Any]) -> tuple[Tensor, Tensor]:
+    def collate(self, items: list[Any] | Batch) -> tuple[Tensor, Tensor]:
+        if isinstance(items, Batch):  # a dataset whose __getitems__ reads a batch at once
+            return conform(items.inputs, items.targets, self.task)
         x, y = default_collate(items)
         return conform(torch.as_tensor(x), torch.as_tensor(y), self.task)
 
@@ -83,25 +102,87 @@ class ItemSplit:
         items = getitems(index) if getitems is not None else [self.items[i] for i in index]
         return self.collate(items)
 
-    def loader(self, batches: Sequence[Indices], pin_memory: bool = False
-               ) -> DataLoader[Any]:
-        """A zero-worker DataLoader over ``batches`` (lists of indices), in their order."""
-        sampler = [b.tolist() if isinstance(b, Tensor) else list(b) for b in batches]
-        return DataLoader(self.items, batch_sampler=sampler, num_workers=0,
-                          collate_fn=self.collate, pin_memory=pin_memory,
-                          # Its own generator: a default loader draws from the global RNG.
-                          generator=torch.Generator().manual_seed(0))
-
-    def batches(self, batches: Sequence[Indices], device: torch.device
-                ) -> Iterator[tuple[Tensor, Tensor]]:
-        """(inputs, targets) of each of ``batches`` in turn, on ``device``."""
-        pin = device.type == "cuda"  # page-locked batches let the copy overlap the step
-        for x, y in self.loader(batches, pin_memory=pin):
-            yield x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+    def batches(self, batches: Sequence[Indices], device: torch.device,
+                settings: LoaderSpec | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """(inputs, targets) of each of ``batches`` in turn, on ``device`` (a loader of its
+        own, closed at the end; the engine keeps one per split instead)."""
+        loader = ItemLoader(self, settings or LoaderSpec(), device)
+        try:
+            yield from loader.batches(batches)
+        finally:
+            loader.close()
 
     def ranges(self, lo: int, hi: int, batch_size: int) -> list[range]:
         """Consecutive batches of ``batch_size`` covering items ``lo`` to ``hi``."""
         return [range(s, min(s + batch_size, hi)) for s in range(lo, hi, batch_size)]
 
 
-__all__ = ["ItemSplit", "conform"]
+class _Batches:
+    """A batch sampler whose batches are set before each pass: one DataLoader (and, with
+    persistent workers, one pool of worker processes) serves every epoch of a run."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def pin_memory(settings: LoaderSpec, device: torch.device) -> bool:
+    """``pin_memory: auto`` pins when batches go to a CUDA device (the copy then overlaps the
+    step); true pins only where there is a device to pin for."""
+    if settings.pin_memory == "auto":
+        return device.type == "cuda"
+    return bool(settings.pin_memory) and torch.cuda.is_available()
+
+
+class ItemLoader:
+    """The ``DataLoader`` of one split for a run, with ``data.loader``'s settings.
+
+    Its batch sampler is the engine's batches of the pass (:meth:`batches`), so the order stays
+    the engine's; workers load up to ``prefetch`` batches each ahead of the step.  Call
+    :meth:`close` when the run ends: it stops persistent workers at once rather than when the
+    loader is garbage collected.
+    """
+
+    def __init__(self, split: ItemSplit, settings: LoaderSpec, device: torch.device) -> None:
+        self.split, self.settings, self.device = split, settings, device
+        self.pin = pin_memory(settings, device)
+        self._sampler = _Batches()
+        # Its own generator: a default loader draws a seed from the global RNG at every iter().
+        self._generator = torch.Generator().manual_seed(0)
+        workers = settings.workers
+        extra: dict[str, Any] = {}
+        if workers:
+            extra = {"prefetch_factor": settings.prefetch,
+                     "persistent_workers": settings.persistent}
+        self.loader: DataLoader[Any] = DataLoader(
+            split.items, batch_sampler=self._sampler, num_workers=workers,
+            collate_fn=split.collate, pin_memory=self.pin, generator=self._generator, **extra)
+
+    def batches(self, batches: Sequence[Indices], seed: int = 0
+                ) -> Iterator[tuple[Tensor, Tensor]]:
+        """(inputs, targets) of each of ``batches`` in turn, on the device; ``seed`` seeds the
+        workers' RNGs for this pass (non-persistent workers: every pass)."""
+        self._sampler.batches = [b.tolist() if isinstance(b, Tensor) else list(b)
+                                 for b in batches]
+        self._generator.manual_seed(seed)
+        device, pin = self.device, self.pin
+        if device.type == "cpu":
+            yield from self.loader
+            return
+        for x, y in self.loader:
+            yield x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
+
+    def close(self) -> None:
+        """Stop the loader's worker processes (persistent ones stay up between passes)."""
+        iterator = getattr(self.loader, "_iterator", None)
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+__all__ = ["Batch", "ItemLoader", "ItemSplit", "conform", "pin_memory"]

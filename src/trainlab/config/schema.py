@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -366,7 +367,8 @@ def config_error(exc: ValidationError, prefix: str = "") -> ConfigError:
     """A pydantic ValidationError as one readable message naming each field and value."""
     lines = []
     first_field = None
-    for err in exc.errors():
+    errors = _merge_union_errors(exc.errors())
+    for err in errors:
         parts = [prefix] * bool(prefix) + [str(p) for p in err["loc"]]
         loc = ".".join(parts)
         first_field = first_field or loc
@@ -385,16 +387,53 @@ def config_error(exc: ValidationError, prefix: str = "") -> ConfigError:
     return ConfigError("\n".join(lines), field=first_field)
 
 
+# What pydantic appends to a location for each member of a union (``Literal["auto"] | bool``
+# fails as ``channels_last.literal['auto']`` and ``channels_last.bool``): one field, one message.
+_UNION_MEMBER = re.compile(r"^(literal\[.*\]|bool|int|float|str|none|list\[.*\]|"
+                           r"dict\[.*\]|function-.*|is-instance\[.*\])$")
+
+
+def _merge_union_errors(errors: list[Any]) -> list[dict[str, Any]]:
+    """Errors of one union field as one, its location without the members' tags and its
+    message the members' choices joined by "or" (``must be 'auto' or true/false``)."""
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    out: list[dict[str, Any]] = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        if len(loc) < 2 or not _UNION_MEMBER.match(str(loc[-1])):
+            out.append(dict(err))
+            continue
+        msg = ("true or false" if err["type"] == "bool_parsing"
+               else err["msg"].replace("Input should be ", "").replace("Value error, ", ""))
+        if loc[:-1] in merged:
+            first = merged[loc[:-1]]
+            first["msg"] = f"{first['msg']} or {msg}"
+            continue
+        first = {**err, "loc": loc[:-1], "msg": f"Input should be {msg}", "type": "union"}
+        merged[loc[:-1]] = first
+        out.append(first)
+    return out
+
+
+def _nested_fields(model: type[BaseModel], parts: list[str]) -> set[str]:
+    """The fields of the model at ``parts`` below ``model`` (``loader`` of a DataSpec)."""
+    for part in parts:
+        if part not in model.model_fields:
+            break
+        ann = model.model_fields[part].annotation
+        model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
+                      and issubclass(a, BaseModel)), model)
+    return set(model.model_fields)
+
+
 def _fields_at(section: str) -> set[str]:
     if section == "train" or section.startswith("train."):
-        model: type[BaseModel] = TrainSpec
-        for part in section.split(".")[1:]:
-            if part not in model.model_fields:
-                break
-            ann = model.model_fields[part].annotation
-            model = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type)
-                          and issubclass(a, BaseModel)), model)
-        return set(model.model_fields)
+        return _nested_fields(TrainSpec, section.split(".")[1:])
+    head, _, rest = section.partition(".")
+    if head in COMPONENT_SECTIONS and rest:
+        specs = [entry.spec for entry in REGISTRIES[head]]
+        return set().union(*(_nested_fields(spec, rest.split(".")) for spec in specs
+                             if rest.split(".")[0] in spec.model_fields))
     if section in COMPONENT_SECTIONS:
         return section_fields(section)
     if section == "lr_find":

@@ -131,6 +131,9 @@ class _Trainer:
             sampler = getattr(self, "sampler", None)
             if sampler is not None:
                 sampler.stop()
+            speed = getattr(self, "speed", None)
+            if speed is not None:  # DataLoader workers end with the run, however it ends
+                speed.close()
             try:
                 self._flush()
             except KeyboardInterrupt:
@@ -153,6 +156,7 @@ class _Trainer:
         self.elapsed_offset = 0.0
         self.checkpointed_at = self.t0  # when this process last wrote last.pt
         data = load_dataset(cfg.data, cfg.model)
+        self.notes.extend(data.info.notes)  # e.g. where hf data is read from
         self.task: TaskKind = TASKS[data.info.task]
         self.loss_fn = training_loss(cfg, self.task)  # the user's train.loss, or the task's
         seed_everything(tc.seed)
@@ -170,7 +174,12 @@ class _Trainer:
         schedule = build_schedule(cfg.schedule, optimizer,
                                   ScheduleContext(tc.epochs, steps_per_epoch))
         self.speed: Speed = decide(tc, model, device, [data.train, data.valid, data.test],
-                                   wrap=self.dist.wrap if self.dist is not None else None)
+                                   wrap=self.dist.wrap if self.dist is not None else None,
+                                   loading=cfg.data.loader)
+        if cfg.data.loader is not None and not any(
+                isinstance(s, ItemSplit) for s in (data.train, data.valid, data.test)):
+            self.notes.append("data.loader has no effect here: this data is tensors in memory, "
+                              "indexed a batch at a time without a DataLoader")
         # Evaluation runs the bare model under DDP: ranks evaluate different numbers of batches,
         # and the DDP wrapper's forward would wait for the others.
         self.eval_forward = self.speed.forward if self.dist is None else model
@@ -279,6 +288,9 @@ class _Trainer:
         first_batch = partial["batch"] if partial else 0
         self.epoch_sums = list(partial["sums"]) if partial else [0.0, 0.0, 0.0]
         time_before = partial["train_time"] if partial else 0.0
+        # Seconds the loop waited for its next batch (the time inside next(), nothing else).
+        data_wait = partial.get("data_wait", 0.0) if partial else 0.0
+        perf = time.perf_counter
         # Timed samples of this epoch before this process's first batch; those of its batches
         # are counted after the loop (a len() per step costs ~1 % of a small MLP's step).
         samples = partial.get("samples", 0) if partial else 0
@@ -304,8 +316,16 @@ class _Trainer:
             batches, loss_fn = self.dist.shard(batches, loss_fn, first_batch)
         step_schedule = schedule.after_step if schedule.per_step else None
         batch = first_batch  # batches done in this epoch (1-based index of the last one)
-        steps = speed.batches(self.train_split, batches[first_batch:])
-        for batch, (idx, x, y) in enumerate(steps, first_batch + 1):
+        steps = iter(speed.batches(self.train_split, batches[first_batch:],
+                                   seed=_loader_seed(tc.seed, epoch)))
+        while True:
+            t_fetch = perf()
+            try:
+                idx, x, y = next(steps)
+            except StopIteration:
+                break
+            data_wait += perf() - t_fetch
+            batch += 1
             if warming:
                 t_warm = self.clock.now()
             is_log = (state.step + 1) % log_every == 0
@@ -367,6 +387,7 @@ class _Trainer:
                     "epoch": epoch, "batch": batch, "sums": self.epoch_sums,
                     "train_time": time_before + spent, "evaluated_at": evaluated_at,
                     "samples": samples + _samples(batches, first_batch, batch),
+                    "data_wait": data_wait,
                     "interval": self._carry_interval()})
                 raise KeyboardInterrupt
         self._log_interval(None)
@@ -383,7 +404,9 @@ class _Trainer:
         machine_after = machine.read()
         if self.dist is not None:  # the group's samples (each rank counted its own slices)
             samples = round(self.dist.sum_float(samples))
-        values.update({"time/epoch_train": epoch_time, "time/train": state.train_time})
+        values.update({"time/epoch_train": epoch_time, "time/train": state.train_time,
+                       "time/data_wait": data_wait,
+                       "time/data_wait_frac": data_wait / epoch_time if epoch_time > 0 else 0.0})
         values.update(epoch_rates(
             samples, epoch_time, batch_size=bs, flops_per_batch=self.step_flops,
             peak_flops=self.peak_flops, peak_too_low=self._peak_too_low(),
@@ -750,6 +773,11 @@ def _frozen_keys(model: nn.Module, trained: list[Tensor]) -> set[str]:
     ids = {id(p) for p in trained}
     return {name for name, p in model.named_parameters(remove_duplicate=False)
             if id(p) not in ids}
+
+
+def _loader_seed(seed: int, epoch: int) -> int:
+    """The seed of an epoch's DataLoader workers: a function of (seed, epoch) only."""
+    return int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0])
 
 
 def _samples(batches: Sequence[Tensor], first: int, done: int) -> int:

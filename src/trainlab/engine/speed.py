@@ -16,14 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from trainlab.components.datasets import Split
-from trainlab.components.items import ItemSplit
+from trainlab.components.datasets import LoaderSpec, Split
+from trainlab.components.items import ItemLoader, ItemSplit
 from trainlab.config.schema import TrainSpec
 from trainlab.engine import allocator
 
@@ -61,19 +61,23 @@ class Speed:
     forward: nn.Module  # the compiled model, or the model itself
     compiled: bool
     threads: int  # torch's intra-op threads while the run trains
+    # How a Dataset's items are loaded (data.loader), and the run's loader of each such split.
+    loading: LoaderSpec = field(default_factory=LoaderSpec)
+    loaders: dict[int, ItemLoader] = field(default_factory=dict)
 
     def autocast(self) -> AbstractContextManager[Any]:
         if self.amp_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def batches(self, split: Split | ItemSplit, batches: Sequence[Tensor]
+    def batches(self, split: Split | ItemSplit, batches: Sequence[Tensor], seed: int = 0
                 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """(indices, inputs, targets) of each batch of ``batches`` in turn: fetched one by one
         for host-resident data, else gathered in chunks (:func:`gathered`); a Dataset's items
-        through a DataLoader whose batch sampler is ``batches``."""
+        through the split's DataLoader, whose batch sampler is ``batches`` (``seed`` seeds its
+        workers' RNGs)."""
         if isinstance(split, ItemSplit):
-            return self._item_batches(split, batches)
+            return self._item_batches(split, batches, seed)
         fetch = self.fetcher(split)
         if fetch is None:
             return gathered(split.inputs, split.targets, batches)
@@ -109,7 +113,7 @@ class Speed:
                      ) -> Iterator[tuple[Tensor, Tensor]]:
         """(inputs, targets) on the device, in order, of examples ``lo`` to ``hi``."""
         if isinstance(split, ItemSplit):
-            for x, y in split.batches(split.ranges(lo, hi, batch_size), self.device):
+            for x, y in self.item_loader(split).batches(split.ranges(lo, hi, batch_size)):
                 yield self._place(x, y)
             return
         for start in range(lo, hi, batch_size):
@@ -123,9 +127,22 @@ class Speed:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
 
-    def _item_batches(self, split: ItemSplit, batches: Sequence[Tensor]
+    def item_loader(self, split: ItemSplit) -> ItemLoader:
+        """The run's DataLoader of ``split``, made at its first pass and kept (persistent
+        workers then live across epochs)."""
+        loader = self.loaders.get(id(split))
+        if loader is None:
+            loader = self.loaders[id(split)] = ItemLoader(split, self.loading, self.device)
+        return loader
+
+    def close(self) -> None:
+        """Stop every loader's worker processes (at the end of the run, however it ends)."""
+        for loader in self.loaders.values():
+            loader.close()
+
+    def _item_batches(self, split: ItemSplit, batches: Sequence[Tensor], seed: int
                       ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        for idx, (x, y) in zip(batches, split.batches(batches, self.device)):
+        for idx, (x, y) in zip(batches, self.item_loader(split).batches(batches, seed)):
             yield (idx, *self._place(x, y))
 
     def _place(self, x: Tensor, y: Tensor, non_blocking: bool = True
@@ -150,6 +167,8 @@ class Speed:
             "data_on_device": self.data_on_device,
             "threads": self.threads,
             "steady_heap": allocator.is_steady(),
+            # Loader settings where a Dataset's items were loaded (tensors need none).
+            **({"loader": self.loading.model_dump(mode="json")} if self.loaders else {}),
         }
 
 
@@ -169,10 +188,12 @@ def _fits_on_device(splits: Sequence[Split | ItemSplit], device: torch.device) -
 
 def decide(train: TrainSpec, model: nn.Module, device: torch.device,
            splits: Sequence[Split | ItemSplit],
-           wrap: Callable[[nn.Module], nn.Module] | None = None) -> Speed:
+           wrap: Callable[[nn.Module], nn.Module] | None = None,
+           loading: LoaderSpec | None = None) -> Speed:
     """Resolve the run's speed options ("auto" included) for this model and device.
 
-    ``wrap`` (DistributedDataParallel under torchrun) wraps the model before compilation.
+    ``wrap`` (DistributedDataParallel under torchrun) wraps the model before compilation;
+    ``loading`` is ``data.loader`` (for splits that are a Dataset's items).
     """
     channels_last = (train.channels_last if isinstance(train.channels_last, bool)
                      else device.type == "cuda") and _has_conv2d(model)
@@ -186,7 +207,7 @@ def decide(train: TrainSpec, model: nn.Module, device: torch.device,
     if train.compile:
         forward = torch.compile(forward)  # type: ignore[assignment]
     return Speed(device, amp_dtype, scaler, channels_last, on_device, forward, train.compile,
-                 torch.get_num_threads())
+                 torch.get_num_threads(), loading or LoaderSpec())
 
 
 def gathered(inputs: Tensor, targets: Tensor, batches: Sequence[Tensor]
