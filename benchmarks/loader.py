@@ -1,0 +1,210 @@
+"""The input pipeline: trainlab's DataLoader path against a plain loop, and workers against none.
+
+Usage (from the repository root):  python -m benchmarks.loader [--rounds 5] [--json F]
+
+Two measurements, each with both sides in one process, alternating round by round (a shared
+machine's speed drifts by tens of percent within minutes; alternation cancels most of it):
+
+* parity: a map-style Dataset of fixed items (a synthetic 64-feature classification set,
+  4,096 items; the 64-256-10 MLP, Adam, batch 32), trained by trainlab (``data: {name:
+  python}``, ``data.loader`` as given) and by a hand-written loop over a ``DataLoader`` with
+  the same settings, the same batches (trainlab's (seed, epoch) order as its batch sampler),
+  model, optimizer and seed.  Per round, each side's median seconds per epoch over epochs 2 to
+  E (the first carries warm-up and worker start-up); the ratio trainlab/plain, median and range
+  over rounds, at 0 and at 2 workers.  Goal: within 3 %.
+* data-bound: a Dataset whose items each cost 1 ms of I/O (a sleep: a slow disk or network),
+  trained by trainlab at 0 and at 2 workers: the ratio of samples/s (median over epochs from the
+  run's records).  Goal: 2 workers at least 1.5x the samples/s of 0 on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+from benchmarks.common import steady_allocator
+
+if __name__ == "__main__":
+    steady_allocator("benchmarks.loader")
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from trainlab.components import build_model, build_optimizer, load_dataset
+from trainlab.config.schema import RunConfig, resolve_run
+from trainlab.engine import epoch_permutation, train
+from trainlab.engine.speed import intra_op_threads
+from trainlab.records import NullSink
+
+DATA = '''
+import time
+
+import torch
+from torch.utils.data import Dataset
+
+
+class Items(Dataset):
+    """Fixed items; ``io_s`` seconds of I/O (a sleep) per item."""
+
+    def __init__(self, n, seed, io_s=0.0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 64, generator=g)
+        self.y = (self.x[:, :10].argmax(1))
+        self.io_s = io_s
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        if self.io_s:
+            time.sleep(self.io_s)
+        return self.x[i], int(self.y[i])
+
+
+def items(n=4096, io_s=0.0):
+    return {"train": Items(n, 0, io_s), "valid": Items(256, 1), "test": Items(256, 2)}
+'''
+
+
+def _raw(folder: Path, workers: int, epochs: int, n: int, io_s: float) -> dict[str, Any]:
+    return {
+        "data": {"name": "python", "target": str(folder / "benchdata.py") + ":items",
+                 "args": {"n": n, "io_s": io_s}, "task": "classification", "num_classes": 10,
+                 "batch_size": 32, "loader": {"workers": workers}},
+        "model": {"name": "mlp", "hidden_dim": 256},
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        # One intra-op thread on both sides: the workers need the other core.
+        "train": {"epochs": epochs, "checkpoint": False, "threads": 1},
+    }
+
+
+def trainlab_epochs(raw: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """trainlab's (seconds per epoch, samples/s per epoch) of one run."""
+    sink = NullSink()
+    outcome = train(resolve_run(raw), sink=sink)
+    if outcome.status != "ok":
+        raise SystemExit(f"trainlab run failed: {outcome.error}")
+    times = [r.value for r in sink.records if r.key == "time/epoch_train"]
+    rates = [r.value for r in sink.records if r.key == "throughput/samples_per_s"]
+    return times, rates
+
+
+def plain_epochs(raw: dict[str, Any]) -> list[float]:
+    """A hand-written loop over a DataLoader with the same settings, batches, model, optimizer
+    and seed: seconds per epoch, from iter() to the last step's end."""
+    config = resolve_run(raw)
+    with intra_op_threads(config.train.threads):
+        return _plain_epochs(config)
+
+
+def _plain_epochs(config: RunConfig) -> list[float]:
+    data = load_dataset(config.data, config.model)
+    torch.manual_seed(config.train.seed)
+    model = build_model(config.model, data.info)
+    opt = build_optimizer(config.optimizer, model.parameters())
+    loss_fn = torch.nn.functional.cross_entropy
+    settings = config.data.loader
+    assert settings is not None
+    batches: list[list[int]] = []
+
+    class Sampler:
+        def __iter__(self) -> Any:
+            return iter(batches)
+
+        def __len__(self) -> int:
+            return len(batches)
+
+    extra = ({"prefetch_factor": settings.prefetch, "persistent_workers": settings.persistent}
+             if settings.workers else {})
+    loader = DataLoader(data.train.items, batch_sampler=Sampler(),  # type: ignore[union-attr]
+                        num_workers=settings.workers, collate_fn=data.train.collate,  # type: ignore[union-attr]
+                        generator=torch.Generator().manual_seed(0), **extra)
+    seconds = []
+    model.train()
+    for epoch in range(1, config.train.epochs + 1):
+        order = epoch_permutation(len(data.train), config.train.seed, epoch)
+        batches[:] = [b.tolist() for b in order.split(config.data.batch_size)]
+        t = time.perf_counter()
+        for x, y in loader:
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+        seconds.append(time.perf_counter() - t)
+    return seconds
+
+
+def parity(folder: Path, workers: int, rounds: int, epochs: int) -> dict[str, Any]:
+    raw = _raw(folder, workers, epochs, 4096, 0.0)
+    ratios, ms = [], {"trainlab": [], "plain": []}
+    for r in range(rounds + 1):  # round 0 warms up and is left out
+        sides = ["trainlab", "plain"] if r % 2 else ["plain", "trainlab"]
+        epoch_s: dict[str, float] = {}
+        for side in sides:
+            times = trainlab_epochs(raw)[0] if side == "trainlab" else plain_epochs(raw)
+            epoch_s[side] = statistics.median(times[1:])
+        if r:
+            ratios.append(epoch_s["trainlab"] / epoch_s["plain"])
+            for side, value in epoch_s.items():
+                ms[side].append(value * 1e3)
+    return {"workers": workers, "trainlab_vs_plain": statistics.median(ratios),
+            "range": [min(ratios), max(ratios)],
+            "epoch_ms": {k: statistics.median(v) for k, v in ms.items()}, "rounds": rounds}
+
+
+def data_bound(folder: Path, rounds: int, epochs: int) -> dict[str, Any]:
+    speedups, rates = [], {0: [], 2: []}
+    for r in range(rounds):
+        order = [0, 2] if r % 2 else [2, 0]
+        per = {}
+        for workers in order:
+            per[workers] = statistics.median(trainlab_epochs(
+                _raw(folder, workers, epochs, 512, 0.001))[1])
+            rates[workers].append(per[workers])
+        speedups.append(per[2] / per[0])
+    return {"io_ms_per_item": 1.0, "speedup_2_vs_0": statistics.median(speedups),
+            "range": [min(speedups), max(speedups)],
+            "samples_per_s": {str(k): statistics.median(v) for k, v in rates.items()},
+            "rounds": rounds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    load = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "benchdata.py").write_text(DATA)
+        sys.path.insert(0, str(folder))
+        results = {"parity": [parity(folder, w, args.rounds, args.epochs) for w in (0, 2)],
+                   "data_bound": data_bound(folder, args.rounds, args.epochs),
+                   "threads": torch.get_num_threads(), "cores": os.cpu_count(),
+                   "load_before": list(load), "load_after": list(os.getloadavg())}
+    print("| workers | trainlab ms/epoch | plain ms/epoch | trainlab/plain [range] |\n"
+          "|---|---|---|---|")
+    for p in results["parity"]:
+        lo, hi = p["range"]
+        print(f"| {p['workers']} | {p['epoch_ms']['trainlab']:.1f} | {p['epoch_ms']['plain']:.1f}"
+              f" | {p['trainlab_vs_plain']:.3f} [{lo:.3f}-{hi:.3f}] |")
+    d = results["data_bound"]
+    lo, hi = d["range"]
+    print(f"\ndata-bound (1 ms of I/O per item): samples/s at 0 workers "
+          f"{d['samples_per_s']['0']:.0f}, at 2 workers {d['samples_per_s']['2']:.0f}: "
+          f"{d['speedup_2_vs_0']:.2f}x [{lo:.2f}-{hi:.2f}]")
+    print(f"load average before {load[0]:.2f}, after {results['load_after'][0]:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
