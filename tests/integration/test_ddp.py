@@ -48,8 +48,41 @@ def _by_epoch(metrics: Any, key: str) -> list[float]:
     return list(rows["value"])
 
 
-def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(tmp_path: Path) -> None:
-    config = _write(tmp_path, SWEEP)
+# A Dataset of the user's own, read item by item through one DataLoader worker per rank: each
+# rank loads its slice of every global batch.
+ITEMS = """
+import torch
+from torch.utils.data import Dataset
+
+
+class Items(Dataset):
+    def __init__(self):
+        g = torch.Generator().manual_seed(3)
+        self.x = torch.randn(300, 10, generator=g)
+        self.y = self.x[:, :4].argmax(1)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def items():
+    return {"train": Items()}
+"""
+OWN_DATA = {"name": "python", "target": "ddpdata.py:items", "task": "classification",
+            "num_classes": 4, "batch_size": 16, "loader": {"workers": 1}}
+
+
+@pytest.mark.parametrize("data", [None, OWN_DATA], ids=["tensors", "dataset-with-workers"])
+def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(
+        tmp_path: Path, data: dict[str, Any] | None) -> None:
+    doc = copy.deepcopy(SWEEP)
+    if data is not None:
+        (tmp_path / "ddpdata.py").write_text(ITEMS)
+        doc["data"] = data
+    config = _write(tmp_path, doc)
     store = tmp_path / "store"
     result = runner.invoke(app, ["run", str(config), "--store", str(store), "--nproc", "2"])
     assert result.exit_code == 0, result.output
@@ -59,11 +92,11 @@ def test_two_gloo_ranks_match_one_process_on_the_same_global_batch(tmp_path: Pat
     assert run["config"]["train"]["nproc"] == 2 and run["env"]["nproc"] == 2
     ddp = st.metrics([run["run_id"]])
     # The single-process run: same config but one process, trained here.
-    raw = copy.deepcopy(SWEEP)
+    raw = copy.deepcopy(doc)
     del raw["name"]
     sink = NullSink()
     single_dir = tmp_path / "single"
-    outcome = train(resolve_run(raw), run_dir=single_dir, sink=sink)
+    outcome = train(resolve_run(raw, root=str(tmp_path)), run_dir=single_dir, sink=sink)
     assert outcome.status == "ok"
     single = {(r.key, r.step): r.value for r in sink.records}
     # The same rows (DDP adds each rank's peak memory), no duplicates.
