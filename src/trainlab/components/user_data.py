@@ -111,6 +111,7 @@ def _split(value: Any, name: str, spec: PythonDataSpec) -> AnySplit:
     split = ItemSplit(value, int(size), spec.task)
     if size:
         _check_item(split, where, spec.task)
+        _check_shapes(split, where)
     return split
 
 
@@ -139,6 +140,34 @@ def _check_item(split: ItemSplit, where: str, task: str) -> None:
         _fail(f"{where}: item 0 cannot be batched ({type(exc).__name__}: {exc}); inputs and "
               "targets must be tensors, arrays or numbers")
     _check_dtypes(torch.as_tensor(x), torch.as_tensor(y), where, task, " of item 0")
+
+
+def _check_shapes(split: ItemSplit, where: str) -> None:
+    """A few items besides item 0 (the second, the middle and the last): shaped as item 0 is,
+    or a batch of them cannot be stacked.  Bad input now rather than a failed run at the
+    first batch that holds such an item (an unread one still fails there, naming it)."""
+    n = len(split)
+    first = _shapes(split.items[0])
+    for i in sorted({1, n // 2, n - 1} - {0}):
+        if i >= n:
+            continue
+        try:
+            item = split.items[i]
+        except Exception as exc:
+            _fail(f"{where}: reading item {i} raised {where_raised(exc)}")
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            _fail(f"{where}: item {i} is a {type(item).__name__}; a Dataset's items must be "
+                  "(input, target) pairs")
+        shapes = _shapes(item)
+        if shapes != first:
+            _fail(f"{where}: item {i} has (input, target) shapes {shapes[0]}, {shapes[1]} but "
+                  f"item 0 has {first[0]}, {first[1]}; every item must have the same shapes "
+                  "(pad or crop in __getitem__, or pass a collate-ready Dataset)")
+
+
+def _shapes(item: Any) -> tuple[list[int], list[int]]:
+    return tuple(list(np.shape(v)) if not isinstance(v, Tensor) else list(v.shape)
+                 for v in item)  # type: ignore[return-value]
 
 
 def _check_dtypes(x: Tensor, y: Tensor, where: str, task: str, of: str) -> None:

@@ -330,3 +330,33 @@ def test_two_ranks_shard_a_dataset(tmp_path: Path) -> None:
     result = runner.invoke(app, ["run", str(path), "--store", str(tmp_path / "store"),
                                  "--nproc", "2"])
     assert result.exit_code == 0, result.output
+
+
+RAGGED = '''
+import torch
+from torch.utils.data import Dataset
+
+
+class Ragged(Dataset):
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        width = 6 if i < 20 else 7  # the second half is one feature wider
+        return torch.zeros(width), 0
+
+
+def ragged():
+    return {"train": Ragged()}
+'''
+
+
+def test_items_of_different_shapes_are_exit_2_naming_the_item(tmp_path: Path) -> None:
+    (tmp_path / "ragged.py").write_text(RAGGED)
+    path = _write(tmp_path, {"target": "ragged.py:ragged", "task": "classification",
+                             "num_classes": 2})
+    result = runner.invoke(app, ["run", str(path), "--store", str(tmp_path / "store")])
+    assert result.exit_code == 2, result.output
+    assert "data.target" in result.output and "item 20" in result.output
+    assert "[7]" in result.output and "[6]" in result.output
+    assert "Traceback" not in result.output
