@@ -1,4 +1,8 @@
-"""Self-documentation: every registered component and its options, read from the specs."""
+"""Self-documentation read from the code: every registered component and its options (from the
+specs).  The command reference (from the typer app) and the rewriting of the documentation's
+generated blocks are :mod:`trainlab.cli.reference`'s: ``python -m trainlab.cli.reference
+--update docs/reference/config.md docs/reference/commands.md``.
+"""
 
 from __future__ import annotations
 
@@ -69,7 +73,8 @@ def _cell(value: Any) -> str:
 
 
 def markdown(kinds: list[str] | None = None) -> str:
-    """The config reference as Markdown (the README embeds this; a test keeps them equal)."""
+    """The config reference as Markdown (docs/reference/config.md embeds it; a test keeps them
+    equal)."""
     lines: list[str] = []
     for entry in describe(list(kinds or KINDS)):
         title = (entry["kind"] if entry["kind"] in _SECTIONS
@@ -84,22 +89,3 @@ def markdown(kinds: list[str] | None = None) -> str:
                          f"{_cell(f['description'])} |")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"
-
-
-def update_readme(path: str) -> None:
-    """Replace the README's generated reference block with the current one."""
-    from pathlib import Path
-
-    start, end = "<!-- reference:start -->\n", "<!-- reference:end -->"
-    text = Path(path).read_text()
-    head, rest = text.split(start, 1)
-    Path(path).write_text(head + start + markdown() + end + rest.split(end, 1)[1])
-
-
-if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) == 3 and sys.argv[1] == "--update":
-        update_readme(sys.argv[2])
-    else:
-        print(markdown(), end="")

@@ -12,7 +12,8 @@ whose steps it has already seen and MLflow keeps both copies; TensorBoard purges
 after the checkpoint's step, as the store does.
 
 Each tracker is an optional extra (``pip install "trainlab[wandb]"``, ``[mlflow]``,
-``[tensorboard]``) configured by the tool's own environment variables (see the README).
+``[tensorboard]``) configured by the tool's own environment variables (see
+docs/guides/scaling-out.md).
 """
 
 from __future__ import annotations

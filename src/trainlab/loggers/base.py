@@ -49,7 +49,7 @@ class Tracker(Protocol):
 
 
 class LoggerSpec(Spec):
-    """A tracker takes its settings from its own environment variables (see the README)."""
+    """A tracker takes its settings from its own environment variables (docs: scaling out)."""
 
 
 LOGGERS: Registry[Any] = Registry("logger")
