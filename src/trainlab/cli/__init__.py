@@ -68,9 +68,11 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
+        from trainlab.engine.interrupt import exit_code, signal_name
+
         signal.signal(signal.SIGINT, _exit_now)
-        err.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        err.print(f"[yellow]interrupted ({signal_name()})[/]")
+        sys.exit(exit_code())
     finally:
         signal.signal(signal.SIGINT, _exit_now)
 

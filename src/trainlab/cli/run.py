@@ -114,9 +114,15 @@ def run(
         st.set_estimates({k: e.to_dict() for k, e in estimates.items()})
     from trainlab.engine.interrupt import graceful_sigint
 
-    def notify() -> None:
-        err.print("\n[yellow]Ctrl-C:[/] stopping after the current step and saving state; "
-                  "press Ctrl-C again to quit at once.")
+    def notify(signum: int) -> None:
+        from trainlab.engine.interrupt import signal_name
+
+        name = signal_name(signum)
+        again = "press Ctrl-C again" if name == "Ctrl-C" else f"a second {name} will stop it"
+        err.print(f"\n[yellow]{name}:[/] stopping after the current step and saving state; "
+                  f"{again} to quit at once.")
+
+    from trainlab.store.sqlite import StoreFull
 
     try:
         observer = _Progress(the_plan, quiet=quiet or as_json)
@@ -125,6 +131,10 @@ def run(
                 result = prepared.executor.execute(the_plan, prepared.store, observer)
         finally:
             observer.close()
+    except StoreFull as exc:
+        _remove_partial_files(st, the_plan)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
     finally:
         prepared.close()  # trackers finished, workers ended
     if as_json:
@@ -132,8 +142,22 @@ def run(
     else:
         _print_summary(the_plan, st)
         if result.interrupted:
-            err.print("[yellow]interrupted:[/] state saved; rerun the same command to resume.")
+            from trainlab.engine.interrupt import signal_name
+
+            err.print(f"[yellow]interrupted ({signal_name()}):[/] state saved; rerun the same "
+                      "command to resume.")
     raise typer.Exit(result.exit_code)
+
+
+def _remove_partial_files(store: Any, plan: Plan) -> None:
+    """Checkpoints half-written when the disk filled (``*.tmp``, replaced by rename when
+    whole) of the runs this command was to train: they only hold space."""
+    import contextlib
+
+    for planned in plan.todo:
+        for tmp in store.run_dir(planned.run_id).glob("*.tmp"):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 def _warn_slow_precision(plan: Plan) -> None:
@@ -254,9 +278,13 @@ def _metric_name(summary: Mapping[str, Any]) -> str | None:
 
 def _print_summary(plan: Plan, store: Any) -> None:
     from trainlab.config.keys import short_names
+    from trainlab.store.sqlite import held_elsewhere
 
     runs = store.runs(plan.sweep.name).set_index("run_id")
     labels = short_names(plan.varied)
+    # Runs another live process is training: "running" here would read as this command's.
+    elsewhere = {rid: info for rid, info in store.statuses([p.run_id for p in plan.runs]).items()
+                 if info["status"] == "running" and held_elsewhere(info)}
     summaries = {p.run_id: (runs.loc[p.run_id, "summary"] if p.run_id in runs.index else {})
                  for p in plan.runs}
     metric = next((m for m in map(_metric_name, summaries.values()) if m), None) or "loss"
@@ -265,10 +293,13 @@ def _print_summary(plan: Plan, store: Any) -> None:
     columns = ["#", "run", *labels.values(), "status", "best ep", f"valid {abbrev}",
                f"test {abbrev}", "train s", *COST_COLUMNS]
     for col in columns:
-        table.add_column(col, justify="left" if col in ("run", "status") else "right")
+        table.add_column(col, justify="left" if col in ("run", "status") else "right",
+                         no_wrap=col == "status")
     for planned in plan.runs:
         summary = summaries[planned.run_id]
         status = runs.loc[planned.run_id, "status"] if planned.run_id in runs.index else "?"
+        if planned.run_id in elsewhere:
+            status = "training elsewhere"
         cells = [format_value(summary.get(k)) if summary.get(k) is not None else "" for k in
                  ("best_epoch", f"best_valid_{metric}", f"test_{metric}")]
         table.add_row(str(planned.index), planned.run_id[:8],
@@ -276,6 +307,11 @@ def _print_summary(plan: Plan, store: Any) -> None:
                       f"{summary['train_time']:.1f}" if "train_time" in summary else "",
                       *cost_cells(summary))
     out.print(table)
+    if elsewhere:
+        where = sorted({f"pid {i['pid']} on {i['host']}" for i in elsewhere.values()})
+        err.print(f"[cyan]note:[/] {len(elsewhere)} run(s) of this sweep are being trained by "
+                  f"another process ({', '.join(where)}); this command left them to it. "
+                  "Rerun the same command, or `trainlab ls`, once it ends.", highlight=False)
 
 
 def _sweep_json(plan: Plan, store: Any) -> dict[str, Any]:

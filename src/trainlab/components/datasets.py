@@ -309,21 +309,56 @@ class NpzSpec(_FileSpec):
     """A local .npz with arrays x, y (split here) or x_train, y_train, x_valid, ... (kept)."""
 
 
+def _rows(rows: np.ndarray, first: int = 0) -> str:
+    shown = ", ".join(str(int(r) + first) for r in rows[:10])
+    return shown + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+
+
+def _check_finite(path: str, name: str, values: np.ndarray) -> None:
+    """NaN or inf inputs or targets: refused before training (they would only show up later
+    as a diverged loss, blaming the run)."""
+    if not np.issubdtype(values.dtype, np.floating) and not np.issubdtype(values.dtype,
+                                                                          np.complexfloating):
+        return
+    bad = ~np.isfinite(values)
+    if not bad.any():
+        return
+    rows = np.flatnonzero(bad.reshape(len(values), -1).any(axis=1)) if values.ndim else \
+        np.array([0])
+    raise ConfigError(
+        f"data file {path!r}: array {name!r} has {int(bad.sum())} NaN or infinite value(s), in "
+        f"rows {_rows(rows)} (counting from 0); training on them would diverge. Remove or fill "
+        "those rows first.", field="data.path")
+
+
 @DATASETS.register("npz", spec=NpzSpec)
 def build_npz(spec: NpzSpec) -> Dataset:
     """A local NumPy .npz file: keys x and y, or x_train/y_train/x_valid/y_valid/x_test/y_test."""
+    import zipfile
+    import zlib
+
     path = _existing(spec.path, "data.path")
-    with np.load(path, allow_pickle=False) as arrays:
-        keys = set(arrays.files)
-        if {"x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test"} <= keys:
-            parts = [(arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in ("train", "valid", "test")]
-            task = _infer_task(np.concatenate([p[1] for p in parts]), spec.task)
-            return _assemble(path.stem, parts[0], parts[1], parts[2], task)
-        if {"x", "y"} <= keys:
-            x, y = arrays["x"], arrays["y"]
-            if len(x) != len(y):
-                raise ConfigError(f"data file {spec.path!r}: x has {len(x)} rows, y has {len(y)}")
-            return _from_arrays(path.stem, x, y, _infer_task(y, spec.task), spec, x.shape[1:])
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            keys = set(arrays.files)
+            loaded = {k: arrays[k] for k in keys & {"x", "y", "x_train", "y_train", "x_valid",
+                                                    "y_valid", "x_test", "y_test"}}
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as exc:
+        raise ConfigError(
+            f"`data.path`: {spec.path!r} could not be read as a NumPy .npz file "
+            f"({type(exc).__name__}: {exc}); write it with numpy.savez(path, x=..., y=...)",
+            field="data.path") from None
+    for name in sorted(loaded):
+        _check_finite(spec.path, name, loaded[name])
+    if {"x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test"} <= keys:
+        parts = [(loaded[f"x_{s}"], loaded[f"y_{s}"]) for s in ("train", "valid", "test")]
+        task = _infer_task(np.concatenate([p[1] for p in parts]), spec.task)
+        return _assemble(path.stem, parts[0], parts[1], parts[2], task)
+    if {"x", "y"} <= keys:
+        x, y = loaded["x"], loaded["y"]
+        if len(x) != len(y):
+            raise ConfigError(f"data file {spec.path!r}: x has {len(x)} rows, y has {len(y)}")
+        return _from_arrays(path.stem, x, y, _infer_task(y, spec.task), spec, x.shape[1:])
     raise ConfigError(
         f"data file {spec.path!r} has arrays {sorted(keys)}; expected x and y, or "
         "x_train, y_train, x_valid, y_valid, x_test and y_test", field="data.path")
@@ -350,15 +385,36 @@ def build_csv(spec: CsvSpec) -> Dataset:
     if target not in frame.columns:
         raise ConfigError(f"`data.target`: column {target!r} is not in {spec.path!r}; columns: "
                           f"{', '.join(map(str, frame.columns))}", field="data.target")
+    # Missing cells (empty, nan, NA) and infinities: named by column and line before anything
+    # else, since they also make a numeric column look like text.
+    numeric = {c: pd.api.types.is_numeric_dtype(frame[c]) and
+               not pd.api.types.is_bool_dtype(frame[c]) for c in frame.columns}
+    holes = []
+    for column in frame.columns:
+        missing = np.array(frame[column].isna(), dtype=bool)
+        if numeric[column]:
+            missing |= ~np.isfinite(frame[column].to_numpy(np.float64, na_value=np.nan))
+        if missing.any():
+            holes.append(f"column {str(column)!r} on line(s) "
+                         f"{_rows(np.flatnonzero(missing), 2)}")
+    if holes:
+        raise ConfigError(
+            f"data file {spec.path!r} has missing, NaN or infinite cells: {'; '.join(holes)} "
+            "(line 1 is the header); fill or drop those rows first.", field="data.path")
     features = frame.drop(columns=[target])
-    bad = [str(c) for c in features.columns if not np.issubdtype(features[c].dtype, np.number)]
+    bad = [str(c) for c in features.columns if not numeric[c]]
     if bad:
         raise ConfigError(f"data file {spec.path!r}: feature columns must be numeric; "
                           f"not numeric: {', '.join(bad)}")
-    y = frame[target].to_numpy()
-    task = _infer_task(y, spec.task)
-    if task == "classification" and not np.issubdtype(y.dtype, np.number):
-        y = np.unique(y, return_inverse=True)[1]
+    if numeric[target]:
+        y = frame[target].to_numpy()
+        task = _infer_task(y, spec.task)
+    else:  # text labels: classes, in sorted order
+        if spec.task == "regression":
+            raise ConfigError(f"`data.task`: regression needs a numeric target, but column "
+                              f"{target!r} of {spec.path!r} holds text", field="data.task")
+        task = "classification"
+        y = np.unique(frame[target].astype(str).to_numpy(), return_inverse=True)[1]
     return _from_arrays(path.stem, features.to_numpy(np.float32), y, task, spec)
 
 

@@ -117,7 +117,18 @@ def apply_overrides(doc: dict[str, Any], items: list[str]) -> dict[str, Any]:
     return doc
 
 
+# The sweep's name names its report folder and files: it must fit a file name (255 bytes on
+# most file systems) with room for what reports add to it.
+MAX_NAME_BYTES = 100
+
+
 def validate_sweep(doc: dict[str, Any], source: str) -> SweepConfig:
+    name = doc.get("name")
+    if isinstance(name, str) and len(name.encode("utf-8")) > MAX_NAME_BYTES:
+        raise ConfigError(
+            f"{source}: `name`: the sweep's name is {len(name)} characters long "
+            f"({name[:40]!r}...); at most {MAX_NAME_BYTES} bytes (UTF-8) are allowed, since "
+            "it names the report's folder and files. Choose a shorter name.", field="name")
     try:
         return SweepConfig.model_validate(doc)
     except ValidationError as exc:
@@ -132,9 +143,13 @@ def load_sweep(path: str | Path | None = None, *, example: str | None = None,
         text, source = example_text(example), f"example {example!r}"
     elif path is not None:
         p = Path(path)
+        if p.is_dir():
+            inside = sorted(f.name for f in p.iterdir() if f.suffix in (".yaml", ".yml"))[:5]
+            raise ConfigError(
+                f"`CONFIG`: {str(path)!r} is a directory, not a sweep file; give the YAML file"
+                + (f" (in it: {', '.join(inside)})" if inside else ""), field="CONFIG")
         if not p.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist"
-                              + (" (it is a directory)" if p.is_dir() else ""), field="CONFIG")
+            raise ConfigError(f"config file {str(path)!r} does not exist", field="CONFIG")
         text, source = p.read_text(), str(path)
     else:
         raise ConfigError("give a CONFIG file or --example NAME (see `trainlab examples`)")

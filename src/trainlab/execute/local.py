@@ -58,9 +58,10 @@ class SweepResult:
 
     @property
     def exit_code(self) -> int:
-        """0 every run of the sweep ok; 1 some run failed or diverged; 130 interrupted."""
+        """0 every run of the sweep ok; 1 some run failed or diverged; 128 + the signal when
+        interrupted (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1)."""
         if self.interrupted:
-            return 130
+            return interrupt.exit_code()
         trained = {o.run_id for o in self.outcomes}
         skipped_bad = any(r.status == "diverged" and r.run_id not in trained
                           for r in self.plan.runs)
@@ -124,6 +125,9 @@ def run_one(planned: PlannedRun, store: RunStore, callbacks: Sequence[Callback] 
         outcome = RunOutcome(planned.run_id, "interrupted", "interrupted by the user", {})
     finally:
         torch.set_num_threads(threads)
+    if outcome.status == "interrupted" and interrupt.signal_name() != "Ctrl-C":
+        outcome = RunOutcome(planned.run_id, "interrupted",
+                             f"interrupted by {interrupt.signal_name()}", outcome.summary)
     store.finish_run(planned.run_id, outcome.status, outcome.error, {**outcome.summary, **extra})
     return outcome
 

@@ -174,9 +174,10 @@ class PoolExecutor:
             worker.conn.close()
         del self.workers[len(plan.todo):]
         if self.start_method == "fork" and any(
-                (p.run.config.train.threads or 1) > 1 for p in plan.todo):
+                isinstance(t := p.run.config.train.threads, int) and t > 1 for p in plan.todo):
             # A run that sets train.threads above one would use the OpenMP pool in a forked
-            # child: spawn the workers instead (see the module doc).
+            # child: spawn the workers instead (see the module doc).  ``auto`` never goes
+            # above the worker's one thread.
             self.start_method = "spawn"
         slots = gpu_slots(self.jobs)
         for planned in plan.todo:
@@ -353,6 +354,7 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 def _worker_main(conn: Connection, threads: int) -> None:
     """A worker: train the runs it is sent until told to exit (or its parent is gone)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; see the module doc
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Slurm signals every process of the step
     signal.signal(signal.SIGUSR1, lambda signum, frame: interrupt.request_stop())
     from trainlab.execute.local import run_one
 

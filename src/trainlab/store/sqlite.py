@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, TrainlabError
 from trainlab.records import DONE, MetricRecord
 
 DEFAULT_STORE = "trainlab-runs"
@@ -131,6 +131,86 @@ def _zombie(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[:1] == ["Z"]
 
 
+class StoreFull(TrainlabError):
+    """The store's disk (or SQLite's size limit) is full: the write was rolled back."""
+
+    def __init__(self, root: Path, exc: BaseException) -> None:
+        import shutil
+
+        self.root = root
+        try:
+            free = f"{shutil.disk_usage(root).free / 2**20:,.0f} MiB free"
+        except OSError:
+            free = "free space unknown"
+        super().__init__(
+            f"the store at {str(root)!r} is full ({exc}; {free} on its file system): the last "
+            "write was rolled back, so the store is consistent. Free some space (or move the "
+            "store and pass --store), then rerun the same command to resume.")
+
+
+def _full(exc: BaseException) -> bool:
+    import errno
+
+    return ("database or disk is full" in str(exc)
+            or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC))
+
+
+def _not_writable(root: Path, db: Path) -> str | None:
+    """Why this process cannot write the store (None: it can).  ``os.access`` also reports a
+    read-only file system to root, whom permissions do not stop."""
+    if not os.access(root, os.W_OK):
+        return f"cannot write to the directory {root}"
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        if path.exists() and not os.access(path, os.W_OK):
+            return f"cannot write to {path}"
+    return None
+
+
+def _read_only_error(exc: BaseException) -> bool:
+    text = str(exc).replace("-", "").replace(" ", "")
+    return "readonly" in text or "unabletoopendatabasefile" in text
+
+
+def _damage_error(exc: BaseException) -> bool:
+    return any(s in str(exc) for s in ("malformed", "not a database", "database corrupt"))
+
+
+def truncated(db: Path) -> str | None:
+    """Whether the database file is shorter than its own header says (a copy cut short, a
+    disk that filled mid-write): what it lacks, else None.  Reads 100 bytes."""
+    try:
+        wal = db.with_name(db.name + "-wal")
+        if wal.is_file() and wal.stat().st_size > 0:
+            # Another connection is (or was) writing: a checkpoint copies pages from the WAL
+            # into the file page 1 first, so the header can count pages not yet written.
+            # SQLite reads those from the WAL; a short file here is not damage.
+            return None
+        with db.open("rb") as fh:
+            header = fh.read(100)
+        size = db.stat().st_size
+    except OSError:
+        return None
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        return None if not header else "the file is not an SQLite database"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[24:28] == header[92:96]  # the page count is kept up to date
+    if valid and pages and size < pages * page_size:
+        return (f"the file holds {size:,} bytes but its header counts {pages} pages of "
+                f"{page_size} bytes ({pages * page_size:,} bytes): it was cut short")
+    return None
+
+
+def damaged_message(db: Path, what: str) -> str:
+    """The message for a damaged database, with how to recover (it is left untouched)."""
+    fixed = db.with_name("fixed.db")
+    return (f"the store's database {db} is damaged ({what}); trainlab has not changed it. "
+            f"To recover what it still holds: sqlite3 {db} \".recover\" | sqlite3 {fixed} , "
+            f"then keep the damaged file aside and move {fixed.name} to {db.name} (or restore "
+            "the store from a backup). Checkpoints under runs/ are untouched.")
+
+
 def store_path(path: str | os.PathLike[str] | None = None) -> Path:
     """The store directory: ``path``, else $TRAINLAB_STORE, else ./trainlab-runs."""
     return Path(path or os.environ.get("TRAINLAB_STORE") or DEFAULT_STORE).expanduser()
@@ -152,10 +232,18 @@ class Store:
         self.root = root
         self.db_path = root / "trainlab.db"
         self.read_only = False
+        self.read_only_why = ""
         if not create and not self.db_path.is_file():
             raise ConfigError(f"no trainlab store at {str(root)!r} (looked for {self.db_path}); "
                               "run a sweep first, or pass --store / set TRAINLAB_STORE",
                               field="--store")
+        damage = truncated(self.db_path)
+        if damage:
+            raise self._damaged(damage)
+        why = _not_writable(root, self.db_path) if self.db_path.is_file() else None
+        if why:  # a read-only directory, file or file system: readers read, writers refuse
+            self._open_read_only(why)
+            return
         try:
             if create:
                 root.mkdir(parents=True, exist_ok=True)
@@ -171,10 +259,15 @@ class Store:
                     f"the store at {str(root)!r} is locked by another process (waited "
                     f"{timeout:g} s); wait for it or use another --store", field="--store"
                 ) from None
-            if create or "readonly" not in str(exc).replace("-", "").replace(" ", ""):
+            if _damage_error(exc):
+                raise self._damaged(str(exc)) from None
+            if not self.db_path.is_file() or not _read_only_error(exc):
                 raise self._unusable(exc) from None
-            self._open_read_only()
-        except (OSError, sqlite3.Error) as exc:
+            self._open_read_only(str(exc))
+        except sqlite3.DatabaseError as exc:
+            raise (self._damaged(str(exc)) if _damage_error(exc) else self._unusable(exc)) \
+                from None
+        except OSError as exc:
             raise self._unusable(exc) from None
 
     def _unusable(self, exc: BaseException) -> ConfigError:
@@ -182,12 +275,26 @@ class Store:
                            "writable directory with --store or TRAINLAB_STORE.",
                            field="--store")
 
-    def _open_read_only(self) -> None:
-        """Readers of a store on read-only media: no locks, no migration."""
-        self.conn = sqlite3.connect(f"file:{self.db_path}?immutable=1", uri=True,
-                                    isolation_level=None)
-        self.read_only = True
-        version = self._version()
+    def _damaged(self, what: str) -> ConfigError:
+        return ConfigError(damaged_message(self.db_path, what), field="--store")
+
+    def _open_read_only(self, why: str) -> None:
+        """Readers of a store they cannot write (read-only media, directory or file): no locks,
+        no migration.  ``mode=ro`` sees a live writer's WAL; where SQLite cannot open it that
+        way (a WAL database whose -shm file cannot be created), ``immutable=1``."""
+        self.read_only, self.read_only_why = True, why
+        uri = self.db_path.resolve().as_uri()
+        try:
+            self.conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None)
+            self.conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if _damage_error(exc):
+                raise self._damaged(str(exc)) from None
+            self.conn = sqlite3.connect(f"{uri}?immutable=1", uri=True, isolation_level=None)
+        try:
+            version = self._version()
+        except sqlite3.DatabaseError as exc:
+            raise self._damaged(str(exc)) from None
         if version is None:
             raise ConfigError(f"{self.db_path} is not a trainlab store", field="--store")
         if version != SCHEMA_VERSION:
@@ -195,6 +302,12 @@ class Store:
                               f"version {version}; this trainlab reads version "
                               f"{SCHEMA_VERSION}. Open it once with write access to upgrade it.",
                               field="--store")
+
+    def read_only_message(self) -> str:
+        """Why a writer cannot use this store (it is read-only)."""
+        return (f"the store at {str(self.root)!r} is read-only ({self.read_only_why}): `ls`, "
+                "`show`, `report` and `compare` can read it, but training writes to it. Make "
+                "it writable, or choose another store with --store or TRAINLAB_STORE.")
 
     # --- schema --------------------------------------------------------------------------------
 
@@ -232,6 +345,8 @@ class Store:
         return self._version()
 
     def _tx(self) -> _Transaction:
+        if self.read_only:
+            raise ConfigError(self.read_only_message(), field="--store")
         return _Transaction(self.conn, self.root)
 
     def close(self) -> None:
@@ -489,5 +604,17 @@ class _Transaction:
             raise ConfigError(f"the store at {str(self.root)!r} is locked by another process; "
                               "wait for it or use another --store", field="--store") from None
 
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        try:
+            if not exc_type:
+                self.conn.execute("COMMIT")
+            elif self.conn.in_transaction:  # SQLite rolls back itself on some errors (FULL)
+                self.conn.execute("ROLLBACK")
+        except sqlite3.OperationalError as failed:
+            if not _full(failed):
+                raise
+            exc = failed
+        if exc is not None and _full(exc):
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise StoreFull(self.root, exc) from None

@@ -124,6 +124,54 @@ def test_csv(tmp_path: Path) -> None:
         _data(name="csv", path=str(tmp_path / "d.csv"), target="nope")
 
 
+def test_a_garbage_npz_names_the_file(tmp_path: Path) -> None:
+    """A zip header then random bytes: was zipfile.BadZipFile with a traceback."""
+    bad = tmp_path / "garbage.npz"
+    bad.write_bytes(b"PK\x03\x04" + np.random.default_rng(0).bytes(2000))
+    with pytest.raises(ConfigError, match=r"`data.path`: '.*garbage.npz' could not be read as "
+                                          r"a NumPy .npz file \(BadZipFile"):
+        _data(name="npz", path=str(bad))
+
+
+@pytest.mark.parametrize("array", ["x", "y"])
+def test_nan_or_inf_in_an_npz_is_refused_before_training(tmp_path: Path, array: str) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {"x": rng.normal(size=(50, 4)).astype(np.float32), "y": rng.normal(size=50)}
+    corner = (0,) * (arrays[array].ndim - 1)
+    arrays[array][(7, *corner)] = np.nan
+    arrays[array][(12, *corner)] = np.inf
+    np.savez(tmp_path / "holes.npz", **arrays)
+    with pytest.raises(ConfigError, match=rf"array '{array}' has 2 NaN or infinite value\(s\), "
+                                          r"in rows 7, 12"):
+        _data(name="npz", path=str(tmp_path / "holes.npz"))
+
+
+def test_csv_missing_cells_name_the_column_and_lines(tmp_path: Path) -> None:
+    rows = ["a,b,label"] + [f"{i},{i * 2},{'yes' if i % 2 else 'no'}" for i in range(40)]
+    rows[3] = "nan,6,yes"  # line 4 of the file
+    rows[5] = "4,,no"  # line 6
+    rows[9] = "8,16,"  # line 10: a text target with a hole (pandas' string dtype)
+    rows[11] = "10,inf,no"  # line 12
+    (tmp_path / "d.csv").write_text("\n".join(rows))
+    with pytest.raises(ConfigError) as info:
+        _data(name="csv", path=str(tmp_path / "d.csv"))
+    text = str(info.value)
+    assert "column 'a' on line(s) 4; column 'b' on line(s) 6, 12; column 'label' on line(s) 10" \
+        in text
+    assert "dtype" not in text
+    (tmp_path / "n.csv").write_text("a,b,y\n1,2,0.5\n3,4,nan\n5,6,1.5\n")
+    with pytest.raises(ConfigError, match=r"column 'y' on line\(s\) 3"):
+        _data(name="csv", path=str(tmp_path / "n.csv"))
+
+
+def test_csv_text_labels_are_classes_even_with_task_auto(tmp_path: Path) -> None:
+    rows = ["a,b,label"] + [f"{i},{i * 2},{'yes' if i % 2 else 'no'}" for i in range(40)]
+    (tmp_path / "d.csv").write_text("\n".join(rows))
+    assert _data(name="csv", path=str(tmp_path / "d.csv")).info.task == "classification"
+    with pytest.raises(ConfigError, match="regression needs a numeric target"):
+        _data(name="csv", path=str(tmp_path / "d.csv"), task="regression")
+
+
 # --- models ------------------------------------------------------------------------------------
 
 DIGITS = {"name": "digits", "limit": 64}

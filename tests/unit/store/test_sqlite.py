@@ -151,8 +151,57 @@ def test_a_read_only_store_can_still_be_read(tmp_path: Path,
     monkeypatch.setattr(sqlite3, "connect", read_only_media)
     reader = open_store(tmp_path / "s", create=False)
     assert reader.read_only and list(reader.runs("a")["run_id"]) == ["r1"]
-    with pytest.raises(ConfigError, match="cannot be used"):
-        open_store(tmp_path / "s")  # a writer gets a clear message
+    writer = open_store(tmp_path / "s")  # opens for reading; its writes get a clear message
+    with pytest.raises(ConfigError, match=r"is read-only .*training writes to it"):
+        writer.register_sweep("b", {}, [], [])
+
+
+def test_a_store_this_process_cannot_write_is_opened_read_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only directory (chmod, a read-only mount: os.access says so even to root): no
+    -wal or -shm file can be created, so readers open the database read-only at once."""
+    import os
+
+    store = open_store(tmp_path / "s")
+    store.register_sweep("a", {}, [], [("r1", 1, {}, {})])
+    store.write([MetricRecord("r1", "train/loss", 1, 1, 0.0, 2.0)])
+    store.close()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if mode == os.W_OK
+                        else real_access(path, mode, **kw))
+    before = (tmp_path / "s" / "trainlab.db").read_bytes()
+    for create in (False, True):
+        reader = open_store(tmp_path / "s", create=create)
+        assert reader.read_only and "cannot write to the directory" in reader.read_only_why
+        assert list(reader.runs("a")["run_id"]) == ["r1"]
+        assert list(reader.metrics(["r1"])["value"]) == [2.0]
+        with pytest.raises(ConfigError, match="read-only"):
+            reader.start_run("r1", {})
+        reader.close()
+    assert (tmp_path / "s" / "trainlab.db").read_bytes() == before  # no migration, no write
+
+
+@pytest.mark.parametrize("damage", ["half", "garbage"])
+def test_a_damaged_database_says_so_and_how_to_recover_without_touching_it(
+        tmp_path: Path, damage: str) -> None:
+    import hashlib
+    import os
+
+    store = open_store(tmp_path / "s")
+    store.register_sweep("a", {}, [], [(f"r{i}", i, {}, {"x": "y" * 2000}) for i in range(40)])
+    store.close()
+    db = tmp_path / "s" / "trainlab.db"
+    if damage == "half":
+        os.truncate(db, db.stat().st_size // 2)
+    else:
+        db.write_bytes(b"this is not a database at all" * 100)
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    for create in (True, False):
+        with pytest.raises(ConfigError) as info:
+            open_store(tmp_path / "s", create=create)
+        text = str(info.value)
+        assert "is damaged" in text and ".recover" in text and "writable" not in text
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
 
 
 def test_a_killed_process_not_yet_reaped_holds_no_run() -> None:
@@ -182,3 +231,16 @@ def test_a_killed_process_not_yet_reaped_holds_no_run() -> None:
     finally:
         live.kill()
         live.wait()
+
+
+def test_a_full_disk_rolls_the_write_back_and_says_so(tmp_path: Path) -> None:
+    from trainlab.store.sqlite import StoreFull
+
+    store = open_store(tmp_path / "s")
+    store.register_sweep("a", {}, [], [("r1", 1, {}, {})])
+    store.conn.execute("PRAGMA max_page_count = " + str(
+        store.conn.execute("PRAGMA page_count").fetchone()[0]))  # no page left: "full"
+    with pytest.raises(StoreFull, match=r"is full \(database or disk is full; [\d,]+ MiB free"):
+        store.write([MetricRecord("r1", f"k{i}", i, 1, 0.0, float(i)) for i in range(5000)])
+    assert not store.conn.in_transaction
+    assert store.metrics(["r1"]).empty
