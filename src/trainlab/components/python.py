@@ -226,7 +226,8 @@ class PythonDataSpec(_SplitFractions, PythonTarget):
     of tensors (inputs, targets) or a map-style torch Dataset of (input, target) pairs.  A
     missing valid or test split is carved from train (valid_fraction, test_fraction,
     split_seed); given splits are kept as they are.  Dataset items are read anew for every
-    batch (augmentation stays random); tensors stay in memory."""
+    batch (augmentation stays random), unless ``cache: true`` reads them once into tensors;
+    tensors stay in memory."""
 
     task: Task = Field(description="classification (targets: class ids), regression (targets: "
                        "numbers, [N] or [N, D]) or lm (inputs and targets: token ids)")
@@ -242,6 +243,11 @@ class PythonDataSpec(_SplitFractions, PythonTarget):
         default=None, gt=0, description="lm: the vocabulary size (default: computed as the "
         "largest token id + 1 over the splits); with token-id inputs for another task, passed "
         "to your model as vocab_size")
+    cache: bool | None = Field(
+        default=None, description="true: read every item of a Dataset split once, before "
+        "training, into tensors in memory, batched by indexing as tensor pairs are (faster; "
+        "items must share one shape; random augmentation in __getitem__ is then drawn once and "
+        "frozen, which is why it is never automatic)", json_schema_extra={"run_id": "when set"})
 
 
 @DATASETS.register("python", spec=PythonDataSpec)

@@ -15,11 +15,13 @@ tokenizer); on disk only the ``datasets`` library's own download cache is used.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import Field, PositiveInt
+from pydantic import Field, PositiveInt, field_validator
 
 from trainlab.components.datasets import (
     DATASETS,
@@ -147,6 +149,18 @@ class HFDataSpec(_TextOptions):
     test_split: str | None = Field(
         default=None, description="default: test if labelled, else validation (as GLUE), "
                                   "else a test_fraction of train")
+    in_memory: bool | Literal["auto"] | None = Field(
+        default=None, description="text: true holds the tokenized splits as tensors; false "
+        "tokenizes once to Arrow files (datasets.map, cached on disk) and reads batches from "
+        "them memory-mapped, so memory does not grow with the data; auto (null): in memory "
+        "unless tokenizing there would take over half the available memory",
+        json_schema_extra={"run_id": "when set"})
+
+    @field_validator("in_memory")
+    @classmethod
+    def _auto_is_unset(cls, value: bool | str | None) -> bool | None:
+        # `auto` and leaving it out are one setting, with one run id.
+        return None if value == "auto" else value  # type: ignore[return-value]
 
 
 def _load_hf(spec: HFDataSpec) -> Any:
@@ -174,10 +188,17 @@ def _load_hf(spec: HFDataSpec) -> Any:
 
 def _labelled(split: Any, label: str | None) -> bool:
     """Whether every row has a label (GLUE's test splits have -1 throughout)."""
-    if label is None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if label is None or len(split) == 0:
         return len(split) > 0
-    values = list(split[label])
-    return bool(values) and (isinstance(values[0], str) or min(values) >= 0)
+    for column in _label_batches(split, label):
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            return True
+        if len(column) and int(pc.min(column).as_py()) < 0:
+            return False
+    return True
 
 
 def _choose_splits(spec: HFDataSpec, ds: Any) -> tuple[str | None, str | None]:
@@ -251,11 +272,49 @@ def build_hf_data(spec: HFDataSpec, tokenizer: str | None = None) -> Dataset:
     parts = _carve(spec, ds, valid_name, test_name)
     name = spec.path if spec.config is None else f"{spec.path}/{spec.config}"
     if image is not None:
+        if spec.in_memory is False:
+            raise ConfigError(f"`data.in_memory`: false reads tokenized text from disk; image "
+                              f"dataset {name!r} is held in memory (leave data.in_memory unset)",
+                              field="data.in_memory")
         return _image_dataset(name, parts, image, label, spec)
     tok = _require_tokenizer(tokenizer, name)
-    if task == "lm":
-        return _lm_dataset(name, parts, text, tok, spec)  # type: ignore[arg-type]
-    return _text_dataset(name, parts, text, label, tok, spec)  # type: ignore[arg-type]
+    assert text is not None  # _columns found a text column where there is no image one
+    in_memory, note = _in_memory(spec, parts, text, task)
+    if not in_memory:
+        from trainlab.components.arrow_data import arrow_dataset, tokenizer_hash
+
+        labelled = label if task == "classification" else None
+        classes, n = _label_classes(parts, labelled) if labelled else (None, 0)
+        data = arrow_dataset(name, parts, text, labelled,
+                             classes, n, tok, tokenizer_hash(tok), spec.max_length, spec.pack)
+        files = {str(Path(path).parent) for s in (data.train, data.valid, data.test)
+                 if (path := getattr(getattr(s, "items", None), "path", None)) is not None}
+        note = (f"{note}: batches read from memory-mapped Arrow files in {', '.join(sorted(files))}"
+                " (tokenized once with datasets.map; reused while the data, tokenizer and "
+                "options stay the same)")
+    elif task == "lm":
+        data = _lm_dataset(name, parts, text, tok, spec)
+    else:
+        data = _text_dataset(name, parts, text, label, tok, spec)  # type: ignore[arg-type]
+    return replace(data, info=replace(data.info, notes=(note,))) if note else data
+
+
+def _in_memory(spec: HFDataSpec, parts: list[Any], text: str, task: str
+               ) -> tuple[bool, str | None]:
+    """Whether the tokenized splits are held as tensors, and for the run's summary how
+    ``auto`` decided (None where ``in_memory: true`` says so)."""
+    from trainlab.components import arrow_data
+
+    if isinstance(spec.in_memory, bool):
+        return spec.in_memory, None if spec.in_memory else "data.in_memory false"
+    need = arrow_data.in_memory_bytes(parts, text, task, spec.pack, spec.max_length)
+    budget = arrow_data.memory_budget()
+    mib = (f"tokenizing in memory would peak at ~{need / 2**20:.0f} MiB, budget "
+           f"{budget / 2**20:.0f} MiB = {arrow_data.IN_MEMORY_SHARE:.0%} of the available "
+           "memory")
+    if need <= budget:
+        return True, f"data.in_memory auto: tokenized splits held in memory ({mib})"
+    return False, f"data.in_memory auto: over the memory budget ({mib})"
 
 
 def _carve(spec: HFDataSpec, ds: Any, valid_name: str | None, test_name: str | None
@@ -283,7 +342,7 @@ def _carve(spec: HFDataSpec, ds: Any, valid_name: str | None, test_name: str | N
 
 def _label_ids(parts: list[Any], label: str) -> tuple[list[np.ndarray], int]:
     feature = parts[0].features[label]
-    raw = [list(p[label]) for p in parts]
+    raw = [_values(p, label) for p in parts]
     if raw[0] and isinstance(raw[0][0], str):
         classes = sorted({v for r in raw for v in r})
         index = {c: i for i, c in enumerate(classes)}
@@ -292,10 +351,56 @@ def _label_ids(parts: list[Any], label: str) -> tuple[list[np.ndarray], int]:
     n = len(feature.names) if hasattr(feature, "names") else int(max(
         (a.max() for a in arrays if a.size), default=0)) + 1
     if any(a.size and (a.min() < 0 or a.max() >= n) for a in arrays):
-        raise ConfigError(f"`data.label`: labels of column {label!r} must be in [0, {n}); a "
-                          "split has unlabelled (-1) rows: choose labelled splits with "
-                          "data.valid_split / data.test_split", field="data.label")
+        _unlabelled(label, n)
     return arrays, n
+
+
+def _values(split: Any, column: str) -> list[Any]:
+    """A text or label column as a list, read through Arrow: iterating ``split[column]`` reads
+    row by row (50x slower on a shuffled split)."""
+    values: list[Any] = []
+    for batch in split.select_columns([column]).with_format("arrow").iter(batch_size=4096):
+        values.extend(batch.column(0).to_pylist())
+    return values
+
+
+def _unlabelled(label: str, n: int) -> None:
+    raise ConfigError(f"`data.label`: labels of column {label!r} must be in [0, {n}); a "
+                      "split has unlabelled (-1) rows: choose labelled splits with "
+                      "data.valid_split / data.test_split", field="data.label")
+
+
+def _label_batches(split: Any, label: str) -> Iterator[Any]:
+    """The label column of ``split`` as Arrow arrays, a batch at a time (never all of it)."""
+    # Small batches: a split with a row selection (shuffle, select) gathers rows one by one.
+    for batch in split.select_columns([label]).with_format("arrow").iter(batch_size=4096):
+        yield batch.column(0)
+
+
+def _label_classes(parts: list[Any], label: str) -> tuple[list[str] | None, int]:
+    """(sorted class names for string labels, else None; number of classes), as
+    :func:`_label_ids` finds them, read a batch at a time."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    feature = parts[0].features[label]
+    names: set[str] = set()
+    strings = False
+    low, high = 0, -1
+    for part in parts:
+        for column in _label_batches(part, label):
+            if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                strings = True
+                names.update(v for v in pc.unique(column).to_pylist() if v is not None)
+            elif len(column):
+                bounds = pc.min_max(column).as_py()
+                low, high = min(low, int(bounds["min"])), max(high, int(bounds["max"]))
+    if strings:
+        return sorted(names), len(names)
+    n = len(feature.names) if hasattr(feature, "names") else high + 1
+    if low < 0 or high >= n:
+        _unlabelled(label, n)
+    return None, max(n, 1)
 
 
 def _text_dataset(name: str, parts: list[Any], text: str, label: str, tok: Any,
@@ -303,7 +408,7 @@ def _text_dataset(name: str, parts: list[Any], text: str, label: str, tok: Any,
     import torch
 
     labels, n = _label_ids(parts, label)
-    train, valid, test = (Split(encode(tok, [str(t) for t in p[text]], spec.max_length),
+    train, valid, test = (Split(encode(tok, [str(t) for t in _values(p, text)], spec.max_length),
                                 torch.from_numpy(y)) for p, y in zip(parts, labels))
     return Dataset(_text_info(name, tok, train, valid, test, n, spec.max_length),
                    train, valid, test)
@@ -316,7 +421,7 @@ def _lm_dataset(name: str, parts: list[Any], text: str, tok: Any, spec: HFDataSp
     eos = tok.eos_token_id
     splits = []
     for part in parts:
-        docs = [str(t) for t in part[text] if str(t).strip()]
+        docs = [str(t) for t in _values(part, text) if str(t).strip()]
         if spec.pack:
             ids: list[int] = []
             for doc in tok(docs, add_special_tokens=False)["input_ids"]:

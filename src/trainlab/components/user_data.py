@@ -32,7 +32,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset, default_collate
+from torch.utils.data import (
+    DataLoader,
+    IterableDataset,
+    Subset,
+    TensorDataset,
+    default_collate,
+)
 from torch.utils.data import Dataset as TorchDataset
 
 from trainlab.components.datasets import DataInfo, Dataset, Split, _split_indices
@@ -77,7 +83,61 @@ def build_user_data(result: Any, spec: PythonDataSpec) -> Dataset:
         valid = _select(train, va) if valid is None else valid
         test = _select(train, te) if test is None else test
         train = _select(train, tr)
+    if spec.cache:
+        train, valid, test = (_cached(s, name, spec) for s, name in
+                              zip((train, valid, test), SPLITS))
     return Dataset(_info(spec, train, valid, test), train, valid, test)
+
+
+def _cached(split: AnySplit, name: str, spec: PythonDataSpec) -> AnySplit:
+    """``data.cache``: a Dataset split read once, in order, into tensors in memory (what the
+    tensor path then indexes); tensor splits as they are."""
+    if not isinstance(split, ItemSplit) or len(split) == 0:
+        return split
+    where = f"{spec.target}'s {name!r} split"
+    items = split.items
+    getitems = getattr(items, "__getitems__", None)
+    inputs: list[Tensor] = []
+    targets: list[Tensor] = []
+    for batch in split.ranges(0, len(split), _SCAN_BATCH):
+        try:
+            read = getitems(list(batch)) if getitems is not None else [items[i] for i in batch]
+        except Exception as exc:
+            raise ConfigError(f"`data.cache`: reading the items of {where} into memory raised "
+                              f"{where_raised(exc)}", field="data.cache") from exc
+        try:
+            x, y = split.collate(read)
+        except Exception as exc:  # items of another shape in this batch: name one
+            odd = next((batch.start + i for i, item in enumerate(read)
+                        if _shapes(item) != _shapes(read[0])), None)
+            if odd is None:
+                raise ConfigError(f"`data.cache`: the items of {where} cannot be batched "
+                                  f"({type(exc).__name__}: {exc})", field="data.cache") from exc
+            _cache_shapes(where, _source(items, odd), _shapes(read[odd - batch.start]),
+                          _shapes(read[0]), _source(items, batch.start))
+        if inputs and (x.shape[1:] != inputs[0].shape[1:] or y.shape[1:] != targets[0].shape[1:]):
+            _cache_shapes(where, _source(items, batch.start),
+                          [list(x.shape[1:]), list(y.shape[1:])],
+                          [list(inputs[0].shape[1:]), list(targets[0].shape[1:])],
+                          _source(items, 0))
+        inputs.append(x)
+        targets.append(y)
+    return Split(torch.cat(inputs).contiguous(), torch.cat(targets).contiguous())
+
+
+def _source(items: Any, index: int) -> int:
+    """The index in the user's own Dataset of item ``index`` of a (carved) split."""
+    while isinstance(items, Subset):
+        index, items = int(items.indices[index]), items.dataset
+    return index
+
+
+def _cache_shapes(where: str, odd: int, shapes: Any, first: Any, index: int) -> NoReturn:
+    raise ConfigError(
+        f"`data.cache`: true stacks every item of {where} into one tensor, but item {odd} has "
+        f"(input, target) shapes {shapes[0]}, {shapes[1]} and item {index} has {first[0]}, "
+        f"{first[1]}; give every item the same shapes, or leave data.cache unset to read the "
+        "items for every batch", field="data.cache")
 
 
 # --- one split ----------------------------------------------------------------------------------
