@@ -18,6 +18,7 @@ from trainlab.components.optimizers import is_auto, resolved_lr, with_lr
 from trainlab.components.python import PythonModelSpec, check_output
 from trainlab.components.schedules import ScheduleContext
 from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_keys
+from trainlab.config.schema import TrainSpec
 from trainlab.devices import device_available, nproc_limit, usable_cpus
 from trainlab.errors import ConfigError
 from trainlab.records import DONE
@@ -165,6 +166,7 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
                 optimizer = build_optimizer(opt_spec, groups)
                 steps = -(-len(data.train) // cfg.data.batch_size)
                 build_schedule(cfg.schedule, optimizer, ScheduleContext(cfg.train.epochs, steps))
+            check_profile(cfg.train, steps)
         except ConfigError as exc:
             raise exc.within(where) from None
         except (ValueError, TypeError) as exc:
@@ -202,6 +204,27 @@ def check_nproc(nproc: int, device: str, n_train: int, batch_size: int, devices:
                           f"in batches of {batch_size}); choose a batch size (or data.limit) "
                           f"that leaves at least {nproc} examples in every batch",
                           field="data.batch_size")
+
+
+def check_profile(train: TrainSpec, steps_per_epoch: int) -> None:
+    """Raise ConfigError when ``train.profile``'s window does not fit: its warm-up and recorded
+    steps are an epoch's last, after at least one other (the process's first step, which pays
+    for lazy initialisation and is timed apart)."""
+    spec = train.profile
+    if spec is None:
+        return
+    if spec.epoch > train.epochs:
+        raise ConfigError(f"`train.profile.epoch`: {spec.epoch} is after the last epoch "
+                          f"(train.epochs={train.epochs}); use 1 to {train.epochs}",
+                          field="train.profile.epoch")
+    room = steps_per_epoch - 1
+    if spec.steps + spec.warmup > room:
+        most = f"train.profile.steps <= {room - spec.warmup}" if room > spec.warmup else (
+            "a larger epoch (data.batch_size smaller, or data.limit larger)")
+        raise ConfigError(f"`train.profile.steps`: {spec.steps} steps after {spec.warmup} "
+                          f"warm-up steps do not fit in an epoch of {steps_per_epoch} steps: "
+                          f"the window (warmup + steps) must leave at least one step before "
+                          f"it; use {most}", field="train.profile.steps")
 
 
 def check_workers(workers: int, nproc: int = 1) -> None:

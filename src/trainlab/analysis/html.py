@@ -8,19 +8,27 @@ import datetime as _dt
 import html
 import json
 from importlib import resources
+from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any
 
 from trainlab.analysis.fmt import format_evidence, format_number
 from trainlab.analysis.render import to_html
-from trainlab.analysis.sections import LR_RANGE_COLUMNS, Report, Section, lr_range_rows
+from trainlab.analysis.sections import (
+    LR_RANGE_COLUMNS,
+    Report,
+    Section,
+    file_link,
+    lr_range_rows,
+)
 
 if TYPE_CHECKING:
     from trainlab.analysis.answers import Answer
 
 
-def render_html(report: Report, pngs: dict[str, bytes]) -> str:
-    """The page: a table of contents, then each of the report's sections in order."""
+def render_html(report: Report, pngs: dict[str, bytes], out: Path | None = None) -> str:
+    """The page: a table of contents, then each of the report's sections in order; files a
+    section links (profile traces) are linked relative to ``out``, the page's folder."""
     from trainlab import __version__
 
     frames = report.frames
@@ -31,6 +39,8 @@ def render_html(report: Report, pngs: dict[str, bytes]) -> str:
             + "</ol></nav>"]
     for section in report.sections:
         body += _section(report, section, pngs)
+        if section.links:  # inside the section: before its closing tag
+            body[-1:-1] = [_links(section.links, out)]
     template = Template(resources.files("trainlab.analysis").joinpath(
         "templates/report.html").read_text(encoding="utf-8"))
     return template.substitute(title=esc(f"trainlab report: {frames.name}"),
@@ -68,6 +78,13 @@ def _section(report: Report, section: Section, pngs: dict[str, bytes]) -> list[s
                         f"recorded</summary><pre>{esc(str(s.get('error') or ''))}</pre></details>")
     body.append("</section>")
     return body
+
+
+def _links(links: tuple[tuple[str, str], ...], out: Path | None) -> str:
+    esc = html.escape
+    items = "".join(f'<li><a href="{esc(file_link(path, out))}">{esc(text)}</a></li>'
+                    for text, path in links)
+    return f'<ul class="files">{items}</ul>'
 
 
 def _lr_range_table(report: Report) -> str:

@@ -3,22 +3,33 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainlab.analysis.fmt import format_evidence
 from trainlab.analysis.render import to_markdown
-from trainlab.analysis.sections import LR_RANGE_COLUMNS, Report, Section, lr_range_rows
+from trainlab.analysis.sections import (
+    LR_RANGE_COLUMNS,
+    Report,
+    Section,
+    file_link,
+    lr_range_rows,
+)
 
 if TYPE_CHECKING:
     from trainlab.analysis.answers import Answer
 
 
-def render_markdown(report: Report) -> str:
+def render_markdown(report: Report, out: Path | None = None) -> str:
+    """The report's sections in order; files a section links are relative to ``out``."""
     frames = report.frames
     lines = [f"# Report: sweep {frames.name}", "", _intro(report), ""]
     for section in report.sections:
         if not section.html_only:
             lines += [f"## {section.title}", "", *_body(report, section)]
+            if section.links:
+                lines += [*(f"- [{text}]({file_link(path, out)})"
+                            for text, path in section.links), ""]
     return "\n".join(lines)
 
 

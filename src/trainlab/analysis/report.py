@@ -24,6 +24,12 @@ from trainlab.analysis.html import render_html
 from trainlab.analysis.layout import default_layout, explicit_layout
 from trainlab.analysis.markdown import evidence_markdown, render_markdown
 from trainlab.analysis.plots import Figure, XAxis, curve_figures, pareto_figure
+from trainlab.analysis.profiles import (
+    operator_table,
+    phase_figure,
+    profiled_runs,
+    trace_links,
+)
 from trainlab.analysis.render import to_csv, to_html, to_latex, to_markdown
 from trainlab.analysis.sections import (
     ANSWERS,
@@ -31,6 +37,7 @@ from trainlab.analysis.sections import (
     RUNS,
     Report,
     ReportOptions,
+    Section,
     figure_sections,
     number_sections,
     table_section,
@@ -64,6 +71,11 @@ def build_report(store: Any, options: ReportOptions) -> Report:
             figures += _pareto_figures(frames)
             ranges = _lr_ranges(store, frames.name)
             figures += [_lr_range_figure(i, r) for i, r in enumerate(ranges, 1)]
+            # Where the time goes: runs trained with train.profile (none: no section).
+            profiled = profiled_runs(frames, str(getattr(store, "root", "")))
+            phases = phase_figure(profiled) if profiled else None
+            if phases is not None:
+                figures.append(phases)
         # The report, section by section, in reading order: the Markdown and the HTML
         # renderers both walk this list (headings, table and figure numbers, the page's
         # contents).  A new table: a function in tables.py and one table_section line here.
@@ -72,6 +84,9 @@ def build_report(store: Any, options: ReportOptions) -> Report:
             ANSWERS,
             *figure_sections(frames, figures),
             LR_RANGE_SUGGESTIONS if ranges else None,
+            Section("profile", "Where the time goes", "figures", figures=(phases,),
+                    links=trace_links(profiled)) if phases is not None else None,
+            table_section(operator_table(profiled)),  # None: no run was profiled
             table_section(system_table(frames, order=order)),
             table_section(estimate_table(frames, order=order)),  # None: no run was predicted
             RUNS,
@@ -183,9 +198,9 @@ def write_report(report: Report, out: Path) -> list[Path]:
     atomic_write_text(answers, json.dumps([a.to_dict() for a in report.answers], indent=1,
                                           default=_json_default) + "\n")
     md = out / "report.md"
-    atomic_write_text(md, render_markdown(report))
+    atomic_write_text(md, render_markdown(report, out))
     html = out / "report.html"
-    atomic_write_text(html, render_html(report, pngs))
+    atomic_write_text(html, render_html(report, pngs, out))
     return [html, md, answers, *written]
 
 

@@ -13,8 +13,10 @@ nothing but the standard library at run time (the other analysis types only for 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from trainlab.analysis.fmt import format_sig
@@ -42,6 +44,8 @@ class Section:
     number: int | None = None  # set by number_sections: the table's number, or the number
     #                            of the first of the figures
     html_only: bool = False  # the page only (the runs' configs as JSON)
+    links: tuple[tuple[str, str], ...] = ()  # (text, file) listed after the section's body:
+    #                                          files linked relative to the report
 
     def numbered_figures(self) -> list[tuple[int, Figure]]:
         """(figure number, figure) for each of the section's figures."""
@@ -157,6 +161,15 @@ class Report:
 
 # --- shared by the renderers --------------------------------------------------------------------
 
+
+def file_link(path: str, out: Path | None) -> str:
+    """``path`` as a link from the report in folder ``out``: relative, with forward slashes
+    (a file: URI when the folder is not known)."""
+    if out is None:
+        return Path(path).resolve().as_uri()
+    return Path(os.path.relpath(Path(path).resolve(), Path(out).resolve())).as_posix()
+
+
 LR_RANGE_COLUMNS = ("test", "steepest", "valley", "min / 10", "candidates", "trusted", "steps",
                     "seconds")
 
@@ -176,5 +189,5 @@ def lr_range_rows(lr_ranges: Sequence[dict[str, Any]]) -> list[list[str]]:
 
 
 __all__ = ["ANSWERS", "LR_RANGE_COLUMNS", "LR_RANGE_SUGGESTIONS", "RUNS", "Report",
-           "ReportOptions", "Section", "SectionKind", "figure_sections", "lr_range_rows",
-           "number_sections", "table_section"]
+           "ReportOptions", "Section", "SectionKind", "figure_sections", "file_link",
+           "lr_range_rows", "number_sections", "table_section"]

@@ -114,6 +114,9 @@ def show(
     if trusted_summary(summary).get("mfu_note"):
         out.print(f"MFU: {UNRELIABLE_TEXT} ({trusted_summary(summary)['mfu_note']})",
                   highlight=False)
+    profile = summary.get("profile")
+    if isinstance(profile, dict) and isinstance(profile.get("shares"), dict):
+        out.print(_profile_text(profile, st.run_dir(full)), highlight=False, markup=False)
     epochs = metrics[metrics["epoch"] > 0]
     per_epoch = epochs[epochs["key"].str.match(r"^(train|valid)/(loss|accuracy|perplexity|rmse)$")
                        | epochs["key"].isin(["time/train", "throughput/samples_per_s",
@@ -136,5 +139,23 @@ def show(
         if flags is not None and (flags == 1.0).any():
             out.print(f"†: {int((flags == 1.0).sum())} of {len(flags)} epochs had their timing "
                       "disturbed by other work on the machine (time/cpu_wait, machine/steal; "
-                      "see the README's timing section): their times and throughput are not "
+                      "see docs/explanation/measurement.md): their times and throughput are not "
                       "the model's alone.", highlight=False)
+
+
+def _profile_text(profile: dict[str, Any], run_dir: Path) -> str:
+    """train.profile's result in a few lines: phase shares, top operators, the trace."""
+    shares = "  ".join(f"{k.replace('_', ' ')} {100 * float(v):.0f}%"
+                       for k, v in profile["shares"].items() if isinstance(v, int | float))
+    lines = [f"where the time goes ({profile.get('steps')} profiled steps of epoch "
+             f"{profile.get('epoch')}, {1000 * float(profile.get('step_s') or 0):.3g} ms a "
+             f"step): {shares}"]
+    for op in (profile.get("top_ops") or [])[:5]:
+        cuda = (f", self CUDA {1000 * float(op['self_cuda_s']):.3g} ms"
+                if "self_cuda_s" in op else "")
+        lines.append(f"  {op.get('name')}: self CPU {1000 * float(op.get('self_cpu_s') or 0):.3g}"
+                     f" ms{cuda}, {op.get('calls')} calls")
+    for key in ("trace", "memory"):
+        if profile.get(key):
+            lines.append(f"{key}: {run_dir / str(profile[key])}")
+    return "\n".join(lines)
