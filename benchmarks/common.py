@@ -94,6 +94,40 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 }
 
 
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->\n", f"<!-- {name}:end -->\n"
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    """Put ``text`` into ``path`` (BENCHMARKS.md) between ``name``'s markers: replaced where
+    they are, appended where not (the file made if missing)."""
+    start, end = _markers(name)
+    old = path.read_text() if path.exists() else ""
+    block = start + text.rstrip("\n") + "\n" + end
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        new = head + block + rest.split(end, 1)[1]
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old else "") + block
+    path.write_text(new)
+
+
+def kept_sections(path: Path) -> str:
+    """Every marked section of ``path`` (written by :func:`write_section`), for a benchmark
+    that rewrites the rest of the file to keep the others' results."""
+    if not path.exists():
+        return ""
+    text, out = path.read_text(), []
+    while "<!-- " in text:
+        _, text = text.split("<!-- ", 1)
+        name, _, text = text.partition(":start -->\n")
+        if not _ or f"<!-- {name}:end -->\n" not in text:
+            break
+        body, text = text.split(f"<!-- {name}:end -->\n", 1)
+        out.append(f"<!-- {name}:start -->\n{body}<!-- {name}:end -->\n")
+    return "\n".join(out)
+
+
 def with_options(raw: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """``raw`` with dotted ``options`` (``train.precision: bf16``) applied."""
     out = copy.deepcopy(raw)

@@ -60,6 +60,7 @@ from benchmarks.common import (
     engine,
     epoch_groups,
     interleaved,
+    kept_sections,
     lightning,
     median_step_ratio,
     model_spec,
@@ -332,7 +333,9 @@ def main() -> None:
     for result in results:
         add_mfu(result, peak)
     command = "python -m benchmarks.suite " + " ".join(sys.argv[1:])
-    args.out.write_text(_markdown(results, machine, command.strip()))
+    kept = kept_sections(args.out)  # other benchmarks' sections (benchmarks/threads.py)
+    args.out.write_text(_markdown(results, machine, command.strip())
+                        + ("\n" + kept if kept else ""))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     print(f"wrote {args.out}")

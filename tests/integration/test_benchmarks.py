@@ -129,3 +129,21 @@ def test_suite_tries_bf16_only_where_its_matmuls_beat_fp32() -> None:
     slow = candidates_for({"fp32": 120e9, "bf16": 1.3e9})
     assert slow and all(c.get("train.precision") != "bf16" for c in slow)
     assert candidates_for({"fp32": 190e9, "bf16": 420e9}) == FAST_CANDIDATES  # no GPU here
+
+
+def test_threads_benchmark_runs_each_setting_and_writes_its_section(tmp_path: Path) -> None:
+    from benchmarks.common import kept_sections, write_section
+    from benchmarks.threads import SECTION, markdown, measure
+
+    result = measure("digits-mlp", 1, tmp_path, busy=1)
+    for phase in ("quiet", "busy"):
+        assert set(result[phase]["median"]) == {*map(str, result["fixed"]), "auto"}
+        assert len(result[phase]["auto_picked"]) == 1
+    assert result["quiet_auto_vs_best"] > 0 and result["busy_speedup"] > 0
+    text = markdown(result, {"date": "today", "cpu": "cpu", "torch": "x"}, "cmd")
+    out = tmp_path / "BENCHMARKS.md"
+    out.write_text("# Benchmarks\n")
+    write_section(out, SECTION, text)
+    write_section(out, SECTION, text)  # replaced, not appended again
+    assert out.read_text().count("## train.threads: auto") == 1
+    assert kept_sections(out).startswith(f"<!-- {SECTION}:start -->")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -71,11 +71,14 @@ def guard(fn: Callable[[], T]) -> T:
 
 def command_store(ctx: typer.Context, path: Path | None, *, create: bool = True) -> Store:
     """The command's store (bad input: exit 2), closed when the command ends, however it ends
-    (an explicit close: its SQLite connection is not left to the garbage collector)."""
+    (an explicit close: its SQLite connection is not left to the garbage collector).
+    ``create``: a writing command, which refuses a read-only store; readers pass False."""
     from trainlab.store import open_store
 
     st = guard(lambda: open_store(path, create=create))
     ctx.call_on_close(st.close)
+    if create and st.read_only:  # a writing command: refuse before any work
+        fail(escape(st.read_only_message()))
     return st
 
 
@@ -127,8 +130,9 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
-# Beside each result: what it cost (trainable share, throughput, peak memory, gradient norm).
-COST_COLUMNS = ("trainable %", "samples/s", "peak MiB", "grad norm")
+# Beside each result: what it cost (trainable share, throughput, the peak of the run's own
+# tensors, the process's peak RSS on CPU or the CUDA allocator's reserved peak, gradient norm).
+COST_COLUMNS = ("trainable %", "samples/s", "tensor MiB", "RSS/res MiB", "grad norm")
 
 
 def cost_cells(summary: Mapping[str, Any]) -> list[str]:
@@ -136,21 +140,29 @@ def cost_cells(summary: Mapping[str, Any]) -> list[str]:
         value = summary.get(key)
         return format(value, spec) if is_finite(value) else ""
 
-    return [get("params_trainable_pct", ".3g"), get("samples_per_s", ".0f"),
-            format_mib(summary.get("peak_memory_bytes"), missing="", grouping=False),
+    def mib(key: str) -> str:
+        return format_mib(summary.get(key), missing="", grouping=False, significant=3)
+
+    # A GPU run from before tensor_peak_bytes: its peak_memory_bytes is the allocator's peak,
+    # the same measurement; an older CPU run has no tensors' number (blank).
+    cuda = str(summary.get("device", "")).startswith("cuda")
+    tensors = "tensor_peak_bytes" if "tensor_peak_bytes" in summary or not cuda else \
+        "peak_memory_bytes"
+    return [get("params_trainable_pct", ".3g"), get("samples_per_s", ".0f"), mib(tensors),
+            mib("reserved_memory_bytes" if cuda else "peak_memory_bytes"),
             get("grad_norm_median", ".3g")]
 
 
-def warn_if_busy(threads: list[int | None], jobs: int | None = None) -> None:
+def warn_if_busy(threads: Sequence[int | str], jobs: int | None = None) -> None:
     """Warn once, before training, when other processes hold the cores the runs will need
     (the rule: :func:`trainlab.engine.contention.busy_message`).  ``threads``: each run's
-    ``train.threads`` (None: torch's default, about one per usable core); with ``--jobs`` that
-    many runs train at once."""
+    ``train.threads`` (``auto`` counts as one: it drops to one thread on a busy machine);
+    with ``--jobs`` that many runs train at once."""
     from trainlab.engine.contention import busy_message
     from trainlab.engine.machine import load_average, usable_cores
 
     cores = usable_cores()
-    wanted = max((t or cores for t in threads), default=cores) * max(jobs or 1, 1)
+    wanted = max((t if isinstance(t, int) else 1 for t in threads), default=1) * max(jobs or 1, 1)
     message = busy_message(load_average(), cores, wanted)
     if message:
         err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)

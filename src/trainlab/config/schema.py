@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
@@ -64,6 +65,19 @@ class EarlyStoppingSpec(_Frozen):
     min_delta: float = Field(default=0.0, ge=0.0)
 
 
+class ProfileSpec(_Frozen):
+    """torch.profiler over a window of steps: where a step's time goes (train.profile)."""
+
+    steps: PositiveInt = Field(default=20, description="steps recorded")
+    warmup: NonNegativeInt = Field(
+        default=5, description="steps run under the profiler before it records (its own "
+        "start-up cost stays out of the recording)")
+    epoch: PositiveInt = Field(
+        default=1, description="the epoch whose last warmup + steps steps are profiled")
+    memory: bool = Field(default=True, description="on CUDA, also record the memory timeline "
+                         "(memory.pickle, for pytorch.org/memory_viz)")
+
+
 class TrainSpec(_Frozen):
     """How to train: epochs, seed, device, logging cadence and safety nets."""
 
@@ -85,7 +99,12 @@ class TrainSpec(_Frozen):
         default=10.0, description="epoch-end checkpoints at least this many seconds apart "
         "(0: every epoch); the last epoch, an early stop and Ctrl-C always write one. Not part of "
         "the run id", json_schema_extra={"run_id": False})
-    threads: PositiveInt | None = Field(default=None, description="torch intra-op threads")
+    threads: Literal["auto"] | PositiveInt = Field(
+        default="auto", description="torch intra-op threads; auto: the count fastest for this "
+        "model on this machine now, from a few timed steps (one for a tiny model or a busy "
+        "machine; never more than the process has: --jobs and torchrun share the cores out); "
+        "summary.speed.threads says what a run trained with",
+        json_schema_extra={"run_id": {"auto": None}})
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         default="fp32", description="autocast dtype for forward and loss (fp16 adds a grad scaler)")
     compile: bool = Field(default=False, description="torch.compile the model (compile time "
@@ -109,6 +128,28 @@ class TrainSpec(_Frozen):
         default=1, description="processes training this run together with "
         "DistributedDataParallel (torchrun): one per GPU on CUDA (NCCL), or CPU processes (gloo); "
         "data.batch_size stays the global batch")
+    profile: ProfileSpec | None = Field(
+        default=None, description="profile a window of steps with torch.profiler: the share of "
+        "data wait, forward, backward and optimizer, the top operators and a trace file "
+        "(Perfetto, chrome://tracing, TensorBoard); the window is left out of time/train and "
+        "throughput. e.g. {steps: 20, warmup: 5}. Not part of the run id",
+        json_schema_extra={"run_id": False})
+
+    @field_validator("profile", mode="before")
+    @classmethod
+    def _profile(cls, value: Any) -> Any:
+        if value is True:  # `train.profile: true`: the default window
+            return {}
+        return None if value is False else value
+
+    @field_validator("threads", mode="before")
+    @classmethod
+    def _threads(cls, value: Any) -> Any:
+        if value is None:  # configs stored before auto, whose None meant torch's default
+            return "auto"
+        if value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("must be auto or a number of threads (an integer, at least 1)")
 
 
 class LRFindSpec(_Frozen):
@@ -198,18 +239,24 @@ class SweepConfig(_Frozen):
         return seeds
 
 
-def _run_id_rules(spec: type[BaseModel]) -> tuple[frozenset[str], frozenset[str]]:
-    """The fields a run id leaves out, and those it takes only when set (not None).
+def _run_id_rules(spec: type[BaseModel]
+                  ) -> tuple[frozenset[str], frozenset[str], dict[str, dict[str, Any]]]:
+    """The fields a run id leaves out, those it takes only when set (not None), and those
+    where a value is hashed as another.
 
     Fields marked ``run_id: False`` say how a run is kept, not what it computes (how often it
     checkpoints): changing them does not make a new run.  Fields marked ``run_id: "when set"``
     were added after runs were stored: at their default they leave every existing id as it
-    was.
+    was.  A field marked with a mapping (``run_id: {"auto": None}``) got a new value that
+    means what an old one did: ``train.threads: auto`` took over from None (torch's default;
+    neither names a count, and the count a run got is recorded with it), so the ids of runs
+    stored before stay theirs.
     """
     rules = {name: field.json_schema_extra.get("run_id") for name, field in
              spec.model_fields.items() if isinstance(field.json_schema_extra, dict)}
     return (frozenset(n for n, r in rules.items() if r is False),
-            frozenset(n for n, r in rules.items() if r == "when set"))
+            frozenset(n for n, r in rules.items() if r == "when set"),
+            {n: r for n, r in rules.items() if isinstance(r, dict)})
 
 
 @dataclass(frozen=True)
@@ -246,8 +293,9 @@ class RunConfig:
         config = self.to_dict()
         config.pop("root", None)
         for section in SECTIONS:
-            hidden, when_set = _run_id_rules(type(getattr(self, section)))
-            config[section] = {k: v for k, v in config[section].items()
+            hidden, when_set, aliases = _run_id_rules(type(getattr(self, section)))
+            config[section] = {k: aliases[k].get(v, v) if k in aliases and isinstance(v, str)
+                               else v for k, v in config[section].items()
                                if k not in hidden and not (k in when_set and v is None)}
         canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]

@@ -9,6 +9,7 @@ validates, records times, throughput and peak memory, and checkpoints for resume
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -42,7 +43,14 @@ from trainlab.engine.callbacks import EarlyStopping
 from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
 from trainlab.engine.flops import measure_peak_flops, raise_peak_flops, train_step_flops
 from trainlab.engine.interval import LogInterval
-from trainlab.engine.measure import Clock, PeakMemory, grad_norm
+from trainlab.engine.measure import (
+    TENSOR_PEAK_KEY,
+    Clock,
+    PeakMemory,
+    grad_norm,
+    held_tensors,
+)
+from trainlab.engine.profile import run_window, window_for
 from trainlab.engine.sampler import nvml_sampler
 from trainlab.engine.speed import Speed, decide, intra_op_threads
 from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix, training_loss
@@ -95,6 +103,7 @@ class _Trainer:
         self.partial: dict[str, Any] | None = None  # where a mid-epoch checkpoint left off
         self.notes: list[str] = []
         self.grad_norms: list[float] = []  # read at log points, for the summary's median
+        self.untimed_steps = 0  # steps of the log interval kept out of its time/step
         self.interval: LogInterval | None = None  # the steps since the last log point
         self.state: RunState | None = None
         self.frozen_keys: set[str] = set()
@@ -128,6 +137,9 @@ class _Trainer:
             else:
                 status, error = "failed", traceback.format_exc()
         finally:
+            memory = getattr(self, "memory", None)
+            if memory is not None:  # a run that failed inside its tracked first step
+                memory.end_step()
             sampler = getattr(self, "sampler", None)
             if sampler is not None:
                 sampler.stop()
@@ -159,6 +171,13 @@ class _Trainer:
         self.notes.extend(data.info.notes)  # e.g. where hf data is read from
         self.task: TaskKind = TASKS[data.info.task]
         self.loss_fn = training_loss(cfg, self.task)  # the user's train.loss, or the task's
+        # train.threads: auto picks the count fastest for this model here and now, timing a
+        # few steps of a model of its own under a forked RNG (or reusing the estimate's probe
+        # of this setup); run() gives the caller its count back.
+        from trainlab.engine.bench import run_threads
+
+        self.threads = run_threads(cfg, distributed=self.dist is not None)
+        torch.set_num_threads(self.threads.threads)
         seed_everything(tc.seed)
         model = build_model(cfg.model, data.info).to(device)
         tuning = build_finetune(cfg.finetune, model, resolved_lr(cfg.optimizer))
@@ -176,6 +195,7 @@ class _Trainer:
         self.speed: Speed = decide(tc, model, device, [data.train, data.valid, data.test],
                                    wrap=self.dist.wrap if self.dist is not None else None,
                                    loading=cfg.data.loader)
+        self.speed.threads_auto = self.threads.describe() if self.threads.auto else None
         if cfg.data.loader is not None and not any(
                 isinstance(s, ItemSplit) for s in (data.train, data.valid, data.test)):
             self.notes.append("data.loader has no effect here: this data is tensors in memory, "
@@ -231,7 +251,8 @@ class _Trainer:
         else:
             self.sink.rewind(self.run_id, -1)
             constants = {"params/total": total, "params/trainable": trainable,
-                         "params/trainable_pct": pct, "perf/peak_flops_per_s": self.peak_flops}
+                         "params/trainable_pct": pct, "perf/peak_flops_per_s": self.peak_flops,
+                         "perf/threads": float(self.speed.threads)}
             if self.step_flops is not None:
                 constants["perf/flops_per_step"] = self.step_flops
             self._record(0, constants, epoch=0)
@@ -318,6 +339,11 @@ class _Trainer:
         batch = first_batch  # batches done in this epoch (1-based index of the last one)
         steps = iter(speed.batches(self.train_split, batches[first_batch:],
                                    seed=_loader_seed(tc.seed, epoch)))
+        # train.profile: the loop stops short of the window's batches, which the profiled
+        # path (engine/profile.py) takes from the same iterator; the step itself is untouched.
+        window = window_for(tc.profile, epoch, len(batches), first_batch, self.notes)
+        if window is not None:
+            source, steps = steps, itertools.islice(steps, window.start - first_batch)
         while True:
             t_fetch = perf()
             try:
@@ -328,6 +354,12 @@ class _Trainer:
             batch += 1
             if warming:
                 t_warm = self.clock.now()
+                # The run's own tensors over this step (on CPU; engine/measure.py), from what
+                # the run holds as it starts.
+                self.memory.track_step(held_tensors(
+                    model, optimizer, (self.train_split, self.valid_split, self.test_split),
+                    order, idx, x, y), optimizer=optimizer, model=model,
+                    compiled=speed.compiled)
             is_log = (state.step + 1) % log_every == 0
             optimizer.zero_grad(set_to_none=True)
             if amp:
@@ -356,6 +388,7 @@ class _Trainer:
             if step_schedule is not None:
                 step_schedule()
             if warming:
+                self.memory.end_step()
                 if isinstance(self.config.model, PythonModelSpec):  # once: the user's model
                     check_output(out, state.info, len(y), self.config.model.target)
                 self.warmup_time = self.clock.now() - t_warm
@@ -390,6 +423,11 @@ class _Trainer:
                     "data_wait": data_wait,
                     "interval": self._carry_interval()})
                 raise KeyboardInterrupt
+        if window is not None and self.stop_reason is None:  # not training time nor samples
+            done = run_window(self, window, source, loss_fn)
+            batch += done.batches
+            samples -= _samples(batches, window.start, batch)
+            evaluated_at = evaluated_at if done.evaluated_at is None else done.evaluated_at
         self._log_interval(None)
         t_end = self.clock.now()
         samples += _samples(batches, first_batch, batch)
@@ -455,7 +493,10 @@ class _Trainer:
         self.epoch_sums[1] += correct
         self.epoch_sums[2] += weight
         busy = now - self.t_interval - (self.paused - self.paused_at_interval)
-        values = {"train/step_loss": loss, "time/step": busy / steps}
+        values = {"train/step_loss": loss}
+        if steps > self.untimed_steps:  # none for an interval of profiled steps only
+            values["time/step"] = busy / (steps - self.untimed_steps)
+        self.untimed_steps = 0
         groups = state.optimizer.param_groups
         values["lr"] = groups[0]["lr"]
         if len(groups) > 1:
@@ -745,6 +786,11 @@ class _Trainer:
         if self.epoch_stats:
             out["samples_per_s"] = median_of(self.epoch_stats, "throughput/samples_per_s")
             out["peak_memory_bytes"] = max(s["memory/peak_bytes"] for s in self.epoch_stats)
+            for key, name in ((TENSOR_PEAK_KEY, "tensor_peak_bytes"),
+                              ("memory/reserved_bytes", "reserved_memory_bytes")):
+                values = [s[key] for s in self.epoch_stats if key in s]
+                if values:  # the run's own tensors; the CUDA allocator's reserved bytes
+                    out[name] = max(values)
             out["mfu"] = median_of(self.epoch_stats, "perf/mfu")
             flags = [s[contention.DISTURBED_KEY] for s in self.epoch_stats
                      if contention.DISTURBED_KEY in s]

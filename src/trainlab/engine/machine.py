@@ -16,6 +16,7 @@ from trainlab.engine.contention import Reading
 
 _TASKS = Path("/proc/self/task")
 _STAT = Path("/proc/stat")
+_LOADAVG = Path("/proc/loadavg")
 
 
 def process_cpu_seconds() -> float:
@@ -66,6 +67,29 @@ def load_average() -> float | None:
         return None
 
 
+def running_elsewhere() -> int | None:
+    """Threads of other processes on a CPU or waiting for one right now: the machine's
+    runnable count (``/proc/loadavg``'s fourth field, this reader included) less this
+    process's threads in state R.  None where unknown.  One instant: callers sample it."""
+    try:
+        running = int(_LOADAVG.read_text().split()[3].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    own = 0
+    try:
+        tids = os.listdir(_TASKS)
+    except OSError:
+        tids = []
+    for tid in tids:
+        try:
+            stat = (_TASKS / tid / "stat").read_text()
+            # The state follows the command name, in parentheses that may hold anything.
+            own += stat[stat.rindex(")") + 2] == "R"
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended between the listing and the read
+    return max(0, running - max(own, 1))  # this reader is running, whatever the race
+
+
 def usable_cores() -> int:
     """The cores this process may run on (its affinity mask where the OS has one)."""
     try:
@@ -80,5 +104,5 @@ def read() -> Reading:
                    threads=thread_schedstat(), stat=cpu_steal_ticks(), load=load_average())
 
 
-__all__ = ["cpu_steal_ticks", "load_average", "process_cpu_seconds", "read", "thread_schedstat",
-           "usable_cores"]
+__all__ = ["cpu_steal_ticks", "load_average", "process_cpu_seconds", "read", "running_elsewhere",
+           "thread_schedstat", "usable_cores"]

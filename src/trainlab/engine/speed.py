@@ -34,14 +34,15 @@ _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @contextmanager
-def intra_op_threads(threads: int | None) -> Iterator[None]:
+def intra_op_threads(threads: int | str | None) -> Iterator[None]:
     """``train.threads`` for one run, probe or range test; the caller's count comes back after.
 
     Without it, a run that sets ``threads: 1`` would leave every later run of an in-process
-    sweep (and the Python API's caller) on one thread.
+    sweep (and the Python API's caller) on one thread.  ``auto`` (or None) sets nothing: the
+    count ``auto`` picks is set inside (:mod:`trainlab.engine.threads`) and undone here too.
     """
     before = torch.get_num_threads()
-    if threads:
+    if isinstance(threads, int):
         torch.set_num_threads(threads)
     try:
         yield
@@ -64,6 +65,8 @@ class Speed:
     # How a Dataset's items are loaded (data.loader), and the run's loader of each such split.
     loading: LoaderSpec = field(default_factory=LoaderSpec)
     loaders: dict[int, ItemLoader] = field(default_factory=dict)
+    # How train.threads: auto chose them (ThreadChoice.describe()); None when set as a number.
+    threads_auto: dict[str, Any] | None = None
 
     def autocast(self) -> AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -166,6 +169,7 @@ class Speed:
             "channels_last": self.channels_last,
             "data_on_device": self.data_on_device,
             "threads": self.threads,
+            "threads_auto": self.threads_auto,
             "steady_heap": allocator.is_steady(),
             # Loader settings where a Dataset's items were loaded (tensors need none).
             **({"loader": self.loading.model_dump(mode="json")} if self.loaders else {}),

@@ -52,3 +52,13 @@ def median_of(epochs: Iterable[Mapping[str, float]], key: str) -> float | None:
     """The median of ``key`` over the epochs that recorded a finite value of it, else None."""
     values = [e[key] for e in epochs if key in e and math.isfinite(e[key])]
     return statistics.median(values) if values else None
+
+
+def trimmed_mean(values: list[float], cut: float = 0.1) -> float:
+    """The mean of ``values`` without the lowest and highest ``cut`` fraction.
+
+    Step times are summed into an epoch, so the mean (not the median) predicts one; trimmed,
+    one descheduled step among a few dozen does not move it."""
+    ordered = sorted(values)
+    k = int(len(ordered) * cut)
+    return statistics.fmean(ordered[k:len(ordered) - k])

@@ -13,6 +13,14 @@ Peak memory means what the run will report as ``memory/peak_bytes``: on CUDA the
 peak; on CPU the process's peak resident set size, so the prediction adds the process's
 current size (Python, torch, the loaded data) to what the step adds.
 
+The run's own memory (``memory/tensor_peak_bytes``, engine/measure.py: its tensors alone, what
+the report compares against) is predicted as ``tensor_peak_bytes``: on CUDA the same number as
+the peak (the allocator's peak is the tensors'); on CPU the probe measures one step the way the
+run measures its first, and the ``flops`` method adds the data splits' bytes (and the batch as
+the engine gathers it) and the optimizer's state to the peak of a forward and backward pass
+traced on the meta device (weights, gradients, activations; rougher: on CPU the trace misses
+some of a real step's tensors, a third of an LSTM's).
+
 A probe whose timed steps other work on the machine disturbed (its threads waited for a core,
 or the hypervisor stole CPU: the thresholds of ``engine/contention.py``) makes every estimate
 it serves ``disturbed``, with the values it measured: its times are the machine's, not the
@@ -21,7 +29,6 @@ model's.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -29,12 +36,16 @@ from typing import Any
 import torch
 
 from trainlab.components import build_finetune, build_model, load_dataset
+from trainlab.components.datasets import Split
 from trainlab.components.optimizers import is_auto, resolved_lr, with_lr
 from trainlab.config.schema import RunConfig
 from trainlab.devices import resolve_device
 from trainlab.engine import contention
 from trainlab.engine.allocator import rss_bytes
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
+from trainlab.engine.measure import storage_bytes
+from trainlab.engine.speed import GATHER_BYTES
+from trainlab.engine.threads import setup_key
 from trainlab.errors import ConfigError
 from trainlab.estimate.memory import state_bytes, trace
 from trainlab.estimate.probe import Probe, probe
@@ -69,18 +80,19 @@ class Estimate:
     cpu_wait: float | None = None  # time/cpu_wait
     load: float | None = None  # machine/load
     steal: float | None = None  # machine/steal
+    # The intra-op threads the probe timed at: train.threads, or what auto picked for the run.
+    threads: int | None = None
+    # Predicted memory/tensor_peak_bytes: the run's own tensors (None: not predicted).
+    tensor_peak_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def _setup_key(config: RunConfig) -> str:
-    """Runs that differ only in what cannot change step time or memory share a probe."""
-    d = config.to_dict()
-    opt = {k: v for k, v in d["optimizer"].items() if k not in ("lr", "weight_decay")}
-    train = {k: d["train"][k] for k in ("device", "precision", "compile", "channels_last",
-                                        "data_on_device", "threads")}
-    return json.dumps([d["data"], d["model"], opt, d["finetune"], train], sort_keys=True)
+    """Runs that differ only in what cannot change step time or memory share a probe (and,
+    with ``train.threads: auto``, the thread count it picked: engine/threads.py)."""
+    return setup_key(config)
 
 
 def estimate_run(config: RunConfig, *, calibrate: bool = True,
@@ -129,7 +141,36 @@ def estimate_run(config: RunConfig, *, calibrate: bool = True,
         run_s=epochs * (epoch_train + epoch_eval) + test_batches * eval_batch_s,
         probe_s=probe_s, note=note, disturbed=measured is not None and measured.disturbed,
         cpu_share=busy.get(contention.CPU_SHARE_KEY), cpu_wait=busy.get(contention.CPU_WAIT_KEY),
-        load=busy.get(contention.LOAD_KEY), steal=busy.get(contention.STEAL_KEY))
+        load=busy.get(contention.LOAD_KEY), steal=busy.get(contention.STEAL_KEY),
+        threads=measured.threads if measured is not None else None,
+        tensor_peak_bytes=_tensor_peak(device, base + step_bytes, parts, measured))
+
+
+def _tensor_peak(device: torch.device, peak: int, parts: dict[str, Any],
+                 measured: Probe | None) -> int | None:
+    """The predicted ``memory/tensor_peak_bytes`` (see the module docstring)."""
+    if device.type == "cuda":
+        return peak
+    if measured is not None:
+        return measured.tensor_peak_bytes
+    if parts["trace"] is None:
+        return None
+    # The trace's peak holds the weights, gradients and activations of one forward and
+    # backward pass; a steady step holds the optimizer's state besides.
+    return parts["data_bytes"] + parts["state"].optimizer + parts["trace"]["peak"]
+
+
+def _batch_bytes(train: Any, bs: int) -> int:
+    """Bytes of the batch a CPU run holds, as the engine gathers it (with the batches after it:
+    ``engine.speed.gathered``), and of the epoch's order."""
+    if not isinstance(train, Split):
+        return 0
+    n = len(train)
+    row = math.prod(train.inputs.shape[1:]) * train.inputs.element_size()
+    per_chunk = GATHER_BYTES // max(1, row * bs)
+    rows = min(n, bs * per_chunk if per_chunk >= 4 else bs)
+    target = math.prod(train.targets.shape[1:]) * train.targets.element_size()
+    return rows * (row + target) + 8 * n
 
 
 def _measure_setup(config: RunConfig, device: torch.device,
@@ -155,6 +196,11 @@ def _measure_setup(config: RunConfig, device: torch.device,
             "peak_flops": measure_peak_flops(device, dtype),
             "base": (torch.cuda.memory_allocated(device) if device.type == "cuda"
                      else rss_bytes()),
+            # The data splits a CPU run keeps in memory (memory/tensor_peak_bytes counts them).
+            "data_bytes": storage_bytes(
+                (getattr(split, name, None) for split in (data.train, data.valid, data.test)
+                 for name in ("inputs", "targets")), torch.device("cpu"))
+            + _batch_bytes(data.train, bs),
         }
     measured, note = None, None
     if calibrate:

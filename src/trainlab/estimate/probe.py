@@ -2,8 +2,11 @@
 
 It measures what the run will see: seconds per step (warm-up excluded), seconds per evaluation
 batch, and the step's memory (the process's resident set size growth on CPU, the allocator's
-peak on CUDA) at the configured batch size.  It uses its own model and optimizer instances and
-a forked RNG, so it changes nothing in the runs it predicts.
+peak on CUDA) at the configured batch size.  On CPU one more step is measured as the run
+measures its first (``memory/tensor_peak_bytes``, engine/measure.py): the peak bytes of the
+tensors it holds (model, optimizer state, the data splits the run keeps in memory, the batch
+as the engine gathers it) and of those the step creates.  It uses its own model and
+optimizer instances and a forked RNG, so it changes nothing in the runs it predicts.
 
 A step is timed as the engine runs it: the batch fetched from where the engine keeps the data
 (on the device when it fits), then zero_grad, forward, loss, backward and the optimizer step.
@@ -19,22 +22,22 @@ a probe whose threads waited for a core is flagged ``disturbed``, and so is what
 
 from __future__ import annotations
 
-import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from trainlab.components import build_finetune, build_model, build_optimizer, load_dataset
+from trainlab.components import load_dataset
 from trainlab.components.datasets import Split
-from trainlab.components.optimizers import resolved_lr
 from trainlab.config.schema import RunConfig
 from trainlab.devices import resolve_device, synchronize
-from trainlab.engine import allocator, contention, machine
+from trainlab.engine import allocator, contention, machine, threads
 from trainlab.engine.allocator import rss_bytes
-from trainlab.engine.measure import PeakMemory
-from trainlab.engine.speed import decide, intra_op_threads
-from trainlab.engine.tasks import TASKS, training_loss
+from trainlab.engine.bench import Bench, choose_threads
+from trainlab.engine.measure import PeakMemory, held_tensors
+from trainlab.engine.speed import gathered, intra_op_threads
+from trainlab.engine.tasks import TASKS
+from trainlab.engine.timing import trimmed_mean
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,12 @@ class Probe:
     # time/cpu_share, time/cpu_wait, machine/load, machine/steal and perf/disturbed over the
     # training steps, whichever could be measured (engine/contention.py)
     busy: dict[str, float] = field(default_factory=dict)
+    threads: int = 0  # the intra-op threads the steps were timed at
+    threads_reason: str | None = None  # how train.threads: auto chose them (None: set)
+
+    # The run's own tensors at their peak over a step (CPU; None on CUDA, where the allocator's
+    # peak, base_bytes + step_bytes, is that number, and with train.compile).
+    tensor_peak_bytes: int | None = None
 
     @property
     def disturbed(self) -> bool:
@@ -64,6 +73,9 @@ def probe(config: RunConfig, *, min_steps: int = 10, max_steps: int = 100,
     shared machine's speed moves by tens of percent within a second, and 100 steps of a
     small MLP are a 30-80 ms window (probes of one setup a minute apart gave 0.49 and
     0.81 ms per step with the window at 100 steps).
+
+    With ``train.threads: auto`` it first picks the run's thread count on the same model
+    (:mod:`trainlab.engine.threads`), remembers it for the run, and then times at it.
     """
     with intra_op_threads(config.train.threads):  # the threads the run will have
         return _probe(config, min_steps, max_steps, budget_s, min_window_s)
@@ -76,42 +88,32 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
     device = resolve_device(config.train.device)
     data = load_dataset(config.data, config.model)
     task = TASKS[data.info.task]
-    loss_fn = training_loss(config, task)
     bs = config.data.batch_size
+    auto = isinstance(config.train.threads, str) and device.type == "cpu"
+    limit = threads.ceiling()
+    others = threads.others_running() if auto and limit > 1 else None
+    choice = (threads.before_timing(limit, others)
+              or threads.recall(config, limit, most=threads.room(limit, others))
+              if auto else None)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         memory = PeakMemory(device)
         memory.reset()
         base = (torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes())
-        model = build_model(config.model, data.info).to(device)
-        tuning = build_finetune(config.finetune, model, resolved_lr(config.optimizer))
-        model = (tuning.model or model).to(device)  # adapters / PEFT wrap or extend it
-        optimizer = build_optimizer(config.optimizer, tuning.param_groups)
-        speed = decide(config.train, model, device, [data.train])
-        train = data.train.to(device) if speed.data_on_device else data.train
-        fetch = speed.fetcher(train)
-        if fetch is None:  # tensors on the device, indexed as the engine does
-            assert isinstance(train, Split)  # a Dataset's items always have a fetcher
-            inputs, targets = train.inputs, train.targets
-        n = len(train)
-        gen = torch.Generator().manual_seed(0)
+        bench = Bench(config, device, data)
+        if auto:
+            if choice is None:  # the run's threads, timed on this probe's model
+                t_choose = time.perf_counter()
+                choice = replace(choose_threads(bench, limit, others),
+                                 seconds=time.perf_counter() - t_choose)
+                threads.remember(config, limit, choice)
+            torch.set_num_threads(choice.threads)  # the probe's caller gets its count back
+        tensor_peak = _tensor_peak(bench, memory, [data.train, data.valid, data.test])
         times: list[float] = []
         warm: list[float] = []
-        steps = 0
         timed = 0.0  # seconds of the timed steps so far
         before = machine.read()
         while len(times) < max_steps or (timed < min_window_s and len(times) < 20 * max_steps):
-            idx = torch.randint(0, n, (min(bs, n),), generator=gen).to(train.device)
-            synchronize(device)
-            t = time.perf_counter()
-            x, y = (inputs[idx], targets[idx]) if fetch is None else fetch(idx)
-            optimizer.zero_grad(set_to_none=True)
-            with speed.autocast():
-                loss = loss_fn(speed.forward(x), y)
-            loss.backward()
-            optimizer.step()
-            synchronize(device)
-            seconds = time.perf_counter() - t
-            steps += 1
+            seconds = bench.step()
             # Warm-up (lazy initialisation, kernel selection) lasts until steps stop getting
             # faster: at least two steps, at most ten.
             if len(warm) < 2 or (len(warm) < 10 and not times and seconds < 0.67 * min(warm)):
@@ -121,7 +123,7 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
             timed += seconds
             if len(times) >= min_steps and timed > budget_s:
                 break
-        busy = contention.epoch_contention(before, machine.read(), speed.threads,
+        busy = contention.epoch_contention(before, machine.read(), torch.get_num_threads(),
                                            cpu_bound=device.type == "cpu")
         default_eval = bs if data.info.task == "lm" else max(bs, 256)
         eval_bs = config.data.eval_batch_size or default_eval
@@ -130,6 +132,7 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
             x_host, y_host = split.inputs[:eval_bs], split.targets[:eval_bs]
         else:  # a Dataset's first items, read once
             x_host, y_host = split.take(range(min(eval_bs, len(split))))
+        model, speed = bench.model, bench.speed
         model.eval()
         eval_times = []
         with torch.inference_mode(), speed.autocast():
@@ -141,13 +144,35 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
                 synchronize(device)
                 eval_times.append(time.perf_counter() - t)
         peak = memory.read()["memory/peak_bytes"]
-        del model, optimizer, tuning, speed
+        del model, speed, bench
     return Probe(trimmed_mean(times), min(eval_times[1:]), max(0, int(peak) - base), base,
-                 len(times), time.perf_counter() - t_begin, busy)
+                 len(times), time.perf_counter() - t_begin, busy,
+                 choice.threads if choice is not None else torch.get_num_threads(),
+                 choice.reason if choice is not None else None, tensor_peak_bytes=tensor_peak)
 
 
-def trimmed_mean(values: list[float], cut: float = 0.1) -> float:
-    """The mean of ``values`` without the lowest and highest ``cut`` fraction."""
-    ordered = sorted(values)
-    k = int(len(ordered) * cut)
-    return statistics.fmean(ordered[k:len(ordered) - k])
+def _tensor_peak(bench: Bench, memory: PeakMemory, splits: list[object]) -> int | None:
+    """One step of ``bench`` measured as the engine measures a run's first step on CPU: the
+    peak bytes of the tensors the run holds (``splits``: the data it keeps in memory) and of
+    those the step creates; None where the run does not measure it this way."""
+    if bench.device.type == "cuda" or bench.speed.compiled:
+        return None
+    order = torch.arange(bench.n, device=bench.where)  # the epoch's order, as the engine holds
+    if bench.fetch is None:  # the first batch as the engine gathers it (with the next ones)
+        idx, x, y = next(gathered(bench.inputs, bench.targets, order.split(bench.bs)))
+    else:
+        idx = order[:bench.bs]
+        x, y = bench.fetch(idx)
+    memory.track_step(held_tensors(bench.model, bench.optimizer, splits, order, idx, x, y),
+                      optimizer=bench.optimizer, model=bench.model)
+    try:
+        bench.optimizer.zero_grad(set_to_none=True)
+        with bench.speed.autocast():
+            out = bench.speed.forward(x)  # held to the end, as the engine's loop holds it
+            loss = bench.loss_fn(out, y)
+        loss.backward()
+        bench.optimizer.step()
+        memory.end_step()
+    finally:
+        memory.end_step()  # (nothing when it ended above)
+    return memory.tensor_peak

@@ -64,6 +64,12 @@ class _SinkStore:
         raise ValueError("unused")
 
 
+def _set_threads(config: RunConfig) -> int | None:
+    """``train.threads`` when it is a number; None for ``auto`` (each rank keeps its share)."""
+    threads = config.train.threads
+    return threads if isinstance(threads, int) else None
+
+
 def rank_threads(nproc: int) -> int:
     """Intra-op threads per rank on CPU: this process's share split over the ranks."""
     return max(1, torch.get_num_threads() // nproc)
@@ -83,7 +89,7 @@ def train_distributed(config: RunConfig, *, run_id: str, run_dir: Path, sink: Re
             "config": config.to_dict(), "run_id": run_id, "run_dir": str(run_dir),
             "address": address, "threads": rank_threads(nproc)}))
         env = {**os.environ, AUTHKEY_ENV: authkey.hex(),
-               "OMP_NUM_THREADS": str(config.train.threads or rank_threads(nproc))}
+               "OMP_NUM_THREADS": str(_set_threads(config) or rank_threads(nproc))}
         listener = Listener(address, family="AF_UNIX", authkey=authkey)
         server = _Server(listener, sink, callbacks)
         with open(run_dir / LOG_NAME, "ab") as log:

@@ -319,6 +319,10 @@ def lr_find(config: RunConfig, settings: LRFindSpec | None = None) -> LRRangeRes
     settings = settings or config.lr_find or LRFindSpec()
     t0 = time.perf_counter()
     with intra_op_threads(config.train.threads):
+        if not isinstance(config.train.threads, int):  # auto: the count the run will pick
+            from trainlab.engine.bench import run_threads
+
+            torch.set_num_threads(run_threads(config).threads)
         result, extra = _lr_find(config, settings)
     seconds = time.perf_counter() - t0  # the whole cost, setup included
     return LRRangeResult(result.lrs, result.losses, result.smoothed, result.initial_loss,

@@ -44,6 +44,9 @@ BAD = [
     ("bad device", "train.device", "tpu", ["train.device", "tpu"]),
     ("dropout too high", "model.dropout", 1.5, ["model.dropout", "1.5"]),
     ("weight decay negative", "optimizer.weight_decay", -1, ["optimizer.weight_decay", "-1"]),
+    ("threads zero", "train.threads", 0, ["train.threads", "auto", "got 0"]),
+    ("threads a word", "train.threads", "many", ["train.threads", "auto", "'many'"]),
+    ("threads a fraction", "train.threads", 1.5, ["train.threads", "1.5"]),
 ]
 
 
@@ -129,6 +132,24 @@ def test_run_id_is_stable_and_canonical(tiny: dict) -> None:
     # int vs float for a float field is the same run
     assert resolve_run(_set(tiny, "optimizer.lr", 1)).run_id == \
         resolve_run(_set(tiny, "optimizer.lr", 1.0)).run_id
+
+
+def test_threads_auto_is_the_default_and_keeps_the_ids_runs_had(tiny: dict) -> None:
+    """``train.threads: auto`` took over from None (torch's default): a run stored before it,
+    whose config says None, keeps its id, and reads back as auto."""
+    import dataclasses
+
+    auto = resolve_run(tiny)
+    assert auto.train.threads == "auto"
+    assert resolve_run(_set(tiny, "train.threads", "auto")).run_id == auto.run_id
+    stored = resolve_run(_set(tiny, "train.threads", None))  # a config stored before auto
+    assert stored.train.threads == "auto" and stored.run_id == auto.run_id
+    # The id as it was computed before auto: the field's value None, hashed as null.
+    before = dataclasses.replace(auto, train=auto.train.model_construct(
+        **{**dict(auto.train), "threads": None}))
+    assert before.to_dict()["train"]["threads"] is None
+    assert before.run_id == auto.run_id
+    assert resolve_run(_set(tiny, "train.threads", 2)).run_id != auto.run_id  # a set count
 
 
 def test_fields_of_other_components_are_dropped_for_this_run(tiny: dict) -> None:

@@ -103,10 +103,12 @@ def test_channels_last_gives_the_same_results_on_a_cnn(tmp_path: Path) -> None:
 def test_speed_options_are_in_the_summary_and_auto_resolves() -> None:
     outcome = train(_cfg())
     speed = outcome.summary["speed"]
+    threads_auto = speed.pop("threads_auto")  # train.threads: auto (test_threads.py)
     assert speed == {"fused": True, "foreach": False, "precision": "fp32", "compile": False,
                      "channels_last": False, "data_on_device": True,
-                     "threads": torch.get_num_threads(),
+                     "threads": torch.get_num_threads(),  # one to give (tests/conftest.py)
                      "steady_heap": sys.platform.startswith("linux")}
+    assert threads_auto["reason"] == "one thread"
 
 
 def test_train_threads_hold_for_their_run_only() -> None:
