@@ -7,6 +7,8 @@
   whose validation metric is within the same tolerance of the best;
 - the Pareto fronts of quality against training time and against peak memory;
 - overfitting: validation worsening for ``k`` epochs in a row while training improves;
+- the input pipeline (where some run loaded a Dataset's items, or waited for its batches):
+  which runs were input-bound and which setting removed the wait;
 - divergence and failures.
 
 Seed runs of one configuration are averaged first (curves epoch by epoch).
@@ -26,6 +28,10 @@ from trainlab.analysis.frames import Metric, SweepFrames, aggregate, curves
 from trainlab.analysis.tables import sort_frame
 
 RELATIVE_TOLERANCE = 0.10  # lower-is-better metrics: within 10 % of the best
+# A run is input-bound when it waited for its next batch this share of its training time or
+# more (time/data_wait_frac, median over epochs); below NO_WAIT the wait is negligible.
+INPUT_BOUND = 0.2
+NO_WAIT = 0.05
 ACCURACY_TOLERANCE = 0.01  # accuracy: within one percentage point of the best
 
 
@@ -61,14 +67,16 @@ def answer_all(frames: SweepFrames, *, target: float | None = None,
     return [time_to_target(frames, configs, target), time_budget(frames, configs),
             generalization(frames, configs), pareto(frames, configs, "train_time"),
             pareto(frames, configs, "peak_memory_bytes"),
-            overfitting(frames, configs, overfit_epochs), divergence(frames)]
+            overfitting(frames, configs, overfit_epochs), *input_pipeline(frames, configs),
+            divergence(frames)]
 
 
 def config_frame(frames: SweepFrames) -> pd.DataFrame:
     """One row per configuration, seeds averaged, finished runs first in table order."""
     m = frames.metric.name
     cols = [f"valid_{m}", f"train_{m}", "valid_loss", "train_loss", "train_time",
-            "peak_memory_bytes", "best_epoch", "time_to_best", "disturbed_epochs"]
+            "peak_memory_bytes", "best_epoch", "time_to_best", "disturbed_epochs",
+            "data_wait_frac", "samples_per_s"]
     cols = [c for c in cols if c in frames.runs.columns]
     configs = aggregate(frames.runs, frames.keys, cols)
     return sort_frame(configs, frames.keys, order_from=frames.runs)
@@ -391,6 +399,57 @@ def overfitting(frames: SweepFrames, configs: pd.DataFrame, k: int = 2) -> Answe
     return Answer("overfitting", question, text, columns, rows, flagged)
 
 
+def input_pipeline(frames: SweepFrames, configs: pd.DataFrame) -> list[Answer]:
+    """Which configurations waited for data (input-bound), and which one waited least.
+
+    Asked only where some run loaded a Dataset's items through a DataLoader or waited for its
+    batches noticeably: tensors in memory wait microseconds, and the question is moot.
+    """
+    runs = frames.runs
+    if "data_wait_frac" not in configs.columns or not (
+            runs["loader"].notna().any()
+            or (pd.to_numeric(runs["data_wait_frac"], errors="coerce") > NO_WAIT).any()):
+        return []
+    question = "Was training waiting for data, and what removed the wait?"
+    ok = _ok(configs)
+    ok = ok[pd.to_numeric(ok["data_wait_frac"], errors="coerce").notna()]
+    columns = ["run", "config", "data wait (%)", "throughput (ex/s)"]
+    if ok.empty:
+        return [Answer("input_pipeline", question,
+                       "No finished run recorded how long it waited for data.", columns)]
+    ranked = ok.sort_values("data_wait_frac", kind="stable")
+    evidence = [{"run": frames.run_numbers(r), "config": frames.describe(r),
+                 "data wait (%)": 100 * r["data_wait_frac"],
+                 "throughput (ex/s)": r["samples_per_s"]} for _, r in ranked.iterrows()]
+    bound = ranked[ranked["data_wait_frac"] >= INPUT_BOUND]
+    least = ranked.iloc[0]
+    if bound.empty:
+        worst = ranked.iloc[-1]
+        text = (f"No: no configuration was input-bound; the longest wait for data was "
+                f"{100 * worst['data_wait_frac']:.0f} % of the training time "
+                f"({_who(frames, worst)}).")
+        return [Answer("input_pipeline", question, text, columns, evidence,
+                       [frames.run_numbers(worst)])]
+    names = "; ".join(f"{_who(frames, r)} waited {100 * r['data_wait_frac']:.0f} %"
+                      for _, r in bound.iloc[::-1].iterrows())
+    text = (f"Yes: input-bound (waiting for the next batch {100 * INPUT_BOUND:.0f} % or more of "
+            f"the training time): {names}.")
+    named = [frames.run_numbers(r) for _, r in bound.iloc[::-1].iterrows()]
+    if least["data_wait_frac"] < INPUT_BOUND:
+        worst = bound.iloc[-1]
+        speedup = least["samples_per_s"] / worst["samples_per_s"]
+        gain = (f", at {speedup:.2f}x the throughput of the slowest"
+                if math.isfinite(speedup) else "")
+        text += (f" Least wait: {_who(frames, least)}, "
+                 f"{100 * least['data_wait_frac']:.0f} %{gain}.")
+        named.append(frames.run_numbers(least))
+    else:
+        text += (" Every configuration waited: more data.loader.workers (up to the cores), "
+                 "a faster Dataset __getitem__, or data.cache: true for data that fits in memory "
+                 "would help.")
+    return [Answer("input_pipeline", question, text, columns, evidence, named)]
+
+
 def divergence(frames: SweepFrames) -> Answer:
     question = "Did any run diverge or fail?"
     rows = [{"run": str(r["index"]), "config": frames.describe(r), "status": r["status"],
@@ -416,6 +475,6 @@ def divergence(frames: SweepFrames) -> Answer:
                   [r["run"] for r in rows])
 
 
-__all__ = ["ACCURACY_TOLERANCE", "RELATIVE_TOLERANCE", "Answer", "answer_all",
-           "config_frame", "generalization", "overfit_spans", "overfitting", "pareto",
-           "pareto_front", "time_budget", "time_to_target", "tolerance_bound"]
+__all__ = ["ACCURACY_TOLERANCE", "INPUT_BOUND", "RELATIVE_TOLERANCE", "Answer", "answer_all",
+           "config_frame", "generalization", "input_pipeline", "overfit_spans", "overfitting",
+           "pareto", "pareto_front", "time_budget", "time_to_target", "tolerance_bound"]

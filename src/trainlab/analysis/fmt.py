@@ -41,12 +41,20 @@ def mib(n_bytes: float) -> float:
     return n_bytes / MIB
 
 
-def format_mib(n_bytes: Any, *, missing: str = MISSING, grouping: bool = True) -> str:
+def format_mib(n_bytes: Any, *, missing: str = MISSING, grouping: bool = True,
+               significant: int | None = None) -> str:
     """Bytes as whole MiB: ``"1,536"`` (``"1536"`` without ``grouping``); ``missing`` when the
-    value is not a finite number."""
+    value is not a finite number.  With ``significant``, a value under 100 MiB keeps that many
+    significant digits (``"24.8"``, ``"0.557"``): the peaks of a small model's own tensors
+    differ by fractions of a MiB."""
     if not is_finite(n_bytes):
         return missing
-    return f"{mib(float(n_bytes)):,.0f}" if grouping else f"{mib(float(n_bytes)):.0f}"
+    value = mib(float(n_bytes))
+    rounded = float(f"{value:.{significant}g}") if significant is not None else math.inf
+    if significant is not None and 0 < abs(rounded) < 100:  # (99.97 rounds to 100: whole)
+        decimals = min(max(0, significant - 1 - math.floor(math.log10(abs(rounded)))), 9)
+        return f"{rounded:.{decimals}f}"
+    return f"{value:,.0f}" if grouping else f"{value:.0f}"
 
 
 def format_bytes(n_bytes: float) -> str:

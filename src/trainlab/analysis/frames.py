@@ -225,11 +225,18 @@ def _run_rows(runs: pd.DataFrame, epochs: pd.DataFrame, varied: list[str],
             "samples_per_s": _median(ep, "throughput/samples_per_s"),
             "tokens_per_s": _median(ep, "throughput/tokens_per_s"),
             "epoch_time": _median(ep, "time/epoch_train"),
+            # The share of training time the loop waited for its next batch (median over
+            # epochs); whether the run loaded a Dataset's items through a DataLoader.
+            "data_wait_frac": _median(ep, "time/data_wait_frac"),
+            "loader": _loader_text(summary.get("speed")),
             # Epochs whose timing other work on the machine disturbed (engine/contention.py);
             # NaN for runs recorded before the flag existed.
             "disturbed_epochs": _col_sum(ep, "perf/disturbed"),
             "eval_time": _median(ep, "time/eval"),
             "peak_memory_bytes": _col_max(ep, "memory/peak_bytes"),
+            # The run's own tensors at their peak, and what the process held around them
+            # (RSS on CPU, the CUDA allocator's reserved bytes): see _memory_columns.
+            **_memory_columns(ep, summary, run["env"]),
             # GPU utilization sampled through NVML (the mean of each epoch's samples).
             "utilization": _median(ep, "gpu/utilization_mean"),
             "mfu": _median(ep, MFU_KEY),
@@ -248,6 +255,7 @@ def _run_rows(runs: pd.DataFrame, epochs: pd.DataFrame, varied: list[str],
         raw_estimate = run.get("estimate")
         estimate: dict[str, Any] = raw_estimate if isinstance(raw_estimate, dict) else {}
         row["predicted_peak_bytes"] = _num(estimate.get("peak_bytes"))
+        row["predicted_tensor_peak_bytes"] = _num(estimate.get("tensor_peak_bytes"))
         row["predicted_epoch_time"] = _num(estimate.get("epoch_train_s"))
         row["predicted_run_time"] = _num(estimate.get("run_s"))
         row["estimate_method"] = estimate.get("method")
@@ -265,6 +273,16 @@ def _run_rows(runs: pd.DataFrame, epochs: pd.DataFrame, varied: list[str],
     frame = pd.DataFrame(rows)
     frame["group"] = [group_label(r, keys) for _, r in frame.iterrows()]
     return frame
+
+
+def _loader_text(speed: Any) -> str | None:
+    """``data.loader`` as run (``2 workers, pinned``), or None where no DataLoader was used."""
+    loader = speed.get("loader") if isinstance(speed, dict) else None
+    if not isinstance(loader, dict):
+        return None
+    workers = int(loader.get("workers") or 0)
+    text = f"{workers} worker{'s' * (workers != 1)}" if workers else "in-process"
+    return text
 
 
 def speed_text(speed: Any) -> str | None:
@@ -378,6 +396,22 @@ def _col_sum(ep: pd.DataFrame, key: str) -> float:
     if key not in ep.columns or ep[key].dropna().empty:
         return math.nan
     return float(ep[key].dropna().sum())
+
+
+def _memory_columns(ep: pd.DataFrame, summary: dict[str, Any], env: Any) -> dict[str, float]:
+    """``tensor_peak_bytes``: memory/tensor_peak_bytes (engine/measure.py); on a GPU run
+    recorded before it existed, memory/peak_bytes, the allocator's peak, which is the same
+    measurement; NaN for older CPU runs, whose only number is the process's.
+    ``rss_reserved_bytes``: the process's peak RSS on CPU, the CUDA allocator's peak reserved
+    bytes on a GPU."""
+    device = str(summary.get("device") or (env.get("device") if isinstance(env, dict) else "")
+                 or "")
+    cuda = device.startswith("cuda")
+    tensor = _col_max(ep, "memory/tensor_peak_bytes")
+    if cuda and not is_finite(tensor):
+        tensor = _col_max(ep, "memory/peak_bytes")
+    second = _col_max(ep, "memory/reserved_bytes" if cuda else "memory/peak_bytes")
+    return {"tensor_peak_bytes": tensor, "rss_reserved_bytes": second}
 
 
 def _col_max(ep: pd.DataFrame, key: str) -> float:

@@ -40,7 +40,8 @@ TIE_SYMBOL = "≈"
 # disturbed (perf/disturbed, engine/contention.py); the legend is the table's note.
 DISTURBED_SYMBOL = "†"
 TIMED_KEYS = frozenset({"time_to_best", "train_time", "wall_time", "samples_per_s",
-                        "tokens_per_s", "epoch_time", "eval_time", "time_error_pct"})
+                        "tokens_per_s", "epoch_time", "eval_time", "time_error_pct",
+                        "data_wait_pct"})
 
 
 @dataclass(frozen=True)
@@ -104,8 +105,8 @@ def format_cell(value: Any, kind: Kind) -> str:
         return format_value(value) if not isinstance(value, list) else format_indices(value)
     if not is_finite(value):
         return "-"
-    if kind == "bytes":
-        return format_mib(value)
+    if kind == "bytes":  # whole MiB, three significant digits under 100 MiB
+        return format_mib(value, significant=3)
     return _FORMATS.get(kind, format_number)(float(value))
 
 
@@ -252,7 +253,7 @@ def summary_table(frames: SweepFrames, *, sort: str | None = None,
         Column("tokens_per_s" if lm else "samples_per_s", "thr (tok/s)" if lm else "thr (ex/s)",
                "rate", "thr: training throughput, median over epochs, in "
                + ("tokens" if lm else "examples") + " per second"),
-        Column("peak_memory_bytes", "mem (MiB)", "bytes", "mem: " + _memory_note(frames)),
+        *memory_columns(frames),
     ]
     if split_params:
         cols += [Column("params_total", "params", "count", "params: parameters in the model"),
@@ -276,7 +277,7 @@ def system_table(frames: SweepFrames, *, sort: str | None = None,
     cols = [Column("index", "#", "run", "#: run number in the sweep")]
     cols += [Column(k, frames.label(k), "text") for k in frames.keys]
     cols.append(Column("device", "device", "text", "device: where the run trained"))
-    cols += [Column("peak_memory_bytes", "mem (MiB)", "bytes", "mem: " + _memory_note(frames)),
+    cols += [*memory_columns(frames),
              Column("samples_per_s", "thr (ex/s)", "rate",
                     "thr: training examples per second, median over epochs")]
     if lm:
@@ -286,6 +287,10 @@ def system_table(frames: SweepFrames, *, sort: str | None = None,
                     "t/ep: training seconds per epoch (median; evaluation excluded)"),
              Column("eval_time", "eval (s)", "seconds",
                     "eval: seconds per validation pass (median)")]
+    if _shows_data_wait(runs):
+        cols.append(Column("data_wait_pct", "wait (%)", "percent",
+                           "wait: share of the training time the loop waited for its next "
+                           "batch (time/data_wait_frac, median over epochs)"))
     if runs["utilization"].notna().any():
         cols.append(Column("utilization", "util (%)", "percent",
                            "util: GPU utilization sampled through NVML, median over epochs"))
@@ -319,9 +324,11 @@ def estimate_table(frames: SweepFrames, order: Sequence[str] | None = None) -> T
     cols = [Column("index", "#", "run", "#: run number in the sweep")]
     cols += [Column(k, frames.label(k), "text") for k in frames.keys]
     cols += [
-        Column("predicted_peak_bytes", "mem pred.", "bytes",
-               "mem: peak memory in MiB predicted before the run, and measured"),
-        Column("peak_memory_bytes", "mem meas.", "bytes"),
+        Column("predicted_mem_bytes", "mem pred.", "bytes",
+               "mem: peak MiB of the run's own tensors (memory/tensor_peak_bytes: weights, "
+               "gradients, optimizer state, activations, data, batches) predicted before the "
+               "run, and measured"),
+        Column("measured_mem_bytes", "mem meas.", "bytes"),
         Column("mem_error_pct", "err (%)", "signed",
                "err: (predicted - measured) / measured"),
         Column("predicted_epoch_time", "t/ep pred.", "seconds",
@@ -337,7 +344,38 @@ def estimate_table(frames: SweepFrames, order: Sequence[str] | None = None) -> T
     table = _build(frames, "estimates", "Predicted and measured", cols,
                    sort=None, group=None, lead=lead, order=order)
     _withhold_disturbed_time_errors(frames, table)
+    _note_process_memory(frames, table)
     return table
+
+
+def _note_process_memory(frames: SweepFrames, table: Table) -> None:
+    """Name the rows whose memory columns compare the process's peak instead of the tensors'
+    (the run or its prediction is older than memory/tensor_peak_bytes)."""
+    runs = _with_compared_memory(frames.runs)
+    process = set(runs.loc[~runs["mem_tensors"], "run_id"])
+    rows = [frames.run_numbers(r) for r in table.rows
+            if process & set(r.get("run_ids") or [r.get("run_id")])]
+    if rows:
+        table.notes.append(
+            f"mem for run {'; '.join(rows)}: the process's peak (memory/peak_bytes: resident "
+            "set size on CPU, Python and torch included) against its prediction, as the run "
+            "or its prediction was made before trainlab measured the run's own tensors.")
+
+
+def _with_compared_memory(runs: pd.DataFrame) -> pd.DataFrame:
+    """``predicted_mem_bytes`` / ``measured_mem_bytes`` / ``mem_error_pct``: the run's own
+    tensors predicted and measured where both are known (``mem_tensors``), else the process's
+    peak (memory/peak_bytes) and its prediction, the same kind on each side."""
+    runs = runs.copy()
+    nan = pd.Series(math.nan, index=runs.index)
+    predicted = pd.to_numeric(runs.get("predicted_tensor_peak_bytes", nan), errors="coerce")
+    measured = pd.to_numeric(runs.get("tensor_peak_bytes", nan), errors="coerce")
+    tensors = predicted.notna() & measured.notna()
+    runs["mem_tensors"] = tensors
+    runs["predicted_mem_bytes"] = predicted.where(tensors, runs["predicted_peak_bytes"])
+    runs["measured_mem_bytes"] = measured.where(tensors, runs["peak_memory_bytes"])
+    runs["mem_error_pct"] = 100 * (runs["predicted_mem_bytes"] / runs["measured_mem_bytes"] - 1)
+    return runs
 
 
 def _withhold_disturbed_time_errors(frames: SweepFrames, table: Table) -> None:
@@ -375,11 +413,11 @@ def _total(values: pd.Series) -> str:
 def _build(frames: SweepFrames, name: str, title: str, cols: list[Column], *,
            sort: str | None, group: str | None, lead: str,
            extra_text: Sequence[str] = (), order: Sequence[str] | None = None) -> Table:
-    runs = frames.runs.copy()
+    runs = _with_compared_memory(frames.runs)
     runs["device"] = [str(s.get("device") or _env_device(e)) for s, e in
                       zip(runs["summary"], runs["env"])]
     runs["mfu_pct"] = runs["mfu"] * 100
-    runs["mem_error_pct"] = 100 * (runs["predicted_peak_bytes"] / runs["peak_memory_bytes"] - 1)
+    runs["data_wait_pct"] = runs["data_wait_frac"] * 100
     runs["time_error_pct"] = 100 * (runs["predicted_epoch_time"] / runs["epoch_time"] - 1)
     numeric = [c.key for c in cols if c.kind not in ("text", "run")]
     seeded = frames.seeded
@@ -425,6 +463,15 @@ def _build(frames: SweepFrames, name: str, title: str, cols: list[Column], *,
         table.notes.append(f"MFU {UNRELIABLE_TEXT} for run {'; '.join(flagged)}: {UNRELIABLE_NOTE} "
                            "(an epoch ran faster than that peak), so no MFU is given.")
     return table
+
+
+def _shows_data_wait(runs: pd.DataFrame) -> bool:
+    """The wait-for-data column: where some run loaded a Dataset's items, or waited for
+    batches noticeably (tensors in memory wait microseconds; the column would be noise)."""
+    if "data_wait_frac" not in runs.columns:
+        return False
+    waits = pd.to_numeric(runs["data_wait_frac"], errors="coerce")
+    return bool(runs["loader"].notna().any() or (waits > 0.05).any())
 
 
 def _mfu_flags(runs: pd.DataFrame) -> pd.Series:
@@ -501,6 +548,35 @@ def _summary_lead(frames: SweepFrames) -> str:
             f"({len(frames.runs)} runs).")
 
 
+def memory_columns(frames: SweepFrames) -> list[Column]:
+    """The memory columns of a run: the peak of its own tensors (memory/tensor_peak_bytes),
+    then what the process held (RSS on CPU, the CUDA allocator's reserved bytes).  A sweep
+    recorded before the tensors' peak was measured keeps its one column (the process's peak
+    RSS on CPU, the allocator's peak on CUDA); in a sweep that mixes both, an older CPU run's
+    tensors cell is blank."""
+    runs = frames.runs
+    if "tensor_peak_bytes" not in runs.columns or not runs["tensor_peak_bytes"].notna().any():
+        return [Column("peak_memory_bytes", "mem (MiB)", "bytes", "mem: " + _memory_note(frames))]
+    devices = {str((s or {}).get("device", "")) for s in runs["summary"]}
+    cuda = {d.startswith("cuda") for d in devices}
+    rss = ("peak resident set size of the training process in MiB (CPU; Python and torch "
+           "included, a few hundred MiB)")
+    reserved = ("peak MiB the CUDA caching allocator reserved (the tensors, and the blocks it "
+                "keeps cached for reuse)")
+    if cuda == {True}:
+        second = Column("rss_reserved_bytes", "reserved (MiB)", "bytes", "reserved: " + reserved)
+    elif cuda == {False}:
+        second = Column("rss_reserved_bytes", "RSS (MiB)", "bytes", "RSS: " + rss)
+    else:
+        second = Column("rss_reserved_bytes", "RSS/res. (MiB)", "bytes",
+                        f"RSS/res.: on CPU runs the {rss}; on GPU runs the {reserved}")
+    return [Column("tensor_peak_bytes", "tensors (MiB)", "bytes",
+                   "tensors: peak MiB of the run's own tensors (memory/tensor_peak_bytes: "
+                   "weights, gradients, optimizer state, activations, data and batches; the "
+                   "CUDA allocator's peak on a GPU, the first training step tracked tensor by "
+                   "tensor on CPU)"), second]
+
+
 def _memory_note(frames: SweepFrames) -> str:
     devices = {str((s or {}).get("device", "")) for s in frames.runs["summary"]}
     if devices and all(d.startswith("cuda") for d in devices):
@@ -518,5 +594,5 @@ def _env_device(env: Any) -> str:
 
 __all__ = ["DISTURBED_SYMBOL", "TIE_SYMBOL", "TIMED_KEYS", "Column", "Table", "estimate_table",
            "format_cell", "format_number",
-           "mark_best", "resolve_group", "resolve_sort", "sort_frame", "summary_table",
-           "system_table"]
+           "mark_best", "memory_columns", "resolve_group", "resolve_sort", "sort_frame",
+           "summary_table", "system_table"]

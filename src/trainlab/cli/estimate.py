@@ -108,7 +108,7 @@ def estimate_cmd(
         table = Table(title=f"sweep {sweep.name}: predicted ({method} method); whole sweep "
                             f"{human_seconds(total)}", title_justify="left")
         for col in ["#", *labels.values(), "params", "trainable", "weights+grads+opt",
-                    "activations", "peak memory", "ms/step", "s/epoch", "run"]:
+                    "activations", "tensor peak", "peak memory", "ms/step", "s/epoch", "run"]:
             table.add_column(col, justify="right")
         for r in the_plan.runs:
             e = estimates[r.run_id]
@@ -118,12 +118,16 @@ def estimate_cmd(
                 f"{e.params_total:,}", f"{e.params_trainable:,}",
                 format_bytes(e.param_bytes + e.grad_bytes + e.optimizer_bytes),
                 format_bytes(e.activation_bytes) if e.activation_bytes is not None else "?",
+                format_bytes(e.tensor_peak_bytes) if e.tensor_peak_bytes is not None else "?",
                 format_bytes(e.peak_bytes), f"{e.step_s * 1e3:.3g}{mark}",
                 f"{e.epoch_train_s + e.epoch_eval_s:.3g}{mark}", human_seconds(e.run_s) + mark)
         out.print(table)
-        out.print("peak memory is what the run reports as memory/peak_bytes: on CPU the "
-                  "process's peak RSS (Python, torch and the data included); activations are "
-                  "traced on the meta device.", highlight=False)
+        out.print("tensor peak is the run's own tensors at their peak (weights, gradients, "
+                  "optimizer state, activations, data, batch), what the run reports as "
+                  "memory/tensor_peak_bytes; peak memory is what it reports as "
+                  "memory/peak_bytes: on CPU the process's peak RSS (Python, torch and the "
+                  "data included); activations are traced on the meta device.",
+                  highlight=False)
         if any(estimates[r.run_id].disturbed for r in the_plan.runs):
             out.print(disturbed_legend(), highlight=False)
         if any(estimates[r.run_id].activation_bytes is None for r in the_plan.runs):

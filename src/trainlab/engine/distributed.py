@@ -13,8 +13,9 @@ it was.  Under DDP:
   summed across ranks in one all-reduce (with the stop request, so every rank stops at the
   same step); validation and test are sharded and their sums reduced.  Every rank computes the
   same values; rank 0 alone writes records, checkpoints and ``best.pt``.
-- Memory: each rank's peak is gathered at epoch end: ``memory/peak_bytes`` is the largest,
-  ``memory/peak_bytes/rank<r>`` each rank's own.
+- Memory: each rank's peaks are gathered at epoch end: each ``memory/*`` value (the run's own
+  tensors' ``memory/tensor_peak_bytes`` too) is the largest over ranks,
+  ``memory/peak_bytes/rank<r>`` each rank's own peak.
 - Randomness: every rank builds the model from the run's seed (DDP also broadcasts rank 0's
   weights); ranks above 0 then reseed so their dropout masks differ, and each rank's RNG state
   is saved in the checkpoint for resume.
@@ -163,7 +164,8 @@ class DistContext:
     def memory(self, mine: dict[str, float]) -> dict[str, float]:
         """The largest peak over ranks, plus each rank's ``memory/peak_bytes/rank<r>``."""
         every = self.gather(mine)
-        out = {key: max(m[key] for m in every) for key in mine}
+        # Keys every rank records; one some rank lacks is the largest of those that have it.
+        out = {key: max(m[key] for m in every if key in m) for key in mine}
         for r, m in enumerate(every):
             out[f"memory/peak_bytes/rank{r}"] = m["memory/peak_bytes"]
         return out

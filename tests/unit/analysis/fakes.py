@@ -26,7 +26,8 @@ def add_sweep(store: Store, name: str, varied: list[str], runs: Sequence[dict[st
     """Write a sweep: each run gives ``values`` (varied key -> value), per-epoch ``train`` and
     ``valid`` metric lists, per-epoch cumulative training ``time``; optional ``status``,
     ``memory`` (MiB), ``params``, ``test``, ``error``, ``seed``, ``disturbed`` (per-epoch
-    perf/disturbed flags)."""
+    perf/disturbed flags), ``data_wait`` (per-epoch time/data_wait_frac), ``workers``
+    (data.loader.workers of a run that loaded a Dataset's items)."""
     rows = []
     for i, run in enumerate(runs, 1):
         values = dict(run["values"])
@@ -67,6 +68,9 @@ def add_sweep(store: Store, name: str, varied: list[str], runs: Sequence[dict[st
             if "disturbed" in run:  # per epoch: 1.0 where other work disturbed its timing
                 records.append(MetricRecord(run_id, "perf/disturbed", step, e, wall,
                                             run["disturbed"][e - 1]))
+            if "data_wait" in run:  # per epoch: the share of training time spent waiting
+                records.append(MetricRecord(run_id, "time/data_wait_frac", step, e, wall,
+                                            run["data_wait"][e - 1]))
         store.write(records)
         valid = run["valid"]
         if valid:
@@ -81,6 +85,8 @@ def add_sweep(store: Store, name: str, varied: list[str], runs: Sequence[dict[st
                 "peak_memory_bytes": run.get("memory", 100) * MiB, "epochs": len(valid)}
             if "test" in run:
                 summary[f"test_{metric}"] = run["test"]
+            if "workers" in run:  # the run loaded a Dataset's items through a DataLoader
+                summary["speed"] = {"loader": {"workers": run["workers"]}}
         else:
             summary = {}
         if status != "running":
