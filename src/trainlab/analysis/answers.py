@@ -76,7 +76,7 @@ def config_frame(frames: SweepFrames) -> pd.DataFrame:
     m = frames.metric.name
     cols = [f"valid_{m}", f"train_{m}", "valid_loss", "train_loss", "train_time",
             "peak_memory_bytes", "best_epoch", "time_to_best", "disturbed_epochs",
-            "data_wait_frac", "samples_per_s"]
+            "data_wait_frac", "samples_per_s", "tensor_peak_bytes"]
     cols = [c for c in cols if c in frames.runs.columns]
     configs = aggregate(frames.runs, frames.keys, cols)
     return sort_frame(configs, frames.keys, order_from=frames.runs)
@@ -311,6 +311,8 @@ def pareto(frames: SweepFrames, configs: pd.DataFrame, cost: str) -> Answer:
     key = "pareto_time" if cost == "train_time" else "pareto_memory"
     question = f"Which configurations trade validation {a} against {what} best (Pareto front)?"
     ok, left_out = _ok(configs), ""
+    if cost == "peak_memory_bytes":
+        cost = memory_cost(configs)
     if cost == "train_time":  # memory is not disturbed by other processes; time is
         ok, left_out = _timing_trusted(frames, ok)
         if ok.empty and left_out:
@@ -331,15 +333,29 @@ def pareto(frames: SweepFrames, configs: pd.DataFrame, cost: str) -> Answer:
     text = (f"{len(front)} of {len(ok)} configurations are on the front (none of the others is "
             f"both cheaper in {what} and better in validation {a}), from cheapest to best: "
             f"{steps}.")
-    if cost == "peak_memory_bytes":
-        text += " " + _memory_caveat(frames)
+    if cost != "train_time":
+        text += " " + _memory_caveat(frames, cost)
     if left_out:
         text += " " + left_out
     return Answer(key, question, text, columns, evidence,
                   [frames.run_numbers(ok.iloc[i]) for i in front], figure=key)
 
 
-def _memory_caveat(frames: SweepFrames) -> str:
+def memory_cost(configs: pd.DataFrame) -> str:
+    """The memory a Pareto front weighs: the peak of the run's own tensors
+    (memory/tensor_peak_bytes) where every finished configuration recorded it, else the
+    process peak (RSS on CPU, the allocator's peak on CUDA) of older runs."""
+    ok = _ok(configs)
+    if "tensor_peak_bytes" in ok.columns and len(ok) and pd.to_numeric(
+            ok["tensor_peak_bytes"], errors="coerce").notna().all():
+        return "tensor_peak_bytes"
+    return "peak_memory_bytes"
+
+
+def _memory_caveat(frames: SweepFrames, column: str = "peak_memory_bytes") -> str:
+    if column == "tensor_peak_bytes":
+        return ("Memory is the peak of the run's own tensors (weights, gradients, optimizer "
+                "state, activations, batches: memory/tensor_peak_bytes), not the process's.")
     devices = {str((s or {}).get("device", "")) for s in frames.runs["summary"]}
     if any(d.startswith("cuda") for d in devices):
         return "Memory is the CUDA allocator's peak."
@@ -476,5 +492,6 @@ def divergence(frames: SweepFrames) -> Answer:
 
 
 __all__ = ["ACCURACY_TOLERANCE", "INPUT_BOUND", "RELATIVE_TOLERANCE", "Answer", "answer_all",
-           "config_frame", "generalization", "input_pipeline", "overfit_spans", "overfitting",
-           "pareto", "pareto_front", "time_budget", "time_to_target", "tolerance_bound"]
+           "config_frame", "generalization", "input_pipeline", "memory_cost", "overfit_spans",
+           "overfitting", "pareto", "pareto_front", "time_budget", "time_to_target",
+           "tolerance_bound"]

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainlab.analysis.answers import answer_all, config_frame, pareto_front
+import pandas as pd
+
+from trainlab.analysis.answers import answer_all, config_frame, memory_cost, pareto_front
 from trainlab.analysis.files import atomic_write_bytes, atomic_write_text
 from trainlab.analysis.fmt import format_evidence, mib
 from trainlab.analysis.frames import SweepFrames, load_sweep
@@ -42,7 +44,12 @@ from trainlab.analysis.sections import (
     number_sections,
     table_section,
 )
-from trainlab.analysis.tables import estimate_table, summary_table, system_table
+from trainlab.analysis.tables import (
+    DISTURBED_SYMBOL,
+    estimate_table,
+    summary_table,
+    system_table,
+)
 from trainlab.errors import ConfigError
 
 
@@ -149,20 +156,36 @@ def _pareto_figures(frames: SweepFrames) -> list[Figure]:
         return []
     m = frames.metric
     out = []
+    memory = memory_cost(configs)
+    memory_label = ("peak of its own tensors (MiB)" if memory == "tensor_peak_bytes"
+                    else "peak memory (MiB)")
+    disturbed = pd.to_numeric(ok.get("disturbed_epochs", pd.Series(dtype=float)),
+                              errors="coerce").fillna(0) > 0
     for key, cost, label in (("pareto_time", "train_time", "training time (s)"),
-                             ("pareto_memory", "peak_memory_bytes", "peak memory (MiB)")):
+                             ("pareto_memory", memory, memory_label)):
         points: list[dict[str, Any]] = [
             {"label": frames.run_numbers(r), "value": float(r[f"valid_{m.name}"]),
              cost: float(r[cost]) if cost == "train_time" else mib(float(r[cost]))}
             for _, r in ok.iterrows()]
         if not any(math.isfinite(p[cost]) for p in points):
             continue
-        front = pareto_front([p[cost] for p in points], [p["value"] for p in points],
-                             m.higher_is_better)
+        # Time: a configuration whose timing other work disturbed is drawn (marked †) but
+        # not ranked, as the Pareto answer leaves it out.
+        untrusted = (set(disturbed[disturbed].index) if cost == "train_time"
+                     and len(disturbed) == len(points) else set())
+        ranked = [i for i in range(len(points)) if i not in untrusted]
+        front = [ranked[j] for j in pareto_front([points[i][cost] for i in ranked],
+                                                 [points[i]["value"] for i in ranked],
+                                                 m.higher_is_better)]
+        for i in untrusted:
+            points[i]["label"] = f"{points[i]['label']} {DISTURBED_SYMBOL}"
         caption = (f"Best validation {m.abbrev} of each configuration against its {label}; "
                    "labels are run numbers. Red points form the Pareto front: no other "
                    f"configuration is both cheaper and better. Finished runs only"
                    + ("; seeds averaged." if frames.seeded else "."))
+        if untrusted:
+            caption += (f" {DISTURBED_SYMBOL}: timing disturbed by other work on the machine "
+                        "(perf/disturbed); drawn, not ranked.")
         out.append(pareto_figure(frames, points, cost, label, front, key, caption))
     return out
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
@@ -135,6 +135,28 @@ def format_value(value: Any) -> str:
 COST_COLUMNS = ("trainable %", "samples/s", "tensor MiB", "RSS/res MiB", "grad norm")
 
 
+DISTURBED = "\u2020"  # the report's mark (analysis.tables.DISTURBED_SYMBOL) for one run
+
+
+def timed(summary: Mapping[str, Any], text: str) -> str:
+    """A time or throughput cell, marked where other work on the machine disturbed the run's
+    timing (``timing_trusted`` false: engine/contention.py)."""
+    return f"{text} {DISTURBED}" if text and summary.get("timing_trusted") is False else text
+
+
+def train_seconds(summary: Mapping[str, Any]) -> str:
+    value = summary.get("train_time")
+    return timed(summary, f"{value:.1f}") if is_finite(value) else ""
+
+
+def disturbed_note(summaries: Iterable[Mapping[str, Any]]) -> None:
+    """Under a table of runs: what the mark means, where a run has it."""
+    if any((s or {}).get("timing_trusted") is False for s in summaries):
+        err.print(f"[yellow]{DISTURBED}[/]: other work on the machine disturbed this run's "
+                  "timing (perf/disturbed): its times and throughput are not the model's alone; "
+                  "rerun it on a quiet machine for numbers to compare.", highlight=False)
+
+
 def cost_cells(summary: Mapping[str, Any]) -> list[str]:
     def get(key: str, spec: str) -> str:
         value = summary.get(key)
@@ -148,7 +170,8 @@ def cost_cells(summary: Mapping[str, Any]) -> list[str]:
     cuda = str(summary.get("device", "")).startswith("cuda")
     tensors = "tensor_peak_bytes" if "tensor_peak_bytes" in summary or not cuda else \
         "peak_memory_bytes"
-    return [get("params_trainable_pct", ".3g"), get("samples_per_s", ".0f"), mib(tensors),
+    return [get("params_trainable_pct", ".3g"), timed(summary, get("samples_per_s", ".0f")),
+            mib(tensors),
             mib("reserved_memory_bytes" if cuda else "peak_memory_bytes"),
             get("grad_norm_median", ".3g")]
 

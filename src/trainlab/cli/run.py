@@ -22,6 +22,7 @@ from trainlab.cli.common import (
     command_store,
     cost_cells,
     describe_run,
+    disturbed_note,
     err,
     escape,
     format_value,
@@ -29,6 +30,7 @@ from trainlab.cli.common import (
     headline,
     load_config,
     out,
+    train_seconds,
     warn_if_busy,
 )
 from trainlab.cli.estimate import check_fit, estimate_plan, validate_size
@@ -304,9 +306,9 @@ def _print_summary(plan: Plan, store: Any) -> None:
                  ("best_epoch", f"best_valid_{metric}", f"test_{metric}")]
         table.add_row(str(planned.index), planned.run_id[:8],
                       *[format_value(planned.varied[k]) for k in plan.varied], status, *cells,
-                      f"{summary['train_time']:.1f}" if "train_time" in summary else "",
-                      *cost_cells(summary))
+                      train_seconds(summary), *cost_cells(summary))
     out.print(table)
+    disturbed_note(summaries.values())
     if elsewhere:
         where = sorted({f"pid {i['pid']} on {i['host']}" for i in elsewhere.values()})
         err.print(f"[cyan]note:[/] {len(elsewhere)} run(s) of this sweep are being trained by "

@@ -15,12 +15,14 @@ from trainlab.cli.common import (
     app,
     command_store,
     cost_cells,
+    disturbed_note,
     escape,
     fail,
     format_value,
     guard,
     headline,
     out,
+    train_seconds,
 )
 from trainlab.mfu import UNRELIABLE_TEXT, trusted_metric_rows, trusted_summary
 
@@ -65,9 +67,9 @@ def ls(
         settings = " ".join(f"{labels[k]}={format_value(v)}" for k, v in r["overrides"].items())
         table.add_row(str(r["sweep"] or "-"), "" if r["index"] is None else str(r["index"]),
                       r["run_id"], r["status"], settings, headline(summary).split("  ")[0],
-                      f"{summary['train_time']:.1f}" if "train_time" in summary else "",
-                      *cost_cells(summary))
+                      train_seconds(summary), *cost_cells(summary))
     out.print(table)
+    disturbed_note(r["summary"] for r in records)
 
 
 @app.command()

@@ -85,6 +85,9 @@ def add_sweep(store: Store, name: str, varied: list[str], runs: Sequence[dict[st
                 "peak_memory_bytes": run.get("memory", 100) * MiB, "epochs": len(valid)}
             if "test" in run:
                 summary[f"test_{metric}"] = run["test"]
+            if "disturbed" in run:  # as the engine summarises perf/disturbed
+                summary["disturbed_epochs"] = int(sum(run["disturbed"]))
+                summary["timing_trusted"] = not any(run["disturbed"])
             if "workers" in run:  # the run loaded a Dataset's items through a DataLoader
                 summary["speed"] = {"loader": {"workers": run["workers"]}}
         else:

@@ -125,3 +125,34 @@ def test_estimates_table_shows_no_time_error_for_a_disturbed_run(
     assert "time_error_pct" in to_csv(table).splitlines()[0]
     note = [n for n in table.notes if "no time error" in n]
     assert len(note) == 1 and "run 3; 4" in note[0] and "Memory errors are shown" in note[0]
+
+
+def test_the_pareto_time_figure_draws_a_disturbed_run_unranked(
+        make_store: Callable[..., Store]) -> None:
+    """Run 3 wins the time front when trusted (see fakes); disturbed, the figure still draws it,
+    marked, but the front (as the answer's) is made of the others."""
+    from trainlab.analysis.report import _pareto_figures
+
+    frames = load_sweep(make_store("lm", LM_VARIED, _runs({3: [0.0, 1.0, 0.0, 0.0]})), "lm")
+    figure = next(f for f in _pareto_figures(frames) if f.name == "pareto_time")
+    labels = [t.get_text() for t in figure.figure.axes[0].texts]
+    assert f"3 {DISTURBED_SYMBOL}" in labels
+    assert DISTURBED_SYMBOL in figure.caption
+    front_x = figure.figure.axes[0].collections[1].get_offsets()[:, 0].tolist()
+    assert 8.0 not in front_x  # run 3 (8 s of training) is not on the red front
+    trusted = load_sweep(make_store("lm", LM_VARIED, _runs({})), "lm")
+    figure = next(f for f in _pareto_figures(trusted) if f.name == "pareto_time")
+    assert 8.0 in figure.figure.axes[0].collections[1].get_offsets()[:, 0].tolist()
+
+
+def test_ls_marks_the_disturbed_run_and_says_why(make_store: Callable[..., Store]) -> None:
+    store = make_store("lm", LM_VARIED, _runs({3: [0.0, 1.0, 0.0, 0.0]}))
+    listed = runner.invoke(app, ["ls", "--store", str(store.root)], catch_exceptions=False)
+    assert listed.exit_code == 0, listed.output
+    rows = [line for line in listed.output.splitlines() if DISTURBED_SYMBOL in line]
+    marked = [line for line in rows if "disturbed" not in line]  # the table's rows
+    assert len(marked) == 1 and "│ 3 " in marked[0]
+    assert "other work on the machine disturbed" in listed.output
+    calm = make_store("lm", LM_VARIED, _runs({}))
+    listed = runner.invoke(app, ["ls", "--store", str(calm.root)], catch_exceptions=False)
+    assert DISTURBED_SYMBOL not in listed.output

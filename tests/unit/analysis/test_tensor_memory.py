@@ -111,3 +111,21 @@ def test_mib_with_significant_digits_under_100() -> None:
         == ["0.557", "1.11", "24.8", "100", "340"]
     assert format_mib(1536 * MiB, significant=3) == "1,536"
     assert format_mib(2.4 * MiB) == "2"  # whole MiB unless asked
+
+
+def test_the_memory_front_weighs_tensors_when_every_run_has_them(lm_store: Store) -> None:
+    """lm_runs' RSS front is runs 4 then 3 (240 and 250 MiB); by their own tensors run 3
+    (0.75 MiB) is cheaper than run 1 (1.5) and run 4 (0.5) cheapest: the front follows the
+    tensors, and says so.  One run without them (run 6): the front stays on RSS."""
+    from trainlab.analysis.answers import answer_all
+
+    ids = _with_tensors(lm_store)
+    store_answer = {a.key: a for a in answer_all(load_sweep(lm_store, "lm"))}["pareto_memory"]
+    assert "process's peak resident set size" in store_answer.answer  # run 6 lacks tensors
+    lm_store.write([MetricRecord(ids[6], "memory/tensor_peak_bytes", 10 * e, e, float(e),
+                                 30 * MiB) for e in (1, 2, 3, 4)])
+    answer = {a.key: a for a in answer_all(load_sweep(lm_store, "lm"))}["pareto_memory"]
+    assert "run's own tensors" in answer.answer
+    costs = {e["run"]: e["peak memory (MiB)"] for e in answer.evidence}
+    assert costs["3"] == 0.75 and costs["6"] == 30
+    assert answer.runs == ["4", "3"]
