@@ -460,6 +460,13 @@ def input_pipeline(frames: SweepFrames, configs: pd.DataFrame) -> list[Answer]:
                  f"{100 * least['data_wait_frac']:.0f} %{gain}.")
         named.append(frames.run_numbers(least))
     else:
+        rates = pd.to_numeric(ranked["samples_per_s"], errors="coerce")
+        if rates.notna().sum() > 1 and rates.max() > rates.min():
+            fast, slow = ranked.loc[rates.idxmax()], ranked.loc[rates.idxmin()]
+            text += (f" Fastest nonetheless: {_who(frames, fast)}, at "
+                     f"{fast['samples_per_s'] / slow['samples_per_s']:.2f}x the throughput of "
+                     f"the slowest.")
+            named.append(frames.run_numbers(fast))
         text += (" Every configuration waited: more data.loader.workers (up to the cores), "
                  "a faster Dataset __getitem__, or data.cache: true for data that fits in memory "
                  "would help.")
