@@ -57,6 +57,26 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def release_cached(device: torch.device) -> None:
+    """Collect garbage and return CUDA's cached blocks to the driver (CUDA only).
+
+    The caching allocator keeps freed blocks reserved: an earlier run's, a probe's or the peak
+    measurement's.  ``mem_get_info`` counts them as used, and ``reset_peak_memory_stats`` resets
+    the reserved peak to what is reserved now, so without this the data-on-device decision and
+    ``memory/reserved_bytes`` depend on what ran before in the process.  Called before the
+    decision, before the peak reset and after an out-of-memory error.
+    """
+    if device.type != "cuda":
+        return
+    import gc
+
+    import torch
+
+    gc.collect()  # tensors only a reference cycle (a traceback's frames) still holds
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def nproc_limit(device: str) -> tuple[int, str]:
     """How many DDP processes ``device`` allows here, and what limits it.
 

@@ -579,11 +579,14 @@ def memory_columns(frames: SweepFrames) -> list[Column]:
 
 def _memory_note(frames: SweepFrames) -> str:
     devices = {str((s or {}).get("device", "")) for s in frames.runs["summary"]}
+    # What a GPU number covers (issue 25): validation, the data held on the device, rank 0.
+    gpu_scope = ("; includes validation and a dataset held on the device; under DDP the "
+                 "largest rank's")
     if devices and all(d.startswith("cuda") for d in devices):
-        return "peak CUDA memory allocated by tensors (MiB)"
+        return "peak CUDA memory allocated by tensors (MiB)" + gpu_scope
     if any(d.startswith("cuda") for d in devices):
-        return ("peak memory in MiB: CUDA allocator peak on GPU runs, peak resident set size of "
-                "the process on CPU runs")
+        return ("peak memory in MiB: CUDA allocator peak on GPU runs" + gpu_scope
+                + "; peak resident set size of the process on CPU runs")
     return ("peak resident set size of the training process in MiB (CPU; includes Python and "
             "torch themselves, a few hundred MiB)")
 

@@ -168,11 +168,17 @@ def build_transformer(path: str, spec: _HFOptions, info: DataInfo, *,
     _check_fit(config, info, path)
     auto = (transformers.AutoModelForSequenceClassification if task == "sequence-classification"
             else transformers.AutoModelForCausalLM)
+    import torch
+
+    # float32 parameters whatever the checkpoint was saved in: transformers 5 loads with
+    # dtype="auto" (from_config too, from config.dtype), so a bf16 checkpoint would train in
+    # bf16 under `train.precision: fp32`, and fp16 + GradScaler would refuse to unscale fp16
+    # gradients.  train.precision's autocast does the rest.
     try:
         if _on_meta() or not spec.pretrained:
-            model = auto.from_config(config)
+            model = auto.from_config(config, dtype=torch.float32)
         else:
-            model = auto.from_pretrained(path, config=config, **kwargs)
+            model = auto.from_pretrained(path, config=config, dtype=torch.float32, **kwargs)
     except ValueError as exc:  # e.g. an architecture with no such head
         raise ConfigError(f"`model.task`: {path!r} ({type(config).__name__}) cannot be built as "
                           f"{task}: {_first_line(exc)}", field="model.task") from None

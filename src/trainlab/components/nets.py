@@ -7,6 +7,7 @@ imports no torch: only a builder imports this module, when it builds a model.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -109,6 +110,10 @@ class HFModel(nn.Module):
 
     ``[B, C]`` for sequence classification, ``[B, L, V]`` for causal LM.  The attention mask is
     ``input_ids != pad_token_id`` (no mask when the data has no padding, as packed LM text).
+
+    transformers checks a mask's values in Python (``mask.all()``, to drop an all-ones mask):
+    a host sync every forward pass.  ``padded`` is decided on the host instead, once, from
+    the data before it moves (:func:`note_padding`): False, no mask at all, no sync.
     """
 
     def __init__(self, model: nn.Module, task: str, pad_token_id: int | None, source: str
@@ -118,9 +123,11 @@ class HFModel(nn.Module):
         self.task = task
         self.pad_token_id = pad_token_id
         self.source = source  # where the weights and tokenizer came from (PEFT text init)
+        self.padded = True  # whether any input may hold pad tokens (note_padding)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        mask = None if self.pad_token_id is None else (input_ids != self.pad_token_id).long()
+        mask = (None if self.pad_token_id is None or not self.padded
+                else (input_ids != self.pad_token_id).long())
         if input_ids.is_meta:
             # Tracing FLOPs and memory on the meta device: transformers inspects the mask's
             # values (``mask.all()``), which meta tensors do not have; an all-ones mask is
@@ -133,4 +140,19 @@ class HFModel(nn.Module):
         return logits
 
 
-__all__ = ["GPT", "HFModel", "LSTMLanguageModel"]
+def note_padding(model: nn.Module, splits: Sequence[object]) -> None:
+    """Decide on the host, once, whether each :class:`HFModel` in ``model`` can meet padding:
+    not when every split is tensors in memory none of which holds its pad token (text that
+    fills ``max_length``; checked before the data moves to the device).  A Dataset's items
+    (read anew each batch) may hold padding: those keep the mask."""
+    for module in model.modules():
+        if not isinstance(module, HFModel) or module.pad_token_id is None:
+            continue
+        pad = module.pad_token_id
+        module.padded = any(
+            not isinstance(getattr(s, "inputs", None), torch.Tensor)
+            or bool((s.inputs == pad).any())  # type: ignore[attr-defined]
+            for s in splits)
+
+
+__all__ = ["GPT", "HFModel", "LSTMLanguageModel", "note_padding"]

@@ -109,6 +109,12 @@ class TrainSpec(_Frozen):
         default="fp32", description="autocast dtype for forward and loss (fp16 adds a grad scaler)")
     compile: bool = Field(default=False, description="torch.compile the model (compile time "
                           "is recorded as time/compile, apart from training time)")
+    deterministic: bool = Field(
+        default=False, description="deterministic kernels while the run trains "
+        "(torch.use_deterministic_algorithms, cuDNN benchmark off, CUBLAS_WORKSPACE_CONFIG): "
+        "bit-identical reruns and resumes on CUDA too, at some speed; ops without a "
+        "deterministic kernel warn",
+        json_schema_extra={"run_id": "when set"})
     channels_last: Literal["auto"] | bool = Field(
         default="auto", description="channels-last memory format for conv models (auto: on CUDA)")
     gpu_sample_every: PositiveFloat = Field(
@@ -246,8 +252,8 @@ def _run_id_rules(spec: type[BaseModel]
 
     Fields marked ``run_id: False`` say how a run is kept, not what it computes (how often it
     checkpoints): changing them does not make a new run.  Fields marked ``run_id: "when set"``
-    were added after runs were stored: at their default they leave every existing id as it
-    was.  A field marked with a mapping (``run_id: {"auto": None}``) got a new value that
+    were added after runs were stored: at their default (or None) they leave every existing
+    id as it was.  A field marked with a mapping (``run_id: {"auto": None}``) got a new value that
     means what an old one did: ``train.threads: auto`` took over from None (torch's default;
     neither names a count, and the count a run got is recorded with it), so the ids of runs
     stored before stay theirs.
@@ -294,9 +300,11 @@ class RunConfig:
         config.pop("root", None)
         for section in SECTIONS:
             hidden, when_set, aliases = _run_id_rules(type(getattr(self, section)))
+            fields = type(getattr(self, section)).model_fields
             config[section] = {k: aliases[k].get(v, v) if k in aliases and isinstance(v, str)
                                else v for k, v in config[section].items()
-                               if k not in hidden and not (k in when_set and v is None)}
+                               if k not in hidden and not (k in when_set and (
+                                   v is None or v == fields[k].default))}
         canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 

@@ -35,7 +35,9 @@ class Bench:
         self.tuning = build_finetune(config.finetune, model, resolved_lr(config.optimizer))
         self.model = (self.tuning.model or model).to(device)  # adapters / PEFT wrap or extend it
         self.optimizer = build_optimizer(config.optimizer, self.tuning.param_groups)
-        self.speed = decide(config.train, self.model, device, [data.train])
+        # Placed as the run places its data: the decision counts all three splits.
+        self.speed = decide(config.train, self.model, device,
+                            [data.train, data.valid, data.test])
         train = data.train.to(device) if self.speed.data_on_device else data.train
         self.fetch = self.speed.fetcher(train)
         if self.fetch is None:  # tensors on the device, indexed as the engine does
@@ -55,6 +57,24 @@ class Bench:
             loss = self.loss_fn(self.speed.forward(x), y)
         loss.backward()
         self.optimizer.step()
+        synchronize(self.device)
+        return time.perf_counter() - t
+
+    def steps(self, count: int) -> float:
+        """``count`` training steps with no host sync between them (the batches' indices
+        drawn and moved to the data's device first): their seconds in all.  On an accelerator
+        a sync per step (:meth:`step`) would remove the CPU/GPU overlap the run has."""
+        index = torch.randint(0, self.n, (count, min(self.bs, self.n)),
+                              generator=self.gen).to(self.where)
+        synchronize(self.device)
+        t = time.perf_counter()
+        for idx in index:
+            x, y = (self.inputs[idx], self.targets[idx]) if self.fetch is None else self.fetch(idx)
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.speed.autocast():
+                loss = self.loss_fn(self.speed.forward(x), y)
+            loss.backward()
+            self.optimizer.step()
         synchronize(self.device)
         return time.perf_counter() - t
 

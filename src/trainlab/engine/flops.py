@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -53,8 +54,72 @@ _SIZES: dict[tuple[str, int, str], int] = {}  # the matrix size found for each k
 Sampler = Callable[[torch.device, torch.dtype, float], float]
 
 
-def _key(device: torch.device, dtype: torch.dtype) -> tuple[str, int, str]:
-    return (str(device), torch.get_num_threads(), str(dtype))
+def _key(device: torch.device, dtype: torch.dtype,
+         tf32: bool = False) -> tuple[str, int, str]:
+    # A TF32 fp32 peak is a different (about 8x higher on an A100) number from an IEEE one.
+    tf32 = tf32 and device.type == "cuda" and dtype == torch.float32
+    return (str(device), torch.get_num_threads(), str(dtype) + ("+tf32" if tf32 else ""))
+
+
+def tf32_flags() -> dict[str, bool]:
+    """The process's TF32 switches: cuBLAS matmuls and cuDNN convolutions (torch defaults:
+    off and on).  Read as the run left them: a user's code may have set either."""
+    try:
+        return {"matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+                "cudnn": bool(torch.backends.cudnn.allow_tf32)}
+    except Exception:  # the newer fp32_precision API set in a way the old getters refuse
+        return {"matmul": torch.get_float32_matmul_precision() != "highest", "cudnn": True}
+
+
+def run_uses_tf32(model: torch.nn.Module, flags: dict[str, bool] | None = None) -> bool:
+    """Whether an fp32 run of ``model`` may compute in TF32: its matmuls under the cuBLAS flag,
+    its convolutions under the cuDNN one (on by default).  The fp32 peak is then the TF32
+    peak, or a CNN's MFU is measured against a peak its convolutions beat."""
+    flags = flags or tf32_flags()
+    if flags["matmul"]:
+        return True
+    convs = (torch.nn.modules.conv._ConvNd,)
+    return flags["cudnn"] and any(isinstance(m, convs) for m in model.modules())
+
+
+def _matmul_tf32_now(device: torch.device) -> bool:
+    return device.type == "cuda" and tf32_flags()["matmul"]
+
+
+@contextmanager
+def _matmul_tf32(device: torch.device, on: bool) -> Iterator[None]:
+    """cuBLAS fp32 matmuls in TF32 (``on``) or IEEE for the block, restored after."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if on else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+# On CUDA the peak is timed by CUDA events over a fixed number of products: a host clock
+# stopped after a fixed time can leave seconds of matmuls queued (per process and per rank).
+CUDA_PRODUCTS = 10
+
+
+def _cuda_rate(a: torch.Tensor, b: torch.Tensor, n: int, rounds: int) -> float:
+    """Best FLOP/s of ``rounds`` rounds of CUDA_PRODUCTS products, each timed by events."""
+    best = 0.0
+    for _ in range(rounds):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(CUDA_PRODUCTS):
+            torch.mm(a, b)
+        end.record()
+        end.synchronize()
+        ms = start.elapsed_time(end)
+        if ms > 0:
+            best = max(best, CUDA_PRODUCTS * 2 * n**3 / (ms / 1e3))
+    return best
 
 
 def sample_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
@@ -65,8 +130,10 @@ def sample_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
     Each product (~20 ms) is timed alone and the fastest counts: on a shared machine another
     process steals the cores in bursts, and a single 0.3 s window (as before) read the busy
     rate whenever a burst covered it; the best of ~12 short windows finds the free moments.
+    On CUDA the products are timed by CUDA events over a fixed count (5 rounds of
+    ``CUDA_PRODUCTS``, 2 for a short ``seconds``), under the process's TF32 matmul flag.
     """
-    key = _key(device, dtype)
+    key = _key(device, dtype, _matmul_tf32_now(device))
     # A private generator: drawing from the global RNG would shift every later dropout mask.
     gen = torch.Generator().manual_seed(0)
     n = _SIZES.get(key, 256)
@@ -89,6 +156,10 @@ def sample_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
             break
         n *= 2
     _SIZES[key] = n
+    if device.type == "cuda":
+        best = _cuda_rate(a, b, n, rounds=5 if seconds >= 0.1 else 2)
+        _PEAKS[key] = max(_PEAKS.get(key, 0.0), best)
+        return best
     best, begin = 0.0, time.perf_counter()
     while True:
         start = time.perf_counter()
@@ -104,30 +175,35 @@ def sample_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
                        seconds: float = 0.25, *, refresh: bool = False,
-                       sample: Sampler | None = None) -> float:
+                       sample: Sampler | None = None, tf32: bool | None = None) -> float:
     """The process's matmul peak (FLOP/s) on ``device`` at ``dtype``: the best measured so far.
 
     The first call measures (about ``seconds``); later calls reuse it, and with ``refresh`` take
     one more short measurement (``seconds / 4``) that replaces it where it is higher, so the
     runs of a sweep in one process share a peak that only rises.  Not cached on disk: a peak is
     this machine's, now.  ``sample`` (default :func:`sample_peak_flops`) measures once.
+
+    ``tf32`` (CUDA fp32 only; default: the process's cuBLAS TF32 flag) measures and keeps the
+    peak with TF32 matmuls on or off: the run's own setting (see :func:`run_uses_tf32`).
     """
-    key = _key(device, dtype)
+    tf32 = _matmul_tf32_now(device) if tf32 is None else tf32
+    key = _key(device, dtype, tf32)
     measure = sample or sample_peak_flops
-    if key not in _PEAKS:
-        _PEAKS[key] = max(_PEAKS.get(key, 0.0), measure(device, dtype, seconds))
-    elif refresh:
-        _PEAKS[key] = max(_PEAKS[key], measure(device, dtype, seconds / 4))
+    if key not in _PEAKS or refresh:
+        with _matmul_tf32(device, tf32):
+            rate = measure(device, dtype, seconds if key not in _PEAKS else seconds / 4)
+        _PEAKS[key] = max(_PEAKS.get(key, 0.0), rate)
     return _PEAKS[key]
 
 
-def raise_peak_flops(device: torch.device, dtype: torch.dtype, achieved: float) -> bool:
+def raise_peak_flops(device: torch.device, dtype: torch.dtype, achieved: float,
+                     tf32: bool | None = None) -> bool:
     """Raise the process's cached peak to a rate a run achieved above it (True if it did).
 
     A run cannot beat the device's matmul peak, so a higher achieved rate proves the peak was
     measured low (the machine was busy); later runs in this process divide by at least it.
     """
-    key = _key(device, dtype)
+    key = _key(device, dtype, _matmul_tf32_now(device) if tf32 is None else tf32)
     if achieved > _PEAKS.get(key, 0.0):
         _PEAKS[key] = achieved
         return True
@@ -139,10 +215,16 @@ def slow_precision(device: torch.device, precision: str) -> str | None:
 
     On a CPU without native bf16 or fp16 instructions, autocast emulates the matmuls: on a
     Zen 3 EPYC bf16 ran at 1.3 GFLOP/s against 120 in fp32.  Measured (about 0.6 s, once per
-    process), not guessed from the CPU's name; GPUs are not checked.
+    process), not guessed from the CPU's name.  On a GPU: bf16 without native support
+    (compute capability below 8.0: V100, T4), which ``torch.cuda.is_bf16_supported()`` counts
+    as supported when it can emulate it; fp16 is native on every GPU torch supports.
     """
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    if dtype is None or device.type != "cpu":
+    if dtype is None:
+        return None
+    if device.type == "cuda":
+        return _slow_gpu_precision(device, precision)
+    if device.type != "cpu":
         return None
     reduced, full = measure_peak_flops(device, dtype), measure_peak_flops(device)
     if reduced >= full:
@@ -150,3 +232,27 @@ def slow_precision(device: torch.device, precision: str) -> str | None:
     return (f"`train.precision: {precision}` on this CPU: matmuls measured "
             f"{reduced / 1e9:.1f} GFLOP/s in {precision} against {full / 1e9:.1f} in fp32 "
             f"(no native {precision} instructions), so these runs train slower than in fp32")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the GPU ``device`` computes bf16 natively (not emulated)."""
+    if not torch.cuda.is_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index == torch.cuda.current_device():
+        try:  # torch >= 2.3 (it asks the current device): emulation counts unless told not to
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:
+            pass
+    return torch.cuda.get_device_capability(index)[0] >= 8
+
+
+def _slow_gpu_precision(device: torch.device, precision: str) -> str | None:
+    if precision != "bf16" or native_bf16(device):
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    name = torch.cuda.get_device_name(index)
+    major, minor = torch.cuda.get_device_capability(index)
+    return (f"`train.precision: bf16` on {name} (compute capability {major}.{minor}): no "
+            "native bf16 (it needs 8.0, Ampere or newer), so torch emulates it and these runs "
+            "train slower than in fp32; use train.precision: fp16 on this GPU")

@@ -15,6 +15,7 @@ import random
 import statistics
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,22 +38,31 @@ from trainlab.components.items import ItemSplit
 from trainlab.components.optimizers import resolved_lr
 from trainlab.components.python import PythonModelSpec, check_output
 from trainlab.config.schema import RunConfig
-from trainlab.devices import resolve_device
+from trainlab.devices import release_cached, resolve_device
 from trainlab.engine import allocator, contention, distributed, interrupt, machine
 from trainlab.engine.callbacks import EarlyStopping
 from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
-from trainlab.engine.flops import measure_peak_flops, raise_peak_flops, train_step_flops
+from trainlab.engine.determinism import deterministic
+from trainlab.engine.flops import (
+    measure_peak_flops,
+    raise_peak_flops,
+    run_uses_tf32,
+    slow_precision,
+    tf32_flags,
+    train_step_flops,
+)
 from trainlab.engine.interval import LogInterval
 from trainlab.engine.measure import (
     TENSOR_PEAK_KEY,
     Clock,
     PeakMemory,
+    clip_grad_norm,
     grad_norm,
     held_tensors,
 )
 from trainlab.engine.profile import run_window, window_for
 from trainlab.engine.sampler import nvml_sampler
-from trainlab.engine.speed import Speed, decide, intra_op_threads
+from trainlab.engine.speed import Speed, decide, intra_op_threads, scaler_sync_note
 from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix, training_loss
 from trainlab.engine.timing import epoch_rates, median_of, training_seconds
 from trainlab.errors import Diverged, RunError
@@ -114,7 +124,8 @@ class _Trainer:
     # --- the run -------------------------------------------------------------------------
 
     def run(self) -> RunOutcome:
-        with intra_op_threads(self.config.train.threads):
+        with intra_op_threads(self.config.train.threads), \
+                deterministic(self.config.train.deterministic):
             return self._run()
 
     def _run(self) -> RunOutcome:
@@ -132,11 +143,14 @@ class _Trainer:
         except MemoryError as exc:
             status, error = "oom", _oom_message(self.config, exc)
         except Exception as exc:
-            if "can't allocate memory" in str(exc) or "out of memory" in str(exc):
+            if _is_oom(exc):
                 status, error = "oom", _oom_message(self.config, exc)
             else:
                 status, error = "failed", traceback.format_exc()
         finally:
+            if status == "oom":  # the failed step's blocks stay cached: give them back now,
+                # or the next run in this process starts with less free memory than it sees
+                release_cached(torch.device("cuda"))
             memory = getattr(self, "memory", None)
             if memory is not None:  # a run that failed inside its tracked first step
                 memory.end_step()
@@ -184,6 +198,12 @@ class _Trainer:
         # A strategy may add modules (adapters) or wrap the model (PEFT): move what it added.
         model = (tuning.model if tuning.model is not None else model).to(device)
         self.callbacks.extend(tuning.callbacks)
+        if data.info.pad_token_id is not None:
+            from trainlab.components.nets import note_padding
+
+            # Whether the data holds padding, decided on the host before it moves: a
+            # transformers model then gets no mask for data without, and no per-step sync.
+            note_padding(model, [data.train, data.valid, data.test])
         # Every parameter the strategy may ever train; frozen ones have no .grad and are skipped.
         self.params = [p for g in tuning.param_groups for p in g["params"]]
         self.frozen_keys = _frozen_keys(model, self.params)
@@ -196,6 +216,15 @@ class _Trainer:
                                    wrap=self.dist.wrap if self.dist is not None else None,
                                    loading=cfg.data.loader)
         self.speed.threads_auto = self.threads.describe() if self.threads.auto else None
+        sync_note = scaler_sync_note(self.speed, optimizer)
+        if sync_note is not None:  # said once, at the run's start (and kept in its summary)
+            self.notes.append(sync_note)
+            warnings.warn(sync_note, RuntimeWarning, stacklevel=2)
+        if device.type == "cuda":  # bf16 emulated on a pre-Ampere GPU: said in the summary
+            slow = slow_precision(device, tc.precision)
+            if slow is not None:
+                self.notes.append(slow)
+                warnings.warn(slow, RuntimeWarning, stacklevel=2)
         if cfg.data.loader is not None and not any(
                 isinstance(s, ItemSplit) for s in (data.train, data.valid, data.test)):
             self.notes.append("data.loader has no effect here: this data is tensors in memory, "
@@ -203,7 +232,9 @@ class _Trainer:
         # Evaluation runs the bare model under DDP: ranks evaluate different numbers of batches,
         # and the DDP wrapper's forward would wait for the others.
         self.eval_forward = self.speed.forward if self.dist is None else model
-        place = (lambda s: s.to(device)) if self.speed.data_on_device else _pinned
+        # Data left on the host stays in pageable memory: each batch is pinned as it is
+        # gathered (Speed.fetcher), never the whole split.
+        place = (lambda s: s.to(device)) if self.speed.data_on_device else _on_host
         self.train_split = place(data.train)
         self.valid_split = place(data.valid)
         self.test_split = place(data.test)
@@ -213,8 +244,11 @@ class _Trainer:
         with torch.random.fork_rng(devices=[]):  # measuring must not move the run's RNG
             self.step_flops = train_step_flops(cfg.model, data.info, bs, cfg.finetune,
                                                resolved_lr(cfg.optimizer))
+            # Under the run's TF32 flags: an fp32 CNN's convolutions run in TF32 by default.
+            self.tf32 = tf32_flags()
+            self.peak_tf32 = run_uses_tf32(model, self.tf32)
             self.peak_flops = measure_peak_flops(device, self.speed.amp_dtype or torch.float32,
-                                                 refresh=True)
+                                                 refresh=True, tf32=self.peak_tf32)
         if self.dist is not None:
             self.peak_flops = self.dist.sum_float(self.peak_flops)  # the group's aggregate peak
             self.dist.fork_rng(tc.seed)
@@ -253,6 +287,10 @@ class _Trainer:
             constants = {"params/total": total, "params/trainable": trainable,
                          "params/trainable_pct": pct, "perf/peak_flops_per_s": self.peak_flops,
                          "perf/threads": float(self.speed.threads)}
+            if device.type == "cuda":  # the TF32 switches the run (and its peak) ran under
+                constants.update({"perf/tf32_matmul": float(self.tf32["matmul"]),
+                                  "perf/tf32_cudnn": float(self.tf32["cudnn"]),
+                                  "perf/peak_tf32": float(self.peak_tf32)})
             if self.step_flops is not None:
                 constants["perf/flops_per_step"] = self.step_flops
             self._record(0, constants, epoch=0)
@@ -373,16 +411,16 @@ class _Trainer:
             if scaler is None:
                 loss.backward()
                 if clip is not None:
-                    norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                    norm = clip_grad_norm(params, clip, state.device)
                 elif is_log:
-                    norm = grad_norm(params)
+                    norm = grad_norm(params, state.device)
                 optimizer.step()
             else:  # fp16: scale the loss; unscale before reading or clipping gradients
                 scaler.scale(loss).backward()
                 if clip is not None or is_log:
                     scaler.unscale_(optimizer)
-                    norm = (torch.nn.utils.clip_grad_norm_(params, clip) if clip is not None
-                            else grad_norm(params))
+                    norm = (clip_grad_norm(params, clip, state.device) if clip is not None
+                            else grad_norm(params, state.device))
                 scaler.step(optimizer)
                 scaler.update()
             if step_schedule is not None:
@@ -404,12 +442,14 @@ class _Trainer:
             if is_log:
                 self._log_interval(norm)
             if eval_every is not None and state.step % eval_every == 0:
-                t, io0 = time.perf_counter(), self.io_time
+                # The synced clock: training kernels still queued would otherwise finish
+                # inside the pause and be subtracted from training time.
+                t, io0 = self.clock.now(), self.io_time
                 self._validate()
                 evaluated_at = state.step
                 model.train()
                 # I/O inside validation (best.pt) is already in io_time: count it once.
-                self.paused += time.perf_counter() - t - (self.io_time - io0)
+                self.paused += self.clock.now() - t - (self.io_time - io0)
                 if self.stop_reason is not None:
                     break
             if stop[0] and batch < len(batches):
@@ -461,7 +501,7 @@ class _Trainer:
             # later epochs stay flagged, as against its own rate their MFU would read ~1.
             world = self.dist.world if self.dist is not None else 1
             raise_peak_flops(self._run_state.device, self.speed.amp_dtype or torch.float32,
-                             values["perf/flops_per_s"] / world)
+                             values["perf/flops_per_s"] / world, tf32=self.peak_tf32)
         self.epoch_stats.append(values)
         self._record(state.step, values)
         self._flush()
@@ -673,7 +713,7 @@ class _Trainer:
         rng = {
             "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
             "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "cuda": _cuda_rng_state(state.device),
         }
         rng_ranks = None
         if self.dist is not None:
@@ -728,8 +768,7 @@ class _Trainer:
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        _set_cuda_rng_state(rng.get("cuda"), state.device)
         saved = ckpt.get("callbacks", {})
         for cb in self.callbacks:
             if type(cb).__name__ in saved:
@@ -831,12 +870,46 @@ def _samples(batches: Sequence[Tensor], first: int, done: int) -> int:
     return sum(len(b) for b in batches[first:done])
 
 
-def _pinned(split: Split | ItemSplit) -> Split | ItemSplit:
-    """Host-resident data for an accelerator that cannot hold it: page-locked for async copies
-    (a Dataset's batches are pinned as they are loaded)."""
-    if isinstance(split, ItemSplit):
-        return split
-    return Split(split.inputs.pin_memory(), split.targets.pin_memory())
+def _cuda_rng_state(device: torch.device) -> Tensor | None:
+    """The CUDA RNG state of the run's own device (None off CUDA).  Not every visible GPU's:
+    a process that resumes the run may see fewer (a ``--jobs N`` worker sees one)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_rng_state(device)
+
+
+def _set_cuda_rng_state(saved: Tensor | list[Tensor] | None, device: torch.device) -> None:
+    """Restore what :func:`_cuda_rng_state` saved on the run's device.  Checkpoints written
+    before hold a list (every visible GPU's state): the entry of the device's index when the
+    list has one, else the first (a run trains on its process's first visible device)."""
+    if saved is None or device.type != "cuda" or not torch.cuda.is_available():
+        return
+    if isinstance(saved, (list, tuple)):
+        if not saved:
+            return
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        saved = saved[index] if index < len(saved) else saved[0]
+    torch.cuda.set_rng_state(saved, device)
+
+
+def _on_host(split: Split | ItemSplit) -> Split | ItemSplit:
+    """Host-resident data for an accelerator that cannot hold it, as it is: not page-locked
+    as a whole (tens of GB for large data); :meth:`Speed.fetcher` gathers each batch into
+    page-locked memory, and a Dataset's batches are pinned as they are loaded."""
+    return split
+
+
+# Texts of allocation failures that are not torch.cuda.OutOfMemoryError: the host's, and the
+# device libraries' (cuBLAS and cuDNN allocate their own workspaces, and the CUDA runtime's
+# own error names it), all out of memory whatever the words.
+OOM_TEXTS = ("can't allocate memory", "out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+             "CUDNN_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_ENOUGH_WORKSPACE",
+             "cudaErrorMemoryAllocation")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(t in text for t in OOM_TEXTS)
 
 
 def _oom_message(config: RunConfig, exc: BaseException) -> str:

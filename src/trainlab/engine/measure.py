@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from trainlab.devices import synchronize
+from trainlab.devices import release_cached, synchronize
 from trainlab.engine import allocator
 from trainlab.engine.allocator import rss_peak_bytes
 
@@ -100,6 +100,9 @@ class PeakMemory:
         # Freed heap a larger run (or a probe) left resident would count in this run's peak.
         allocator.trim()
         if self.device.type == "cuda":
+            # The reserved peak restarts at what is reserved now: drop the cache (earlier runs',
+            # the peak measurement's buffers) first, so it is this run's.
+            release_cached(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         try:
             _CLEAR_REFS.write_text("5")
@@ -307,17 +310,32 @@ def held_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         yield from _leaves(other)
 
 
-def grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The global L2 norm of the gradients, left on the device (no host sync)."""
+def grad_norm(params: Sequence[torch.Tensor], device: torch.device | str | None = None
+              ) -> torch.Tensor:
+    """The global L2 norm of the gradients, left on the device (no host sync).
+
+    No gradient at all (every parameter frozen at this step) is a zero on ``device`` (the
+    run's; default: the parameters', else the CPU), so it joins the step's other values on
+    the device."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return torch.zeros(())
+        return torch.zeros((), device=device if device is not None
+                           else params[0].device if params else None)
     if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6: the public API
         # error_if_nonfinite=False: no check of the value, hence no host sync.
         return torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False)
     # torch 2.4 and 2.5: what get_total_norm does for tensors of one device and dtype.
     norms = torch._foreach_norm(grads, 2.0)
     return torch.linalg.vector_norm(torch.stack(norms), 2.0)
+
+
+def clip_grad_norm(params: Sequence[torch.Tensor], max_norm: float,
+                   device: torch.device | str | None = None) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_``, whose zero for no gradient at all is on the CPU
+    whatever the device: that zero is on ``device`` here, as :func:`grad_norm`'s."""
+    if not any(p.grad is not None for p in params):
+        return grad_norm(params, device)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def cpu_name() -> str:

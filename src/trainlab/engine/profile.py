@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from trainlab.config.schema import ProfileSpec
-from trainlab.engine.measure import grad_norm
+from trainlab.engine.measure import clip_grad_norm, grad_norm
 from trainlab.hooks import Callback
 
 if TYPE_CHECKING:
@@ -168,15 +168,15 @@ def run_window(trainer: _Trainer, window: Window, steps: Iterator[tuple[Tensor, 
                 with record_function("optimizer"):
                     if scaler is None:
                         if clip is not None:
-                            norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                            norm = clip_grad_norm(params, clip, state.device)
                         elif is_log:
-                            norm = grad_norm(params)
+                            norm = grad_norm(params, state.device)
                         optimizer.step()
                     else:
                         if clip is not None or is_log:
                             scaler.unscale_(optimizer)
-                            norm = (torch.nn.utils.clip_grad_norm_(params, clip)
-                                    if clip is not None else grad_norm(params))
+                            norm = (clip_grad_norm(params, clip, state.device)
+                                    if clip is not None else grad_norm(params, state.device))
                         scaler.step(optimizer)
                         scaler.update()
                     if step_schedule is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -67,6 +68,45 @@ class GpuSampler:
         return self._thread is not None and self._thread.is_alive()
 
 
+def nvml_ids(index: int) -> tuple[str | None, str | None]:
+    """(UUID, PCI bus id) of CUDA device ``index``, in the forms NVML's look-ups take.
+
+    NVML ignores ``CUDA_VISIBLE_DEVICES`` and numbers GPUs in PCI order, so CUDA index 0 of a
+    worker that sees only physical GPU 3 is NVML index 0 = physical GPU 0: look the handle up
+    by an id of the device itself, never by index.
+    """
+    props = torch.cuda.get_device_properties(index)
+    uuid: str | None = None
+    raw = getattr(props, "uuid", None)
+    if raw is not None:
+        text = str(raw)
+        # torch prints the bare 8-4-4-4-12 hex; NVML wants the "GPU-" (or "MIG-") prefix.
+        uuid = text if text.startswith(("GPU-", "MIG-")) else f"GPU-{text}"
+    bus = getattr(props, "pci_bus_id", None)
+    pci: str | None = None
+    if bus is not None:
+        domain = int(getattr(props, "pci_domain_id", 0) or 0)
+        dev = int(getattr(props, "pci_device_id", 0) or 0)
+        pci = f"{domain:08X}:{int(bus):02X}:{dev:02X}.0"
+    return uuid, pci
+
+
+def nvml_handle(pynvml: Any, index: int) -> Any | None:
+    """The NVML handle of CUDA device ``index`` by UUID, else by PCI bus id, else None."""
+    uuid, pci = nvml_ids(index)
+    if uuid is not None:
+        try:
+            return pynvml.nvmlDeviceGetHandleByUUID(uuid)
+        except Exception:  # an old driver or a MIG slice: try the bus id
+            pass
+    if pci is not None:
+        try:
+            return pynvml.nvmlDeviceGetHandleByPciBusId(pci)
+        except Exception:
+            pass
+    return None  # better no gpu/* than another GPU's
+
+
 def nvml_sampler(device: torch.device, interval: float) -> GpuSampler | None:
     """A sampler for ``device`` when it is a CUDA GPU and NVML is available, else None."""
     if device.type != "cuda":
@@ -78,8 +118,10 @@ def nvml_sampler(device: torch.device, interval: float) -> GpuSampler | None:
     try:
         pynvml.nvmlInit()
         index = device.index if device.index is not None else torch.cuda.current_device()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        handle = nvml_handle(pynvml, index)
     except Exception:
+        return None
+    if handle is None:
         return None
 
     def read() -> tuple[float, float]:

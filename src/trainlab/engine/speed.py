@@ -6,9 +6,9 @@
 - channels_last: the channels-last memory format for models with 2-D convolutions
   (auto: on CUDA, where cuDNN prefers it; on CPU it was no faster here).
 - data_on_device: the whole dataset lives on the accelerator when it takes under half the free
-  memory (batches are then gathered on the device, no copies); otherwise it stays in pinned
-  host memory and each batch is copied asynchronously.  Gathered on the device, consecutive
-  batches share one index op (:meth:`Speed.batches`).
+  memory (batches are then gathered on the device, no copies); otherwise it stays in ordinary
+  host memory and each batch is gathered into page-locked memory and copied asynchronously.
+  Gathered on the device, consecutive batches share one index op (:meth:`Speed.batches`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from trainlab.components.datasets import LoaderSpec, Split
 from trainlab.components.items import ItemLoader, ItemSplit
 from trainlab.config.schema import TrainSpec
+from trainlab.devices import release_cached
 from trainlab.engine import allocator
 
 # Inputs gathered per chunk of batches by gathered() (a digits epoch is ~0.4 MB).
@@ -103,9 +104,10 @@ class Speed:
                 x, y = inputs[idx], targets[idx]
             else:
                 host = idx.cpu()
-                # Pinned (page-locked) batches let the copy overlap the previous step.
-                x = inputs[host].pin_memory().to(device, non_blocking=True)
-                y = targets[host].pin_memory().to(device, non_blocking=True)
+                # Each batch is gathered straight into page-locked memory (one copy; the
+                # split itself stays pageable), so its copy overlaps the previous step.
+                x = pinned_rows(inputs, host).to(device, non_blocking=True)
+                y = pinned_rows(targets, host).to(device, non_blocking=True)
             if cl and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             return x, y
@@ -124,8 +126,8 @@ class Speed:
             x = split.inputs[start:end]
             y = split.targets[start:end]
             if not self.data_on_device:
-                x = x.to(self.device, non_blocking=True)
-                y = y.to(self.device, non_blocking=True)
+                x = pinned_copy(x).to(self.device, non_blocking=True)
+                y = pinned_copy(y).to(self.device, non_blocking=True)
             if self.channels_last and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y
@@ -176,6 +178,44 @@ class Speed:
         }
 
 
+def page_locked(shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+    """An empty page-locked host tensor, from torch's caching host allocator: a batch's block
+    is reused once the copy that read it has finished, so a run pins about two batches' worth
+    of memory, never a whole split (which large data would make tens of GB)."""
+    return torch.empty(tuple(shape), dtype=dtype, pin_memory=True)
+
+
+def pinned_rows(src: Tensor, index: Tensor) -> Tensor:
+    """``src[index]`` gathered straight into page-locked memory (one copy, pinned once)."""
+    out = page_locked((len(index), *src.shape[1:]), src.dtype)
+    return torch.index_select(src, 0, index, out=out)
+
+
+def pinned_copy(src: Tensor) -> Tensor:
+    """A page-locked copy of ``src`` (a contiguous run of examples)."""
+    return page_locked(src.shape, src.dtype).copy_(src)
+
+
+def scaler_sync_note(speed: Speed, optimizer: torch.optim.Optimizer) -> str | None:
+    """Why fp16 on CUDA will sync the host every step with this optimizer, or None.
+
+    ``GradScaler.step`` hands the scale and found-inf flag to optimizers whose step supports
+    it (``_step_supports_amp_scaling``: the fused Adam, AdamW, SGD and Adagrad); for any other
+    (RMSprop, SGD with momentum unfused, foreach kernels) it reads found-inf with ``.item()``
+    before stepping: one device-to-host sync a step."""
+    if speed.scaler is None or speed.device.type != "cuda":
+        return None
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        return None
+    name = type(optimizer).__name__
+    fix = ("optimizer.fused: true (it has a fused kernel)"
+           if name in ("Adam", "AdamW", "SGD", "Adagrad")
+           else "train.precision: bf16 (no scaler), or an optimizer with a fused kernel")
+    return (f"train.precision: fp16 with {name}: its step has no fused kernel, so the "
+            "gradient scaler reads its overflow flag on the host (.item()) every step, a sync "
+            f"that stalls the GPU queue; for full speed use {fix}")
+
+
 def _has_conv2d(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
@@ -186,6 +226,9 @@ def _fits_on_device(splits: Sequence[Split | ItemSplit], device: torch.device) -
     # A Dataset's items stay on the host whatever is decided: only tensor splits count.
     need = sum(t.numel() * t.element_size() for s in splits if isinstance(s, Split)
                for t in (s.inputs, s.targets))
+    # mem_get_info counts this process's cached blocks as used: free them first, or the answer
+    # depends on what ran before in the process.
+    release_cached(device)
     free, _ = torch.cuda.mem_get_info(device)
     return need < free / 2
 

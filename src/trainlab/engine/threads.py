@@ -234,8 +234,9 @@ def setup_key(config: RunConfig) -> str:
     thread choice): not the LR, weight decay, seed, epochs or schedule."""
     d = config.to_dict()
     opt = {k: v for k, v in d["optimizer"].items() if k not in ("lr", "weight_decay")}
+    # nproc: a DDP rank steps 1/nproc of the global batch, so its step is another setup's.
     train = {k: d["train"][k] for k in ("device", "precision", "compile", "channels_last",
-                                        "data_on_device", "threads")}
+                                        "data_on_device", "threads", "nproc")}
     return json.dumps([d["data"], d["model"], opt, d["finetune"], train], sort_keys=True)
 
 

@@ -39,7 +39,7 @@ from trainlab.components import build_finetune, build_model, load_dataset
 from trainlab.components.datasets import Split
 from trainlab.components.optimizers import is_auto, resolved_lr, with_lr
 from trainlab.config.schema import RunConfig
-from trainlab.devices import resolve_device
+from trainlab.devices import release_cached, resolve_device
 from trainlab.engine import contention
 from trainlab.engine.allocator import rss_bytes
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
@@ -105,9 +105,15 @@ def estimate_run(config: RunConfig, *, calibrate: bool = True,
     device = resolve_device(config.train.device)
     data = load_dataset(config.data, config.model)
     bs = config.data.batch_size
-    key = _setup_key(config)
+    key = _setup_key(config)  # train.nproc is part of it
     if key not in cache:
-        cache[key] = _measure_setup(config, device, calibrate)
+        # A DDP rank steps its share of the global batch (data.batch_size): probed, traced and
+        # sized as one rank, per GPU, not as one process at the global batch.  The all-reduce
+        # is not in the prediction.
+        rank_bs = math.ceil(bs / config.train.nproc)
+        measured_config = (config if config.train.nproc == 1 else replace(
+            config, data=config.data.model_copy(update={"batch_size": rank_bs})))
+        cache[key] = _measure_setup(measured_config, device, calibrate)
     parts, measured, note = cache[key]
     steps_per_epoch = math.ceil(len(data.train) / bs)
     default_eval = bs if data.info.task == "lm" else max(bs, 256)
@@ -210,6 +216,9 @@ def _measure_setup(config: RunConfig, device: torch.device,
             note = "the probe ran out of memory: the traced estimate says by how much"
         except Exception as exc:  # the run itself will fail and be stored with its error
             note = f"the probe failed ({type(exc).__name__}: {exc}); predicted from FLOPs"
+        # Out of the except clause (its traceback holds the failed step's tensors): the run
+        # must not find the probe's cached blocks, whatever the probe ended with.
+        release_cached(device)
     return parts, measured, note
 
 

@@ -9,11 +9,13 @@ as the engine gathers it) and of those the step creates.  It uses its own model 
 optimizer instances and a forked RNG, so it changes nothing in the runs it predicts.
 
 A step is timed as the engine runs it: the batch fetched from where the engine keeps the data
-(on the device when it fits), then zero_grad, forward, loss, backward and the optimizer step.
-An epoch's time is the sum of its steps, so the probe reports their mean, not the median:
-step times on a shared machine are skewed to the right (the median under-predicted epochs by
-10-30 % here), and the mean is trimmed of the slowest and fastest 10 % so that one descheduled
-step among a few dozen does not move it.
+(on the device when it fits, decided over all three splits as the run decides), then
+zero_grad, forward, loss, backward and the optimizer step.  On an accelerator steps are timed
+in windows of ``WINDOW`` with one sync at each end: a sync per step would remove the CPU/GPU
+overlap the run has.  An epoch's time is the sum of its steps, so the probe reports their
+mean, not the median: step times on a shared machine are skewed to the right (the median
+under-predicted epochs by 10-30 % here), and the mean is trimmed of the slowest and fastest
+10 % so that one descheduled step among a few dozen does not move it.
 
 A machine reading before and after the training steps (two cheap reads of ``/proc``) gives the
 same contention values an epoch records (:func:`trainlab.engine.contention.epoch_contention`):
@@ -38,6 +40,8 @@ from trainlab.engine.measure import PeakMemory, held_tensors
 from trainlab.engine.speed import gathered, intra_op_threads
 from trainlab.engine.tasks import TASKS
 from trainlab.engine.timing import trimmed_mean
+
+WINDOW = 5  # steps per timed sample on an accelerator
 
 
 @dataclass(frozen=True)
@@ -112,15 +116,18 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
         warm: list[float] = []
         timed = 0.0  # seconds of the timed steps so far
         before = machine.read()
+        # On an accelerator each sample is the mean of WINDOW steps with one sync at each end
+        # (the run syncs only to log); on a CPU a step is a sample (a sync there is a no-op).
+        per = 1 if device.type == "cpu" else WINDOW
         while len(times) < max_steps or (timed < min_window_s and len(times) < 20 * max_steps):
-            seconds = bench.step()
+            seconds = bench.step() if per == 1 else bench.steps(per) / per
             # Warm-up (lazy initialisation, kernel selection) lasts until steps stop getting
             # faster: at least two steps, at most ten.
             if len(warm) < 2 or (len(warm) < 10 and not times and seconds < 0.67 * min(warm)):
                 warm.append(seconds)
                 continue
             times.append(seconds)
-            timed += seconds
+            timed += seconds * per
             if len(times) >= min_steps and timed > budget_s:
                 break
         busy = contention.epoch_contention(before, machine.read(), torch.get_num_threads(),
@@ -146,7 +153,7 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
         peak = memory.read()["memory/peak_bytes"]
         del model, speed, bench
     return Probe(trimmed_mean(times), min(eval_times[1:]), max(0, int(peak) - base), base,
-                 len(times), time.perf_counter() - t_begin, busy,
+                 len(times) * per, time.perf_counter() - t_begin, busy,
                  choice.threads if choice is not None else torch.get_num_threads(),
                  choice.reason if choice is not None else None, tensor_peak_bytes=tensor_peak)
 

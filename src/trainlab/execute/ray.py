@@ -77,6 +77,7 @@ class RayExecutor:
 
     def prepare(self, plan: Plan) -> None:
         """Connect (or start a local Ray) and check that every run fits on some node."""
+        self._check_fractional(plan)
         ray = import_ray()
         if not plan.todo:
             return  # nothing to run: no cluster needed
@@ -95,6 +96,21 @@ class RayExecutor:
                     f"(train.nproc={planned.run.config.train.nproc}); the largest node of the "
                     f"Ray cluster has {largest[0]:g} CPUs and {largest[1]:g} GPUs",
                     field="train.nproc")
+
+    def _check_fractional(self, plan: Plan) -> None:
+        """Refuse a fraction of a GPU per rank for runs of several ranks: Ray would hand the
+        task fewer GPUs than torchrun starts ranks, and a rank's ``set_device`` fails."""
+        per_gpu = self.gpus_per_run
+        if per_gpu is None or not 0 < per_gpu < 1:
+            return
+        for planned in plan.todo:
+            nproc = planned.run.config.train.nproc
+            if nproc > 1:
+                raise ConfigError(
+                    f"`--gpus-per-run {per_gpu:g}` shares GPUs between runs, but run "
+                    f"{planned.index} has train.nproc={nproc} ranks, which need a whole GPU "
+                    "each; use --gpus-per-run 1 (or 0 for CPU ranks), or train.nproc=1",
+                    field="--gpus-per-run")
 
     def _connect(self, ray: Any, plan: Plan) -> None:
         address = self.address

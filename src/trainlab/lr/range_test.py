@@ -48,7 +48,7 @@ from trainlab.config.schema import LRFindSpec, RunConfig
 from trainlab.devices import resolve_device
 from trainlab.engine.loop import epoch_permutation, seed_everything
 from trainlab.engine.measure import Clock
-from trainlab.engine.speed import intra_op_threads
+from trainlab.engine.speed import Speed, decide, intra_op_threads
 from trainlab.engine.tasks import TASKS, training_loss
 from trainlab.hooks import RunState
 from trainlab.lr.suggest import Suggestions, suggest
@@ -193,7 +193,7 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batc
                scales: Sequence[float] | None = None,
                evaluate: Callable[[nn.Module], Tensor] | None = None,
                clip_grad_norm: float | None = None, device: torch.device | None = None,
-               restore: bool = True) -> LRRangeResult:
+               restore: bool = True, speed: Speed | None = None) -> LRRangeResult:
     """Run the range test on ``model`` and ``optimizer`` and restore both afterwards.
 
     ``batches`` yields (inputs, targets) on the model's device, at least ``steps + 1`` of them.
@@ -201,6 +201,8 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batc
     current LR over the first group's).  ``evaluate(model)`` returns a validation loss (a 0-d
     tensor) when ``settings.loss == "valid"``.  ``restore=False`` skips saving the model and
     optimizer (for callers that throw them away); the RNG states are restored either way.
+    ``speed`` (the run's :func:`~trainlab.engine.speed.decide`) trains under its autocast and
+    gradient scaler, as the run will; None: fp32.
     """
     settings = settings or LRFindSpec()
     steps = steps or settings.steps
@@ -222,7 +224,7 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batc
             preserved_training_state(model, optimizer) if restore else nullcontext())
         with guard:
             curve = _run(model, optimizer, batches, loss_fn, settings, lrs, scales, evaluate,
-                         clip_grad_norm, params)
+                         clip_grad_norm, params, speed)
     seconds = clock.now() - t0
     measured_lrs, losses, initial, stopped = curve
     found, smoothed = suggest(measured_lrs, losses, beta=settings.smooth, stopped=stopped,
@@ -235,8 +237,11 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batc
 def _run(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, loss_fn: LossFn,
          settings: LRFindSpec, lrs: np.ndarray, scales: Sequence[float],
          evaluate: Callable[[nn.Module], Tensor] | None, clip: float | None,
-         params: list[Tensor]) -> tuple[list[float], list[float], float, str]:
+         params: list[Tensor], speed: Speed | None = None
+         ) -> tuple[list[float], list[float], float, str]:
     """The ramp.  Returns (LR of each measured update, loss after it, initial loss, stop)."""
+    autocast = speed.autocast if speed is not None else nullcontext
+    scaler = speed.scaler if speed is not None else None
     train_mode = settings.loss == "train"
     beta, limit = settings.smooth, settings.diverge
     measured: list[float] = []
@@ -252,7 +257,8 @@ def _run(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, l
     # it), so the loop runs one forward pass more than it makes updates.
     for i in range(steps + 1 if train_mode else steps):
         x, y = next(batches)
-        loss = loss_fn(model(x), y)
+        with autocast():
+            loss = loss_fn(model(x), y)
         value: float | None = None
         if train_mode:
             # The stopping rule needs every step's loss on the host: the one sync per step the
@@ -274,10 +280,18 @@ def _run(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, l
         for group, scale in zip(optimizer.param_groups, scales):
             group["lr"] = float(lrs[i]) * scale
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            optimizer.step()
+        else:  # fp16, as the run steps: scaled loss, unscaled before clipping
+            scaler.scale(loss).backward()
+            if clip is not None:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            scaler.step(optimizer)
+            scaler.update()
         if not train_mode and evaluate is not None:
             value = _host(evaluate(model))  # one sync per step, as above
             model.train()
@@ -324,6 +338,12 @@ def lr_find(config: RunConfig, settings: LRFindSpec | None = None) -> LRRangeRes
 
             torch.set_num_threads(run_threads(config).threads)
         result, extra = _lr_find(config, settings)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        # The test's model, optimizer and data are gone with _lr_find: give their cached
+        # blocks back to the driver.  In a sweep's parent (the pool and Ray run the tests
+        # there, once per group) the workers then find that memory free; what stays is this
+        # process's CUDA context (a few hundred MB on the test's device).
+        torch.cuda.empty_cache()
     seconds = time.perf_counter() - t0  # the whole cost, setup included
     return LRRangeResult(result.lrs, result.losses, result.smoothed, result.initial_loss,
                          result.stopped, result.steps, result.planned_steps, seconds,
@@ -344,7 +364,11 @@ def _lr_find(config: RunConfig, settings: LRFindSpec) -> tuple[LRRangeResult, di
                                     tuning.param_groups)
         scales = [float(g["lr"]) for g in optimizer.param_groups]
         bs = config.data.batch_size
-        train_split = data.train.to(device)
+        # Placement, autocast and scaler as the run decides them: the splits go to the device
+        # only when the run would put them there (else host batches copied one at a time).
+        speed = decide(config.train, model, device, [data.train, data.valid])
+        place = (lambda split: split.to(device)) if speed.data_on_device else (lambda split: split)
+        train_split = place(data.train)
         steps_per_epoch = math.ceil(len(train_split) / bs)
         steps = settings.steps
         if settings.epochs is not None:
@@ -362,38 +386,43 @@ def _lr_find(config: RunConfig, settings: LRFindSpec) -> tuple[LRRangeResult, di
                 raise ConfigError("`lr_find.loss`: valid needs a validation split, and "
                                   f"{data.info.name!r} has none here; use train",
                                   field="lr_find.loss")
-            valid = data.valid.to(device)
+            valid = place(data.valid)
             eval_bs = config.data.eval_batch_size or max(bs, 256)
-            evaluate = _evaluator(valid, task.sums, eval_bs, device)
+            evaluate = _evaluator(valid, task.sums, eval_bs, device, speed)
         result = range_test(model, optimizer,
-                            _batches(train_split, bs, settings.seed, device),
+                            _batches(train_split, bs, settings.seed, device, speed),
                             training_loss(config, task),
                             settings, steps=steps, scales=scales, evaluate=evaluate,
                             clip_grad_norm=config.train.clip_grad_norm, device=device,
-                            restore=False)
+                            restore=False, speed=speed)
     return result, {"data": data.info.name, "train_examples": len(train_split),
                     "steps_per_epoch": steps_per_epoch}
 
 
 def _batches(split: Split | ItemSplit, batch_size: int, seed: int,
-             device: torch.device) -> Batches:
+             device: torch.device, speed: Speed | None = None) -> Batches:
     """Training batches in the loop's order, epoch after epoch (a Dataset's items through a
-    DataLoader whose batch sampler is that order, as the loop reads them)."""
+    DataLoader whose batch sampler is that order, as the loop reads them); tensors on the
+    host, where ``speed`` left them there, are fetched to the device a batch at a time."""
     epoch = 1
     while True:
         if isinstance(split, ItemSplit):
             order = epoch_permutation(len(split), seed, epoch)
             yield from split.batches(order.split(batch_size), device)
         else:
-            order = epoch_permutation(len(split), seed, epoch).to(device)
+            order = epoch_permutation(len(split), seed, epoch).to(split.inputs.device)
+            fetch = speed.fetcher(split) if speed is not None else None
             for idx in order.split(batch_size):
-                yield split.inputs[idx], split.targets[idx]
+                yield fetch(idx) if fetch is not None else (split.inputs[idx], split.targets[idx])
         epoch += 1
 
 
 def _evaluator(split: Split | ItemSplit,
                sums: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], batch_size: int,
-               device: torch.device) -> Callable[[nn.Module], Tensor]:
+               device: torch.device, speed: Speed | None = None
+               ) -> Callable[[nn.Module], Tensor]:
+    autocast = speed.autocast if speed is not None else nullcontext
+
     def evaluate(model: nn.Module) -> Tensor:
         model.eval()
         total = torch.zeros((), device=device)
@@ -401,12 +430,16 @@ def _evaluator(split: Split | ItemSplit,
         with torch.inference_mode():
             if isinstance(split, ItemSplit):
                 batches = split.batches(split.ranges(0, len(split), batch_size), device)
+            elif speed is not None:  # on the device, or host batches copied there
+                batches = speed.eval_batches(split, 0, len(split), batch_size)
             else:
                 batches = ((split.inputs[start:start + batch_size],
                             split.targets[start:start + batch_size])
                            for start in range(0, len(split), batch_size))
             for x, y in batches:
-                total += sums(model(x), y)[0].float()
+                with autocast():
+                    out = model(x)
+                total += sums(out, y)[0].float()
                 count += y.numel()
         return total / max(count, 1)
 

@@ -75,6 +75,26 @@ def test_hf_classifier_masks_padding(tiny_hf: dict[str, str], sentiment_dir: str
         assert torch.allclose(net(x[:1, :length]), logits[:1], atol=1e-5)
 
 
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_a_half_precision_checkpoint_loads_in_float32(
+        pretrained: bool, tiny_hf: dict[str, str], sentiment_dir: str, tmp_path: Path) -> None:
+    # transformers 5 loads with dtype="auto" (from_config from config.dtype): a bf16 checkpoint
+    # would train in bf16 under train.precision: fp32 (issue 25, item 5).
+    from transformers import AutoModel
+
+    half = AutoModel.from_pretrained(tiny_hf["bert"], dtype=torch.bfloat16)
+    half.save_pretrained(tmp_path / "bf16")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                 "vocab.txt"):
+        if (Path(tiny_hf["bert"]) / name).exists():
+            (tmp_path / "bf16" / name).write_bytes((Path(tiny_hf["bert"]) / name).read_bytes())
+    saved = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert "bfloat16" in json.dumps(saved)  # the checkpoint says bf16
+    net, _, _ = _build({"name": "hf", "path": str(tmp_path / "bf16"), "pretrained": pretrained},
+                       _data(tiny_hf, sentiment_dir))
+    assert {p.dtype for p in net.parameters()} == {torch.float32}
+
+
 def test_minilm_is_hf_with_the_packaged_path(tiny_hf: dict[str, str], sentiment_dir: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hf_module, "minilm_path", lambda: tiny_hf["bert"])

@@ -53,14 +53,23 @@ def check_targets(model: nn.Module, targets: list[str] | None, field: str) -> No
 
 
 class SavePeft(Callback):
-    """At the end of an ok run (best weights loaded), save the adapter with PEFT."""
+    """At the end of an ok run (best weights loaded), save the adapter with PEFT: on rank 0
+    only under DDP (every rank holds the same adapter, and writing one folder at once from
+    each would interleave its files)."""
 
     def __init__(self, peft_model: Any) -> None:
         self.peft_model = peft_model
 
     def on_run_end(self, state: RunState, status: str) -> None:
-        if status == "ok" and state.run_dir is not None:
+        if status == "ok" and state.run_dir is not None and _main_rank():
             self.peft_model.save_pretrained(str(state.run_dir / "peft"))
+
+
+def _main_rank() -> bool:
+    """Whether this process is rank 0 of its DDP group, or not in one."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _apply(config_factory: Any, model: nn.Module, kind: str, *,
