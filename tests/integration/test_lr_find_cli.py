@@ -128,3 +128,58 @@ def test_examples_list_lr_range() -> None:
     assert [r.config.optimizer.name for r in runs] == ["sgd", "adam"]
     assert all(r.config.optimizer.lr == "auto" and r.config.model.name == "cnn" for r in runs)
     assert runs[0].config.lr_find is not None and runs[0].config.lr_find.steps == 2000
+
+
+def test_ctrl_c_stops_lr_find_within_a_step_and_exits_130(tiny: dict, write_config,
+                                                          store_dir: Path) -> None:
+    """A ramp of 10^6 steps (many minutes here) stops at the first Ctrl-C: exit 130, a message,
+    no traceback, and no partial curve in the store."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tiny["lr_find"] = {"steps": 1_000_000, "start": 1e-9, "end": 1e-8}
+    cfg = write_config(tiny)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "trainlab.cli", "lr-find", str(cfg),
+                             "--store", str(store_dir)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    started = ""
+    for line in proc.stderr:  # the ramp starts right after this line
+        started += line
+        if "lr-find" in line and "range" in line:
+            break
+    assert proc.poll() is None, started
+    time.sleep(1.0)  # inside the ramp
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, started + stderr
+    assert "Traceback" not in stderr
+    assert "interrupted (Ctrl-C)" in stderr and "rerun the same command" in stderr.lower()
+    assert len(open_store(store_dir).lr_ranges("tiny")) == 0
+
+
+def test_the_follow_up_report_shows_its_range_tests_and_the_test_name_says_what_to_do(
+        sweep: dict, write_config, store_dir: Path, tmp_path: Path) -> None:
+    sweep["seeds"] = None
+    grid = tmp_path / "followup.yaml"
+    found = _run("lr-find", str(write_config(sweep)), "--store", str(store_dir),
+                 "--emit-grid", str(grid), "--candidates", "2", "--schedules", "constant")
+    assert found.exit_code == 0, found.output
+    # Before the follow-up is trained: the lr-find's own name says what to do.
+    early = runner.invoke(app, ["report", "--sweep", "tiny", "--store", str(store_dir)])
+    assert early.exit_code == 2
+    assert "no trained runs" in early.output and "--emit-grid" in early.output
+    assert _run("run", str(grid), "--store", str(store_dir), "-q").exit_code == 0
+    out = tmp_path / "report"
+    report = _run("report", "--sweep", "tiny-followup", "--store", str(store_dir),
+                  "--out", str(out))
+    assert report.exit_code == 0, report.output
+    markdown = next(out.glob("*.md")).read_text()
+    assert "LR range test" in markdown
+    assert len(list(out.rglob("lr-range-*.png"))) == 2  # one per optimizer's test
+    later = runner.invoke(app, ["report", "--sweep", "tiny", "--store", str(store_dir)])
+    assert later.exit_code == 2 and "trainlab report --sweep tiny-followup" in later.output

@@ -35,8 +35,9 @@ def lr_range_figure(record: Mapping[str, Any], title: str = "") -> Any:
     raw = [math.nan if v is None else float(v) for v in record["losses"]]
     smooth = [math.nan if v is None else float(v) for v in record["smoothed"]]
     sug = record["suggestions"]
-    fig = Figure(figsize=(10, 4.2), layout="constrained")
-    ax, ax_lr = fig.subplots(1, 2, width_ratios=[2, 1])
+    finite: list[float] = []
+    fig = Figure(figsize=(13, 4.2), layout="constrained")
+    ax, ax_lr, ax_step = fig.subplots(1, 3, width_ratios=[2, 1, 1])
     if lrs:
         ax.plot(lrs, raw, color="0.75", lw=0.8, label="loss (raw)")
         ax.plot(lrs, smooth, color="tab:blue", lw=1.8, label="loss (smoothed)")
@@ -60,7 +61,8 @@ def lr_range_figure(record: Mapping[str, Any], title: str = "") -> Any:
             span = max(start - low, 1e-3 * max(abs(low), 1e-9))
             ax.set_ylim(low - 0.1 * span, start + 0.6 * span)
     ax.set_xlabel("learning rate (log scale)")
-    ax.set_ylabel(f"{record.get('settings', {}).get('loss', 'train')} loss")
+    loss_kind = "validation" if record.get("settings", {}).get("loss") == "valid" else "train"
+    ax.set_ylabel(f"{loss_kind} loss")
     trust = "trusted" if sug.get("trusted") else "NOT trusted: " + ", ".join(
         f["code"] for f in sug.get("flags", []))
     ax.set_title(f"{title}  ({trust})".strip(), fontsize=10)
@@ -73,6 +75,18 @@ def lr_range_figure(record: Mapping[str, Any], title: str = "") -> Any:
     ax_lr.set_title(f"{record.get('steps', len(lrs))} steps in {record.get('seconds', 0):.1f} s,"
                     f" stopped: {record.get('stopped')}", fontsize=10)
     ax_lr.grid(True, which="both", alpha=0.3)
+    # Loss against step: where the ramp's time went (an exponential ramp spends as many steps
+    # per decade at 1e-7 as at 1), and for --valid tests the validation loss as measured.
+    steps = range(1, len(lrs) + 1)
+    ax_step.plot(steps, raw, color="0.75", lw=0.8, label="raw")
+    ax_step.plot(steps, smooth, color="tab:blue", lw=1.8, label="smoothed")
+    if lrs and finite:
+        ax_step.set_ylim(*ax.get_ylim())
+    ax_step.set_xlabel("step")
+    ax_step.set_ylabel(f"{loss_kind} loss")
+    ax_step.set_title(f"{loss_kind} loss against step", fontsize=10)
+    ax_step.grid(True, alpha=0.3)
+    ax_step.legend(fontsize=8, loc="lower left")
     return fig
 
 

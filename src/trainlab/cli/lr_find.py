@@ -83,7 +83,8 @@ def lr_find(
     One test per distinct data, model, optimizer and fine-tuning of the sweep (a grid over
     optimizer.name gives one per optimizer). Settings come from the sweep's `lr_find` section,
     then these options. Each test is stored (a rerun reuses it) and drawn (PNG and SVG); exit
-    code 1 when a test could not suggest anything (it diverged from the start).
+    code 1 when a test could not suggest anything (it diverged from the start). Ctrl-C stops
+    the test after the step it is in and exits with 130 (finished tests stay stored).
     """
     from trainlab.config.schema import resolve_lr_find
     from trainlab.lr.study import LRFindReport
@@ -110,16 +111,41 @@ def lr_find(
               else f"{settings.epochs:g} epochs")
     if not as_json:
         warn_if_busy([run.config.train.threads for run in runs])
-    for group in range_groups(runs, lambda run: settings):
-        if not as_json:
-            err.print(f"lr-find {escape(group.describe())}: range {group.range_id}, {length} "
-                      f"from {settings.start:g} to {settings.end:g} ...", highlight=False)
-        outcome = run_group(group, st, sweep=sweep.name, rerun=rerun)
-        report.outcomes.append(outcome)
-        report.figures[group.range_id] = [str(p) for p in _draw(outcome, figures_dir,
-                                                                sweep.name)]
+    from trainlab.engine import interrupt
+    from trainlab.lr.range_test import RangeTestInterrupted
+
+    def notify(signum: int) -> None:
+        name = interrupt.signal_name(signum)
+        again = "press Ctrl-C again" if name == "Ctrl-C" else f"a second {name} will stop it"
+        err.print(f"\n[yellow]{name}:[/] stopping the range test after the current step; "
+                  f"{again} to quit at once.")
+
+    stopped: RangeTestInterrupted | None = None
+    with interrupt.graceful_sigint(notify):
+        for group in range_groups(runs, lambda run: settings):
+            if interrupt.stop_requested():
+                stopped = RangeTestInterrupted(0, settings.steps)
+                break
+            if not as_json:
+                err.print(f"lr-find {escape(group.describe())}: range {group.range_id}, "
+                          f"{length} from {settings.start:g} to {settings.end:g} ...",
+                          highlight=False)
+            try:
+                outcome = run_group(group, st, sweep=sweep.name, rerun=rerun)
+            except RangeTestInterrupted as exc:
+                stopped = exc
+                break
+            report.outcomes.append(outcome)
+            report.figures[group.range_id] = [str(p) for p in _draw(outcome, figures_dir,
+                                                                    sweep.name)]
+    if stopped is not None:
+        done = len(report.outcomes)
+        err.print(f"[yellow]interrupted ({interrupt.signal_name()}):[/] {escape(str(stopped))}; "
+                  f"its partial curve is not stored ({done} finished test(s) are, and a rerun "
+                  "reuses them). Rerun the same command to test the rest.", highlight=False)
+        raise typer.Exit(interrupt.exit_code())
     if emit_grid is not None:
-        _emit(report, sweep, names, emit_grid)
+        _emit(report, sweep, names, emit_grid, st)
     if as_json:
         out.print_json(data=report.to_dict())
     else:
@@ -156,7 +182,8 @@ def _draw(outcome: RangeOutcome, folder: Path, sweep: str) -> list[Path]:
     return plot_lr_range(outcome.result.to_dict(), folder / outcome.group.range_id, title)
 
 
-def _emit(report: LRFindReport, sweep: Any, schedules: list[str], path: Path) -> None:
+def _emit(report: LRFindReport, sweep: Any, schedules: list[str], path: Path,
+          store: Any) -> None:
     from trainlab.lr.study import followup_document, write_followup
 
     usable = [o for o in report.outcomes if o.result.suggestions.candidates]
@@ -165,6 +192,9 @@ def _emit(report: LRFindReport, sweep: Any, schedules: list[str], path: Path) ->
         return
     doc, skipped = followup_document(sweep, report.outcomes, schedules)
     report.grid_runs = guard(lambda: write_followup(doc, path, usable))
+    # The follow-up sweep's report shows the range tests its LRs came from: link them to it.
+    for o in usable:
+        store.link_lr_range(doc["name"], o.group.range_id, o.group.label)
     report.grid_path = str(path)
     report.skipped = [o.group.range_id for o in skipped]
 

@@ -6,6 +6,7 @@ Registered on the app when :mod:`trainlab.cli` imports this module.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -24,8 +25,8 @@ def report(
     out_dir: Path | None = typer.Option(
         None, "--out", "-o", metavar="DIR", help="Output directory (default: reports/SWEEP)."),
     metric: str | None = typer.Option(
-        None, "--metric", help="Quality metric to rank by: perplexity, accuracy, rmse or loss "
-                               "(default: the task's metric)."),
+        None, "--metric", help="Quality metric to rank by: perplexity, accuracy, rmse, loss, f1 "
+                               "or mcc (default: the task's metric)."),
     facet: str | None = typer.Option(
         None, "--facet", metavar="KEYS", help="Varied keys (comma-separated) that split curves "
                                               "into figures."),
@@ -75,6 +76,8 @@ def report(
                             hue=_split(hue), sort=sort, group=group, target=target,
                             clock=clock, overfit_epochs=overfit_epochs,  # type: ignore[arg-type]
                             formats=tuple(_split(formats) or ()))
+    if sweep is not None:
+        guard(lambda: _check_not_a_range_test(st, sweep))
     built = guard(lambda: build_report(st, options))
     try:
         target_dir = out_dir or default_out(built.frames.name)
@@ -101,6 +104,32 @@ def report(
                   highlight=False)
     out.print(f"wrote {target_dir / 'report.html'} (open it in a browser), report.md, "
               f"tables/ and figures/ in {target_dir}", highlight=False)
+
+
+def _check_not_a_range_test(st: Any, sweep: str) -> None:
+    """`--sweep` naming what `trainlab lr-find` ran (range tests, no runs): say what to do."""
+    from trainlab.errors import ConfigError
+
+    if sweep in set(st.sweeps()["sweep"]):
+        return
+    ranges = st.lr_ranges(sweep) if hasattr(st, "lr_ranges") else None
+    if ranges is None or ranges.empty:
+        return
+    ids = set(ranges["range_id"])
+    linked = st.lr_ranges()
+    followups = sorted({str(n) for n, rid in zip(linked["sweep"], linked["range_id"])
+                        if rid in ids and n is not None and n != sweep
+                        and n in set(st.sweeps()["sweep"])})
+    figures = ", ".join(str(st.root / "lr-ranges" / f"{rid}.png") for rid in sorted(ids))
+    commands = ", ".join(f"`trainlab report --sweep {n}`" for n in followups)
+    then = (f"report the sweep trained from them: {commands} (its report includes these range "
+            "tests)" if followups else
+            "train the follow-up sweep (`trainlab lr-find CONFIG --emit-grid followup.yaml`, "
+            "then `trainlab run followup.yaml`) and report that sweep: its report includes "
+            "these range tests")
+    raise ConfigError(f"`--sweep`: {sweep!r} has LR range tests ({len(ids)}) but no trained "
+                      f"runs: `trainlab lr-find` tests LRs, it trains nothing to report. Its "
+                      f"figures: {figures}. To compare LRs, {then}.", field="--sweep")
 
 
 @app.command()

@@ -46,10 +46,12 @@ from trainlab.components.optimizers import with_lr
 from trainlab.components.schedules import Schedule
 from trainlab.config.schema import LRFindSpec, RunConfig
 from trainlab.devices import resolve_device
+from trainlab.engine import interrupt
 from trainlab.engine.loop import epoch_permutation, seed_everything
 from trainlab.engine.measure import Clock
 from trainlab.engine.speed import Speed, decide, intra_op_threads
 from trainlab.engine.tasks import TASKS, training_loss
+from trainlab.errors import TrainlabError
 from trainlab.hooks import RunState
 from trainlab.lr.suggest import Suggestions, suggest
 
@@ -234,6 +236,16 @@ def range_test(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batc
                          found, str(device))
 
 
+class RangeTestInterrupted(TrainlabError):
+    """A stop was requested (Ctrl-C, SIGTERM: :mod:`trainlab.engine.interrupt`) during the
+    ramp; the test stopped after the step it was in and its partial curve is not kept."""
+
+    def __init__(self, steps: int, planned: int) -> None:
+        super().__init__(f"the LR range test was interrupted after {steps} of {planned} steps")
+        self.steps = steps
+        self.planned = planned
+
+
 def _run(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, loss_fn: LossFn,
          settings: LRFindSpec, lrs: np.ndarray, scales: Sequence[float],
          evaluate: Callable[[nn.Module], Tensor] | None, clip: float | None,
@@ -255,7 +267,10 @@ def _run(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, l
     steps = len(lrs)
     # In train mode step i's forward pass is the measurement of update i - 1 (the loss after
     # it), so the loop runs one forward pass more than it makes updates.
+    stop_flag = interrupt.FLAG  # set by the first Ctrl-C / SIGTERM: honoured every step
     for i in range(steps + 1 if train_mode else steps):
+        if stop_flag[0]:
+            raise RangeTestInterrupted(len(losses), steps)
         x, y = next(batches)
         with autocast():
             loss = loss_fn(model(x), y)
@@ -446,5 +461,5 @@ def _evaluator(split: Split | ItemSplit,
     return evaluate
 
 
-__all__ = ["LRRangeResult", "lr_find", "preserved_rng", "preserved_training_state", "ramp",
-           "range_test"]
+__all__ = ["LRRangeResult", "RangeTestInterrupted", "lr_find", "preserved_rng",
+           "preserved_training_state", "ramp", "range_test"]

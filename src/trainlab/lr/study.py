@@ -27,7 +27,7 @@ from trainlab.components.optimizers import is_auto, with_lr
 from trainlab.config.grid import ExpandedRun, expand, set_dotted, values_of, varied_keys
 from trainlab.config.schema import LRFindSpec, RunConfig, SweepConfig, resolve_lr_find
 from trainlab.errors import ConfigError
-from trainlab.lr.range_test import LRRangeResult, lr_find
+from trainlab.lr.range_test import LRRangeResult, RangeTestInterrupted, lr_find
 from trainlab.store import Store
 
 # Sections whose keys change the range test; the schedule and the rest of `train` do not.
@@ -210,6 +210,8 @@ def resolve_auto_lrs(runs: Sequence[ExpandedRun], store: Store | None, *,
     for group in range_groups(auto, lambda run: auto_group(run.config)[1]):
         try:
             choice = _choose(run_group(group, store, sweep=sweep))
+        except RangeTestInterrupted:
+            break  # Ctrl-C: the caller sees the stop request and starts no run
         except Exception:
             choice = AutoLR(group.range_id, group.settings.suggest, None,
                             error="the LR range test failed:\n" + traceback.format_exc())

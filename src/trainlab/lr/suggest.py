@@ -36,6 +36,11 @@ FALL_FRACTION = 0.1
 MIN_POINTS = 10
 """Fewer points than this between the start of the fall and the minimum: too few to trust."""
 
+NOISE_MARGIN = 3.0
+"""A drop (smoothed start to minimum) smaller than this x the step-to-step noise is no fall:
+the zero-lag smoothed minimum of a flat, noisy curve already sits about one noise std below
+its start, and a slow drift hidden in the noise adds as much again."""
+
 ArrayLike = Sequence[float] | np.ndarray
 
 
@@ -251,7 +256,9 @@ def assess(lrs: ArrayLike, losses: ArrayLike, smoothed: ArrayLike, *, stopped: s
     lr, raw, smooth = lr[finite], raw[finite], smooth[finite]
     span = fall_range(lr, smooth, fraction)
     low = int(np.argmin(smooth))
-    noise = noise_level(raw[: low + 1])
+    # The noise up to the minimum, from 20 points at least: a minimum near the start (a flat
+    # curve's, placed by the noise) leaves too few points before it to measure the noise.
+    noise = noise_level(raw[: max(low + 1, min(len(raw), 20))])
     drop = float(smooth[0] - smooth[low])
     points = None if span is None else span[1] - span[0] + 1
     if span is None:
@@ -263,10 +270,15 @@ def assess(lrs: ArrayLike, losses: ArrayLike, smoothed: ArrayLike, *, stopped: s
                           f"falling (lr {lr[span[0]]:.3g}) to its minimum (lr {lr[span[1]]:.3g})"
                           f"; {min_points} or more are needed to place the suggestions: use more "
                           "steps or a narrower range"))
-    if span is not None and noise > drop:
-        flags.append(Flag("noisy", f"the loss is noisier (robust std {noise:.3g}) than its whole "
-                          f"drop ({drop:.3g}): the curve's shape is noise; use a larger batch, "
-                          "more steps or more smoothing"))
+    if span is not None and drop < NOISE_MARGIN * noise:
+        flags.append(Flag("noisy", f"the smoothed loss fell only {drop:.3g} ({smooth[0]:.4g} -> "
+                          f"{smooth[low]:.4g}), less than {NOISE_MARGIN:g}x its step-to-step "
+                          f"noise (robust std {noise:.3g}): no LR from {lr[0]:.3g} to "
+                          f"{lr[-1]:.3g} made it learn within the ramp, and the suggestions are "
+                          "where the noise put them. Use a longer ramp (more steps, or epochs) "
+                          "so each LR has time to act, or another range (a higher end if the "
+                          "loss never rose, a lower start if it rose at once); a larger batch "
+                          "or more smoothing lowers the noise"))
     if stopped == "end" and low >= len(smooth) - 2:
         flags.append(Flag("no-divergence", f"the loss was still falling at the end of the range "
                           f"(lr {lr[-1]:.3g}): the minimum and the upper candidates are the "

@@ -190,6 +190,34 @@ def test_range_test_restores_model_optimizer_flags_and_mode() -> None:
     assert not model.training and not any(m.training for m in model.modules())
 
 
+def test_a_stop_request_ends_the_ramp_within_a_step_and_restores_the_model() -> None:
+    from trainlab.engine import interrupt
+    from trainlab.lr.range_test import RangeTestInterrupted
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    seen = []
+
+    def batches():  # the stop comes (as the signal handler sets it) while step 5 runs
+        for i in range(1000):
+            if i == 5:
+                interrupt.request_stop()
+            seen.append(i)
+            yield x, y
+
+    try:
+        with pytest.raises(RangeTestInterrupted, match="after 5 of 500 steps"):
+            range_test(model, optimizer, batches(), torch.nn.functional.cross_entropy,
+                       LRFindSpec(steps=500, start=1e-6, end=1e-5))
+    finally:
+        interrupt.clear()
+    assert len(seen) == 6
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
 def test_parameter_groups_keep_their_lr_ratios_along_the_ramp() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1))
