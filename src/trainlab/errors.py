@@ -20,9 +20,12 @@ class ConfigError(TrainlabError):
     The message names the field, the bad value and what would be valid.
     """
 
-    def __init__(self, message: str, *, field: str | None = None) -> None:
+    def __init__(self, message: str, *, field: str | None = None,
+                 parts: list[ConfigError] | None = None) -> None:
         super().__init__(message)
         self.field = field
+        # Several errors of one run (bad values in two sections), each its own message.
+        self.parts: list[ConfigError] = list(parts or [])
 
     def within(self, where: str) -> ConfigError:
         """The same error with a location such as "in sweep lm, run 3" appended."""
@@ -54,6 +57,43 @@ class RunError(TrainlabError):
 
 class Diverged(RunError):
     """The loss became NaN or infinite."""
+
+
+def combine(found: list[tuple[ConfigError, int | None, str]], scope: str = "") -> ConfigError:
+    """Every error of a file as one error: each distinct message once, with the runs it was
+    found in (``(in sweep lm, runs 1, 3)``; one run also says what it set).
+
+    ``found`` holds (error, run index or None, what the run sets); ``scope`` is where all of
+    them are (``in sweep lm``).  The first error's field names the whole.
+    """
+    runs: dict[str, list[tuple[int, str]]] = {}
+    first: dict[str, ConfigError] = {}
+    found = [(part, index, detail) for exc, index, detail in found
+             for part in (getattr(exc, "parts", None) or [exc])]
+    for exc, index, detail in found:
+        first.setdefault(str(exc), exc)
+        places = runs.setdefault(str(exc), [])
+        if index is not None and all(index != i for i, _ in places):
+            places.append((index, detail))
+
+    def where(places: list[tuple[int, str]]) -> str:
+        head = f"{scope}, " if scope else ""
+        if not places:
+            return scope
+        if len(places) == 1:
+            index, detail = places[0]
+            return f"{head}run {index}" + (f": {detail}" if detail else "")
+        return f"{head}runs {', '.join(str(i) for i, _ in places)}"
+
+    if len(first) == 1:
+        message, exc = next(iter(first.items()))
+        place = where(runs[message])
+        return exc.within(place) if place else exc
+    lines = [f"{len(first)} errors in this config:"]
+    for message, places in runs.items():
+        place = where(places)
+        lines.append(f"- {message}" + (f" ({place})" if place else ""))
+    return ConfigError("\n".join(lines), field=next(iter(first.values())).field)
 
 
 def closest(name: str, choices: Iterable[str]) -> str | None:

@@ -20,7 +20,7 @@ from trainlab.components.schedules import ScheduleContext
 from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_keys
 from trainlab.config.schema import TrainSpec
 from trainlab.devices import device_available, nproc_limit, usable_cpus
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, combine
 from trainlab.records import DONE
 from trainlab.store import Store, held_elsewhere
 
@@ -110,24 +110,26 @@ def _action(info: dict[str, Any] | None) -> Action:
 
 
 def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = True) -> None:
-    """Raise ConfigError for a run that cannot be built: a missing device, data that does not
-    load, a model that does not fit its data, more DDP processes than devices.  Models are
-    built on the meta device (no memory, no time).  Nothing to check (a finished sweep) imports
-    no torch."""
+    """Raise ConfigError for the runs that cannot be built, all of them at once: a missing
+    device, data that does not load, a model that does not fit its data, more DDP processes
+    than devices.  Models are built on the meta device (no memory, no time).  Nothing to check
+    (a finished sweep) imports no torch."""
     if not runs:
         return
     import torch
 
     from trainlab.engine.tasks import TASKS, training_loss
 
+    found: list[tuple[ConfigError, int | None, str]] = []
     for run in runs:
-        where = f"in sweep {sweep.name}, run {run.index}"
         cfg = run.config
+        detail = ", ".join(f"{k}={v}" for k, v in run.overrides.items())
         if devices and not device_available(cfg.train.device):
-            raise ConfigError(
+            found.append((ConfigError(
                 f"`train.device`: {cfg.train.device!r} is not available on this machine "
                 f"(cuda available: {torch.cuda.is_available()}); use auto or cpu",
-                field="train.device").within(where)
+                field="train.device"), run.index, detail))
+            continue
         try:
             data = load_dataset(cfg.data, cfg.model)
             task = TASKS[data.info.task]
@@ -168,15 +170,18 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
                 build_schedule(cfg.schedule, optimizer, ScheduleContext(cfg.train.epochs, steps))
             check_profile(cfg.train, steps)
         except ConfigError as exc:
-            raise exc.within(where) from None
+            found.append((exc, run.index, detail))
         except (ValueError, TypeError) as exc:
             # A builder (torch, mostly) refused a value our specs let through: still bad input.
-            raise ConfigError(f"run {run.index} cannot be built: {exc}").within(where) from None
+            found.append((ConfigError(f"the run cannot be built: {exc}"), run.index, detail))
         except MemoryError:
             # Even the meta model (no weights) does not fit: sizes such as 10^10 layers.
-            raise ConfigError(f"run {run.index} cannot be built: the model's description alone "
-                              "does not fit in memory; check model sizes such as model.layers, "
-                              "model.hidden_dim and the data shape").within(where) from None
+            found.append((ConfigError(
+                "the run cannot be built: the model's description alone does not fit in "
+                "memory; check model sizes such as model.layers, model.hidden_dim and the data "
+                "shape"), run.index, detail))
+    if found:  # every run's errors at once, each distinct message once
+        raise combine(found, f"in sweep {sweep.name}")
 
 
 def check_nproc(nproc: int, device: str, n_train: int, batch_size: int, devices: bool) -> None:

@@ -126,6 +126,8 @@ def test_diverged_run_exits_1_and_the_sweep_goes_on(tiny: dict, write_config,
 def test_examples_command() -> None:
     listed = _run("examples")
     assert listed.exit_code == 0 and "quickstart" in listed.output
+    # Brackets are text, not rich markup: the finetune example needs the hf extra.
+    assert "trainlab[hf,examples]" in "".join(listed.output.split()).replace("│", "")
     shown = _run("examples", "lm-optimizers")
     assert "optimizer.name: [adam, adamw, sgd, momentum]" in shown.output
     assert _run("--version").output.startswith("trainlab ")
@@ -210,3 +212,31 @@ def test_run_warns_when_the_precision_is_slower_than_fp32_on_this_cpu(
     assert result.exit_code == 0, result.output
     warned = "warning: `train.precision: bf16` on this CPU: matmuls measured 1.3 GFLOP/s"
     assert (warned in " ".join(result.output.split())) == (bf16_gflops < 120)
+
+
+def test_bad_config_creates_no_store_and_names_every_error(
+        tiny: dict, write_config, store_dir: Path) -> None:
+    # Two typos in the grid: both reported by one run; no store folder left behind.
+    bad = write_config({**tiny, "grid": {"model.hiden_dim": [8], "optimizer.nme": ["sgd"]}})
+    result = _run("run", str(bad), "--store", str(store_dir))
+    assert result.exit_code == 2, result.output
+    assert "2 errors" in result.output and "hiden_dim" in result.output
+    assert "optimizer.nme" in result.output and "Traceback" not in result.output
+    assert not store_dir.exists()
+    # An error found only when the run is built (the model does not fit the data) as well.
+    result = _run("run", str(write_config({**tiny, "model": {"name": "lstm"}})),
+                  "--store", str(store_dir))
+    assert result.exit_code == 2 and "works on lm data" in result.output
+    assert not store_dir.exists()
+
+
+def test_plan_says_what_the_sweep_expanded_to(tiny: dict, write_config,
+                                              store_dir: Path) -> None:
+    tiny.update(grid={"model.hidden_dim": [4, 8]}, cross=True,
+                runs=[{}, {"optimizer.name": "sgd"}, {"optimizer.name": "adamw"}])
+    cfg = write_config(tiny)
+    result = _run("plan", str(cfg), "--store", str(store_dir))
+    assert result.exit_code == 0, result.output
+    assert "2 grid point(s) x 3 explicit run(s) (cross: true) = 6 runs" in result.output
+    data = json.loads(_run("plan", str(cfg), "--store", str(store_dir), "--json").output)
+    assert len(data["runs"]) == 6 and "cross: true" in data["expansion"]

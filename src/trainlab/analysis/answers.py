@@ -383,12 +383,55 @@ def overfit_spans(train: Sequence[float], valid: Sequence[float], epochs: Sequen
     return spans
 
 
+def collapse(valid: Sequence[float], epochs: Sequence[int], higher_is_better: bool
+             ) -> tuple[int, int, float, float] | None:
+    """(best epoch, epoch of the collapse, best value, worst value after it) when the validation
+    metric, after improving, fell back to worse than its first epoch: the run lost everything
+    it had learned (accuracy 0.93 -> 0.08 is a collapse to chance, not overfitting).  None
+    otherwise."""
+    finite = [(e, v) for e, v in zip(epochs, valid) if math.isfinite(v)]
+    if len(finite) < 2:
+        return None
+    first = finite[0][1]
+    pick = max if higher_is_better else min
+    best_epoch, best = pick(finite, key=lambda ev: ev[1])
+    if best == first:
+        return None
+    after = [(e, v) for e, v in finite if e > best_epoch]
+    for e, v in after:
+        if v < first if higher_is_better else v > first:
+            worst = min(v for _, v in after) if higher_is_better else max(v for _, v in after)
+            return best_epoch, e, best, worst
+    return None
+
+
+def collapsed_runs(frames: SweepFrames) -> dict[str, dict[str, Any]]:
+    """Runs (by id) whose validation metric collapsed (see :func:`collapse`)."""
+    m = frames.metric
+    out: dict[str, dict[str, Any]] = {}
+    for _, r in frames.runs.iterrows():
+        epochs, valid, _, _ = curves(frames, [r["run_id"]], f"valid/{m.name}", "epoch")
+        found = collapse([float(v) for v in valid], [int(e) for e in epochs], m.higher_is_better)
+        if found:
+            best_epoch, epoch, best, then = found
+            out[r["run_id"]] = {
+                "index": r["index"], "config": frames.describe(r), "epoch": epoch,
+                "message": f"validation {m.abbrev} {format_number(best)} (epoch "
+                           f"{best_epoch}) -> {format_number(then)}, worse than its first epoch "
+                           f"from epoch {epoch} (unstable training: lower the LR, warm up, or "
+                           "clip gradients)"}
+    return out
+
+
 def overfitting(frames: SweepFrames, configs: pd.DataFrame, k: int = 2) -> Answer:
     m = frames.metric
     a = m.abbrev
     question = f"Which runs overfit (validation {a} worse for {k}+ epochs while train improves)?"
     rows: list[dict[str, Any]] = []
+    collapsed = collapsed_runs(frames)
     for _, row in configs.iterrows():
+        if any(run_id in collapsed for run_id in row["run_ids"]):
+            continue  # unstable, not overfitting: the divergence answer names it
         epochs, train, _, _ = curves(frames, row["run_ids"], f"train/{m.name}", "epoch")
         ev, valid, _, _ = curves(frames, row["run_ids"], f"valid/{m.name}", "epoch")
         common = sorted(set(epochs.tolist()) & set(ev.tolist()))
@@ -401,9 +444,13 @@ def overfitting(frames: SweepFrames, configs: pd.DataFrame, k: int = 2) -> Answe
                          f"valid {a}": f"{format_number(va[i])} -> {format_number(va[j])}",
                          f"train {a}": f"{format_number(tr[i])} -> {format_number(tr[j])}"})
     columns = ["run", "config", "from epoch", "to epoch", f"valid {a}", f"train {a}"]
+    unstable = ("" if not collapsed else " Left out: run " + ", ".join(
+        str(c["index"]) for c in collapsed.values()) + ", which collapsed (unstable training, "
+        "not overfitting; see the divergence answer).")
     if not rows:
         return Answer("overfitting", question, f"None: no configuration's validation {a} got "
-                      f"worse for {k} epochs in a row while its train {a} improved.", columns)
+                      f"worse for {k} epochs in a row while its train {a} improved."
+                      + unstable, columns)
     flagged = [str(r) for r in dict.fromkeys(r["run"] for r in rows)]
     text = (f"{len(flagged)} of {len(configs)} configurations overfit: "
             + "; ".join(f"run {r['run']} ({r['config']}) from epoch {r['from epoch']} to "
@@ -411,7 +458,7 @@ def overfitting(frames: SweepFrames, configs: pd.DataFrame, k: int = 2) -> Answe
                         f"{a} {r[f'train {a}']}" for r in rows[:6])
             + ("; ..." if len(rows) > 6 else "") + ".")
     text += (" The test column uses each run's best-validation checkpoint, not its last epoch; "
-             "more data, dropout or weight decay, or early stopping would help.")
+             "more data, dropout or weight decay, or early stopping would help." + unstable)
     return Answer("overfitting", question, text, columns, rows, flagged)
 
 
@@ -474,10 +521,16 @@ def input_pipeline(frames: SweepFrames, configs: pd.DataFrame) -> list[Answer]:
 
 
 def divergence(frames: SweepFrames) -> Answer:
-    question = "Did any run diverge or fail?"
+    question = "Did any run diverge, collapse or fail?"
     rows = [{"run": str(r["index"]), "config": frames.describe(r), "status": r["status"],
              "epochs done": r["epochs_done"], "message": r["error"] or ""}
             for _, r in frames.runs.iterrows() if r["status"] != "ok"]
+    # Finished runs whose validation metric fell back below where it started: unstable.
+    done = {int(r["index"]): r["epochs_done"] for _, r in frames.runs.iterrows()}
+    rows += [{"run": str(c["index"]), "config": c["config"], "status": "collapsed",
+              "epochs done": done.get(int(c["index"]), 0), "message": c["message"]}
+             for c in collapsed_runs(frames).values()
+             if frames.runs.loc[frames.runs["index"] == c["index"], "status"].eq("ok").all()]
     rows += [{"run": str(s["index"]), "config": "", "status": s["status"], "epochs done": 0,
               "message": s["error"] or "no epoch recorded"} for s in frames.skipped]
     columns = ["run", "config", "status", "epochs done", "message"]
@@ -492,13 +545,16 @@ def divergence(frames: SweepFrames) -> Answer:
     detail = "; ".join(f"run {r['run']} {r['status']}" + (f": {r['message']}" if r["message"]
                                                          else "") for r in rows[:5])
     text = (f"{parts} of {total} runs: {detail}." + (" ..." if len(rows) > 5 else "")
-            + " Diverged and failed runs are left out of every other answer and of the bold "
-              "marks.")
+            + (" Diverged and failed runs are left out of every other answer and of the bold "
+               "marks." if any(r["status"] != "collapsed" for r in rows) else "")
+            + (" A collapsed run finished, but its validation metric fell back below its "
+               "first epoch's: instability (too high an LR, no warm-up), not overfitting."
+               if any(r["status"] == "collapsed" for r in rows) else ""))
     return Answer("divergence", question, text, columns, rows,
                   [r["run"] for r in rows])
 
 
 __all__ = ["ACCURACY_TOLERANCE", "INPUT_BOUND", "RELATIVE_TOLERANCE", "Answer", "answer_all",
-           "config_frame", "generalization", "input_pipeline", "memory_cost", "overfit_spans",
-           "overfitting", "pareto", "pareto_front", "time_budget", "time_to_target",
-           "tolerance_bound"]
+           "collapse", "collapsed_runs", "config_frame", "generalization", "input_pipeline",
+           "memory_cost", "overfit_spans", "overfitting", "pareto", "pareto_front",
+           "time_budget", "time_to_target", "tolerance_bound"]

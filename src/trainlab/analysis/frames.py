@@ -51,6 +51,11 @@ METRICS: dict[str, Metric] = {
     "rmse": Metric("rmse", "RMSE", False, False, "root mean squared error (lower is better)"),
     "loss": Metric("loss", "Loss", False, False, "loss (the training objective; lower is "
                    "better)"),
+    # Recorded for classification besides accuracy (from the confusion matrix).
+    "f1": Metric("f1", "F1", True, False, "F1 score (of class 1 for two classes, macro "
+                 "average for more; higher is better)"),
+    "mcc": Metric("mcc", "MCC", True, False, "Matthews correlation coefficient (-1 to 1, 0 "
+                  "is chance; higher is better)"),
 }
 
 
@@ -66,6 +71,9 @@ class SweepFrames:
     epochs: pd.DataFrame  # one row per (run_id, epoch): a column per epoch-level metric key
     metric: Metric  # the quality metric the tables and answers rank by
     metrics: list[str]  # quality metrics recorded for train and valid, task metric first
+    # Every quality metric recorded on validation, the ranking one first (the summary table's
+    # columns): metrics also recorded on validation alone (F1, MCC) are here, not in metrics.
+    table_metrics: list[str] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)  # runs without metrics
     config: dict[str, Any] = field(default_factory=dict)  # the sweep file as stored
 
@@ -155,8 +163,11 @@ def build_frames(name: str, varied: list[str], runs: pd.DataFrame, long: pd.Data
                           field="--sweep")
     recorded = [m for m in METRICS if f"valid/{m}" in epochs.columns]
     chosen = _choose_metric(recorded, metric, name)
-    ordered = [chosen.name] + [m for m in recorded if m != chosen.name]
-    rows = _run_rows(runs, epochs, varied, ordered)
+    every = [chosen.name] + [m for m in recorded if m != chosen.name]
+    # The curves: metrics recorded on both splits (F1 and MCC are validation-only) and the
+    # ranking metric whichever it is.
+    ordered = [m for m in every if m == chosen.name or f"train/{m}" in epochs.columns]
+    rows = _run_rows(runs, epochs, varied, every)
     # A run still training has no summary yet: its parameter counts are recorded at epoch 0.
     for col, key in (("params_total", "params/total"), ("params_trainable", "params/trainable")):
         counts = long[long["key"] == key].groupby("run_id")["value"].last()
@@ -164,7 +175,7 @@ def build_frames(name: str, varied: list[str], runs: pd.DataFrame, long: pd.Data
                      for v, r in zip(rows[col], rows["run_id"])]
     return SweepFrames(name=name, varied=varied, keys=keys, labels=labels, runs=rows,
                        epochs=epochs, metric=chosen, metrics=ordered, skipped=skipped,
-                       config=config or {})
+                       config=config or {}, table_metrics=every)
 
 
 def epoch_frame(long: pd.DataFrame) -> pd.DataFrame:

@@ -121,11 +121,13 @@ def _lr_range_figure(number: int, record: dict[str, Any]) -> Figure:
     label = ", ".join(f"{k}={v}" for k, v in (record.get("label") or {}).items()) or "all runs"
     result = record["result"]
     sug = result.get("suggestions", {})
+    kind = "validation" if (result.get("settings") or {}).get("loss") == "valid" else "training"
     trust = ("trusted" if sug.get("trusted") else "not trusted: " + "; ".join(
         f.get("message", f.get("code", "")) for f in sug.get("flags", [])))
     caption = (f"LR range test {record['range_id']} ({label}): loss against learning rate on a "
                "log axis (raw and smoothed), with the suggestions marked and the candidate "
-               f"band shaded; right: LR against step. {result.get('steps')} steps in "
+               "band shaded; middle: LR against step; right: loss against step "
+               f"({kind} loss, as measured). {result.get('steps')} steps in "
                f"{float(result.get('seconds') or 0):.1f} s, stopped: {result.get('stopped')}. "
                f"The curve is {trust}.")
     fig = lr_range_figure(result, label)

@@ -27,7 +27,7 @@ from trainlab.analysis.fmt import (
     format_value,
     is_finite,
 )
-from trainlab.analysis.frames import SEED_KEY, SweepFrames, aggregate
+from trainlab.analysis.frames import METRICS, SEED_KEY, SweepFrames, aggregate
 from trainlab.errors import ConfigError, closest
 from trainlab.mfu import UNRELIABLE_NOTE, UNRELIABLE_TEXT
 
@@ -232,19 +232,32 @@ def resolve_group(frames: SweepFrames, group: str | None) -> str | None:
 
 
 def summary_table(frames: SweepFrames, *, sort: str | None = None,
-                  group: str | None = None) -> Table:
-    """One row per run (per configuration with seeds): quality at the best epoch and costs."""
+                  group: str | None = None, metrics: Sequence[str] | None = None) -> Table:
+    """One row per run (per configuration with seeds): quality at the best epoch and costs.
+
+    ``metrics``: the quality metrics beside the ranking one (default: every one recorded:
+    loss, and F1 and MCC for classification).
+    """
     m = frames.metric
     lm = "tokens_per_s" in frames.runs.columns and frames.runs["tokens_per_s"].notna().any()
     both = frames.runs[["params_total", "params_trainable"]].dropna()
     split_params = bool((both["params_total"] != both["params_trainable"]).any())
     cols = [Column("index", "#", "run", "#: run number in the sweep (as `trainlab ls` shows)")]
     cols += [Column(k, frames.label(k), "text") for k in frames.keys]
-    for name in frames.metrics[:1]:
-        a = m.abbrev
-        cols += [Column(f"train_{name}", f"train {a}", "metric"),
-                 Column(f"valid_{name}", f"valid {a}", "metric"),
-                 Column(f"test_{name}", f"test {a}", "metric")]
+    a = m.abbrev
+    cols += [Column(f"train_{m.name}", f"train {a}", "metric"),
+             Column(f"valid_{m.name}", f"valid {a}", "metric"),
+             Column(f"test_{m.name}", f"test {a}", "metric")]
+    # The other metrics the task records (loss beside accuracy, F1 and MCC where recorded):
+    # validation and test, side by side; a column no run has is left out.
+    shown = frames.table_metrics[1:] if metrics is None else [
+        x for x in metrics if x != m.name]
+    for name in shown:
+        other = METRICS[name]
+        cols += [Column(f"{split}_{name}", f"{split} {other.abbrev}", "metric")
+                 for split in ("valid", "test")
+                 if f"{split}_{name}" in frames.runs.columns
+                 and frames.runs[f"{split}_{name}"].notna().any()]
     cols += [
         Column("best_epoch", "ep*", "int", "ep*: the epoch with the best validation "
                "(by the run's train.monitor); train and valid columns are at that epoch"),
@@ -433,6 +446,11 @@ def _build(frames: SweepFrames, name: str, title: str, cols: list[Column], *,
     group_key = resolve_group(frames, group) if name == "summary" else None
     groups = ([format_value(v) for v in frame[group_key]] if group_key
               else ["all"] * len(frame))
+    singles = bool(group_key) and len(set(groups)) == len(groups) > 1
+    if singles and group is None:
+        # Every group holds one row: bold per group would mark every row, singling out
+        # nothing.  By default the best is then the best over the table.
+        group_key, groups, singles = None, ["all"] * len(frame), False
     marks: list[Mark] = [None] * len(frame)
     if name == "summary":
         metric_col = f"valid_{frames.metric.name}"
@@ -452,6 +470,9 @@ def _build(frames: SweepFrames, name: str, title: str, cols: list[Column], *,
     table = Table(name, title, cols, rows, marks, groups if group_key else [], "",
                   seeded=seeded)
     table.caption = _caption(frames, table, lead, group_key, sort)
+    if singles and group_key:
+        table.caption += (f" Every {frames.label(group_key)} holds one row, so every row is "
+                          "bold; `--group none` marks the best over the table.")
     if any(r.get("status") not in ("ok", None) for r in rows):
         bad = [f"{frames.run_numbers(r)} ({r['status']})" for r in rows if r["status"] != "ok"]
         table.notes.append("Not finished normally: " + "; ".join(bad) + ".")
@@ -511,6 +532,10 @@ def _caption(frames: SweepFrames, table: Table, lead: str, group_key: str | None
     parts = [lead]
     explained = [c.explain for c in table.columns if c.explain]
     if any(c.kind == "metric" for c in table.columns):
+        others = [METRICS[x] for x in dict.fromkeys(
+            c.key.split("_", 1)[1] for c in table.columns if c.kind == "metric")
+            if x in METRICS and x != m.name]
+        explained[:0] = [f"{o.abbrev}: {o.description}" for o in others]
         explained.insert(0, f"{m.abbrev}: {m.description}; train {m.abbrev} is the running "
                             "average over the training epoch in training mode (dropout "
                             "active), valid and test are measured after it (test: the "

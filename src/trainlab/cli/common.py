@@ -125,6 +125,8 @@ def headline(summary: Mapping[str, Any]) -> str:
 
 
 def format_value(value: Any) -> str:
+    if value is None:  # a varied key this run does not have (its component takes no such field)
+        return "-"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)

@@ -52,8 +52,8 @@ def examples(
     table = Table(title="built-in examples: trainlab run --example NAME", title_justify="left")
     table.add_column("name")
     table.add_column("description")
-    for r in rows:
-        table.add_row(r["name"], r["description"])
+    for r in rows:  # escaped: "needs trainlab[hf]" is text, not rich markup
+        table.add_row(escape(r["name"]), escape(r["description"]))
     out.print(table)
 
 

@@ -13,6 +13,7 @@ from trainlab.cli.common import (
     SetOpt,
     StoreOpt,
     app,
+    escape,
     format_value,
     guard,
     load_config,
@@ -49,9 +50,13 @@ def plan(
         ctx.call_on_close(st.close)
     the_plan = guard(lambda: make_plan(sweep, st))
 
+    from trainlab.config.grid import expansion
+
     auto = auto_lrs(the_plan, st)
+    expanded = expansion(sweep, len(the_plan.runs))
     if as_json:
-        out.print_json(data={"sweep": sweep.name, "varied": the_plan.varied, "runs": [
+        out.print_json(data={"sweep": sweep.name, "varied": the_plan.varied,
+                             "expansion": expanded, "runs": [
             {"index": r.index, "run_id": r.run_id, "varied": r.varied, "status": r.status,
              "action": r.action, "config": r.run.config.to_dict(),
              **({"lr_auto": auto[r.run_id]} if r.run_id in auto else {})}
@@ -70,6 +75,7 @@ def plan(
         table.add_row(str(r.index), r.run_id, *[format_value(r.varied[k]) for k in the_plan.varied],
                       *lr_cell, r.status, r.action)
     out.print(table)
+    out.print(f"expanded: {escape(expanded)}", highlight=False)
     if auto:
         out.print("lr auto: an LR range test runs once per distinct data, model, optimizer and "
                   "fine-tuning before training (`trainlab lr-find` runs it alone).",

@@ -25,6 +25,7 @@ from trainlab.cli.common import (
     disturbed_note,
     err,
     escape,
+    fail,
     format_value,
     guard,
     headline,
@@ -91,6 +92,11 @@ def run(
     if nproc is not None:
         overrides = [*(overrides or []), f"train.nproc={nproc}"]
     sweep = guard(lambda: load_config(config, example, overrides))
+    from trainlab.store import store_path
+
+    root = store_path(store)
+    new_store = not (root / "trainlab.db").exists()
+    root_existed = root.exists()
     st = command_store(ctx, store)
     estimates: dict[str, Any] = {}
     if fit_memory:
@@ -104,9 +110,16 @@ def run(
             if fit_memory:
                 check_fit(the_plan, estimates, fit_memory)
 
-    prepared = guard(lambda: prepare(
-        sweep, st, executor=executor, jobs=jobs, ray_address=ray_address,
-        cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log or [], check=predict))
+    from trainlab.errors import ConfigError
+
+    try:
+        prepared = prepare(
+            sweep, st, executor=executor, jobs=jobs, ray_address=ray_address,
+            cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run, log=log or [], check=predict)
+    except ConfigError as exc:
+        if new_store:  # bad input creates nothing: not even the store it would have used
+            _remove_new_store(st, remove_root=not root_existed)
+        fail(escape(str(exc)))
     the_plan = prepared.plan
     if not as_json:
         _warn_slow_precision(the_plan)
@@ -149,6 +162,22 @@ def run(
             err.print(f"[yellow]interrupted ({signal_name()}):[/] state saved; rerun the same "
                       "command to resume.")
     raise typer.Exit(result.exit_code)
+
+
+def _remove_new_store(store: Any, *, remove_root: bool) -> None:
+    """Remove the store this command created and has not written a run to: its database
+    files, its empty ``runs/`` folder and, when this command made it, its folder."""
+    import contextlib
+
+    store.close()
+    for name in ("trainlab.db", "trainlab.db-wal", "trainlab.db-shm", "trainlab.db-journal"):
+        with contextlib.suppress(OSError):
+            (store.root / name).unlink()
+    with contextlib.suppress(OSError):
+        (store.root / "runs").rmdir()  # only when empty
+    if remove_root:
+        with contextlib.suppress(OSError):
+            store.root.rmdir()  # only when empty
 
 
 def _remove_partial_files(store: Any, plan: Plan) -> None:

@@ -86,7 +86,7 @@ def apply_overrides(doc: dict[str, Any], items: list[str]) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
     for item in items:
         key, value = parse_override(item)
-        if key in ("name", "description", "seeds"):
+        if key in ("name", "description", "seeds", "cross"):
             doc[key] = value
         elif key.startswith("lr_find."):
             field = key[len("lr_find."):]

@@ -214,6 +214,9 @@ class SweepConfig(_Frozen):
     train: dict[str, Any] = Field(default_factory=dict)
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     runs: list[dict[str, Any]] = Field(default_factory=list)
+    # False: the grid's points, then the explicit runs (each on the base alone).  True: every
+    # explicit run at every grid point (grid x runs); an entry ``{}`` stands for the base.
+    cross: bool = False
     seeds: list[int] | None = None
     lr_find: dict[str, Any] = Field(default_factory=dict)
     # The folder of the file this sweep was read from: relative file targets are found there.
@@ -376,27 +379,49 @@ def resolve_run(raw: dict[str, Any], root: str | None = None) -> RunConfig:
     """A fully resolved :class:`RunConfig` from nested sections; ``root`` (else the raw
     config's own ``root``) is where relative file targets are found."""
     root = root or raw.get("root")
+    found: list[ConfigError] = []  # every section's errors, raised together
 
-    def section(name: str, base: type[S]) -> S:
-        spec: S = with_source(_section(raw, name, base), root, name)
+    def section(name: str, base: type[S]) -> S | None:
+        try:
+            spec: S = with_source(_section(raw, name, base), root, name)
+        except ConfigError as exc:
+            found.append(exc)
+            return None
         return spec
 
+    def train_section() -> TrainSpec:
+        train_raw = raw.get("train") or {}
+        if not isinstance(train_raw, dict):
+            raise ConfigError(f"`train` must be a mapping; got {train_raw!r}", field="train")
+        try:
+            return TrainSpec.model_validate(train_raw)
+        except ValidationError as exc:
+            raise config_error(exc, "train") from None
+
     optimizer = section("optimizer", OptimizerSpec)
-    train_raw = raw.get("train") or {}
-    if not isinstance(train_raw, dict):
-        raise ConfigError(f"`train` must be a mapping; got {train_raw!r}", field="train")
+    data, model = section("data", DataSpec), section("model", ModelSpec)
+    schedule, finetune = section("schedule", ScheduleSpec), section("finetune", FinetuneSpec)
+    train: TrainSpec | None = None
+    lr_find: LRFindSpec | None = None
     try:
-        train = TrainSpec.model_validate(train_raw)
-    except ValidationError as exc:
-        raise config_error(exc, "train") from None
-    lr_find = resolve_lr_find(raw.get("lr_find"))
+        train = train_section()
+    except ConfigError as exc:
+        found.append(exc)
+    try:
+        lr_find = resolve_lr_find(raw.get("lr_find"))
+    except ConfigError as exc:
+        found.append(exc)
+    if len(found) == 1:
+        raise found[0]
+    if found:
+        raise ConfigError("\n".join(str(e) for e in found), field=found[0].field, parts=found)
+    assert optimizer and data and model and schedule and finetune and train and lr_find
     # The range test's settings belong to a run only when they choose its LR.
     if train.loss is not None:
         train = train.model_copy(update={"loss_source": source_digest(train.loss, root,
                                                                       "train.loss")})
-    return RunConfig(data=section("data", DataSpec), model=section("model", ModelSpec),
-                     optimizer=optimizer, schedule=section("schedule", ScheduleSpec),
-                     finetune=section("finetune", FinetuneSpec), train=train,
+    return RunConfig(data=data, model=model, optimizer=optimizer, schedule=schedule,
+                     finetune=finetune, train=train,
                      lr_find=lr_find if is_auto(optimizer) else None, root=root)
 
 

@@ -27,7 +27,8 @@ def add_sweep(store: Store, name: str, varied: list[str], runs: Sequence[dict[st
     ``valid`` metric lists, per-epoch cumulative training ``time``; optional ``status``,
     ``memory`` (MiB), ``params``, ``test``, ``error``, ``seed``, ``disturbed`` (per-epoch
     perf/disturbed flags), ``data_wait`` (per-epoch time/data_wait_frac), ``workers``
-    (data.loader.workers of a run that loaded a Dataset's items)."""
+    (data.loader.workers of a run that loaded a Dataset's items), ``extra`` (metric name ->
+    per-epoch validation values, F1 and MCC say) and ``extra_test`` (metric name -> test)."""
     rows = []
     for i, run in enumerate(runs, 1):
         values = dict(run["values"])
@@ -68,6 +69,9 @@ def add_sweep(store: Store, name: str, varied: list[str], runs: Sequence[dict[st
             if "disturbed" in run:  # per epoch: 1.0 where other work disturbed its timing
                 records.append(MetricRecord(run_id, "perf/disturbed", step, e, wall,
                                             run["disturbed"][e - 1]))
+            for key, values in run.get("extra", {}).items():  # valid-only metrics (f1, mcc)
+                records.append(MetricRecord(run_id, f"valid/{key}", step, e, wall - 0.1,
+                                            values[e - 1]))
             if "data_wait" in run:  # per epoch: the share of training time spent waiting
                 records.append(MetricRecord(run_id, "time/data_wait_frac", step, e, wall,
                                             run["data_wait"][e - 1]))
@@ -85,6 +89,10 @@ def add_sweep(store: Store, name: str, varied: list[str], runs: Sequence[dict[st
                 "peak_memory_bytes": run.get("memory", 100) * MiB, "epochs": len(valid)}
             if "test" in run:
                 summary[f"test_{metric}"] = run["test"]
+            for key, values in run.get("extra", {}).items():  # at the best epoch, as the engine
+                summary[f"best_valid_{key}"] = values[best - 1]
+            for key, value in run.get("extra_test", {}).items():
+                summary[f"test_{key}"] = value
             if "disturbed" in run:  # as the engine summarises perf/disturbed
                 summary["disturbed_epochs"] = int(sum(run["disturbed"]))
                 summary["timing_trusted"] = not any(run["disturbed"])

@@ -146,3 +146,25 @@ def test_equal_times_to_the_target_are_a_tie(make_store) -> None:
     frames = load_sweep(make_store("tie", ["optimizer.lr"], runs, metric="perplexity"), "tie")
     answer = {a.key: a for a in answer_all(frames)}["wall_clock"]
     assert answer.runs == ["1", "2"] and "tied with run 2" in answer.answer
+
+
+def test_a_collapse_to_chance_is_instability_not_overfitting(make_store) -> None:
+    from trainlab.analysis.answers import collapse
+
+    runs = [
+        {"values": {"optimizer.lr": 1e-3}, "train": [0.5, 0.9, 0.95, 0.97],
+         "valid": [0.5, 0.93, 0.4, 0.08], "time": [1, 2, 3, 4]},  # collapses to chance
+        {"values": {"optimizer.lr": 1e-4}, "train": [0.5, 0.7, 0.8, 0.9],
+         "valid": [0.5, 0.7, 0.65, 0.6], "time": [1, 2, 3, 4]},  # overfits
+    ]
+    frames = load_sweep(make_store("c", ["optimizer.lr"], runs, "accuracy"), "c")
+    answers = {a.key: a for a in answer_all(frames)}
+    assert answers["overfitting"].runs == ["2"]
+    assert "run 1, which collapsed" in answers["overfitting"].answer
+    div = answers["divergence"]
+    assert div.runs == ["1"] and div.evidence[0]["status"] == "collapsed"
+    assert "1 collapsed of 2 runs" in div.answer and "0.93" in div.answer
+    assert "0.08" in div.answer and "instability" in div.answer
+    assert collapse([0.5, 0.93, 0.4, 0.08], [1, 2, 3, 4], True) == (2, 3, 0.93, 0.08)
+    assert collapse([3.0, 2.0, 2.5, 3.5], [1, 2, 3, 4], False) == (2, 4, 2.0, 3.5)
+    assert collapse([0.5, 0.7, 0.65, 0.6], [1, 2, 3, 4], True) is None

@@ -200,3 +200,58 @@ def test_lm_runs_fixture_is_what_the_tables_read(lm_store) -> None:
     frames = load_sweep(lm_store, "lm")
     assert frames.varied == LM_VARIED and len(frames.runs) == len(lm_runs())
     assert frames.metric.name == "perplexity" and frames.metrics == ["perplexity", "loss"]
+
+
+def glue_runs() -> list[dict]:
+    """CoLA-like: accuracy plus validation-only F1 and MCC; run 2 collapses to chance."""
+    return [
+        {"values": {"finetune.name": "full", "optimizer.name": "adam"},
+         "train": [0.7, 0.8, 0.85], "valid": [0.72, 0.78, 0.80], "time": [1, 2, 3], "test": 0.79,
+         "extra": {"mcc": [0.2, 0.4, 0.5], "f1": [0.7, 0.8, 0.82]},
+         "extra_test": {"mcc": 0.48, "f1": 0.81}},
+        {"values": {"finetune.name": "adapter", "optimizer.name": "adam"},
+         "train": [0.7, 0.75, 0.76], "valid": [0.70, 0.74, 0.69], "time": [1, 2, 3],
+         "test": 0.73, "extra": {"mcc": [0.1, 0.3, 0.0], "f1": [0.6, 0.7, 0.0]},
+         "extra_test": {"mcc": 0.29, "f1": 0.69}},
+    ]
+
+
+def test_summary_carries_every_recorded_metric_and_mcc_ranks(make_store) -> None:
+    store = make_store("glue", ["finetune.name", "optimizer.name"], glue_runs(), "accuracy")
+    frames = load_sweep(store, "glue")
+    assert frames.metric.name == "accuracy"
+    assert frames.metrics == ["accuracy", "loss"]  # the curves: both splits recorded
+    table = summary_table(frames)
+    labels = [c.header for c in table.columns]
+    for label in ("train Acc", "valid Acc", "test Acc", "valid Loss", "test MCC", "valid MCC",
+                  "valid F1", "test F1"):
+        assert label in labels, labels
+    assert "test Loss" not in labels  # no run recorded it: no empty column
+    assert table.rows[1]["test_mcc"] == 0.29 and table.rows[0]["valid_mcc"] == 0.5
+    assert "MCC: Matthews correlation" in table.caption
+    only = [c.header for c in summary_table(frames, metrics=["mcc"]).columns]
+    assert "valid MCC" in only and "valid F1" not in only and "valid Loss" not in only
+    # --metric mcc: recorded on every run, so it ranks (it used to be 'not recorded').
+    by_mcc = load_sweep(store, "glue", metric="mcc")
+    assert by_mcc.metric.name == "mcc"
+    assert [c.header for c in summary_table(by_mcc).columns][3:6] == [
+        "train MCC", "valid MCC", "test MCC"]
+    with pytest.raises(ConfigError, match="Recorded: accuracy, loss, f1, mcc"):
+        load_sweep(store, "glue", metric="matthews")
+
+
+def test_bold_singles_out_a_run_when_every_group_holds_one(make_store) -> None:
+    # A PEFT sweep: each method once (its own settings vary with it): grouping by the first
+    # varied key would make every row bold.
+    runs = glue_runs()
+    runs[0]["values"] = {"finetune.name": "lora", "finetune.rank": 8}
+    runs[1]["values"] = {"finetune.name": "adapter", "finetune.bottleneck": 16}
+    store = make_store("peft", ["finetune.name", "finetune.rank", "finetune.bottleneck"], runs,
+                       "accuracy")
+    frames = load_sweep(store, "peft")
+    table = summary_table(frames)
+    assert table.marks == ["best", None]  # one bold row, over the table
+    assert "over the table" in table.caption
+    forced = summary_table(frames, group="finetune.name")
+    assert forced.marks == ["best", "best"]
+    assert "holds one row, so every row is bold" in forced.caption

@@ -187,3 +187,64 @@ def test_examples_expand() -> None:
     assert varied_keys(runs) == ["model.name", "model.layers", "optimizer.name"]
     with pytest.raises(ConfigError, match="did you mean 'quickstart'"):
         load_sweep(example="quickstrat")
+
+
+def test_cross_puts_every_explicit_run_at_every_grid_point(tiny: dict) -> None:
+    # "These schemes on each of two datasets": a grid over the data, the schemes as runs.
+    from trainlab.config.grid import expansion
+
+    tiny["grid"] = {"model.hidden_dim": [8, 16]}
+    tiny["runs"] = [{}, {"optimizer.name": "sgd"}, {"optimizer.name": "adamw"}]
+    plain = _sweep(tiny)
+    assert len(expand(plain)) == 2 + 3 - 1  # unchanged meaning: {} is the base, a duplicate
+    crossed = _sweep({**tiny, "cross": True})
+    runs = expand(crossed)
+    assert len(runs) == 2 * 3
+    assert [(r.config.model.hidden_dim, r.config.optimizer.name) for r in runs] == [
+        (8, "adam"), (8, "sgd"), (8, "adamw"), (16, "adam"), (16, "sgd"), (16, "adamw")]
+    assert varied_keys(runs) == ["model.hidden_dim", "optimizer.name"]
+    assert expansion(crossed, len(runs)) == (
+        "2 grid point(s) x 3 explicit run(s) (cross: true) = 6 runs")
+    assert expansion(plain, 4) == (
+        "2 grid point(s) + 3 explicit run(s) = 5 runs (1 identical to an earlier one, kept once)")
+    seeded = _sweep({**tiny, "cross": True, "seeds": [0, 1]})
+    assert len(expand(seeded)) == 12
+    assert expansion(seeded).endswith("x 2 seed(s) = 12 runs")
+    # A run's own value of a grid key wins at every point (the duplicates are kept once).
+    tiny["runs"] = [{"model.hidden_dim": 32}]
+    assert [r.config.model.hidden_dim for r in expand(_sweep({**tiny, "cross": True}))] == [32]
+    assert _sweep(tiny, ["cross=true"]).cross
+
+
+def test_every_error_of_the_file_comes_at_once(tiny: dict) -> None:
+    tiny["grid"] = {"model.hiden_dim": [8], "optimiser.name": ["sgd"]}
+    tiny["runs"] = [{"train.epoch": 2}]
+    with pytest.raises(ConfigError) as info:
+        expand(_sweep(tiny))
+    message = str(info.value)
+    assert message.startswith("3 errors in this config:")
+    for part in ("model.hiden_dim", "hidden_dim", "optimiser.name", "train.epoch", "epochs"):
+        assert part in message
+    # Values that fail in several runs: each message once, with the runs it was found in.
+    tiny["grid"] = {"optimizer.lr": [-1.0, 0.1, -2.0], "model.activation": ["relu", "swish"]}
+    tiny["runs"] = []
+    with pytest.raises(ConfigError) as info:
+        expand(_sweep(tiny))
+    message = str(info.value)
+    assert "-1.0" in message and "-2.0" in message and "swish" in message
+    assert "runs 2, 4, 6" in message  # swish at every lr
+    assert "got -1.0 (in sweep tiny, runs 1, 2)" in message
+    tiny["grid"] = {"optimizer.lr": [0.1, -1.0]}
+    with pytest.raises(ConfigError, match=r"-1.0 \(in sweep tiny, run 2: optimizer.lr=-1.0\)"):
+        expand(_sweep(tiny))
+
+
+def test_adapter_runs_read_adapter_true_and_keep_their_ids(tiny: dict) -> None:
+    from trainlab.cli.common import format_value
+
+    run = resolve_run({**tiny, "finetune": {"name": "adapter"}})
+    assert run.flat()["finetune.adapter"] is True
+    base = {"data": {"name": "digits"}, "model": {"name": "mlp"},
+            "finetune": {"name": "adapter"}}
+    assert resolve_run(base).run_id == "9026880f5a76"  # the id it had before the field
+    assert format_value(None) == "-"  # a key this run's component does not take

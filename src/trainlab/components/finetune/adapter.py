@@ -15,7 +15,7 @@ is a child of the layer it follows, applied by a forward hook).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PositiveInt
 
@@ -134,6 +134,11 @@ def freeze_except(model: nn.Module, keep: set[int]) -> None:
 class AdapterSpec(FinetuneSpec):
     """Houlsby adapter tuning: base frozen; adapters, layer norms and head train."""
 
+    # What the schemes that can run with adapters call ``adapter``: always on here, so a
+    # sweep's `adapter` column reads true on these runs (not a blank).  Not in the run id.
+    adapter: Literal[True] = Field(
+        default=True, description="always true: this strategy trains adapters (a sweep's "
+        "adapter column reads true); not part of the run id", json_schema_extra={"run_id": False})
     reduction: PositiveInt = Field(default=16, description="bottleneck = width / reduction")
     train_layer_norms: bool = Field(default=True, description="train the blocks' layer norms")
     train_base: bool = Field(default=False,
