@@ -68,7 +68,7 @@ def answer_all(frames: SweepFrames, *, target: float | None = None,
             generalization(frames, configs), pareto(frames, configs, "train_time"),
             pareto(frames, configs, "peak_memory_bytes"),
             overfitting(frames, configs, overfit_epochs), *input_pipeline(frames, configs),
-            divergence(frames)]
+            *best_lr_per_setting(frames, configs), divergence(frames)]
 
 
 def config_frame(frames: SweepFrames) -> pd.DataFrame:
@@ -520,6 +520,45 @@ def input_pipeline(frames: SweepFrames, configs: pd.DataFrame) -> list[Answer]:
     return [Answer("input_pipeline", question, text, columns, evidence, named)]
 
 
+LR_KEY = "optimizer.lr"
+
+
+def best_lr_per_setting(frames: SweepFrames, configs: pd.DataFrame) -> list[Answer]:
+    """The best learning rate for each setting of the other varied keys (each schedule, each
+    optimizer): what an LR sweep across schedules is run to learn.  Asked only where the
+    sweep varies ``optimizer.lr`` and something else."""
+    others = [k for k in frames.keys if k != LR_KEY]
+    if LR_KEY not in frames.keys or not others:
+        return []
+    m = frames.metric
+    a = m.abbrev
+    what = ", ".join(frames.label(k) for k in others)
+    question = f"Which learning rate is best for each {what}?"
+    ok = _ok(configs)
+    ok = ok[pd.to_numeric(ok[f"valid_{m.name}"], errors="coerce").notna()]
+    columns = [what, "best lr", f"best valid {a}", "run", "lrs tried"]
+    if ok.empty:
+        return [Answer("best_lr", question, "No finished run recorded a validation "
+                       f"{a}.", columns)]
+    evidence, parts, named = [], [], []
+    for _, group in ok.groupby(others, sort=False, dropna=False):
+        values = list(group[f"valid_{m.name}"])
+        best = group.iloc[values.index(m.best_of(values))]
+        label = frames.describe(best, others)
+        lrs = sorted(float(v) for v in group[LR_KEY])
+        evidence.append({what: label, "best lr": best[LR_KEY],
+                         f"best valid {a}": best[f"valid_{m.name}"],
+                         "run": frames.run_numbers(best),
+                         "lrs tried": ", ".join(f"{v:g}" for v in lrs)})
+        edge = (" (the edge of the LRs tried: try beyond it)"
+                if len(lrs) > 2 and float(best[LR_KEY]) in (lrs[0], lrs[-1]) else "")
+        parts.append(f"{label}: lr {float(best[LR_KEY]):g} (run {frames.run_numbers(best)}, "
+                     f"{a} {format_number(best[f'valid_{m.name}'])}){edge}")
+        named.append(frames.run_numbers(best))
+    text = "Best validation " + a + " per setting: " + "; ".join(parts) + "."
+    return [Answer("best_lr", question, text, columns, evidence, named)]
+
+
 def divergence(frames: SweepFrames) -> Answer:
     question = "Did any run diverge, collapse or fail?"
     rows = [{"run": str(r["index"]), "config": frames.describe(r), "status": r["status"],
@@ -554,7 +593,8 @@ def divergence(frames: SweepFrames) -> Answer:
                   [r["run"] for r in rows])
 
 
-__all__ = ["ACCURACY_TOLERANCE", "INPUT_BOUND", "RELATIVE_TOLERANCE", "Answer", "answer_all",
-           "collapse", "collapsed_runs", "config_frame", "generalization", "input_pipeline",
+__all__ = ["ACCURACY_TOLERANCE", "INPUT_BOUND", "LR_KEY", "RELATIVE_TOLERANCE", "Answer",
+           "answer_all", "best_lr_per_setting", "collapse", "collapsed_runs", "config_frame",
+           "generalization", "input_pipeline",
            "memory_cost", "overfit_spans", "overfitting", "pareto", "pareto_front",
            "time_budget", "time_to_target", "tolerance_bound"]

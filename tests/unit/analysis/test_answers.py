@@ -168,3 +168,26 @@ def test_a_collapse_to_chance_is_instability_not_overfitting(make_store) -> None
     assert collapse([0.5, 0.93, 0.4, 0.08], [1, 2, 3, 4], True) == (2, 3, 0.93, 0.08)
     assert collapse([3.0, 2.0, 2.5, 3.5], [1, 2, 3, 4], False) == (2, 4, 2.0, 3.5)
     assert collapse([0.5, 0.7, 0.65, 0.6], [1, 2, 3, 4], True) is None
+
+
+def test_the_best_lr_for_each_schedule(make_store) -> None:
+    """CS5260's question: four LRs under a constant schedule and under StepLR; the best LR of
+    each, and a warning when it sits at the edge of the LRs tried."""
+    runs = []
+    acc = {("constant", 0.001): 0.80, ("constant", 0.01): 0.90, ("constant", 0.1): 0.85,
+           ("constant", 1.0): 0.30, ("step", 0.001): 0.70, ("step", 0.01): 0.80,
+           ("step", 0.1): 0.88, ("step", 1.0): 0.92}
+    for (schedule, lr), best in acc.items():
+        runs.append({"values": {"schedule.name": schedule, "optimizer.lr": lr},
+                     "train": [best - 0.1, best], "valid": [best - 0.1, best], "time": [1, 2]})
+    store = make_store("lrs", ["schedule.name", "optimizer.lr"], runs, metric="accuracy")
+    answers = {a.key: a for a in answer_all(load_sweep(store, "lrs"))}
+    answer = answers["best_lr"]
+    assert "schedule=constant: lr 0.01 (run 2, Acc 0.9000)" in answer.answer
+    assert "schedule=step: lr 1 (run 8, Acc 0.9200) (the edge of the LRs tried" in answer.answer
+    assert answer.runs == ["2", "8"]
+    assert [e["best lr"] for e in answer.evidence] == [0.01, 1.0]
+
+
+def test_no_lr_question_without_an_lr_sweep(lm_store) -> None:
+    assert "best_lr" not in {a.key for a in answer_all(load_sweep(lm_store, "lm"))}
