@@ -47,7 +47,14 @@ def test_json_outputs(tiny: dict, write_config, store_dir: Path) -> None:
     assert any(m["key"] == "valid/loss" for m in shown["metrics"])
     listed = json.loads(_run("ls", "--store", str(store_dir), "--json").output)
     assert listed[0]["run_id"] == run_id
-    assert _run("show", run_id, "--store", str(store_dir)).exit_code == 0
+    human = _run("show", run_id, "--store", str(store_dir))
+    assert human.exit_code == 0
+    # Tables a person reads, not the JSON (that is --json's): config sections as field=value,
+    # the summary a row per key with bytes in MiB, the cumulative column said to be one.
+    assert '"config"' not in human.output and "{" not in human.output
+    assert "hidden_dim=" in human.output and "test_accuracy" in human.output
+    assert "MiB" in human.output and "T cum (s)" in human.output
+    assert "time/train, cumulative" in " ".join(human.output.split())
     assert _run("ls", "--store", str(store_dir)).exit_code == 0
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from trainlab.analysis.fmt import format_mib
 from trainlab.cli.common import (
     COST_COLUMNS,
     JsonOpt,
@@ -93,7 +94,7 @@ def show(
             "metrics": trusted_metric_rows(metrics.to_dict(orient="records"))})
         return
     out.print(f"[bold]run {full}[/]  status {row['status']}  attempts {row['attempts']}")
-    out.print_json(data={"config": row["config"]})
+    out.print(_pairs_table("config", row["config"] or {}))
     if row["error"]:
         out.print(f"[red]error:[/] {escape(str(row['error']))}", highlight=False)
     summary = row["summary"] or {}
@@ -112,7 +113,10 @@ def show(
             if source["target"].split(":")[0].endswith(".py") else "")
         out.print(f"own code: {source['field']} = {source['target']}  ({source['file']}, "
                   f"sha256 {source['sha256']}{copied})", highlight=False, markup=False)
-    out.print_json(data={"summary": trusted_summary(summary), "env": row["env"]})
+    out.print(_pairs_table("summary", {k: v for k, v in trusted_summary(summary).items()
+                                       if k != "profile"}, nested=False))
+    out.print(_pairs_table("environment", {k: v for k, v in (row["env"] or {}).items()
+                                           if k != "sources"}, nested=False))
     if trusted_summary(summary).get("mfu_note"):
         out.print(f"MFU: {UNRELIABLE_TEXT} ({trusted_summary(summary)['mfu_note']})",
                   highlight=False)
@@ -129,8 +133,8 @@ def show(
         flags = wide.pop("perf/disturbed") if "perf/disturbed" in wide.columns else None
         table = Table(title="per epoch", title_justify="left")
         table.add_column("epoch")
-        for col in wide.columns:
-            table.add_column(str(col), justify="right")
+        for col in wide.columns:  # short headers: the table fits a terminal
+            table.add_column(_EPOCH_HEADERS.get(str(col), str(col)), justify="right")
         if flags is not None:
             table.add_column("timing")
         for epoch, values in wide.iterrows():
@@ -138,11 +142,55 @@ def show(
                 "disturbed †" if flags.get(epoch, 0.0) == 1.0 else ""]
             table.add_row(str(epoch), *[format_value(v) for v in values], *mark)
         out.print(table)
+        out.print("ex/s: training examples per second; cpu: the CPU the run got of what it "
+                  "asked for (time/cpu_share); T cum: training seconds so far (time/train, "
+                  "cumulative)", highlight=False)
         if flags is not None and (flags == 1.0).any():
             out.print(f"†: {int((flags == 1.0).sum())} of {len(flags)} epochs had their timing "
                       "disturbed by other work on the machine (time/cpu_wait, machine/steal; "
                       "see docs/explanation/measurement.md): their times and throughput are not "
                       "the model's alone.", highlight=False)
+
+
+# `trainlab show`'s per-epoch headers, short enough for an 80-column terminal.
+_EPOCH_HEADERS = {"throughput/samples_per_s": "ex/s", "time/cpu_share": "cpu",
+                  "time/train": "T cum (s)", "train/loss": "tr loss", "valid/loss": "va loss",
+                  "train/accuracy": "tr acc", "valid/accuracy": "va acc",
+                  "train/perplexity": "tr ppl", "valid/perplexity": "va ppl",
+                  "train/rmse": "tr rmse", "valid/rmse": "va rmse"}
+
+
+def _pairs_table(title: str, values: dict[str, Any], *, nested: bool = True) -> Table:
+    """A mapping as a two-column table, one row per key (`trainlab show`; `--json` has the
+    raw data).  ``nested``: each value is a section (the config), shown as ``field=value``
+    pairs; otherwise nested values are flattened to dotted keys, one row each."""
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("key", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for key, value in values.items():
+        if nested and isinstance(value, dict):
+            text = "  ".join(f"{k}={format_value(v)}" for k, v in _flat(value).items())
+            table.add_row(str(key), escape(text))
+        elif isinstance(value, dict):
+            for sub, item in _flat(value, f"{key}.").items():
+                table.add_row(sub, escape(format_value(item)))
+        elif str(key).endswith("_bytes") and isinstance(value, int | float):
+            table.add_row(str(key), f"{format_mib(value, significant=3)} MiB")
+        elif isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+            table.add_row(str(key), escape("\n".join(value)))
+        else:
+            table.add_row(str(key), escape(format_value(value)))
+    return table
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _profile_text(profile: dict[str, Any], run_dir: Path) -> str:

@@ -27,6 +27,9 @@ CPU_SHARE_MIN = 0.80
 # The hypervisor gave this VM's CPUs to other guests more than 5 % of the epoch: every clock
 # reading then includes time nobody on this machine computed in.
 STEAL_MAX = 0.05
+# An epoch that waited for its batches this share of its time or more is input-bound: its CPU
+# share is no sign of contention (the answers' analysis.answers.INPUT_BOUND, the same rule).
+INPUT_BOUND = 0.2
 # The busy-machine warning before training: the 1-minute load average (other processes, since
 # nothing trains yet) leaves fewer cores than the run's intra-op threads, with one core of
 # slack: the 1-minute average decays slowly, so the command just run (the last sweep, a pip
@@ -115,6 +118,13 @@ def epoch_contention(before: Reading, after: Reading, threads: int, *,
     if flag is not None:
         values[DISTURBED_KEY] = 1.0 if flag else 0.0
     return values
+
+
+def cpu_bound(device_type: str, data_wait_frac: float) -> bool:
+    """Whether an epoch's CPU share can tell contention: it trained on the CPU and did not
+    spend a fifth or more of its time waiting for batches (an input-bound run's process idles
+    while its DataLoader workers read, and its share is low on a quiet machine too)."""
+    return device_type == "cpu" and data_wait_frac < INPUT_BOUND
 
 
 def disturbed(values: Mapping[str, float], *, cpu_bound: bool = True) -> bool | None:

@@ -489,8 +489,9 @@ class _Trainer:
             samples, epoch_time, batch_size=bs, flops_per_batch=self.step_flops,
             peak_flops=self.peak_flops, peak_too_low=self._peak_too_low(),
             tokens_per_example=state.info.tokens_per_example if state.info.task == "lm" else None))
-        values.update(contention.epoch_contention(machine_before, machine_after, speed.threads,
-                                                  cpu_bound=state.device.type == "cpu"))
+        values.update(contention.epoch_contention(
+            machine_before, machine_after, speed.threads,
+            cpu_bound=contention.cpu_bound(state.device.type, values["time/data_wait_frac"])))
         memory = self.memory.read()
         values.update(memory if self.dist is None else self.dist.memory(memory))
         if self.sampler is not None:

@@ -142,3 +142,12 @@ def test_busy_machine_flags_epochs(busy_cores: None) -> None:
     # may leave the run alone for a short epoch).
     assert summary["disturbed_epochs"] >= 1, summary
     assert summary["timing_trusted"] is False
+
+
+def test_an_input_bound_epoch_is_not_judged_by_its_cpu_share() -> None:
+    """Without scheduler statistics the CPU share decides; a run waiting on its DataLoader
+    workers idles on a quiet machine too, so its low share says nothing."""
+    low_share = {c.CPU_SHARE_KEY: 0.06}
+    assert c.disturbed(low_share, cpu_bound=c.cpu_bound("cpu", 0.05)) is True
+    assert c.disturbed(low_share, cpu_bound=c.cpu_bound("cpu", 0.9)) is None
+    assert not c.cpu_bound("cuda", 0.0)
