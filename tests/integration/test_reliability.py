@@ -230,3 +230,16 @@ def test_two_sweeps_write_one_store_while_readers_read(sweep_file: Path, referen
         assert list(st.runs("killme")["attempts"]) == [1, 1]  # nobody trained a run twice
     else:
         assert list(st.runs("other")["status"]) == ["ok", "ok"]
+
+
+def test_ls_says_a_killed_runs_process_is_gone(sweep_file: Path, tmp_path: Path) -> None:
+    """After a SIGKILL the store still says `running`; `ls` tells it from a live run."""
+    store = tmp_path / "store"
+    proc = _start_and_wait_for_epoch(_cli(sweep_file, store), store, 1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    listed = subprocess.run([sys.executable, "-m", "trainlab.cli", "ls", "--store", str(store)],
+                            env={**_env(), "COLUMNS": "200"}, capture_output=True, text=True,
+                            timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert "stopped (process gone; rerun to resume)" in listed.stdout

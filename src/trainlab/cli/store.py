@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,7 @@ def ls(
         labels = short_names(list(r["overrides"]))
         settings = " ".join(f"{labels[k]}={format_value(v)}" for k, v in r["overrides"].items())
         table.add_row(str(r["sweep"] or "-"), "" if r["index"] is None else str(r["index"]),
-                      r["run_id"], r["status"], settings, headline(summary).split("  ")[0],
+                      r["run_id"], _status(r), settings, headline(summary).split("  ")[0],
                       train_seconds(summary), *cost_cells(summary))
     out.print(table)
     disturbed_note(r["summary"] for r in records)
@@ -150,6 +151,20 @@ def show(
                       "disturbed by other work on the machine (time/cpu_wait, machine/steal; "
                       "see docs/explanation/measurement.md): their times and throughput are not "
                       "the model's alone.", highlight=False)
+
+
+def _status(run: Mapping[Any, Any]) -> str:
+    """A run's status as `ls` shows it: a ``running`` run whose process on this host is gone
+    (killed, the machine rebooted) says so, rather than looking alive."""
+    import socket
+
+    from trainlab.store import held_elsewhere
+
+    if (run["status"] == "running" and run.get("host") == socket.gethostname()
+            and run.get("pid") is not None and not held_elsewhere(
+                {"pid": int(run["pid"]), "host": run["host"], "heartbeat": None})):
+        return "stopped (process gone; rerun to resume)"
+    return str(run["status"])
 
 
 # `trainlab show`'s per-epoch headers, short enough for an 80-column terminal.
