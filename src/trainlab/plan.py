@@ -18,7 +18,7 @@ from trainlab.components.optimizers import is_auto, resolved_lr, with_lr
 from trainlab.components.python import PythonModelSpec, check_output
 from trainlab.components.schedules import ScheduleContext
 from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_keys
-from trainlab.config.schema import TrainSpec
+from trainlab.config.schema import RunConfig, TrainSpec
 from trainlab.devices import device_available, nproc_limit, usable_cpus
 from trainlab.errors import ConfigError, combine
 from trainlab.records import DONE
@@ -121,9 +121,18 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
     from trainlab.engine.tasks import TASKS, training_loss
 
     found: list[tuple[ConfigError, int | None, str]] = []
+    # What a run's checks found, by its config without the seed (a seed cannot make a run
+    # fail to build): a grid's seeds, and any duplicates, are checked once.  10,000 runs of 10
+    # seeds: 14 s of meta builds become 1.4 s.
+    checked: dict[str, list[ConfigError]] = {}
     for run in runs:
         cfg = run.config
         detail = ", ".join(f"{k}={v}" for k, v in run.overrides.items())
+        key = _build_key(cfg)
+        if key in checked:
+            found.extend((exc, run.index, detail) for exc in checked[key])
+            continue
+        before = len(found)
         if devices and not device_available(cfg.train.device):
             found.append((ConfigError(
                 f"`train.device`: {cfg.train.device!r} is not available on this machine "
@@ -180,8 +189,15 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
                 "the run cannot be built: the model's description alone does not fit in "
                 "memory; check model sizes such as model.layers, model.hidden_dim and the data "
                 "shape"), run.index, detail))
+        checked[key] = [exc for exc, _, _ in found[before:]]
     if found:  # every run's errors at once, each distinct message once
         raise combine(found, f"in sweep {sweep.name}")
+
+
+def _build_key(config: RunConfig) -> str:
+    tree = config.to_dict()
+    tree["train"] = {k: v for k, v in tree["train"].items() if k != "seed"}
+    return json.dumps(tree, sort_keys=True, default=str)
 
 
 def check_nproc(nproc: int, device: str, n_train: int, batch_size: int, devices: bool) -> None:

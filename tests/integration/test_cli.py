@@ -247,3 +247,23 @@ def test_plan_says_what_the_sweep_expanded_to(tiny: dict, write_config,
     assert "2 grid point(s) x 3 explicit run(s) (cross: true) = 6 runs" in result.output
     data = json.loads(_run("plan", str(cfg), "--store", str(store_dir), "--json").output)
     assert len(data["runs"]) == 6 and "cross: true" in data["expansion"]
+
+
+def test_a_large_plan_shows_a_screenful_and_checks_each_setup_once(tiny: dict, write_config,
+                                                                   store_dir: Path) -> None:
+    """60 runs (3 widths x 4 LRs x 5 seeds): the table lists the first and last runs with a
+    count between and a tally; --json lists all.  A bad value found in one setup is reported
+    for every run (seed) that has it, though the setup was built once."""
+    tiny.update(grid={"model.hidden_dim": [4, 8, 16], "optimizer.lr": [0.1, 0.01, 0.001, 1e-4]},
+                seeds=[0, 1, 2, 3, 4])
+    cfg = write_config(tiny)
+    result = _run("plan", str(cfg), "--store", str(store_dir))
+    assert result.exit_code == 0, result.output
+    assert "20 more" in result.output and "60 new, train" in result.output
+    data = json.loads(_run("plan", str(cfg), "--store", str(store_dir), "--json").output)
+    assert len(data["runs"]) == 60
+    tiny.update(grid={"model.hidden_dim": [4]}, seeds=[0, 1, 2])
+    tiny["train"] = {**tiny.get("train", {}), "monitor": "valid/perplexity"}
+    bad = _run("plan", str(write_config(tiny)), "--store", str(store_dir))
+    assert bad.exit_code == 2, bad.output
+    assert "train.monitor" in bad.output and "runs 1, 2, 3" in " ".join(bad.output.split())

@@ -22,6 +22,8 @@ from trainlab.cli.common import (
 from trainlab.cli.lr_find import auto_cell, auto_lrs
 from trainlab.errors import ConfigError
 
+SHOWN = 40  # runs listed in full; a larger sweep shows its first and last ones
+
 
 @app.command()
 def plan(
@@ -55,12 +57,18 @@ def plan(
     auto = auto_lrs(the_plan, st)
     expanded = expansion(sweep, len(the_plan.runs))
     if as_json:
-        out.print_json(data={"sweep": sweep.name, "varied": the_plan.varied,
-                             "expansion": expanded, "runs": [
+        data = {"sweep": sweep.name, "varied": the_plan.varied, "expansion": expanded, "runs": [
             {"index": r.index, "run_id": r.run_id, "varied": r.varied, "status": r.status,
              "action": r.action, "config": r.run.config.to_dict(),
              **({"lr_auto": auto[r.run_id]} if r.run_id in auto else {})}
-            for r in the_plan.runs]})
+            for r in the_plan.runs]}
+        if len(the_plan.runs) > SHOWN:  # rich's highlighting of 10,000 configs takes minutes
+            import json
+            import sys
+
+            sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        else:
+            out.print_json(data=data)
         return
     from trainlab.config.keys import short_names
 
@@ -70,11 +78,25 @@ def plan(
     for col in ["#", "run id", *short_names(the_plan.varied).values(), *lr_col, "status",
                 "action"]:
         table.add_column(col)
-    for r in the_plan.runs:
+    # Past a screenful, the first and the last runs; --json lists every one.
+    runs = the_plan.runs
+    shown = runs if len(runs) <= SHOWN else [*runs[:SHOWN - 5], None, *runs[-5:]]
+    for r in shown:
+        if r is None:
+            table.add_row("…", f"{len(runs) - SHOWN:,} more", *[""] * (
+                len(the_plan.varied) + len(lr_col) + 2))
+            continue
         lr_cell = [auto_cell(auto.get(r.run_id))] if auto else []
         table.add_row(str(r.index), r.run_id, *[format_value(r.varied[k]) for k in the_plan.varied],
                       *lr_cell, r.status, r.action)
     out.print(table)
+    if len(runs) > SHOWN:
+        counts: dict[str, int] = {}
+        for r in runs:
+            counts[f"{r.status}, {r.action}"] = counts.get(f"{r.status}, {r.action}", 0) + 1
+        out.print("runs by status and action: " + "; ".join(
+            f"{n:,} {what}" for what, n in counts.items()) + " (`--json` lists every run)",
+            highlight=False)
     out.print(f"expanded: {escape(expanded)}", highlight=False)
     if auto:
         out.print("lr auto: an LR range test runs once per distinct data, model, optimizer and "

@@ -141,6 +141,7 @@ def expand(sweep: SweepConfig) -> list[ExpandedRun]:
     runs: list[ExpandedRun] = []
     seen: set[str] = set()
     position = 0  # the run's number had every earlier run resolved
+    cache: dict[str, Any] = {}  # resolved sections, shared by the runs (see resolve_run)
     for point in points(sweep):
         for seed in seeds:
             overrides = dict(point) if seed is None else {**point, "train.seed": seed}
@@ -149,7 +150,7 @@ def expand(sweep: SweepConfig) -> list[ExpandedRun]:
                 set_dotted(raw, key, value)
             position += 1
             try:
-                config = resolve_run(raw, root=sweep.root)
+                config = resolve_run(raw, root=sweep.root, cache=cache)
             except ConfigError as exc:
                 found.append((exc, position, _describe(overrides)))
                 continue

@@ -375,16 +375,31 @@ def _section(raw: dict[str, Any], section: str, base: type[S]) -> S:
     return spec
 
 
-def resolve_run(raw: dict[str, Any], root: str | None = None) -> RunConfig:
+def resolve_run(raw: dict[str, Any], root: str | None = None,
+                cache: dict[str, Any] | None = None) -> RunConfig:
     """A fully resolved :class:`RunConfig` from nested sections; ``root`` (else the raw
-    config's own ``root``) is where relative file targets are found."""
+    config's own ``root``) is where relative file targets are found.  ``cache``: resolved
+    sections by their raw values, shared by the runs of one expansion (a grid repeats each
+    section's few distinct values over thousands of runs; specs are frozen)."""
     root = root or raw.get("root")
     found: list[ConfigError] = []  # every section's errors, raised together
 
     def section(name: str, base: type[S]) -> S | None:
+        key = (json.dumps([name, raw.get(name), root], sort_keys=True, default=str)
+               if cache is not None else "")
         try:
-            spec: S = with_source(_section(raw, name, base), root, name)
+            if cache is not None and key in cache:
+                hit = cache[key]
+                if isinstance(hit, ConfigError):
+                    raise hit
+                spec: S = hit
+            else:
+                spec = with_source(_section(raw, name, base), root, name)
+                if cache is not None:
+                    cache[key] = spec
         except ConfigError as exc:
+            if cache is not None:
+                cache[key] = exc
             found.append(exc)
             return None
         return spec
