@@ -47,18 +47,8 @@ class Bench:
         self.gen = torch.Generator().manual_seed(0)
 
     def step(self) -> float:
-        """One training step on a random batch: its seconds."""
-        idx = torch.randint(0, self.n, (min(self.bs, self.n),), generator=self.gen).to(self.where)
-        synchronize(self.device)
-        t = time.perf_counter()
-        x, y = (self.inputs[idx], self.targets[idx]) if self.fetch is None else self.fetch(idx)
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.speed.autocast():
-            loss = self.loss_fn(self.speed.forward(x), y)
-        loss.backward()
-        self.optimizer.step()
-        synchronize(self.device)
-        return time.perf_counter() - t
+        """One training step on a random batch: its seconds (synced at both ends)."""
+        return self.steps(1)
 
     def steps(self, count: int) -> float:
         """``count`` training steps with no host sync between them (the batches' indices

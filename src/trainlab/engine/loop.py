@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from trainlab.components import (
     ScheduleContext,
@@ -41,7 +41,7 @@ from trainlab.config.schema import RunConfig
 from trainlab.devices import release_cached, resolve_device
 from trainlab.engine import allocator, contention, distributed, interrupt, machine
 from trainlab.engine.callbacks import EarlyStopping
-from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
+from trainlab.engine.checkpoint import load_latest, load_verified
 from trainlab.engine.determinism import deterministic
 from trainlab.engine.flops import (
     measure_peak_flops,
@@ -61,11 +61,12 @@ from trainlab.engine.measure import (
     held_tensors,
 )
 from trainlab.engine.profile import run_window, window_for
+from trainlab.engine.resume import Resumable, frozen_keys
 from trainlab.engine.sampler import nvml_sampler
 from trainlab.engine.speed import Speed, decide, intra_op_threads, scaler_sync_note
 from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix, training_loss
 from trainlab.engine.timing import epoch_rates, median_of, training_seconds
-from trainlab.errors import Diverged, RunError
+from trainlab.errors import Diverged
 from trainlab.hooks import Callback, RunOutcome, RunState, StopTraining
 from trainlab.mfu import UNRELIABLE_NOTE
 from trainlab.records import MetricRecord, NullSink, RecordSink
@@ -100,7 +101,7 @@ def train(config: RunConfig, *, run_id: str | None = None, run_dir: Path | None 
     return trainer.run()
 
 
-class _Trainer:
+class _Trainer(Resumable):
     def __init__(self, config: RunConfig, run_id: str, run_dir: Path | None, sink: RecordSink,
                  callbacks: list[Callback], resume: bool) -> None:
         self.config, self.run_id, self.run_dir, self.sink = config, run_id, run_dir, sink
@@ -206,7 +207,7 @@ class _Trainer:
             note_padding(model, [data.train, data.valid, data.test])
         # Every parameter the strategy may ever train; frozen ones have no .grad and are skipped.
         self.params = [p for g in tuning.param_groups for p in g["params"]]
-        self.frozen_keys = _frozen_keys(model, self.params)
+        self.frozen_keys = frozen_keys(model, self.params)
         optimizer = build_optimizer(cfg.optimizer, tuning.param_groups)
         bs = cfg.data.batch_size
         steps_per_epoch = math.ceil(len(data.train) / bs)
@@ -690,111 +691,6 @@ class _Trainer:
             self.sink.write(records)
             self.io_time += time.perf_counter() - t
 
-    def _epoch_checkpoint(self, epoch: int) -> None:
-        """The checkpoint at an epoch's end, at least ``train.checkpoint_every_s`` after the one
-        before; the last epoch, an early stop and a Ctrl-C always write one.  Epochs of a few
-        milliseconds then do not each pay for a serialization and an fsync (which also slow
-        the steps after them: up to 1.5 % of a digits MLP's median step); a kill loses at most that
-        many seconds, redone on resume from the records the checkpoint saw."""
-        tc = self.config.train
-        due = (epoch == tc.epochs or self.stop_reason is not None or interrupt.stop_requested()
-               or time.perf_counter() - self.checkpointed_at >= tc.checkpoint_every_s)
-        if self.dist is not None:  # a checkpoint is collective: every rank, or none
-            due = self.dist.sum_float(float(due)) > 0
-        if due:
-            self._checkpoint(epoch)
-
-    def _checkpoint(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
-        """Save what resume needs; ``epoch`` is the last completed epoch, ``partial`` where
-        an interrupted epoch stands (its next batch, sums and time so far)."""
-        if self.run_dir is None or (not self.config.train.checkpoint and partial is None):
-            return
-        state = self._run_state
-        t = time.perf_counter()
-        rng = {
-            "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-            "python": random.getstate(),
-            "cuda": _cuda_rng_state(state.device),
-        }
-        rng_ranks = None
-        if self.dist is not None:
-            rng_ranks = self.dist.gather(rng)  # each rank resumes its own random stream
-            if not self.dist.is_main:
-                return
-        payload = {
-            "epoch": epoch, "step": state.step, "train_time": state.train_time,
-            "partial": partial,
-            "elapsed": self.elapsed_offset + (time.perf_counter() - self.t0),
-            "model": self._model_state(), "optimizer": state.optimizer.state_dict(),
-            "schedule": state.schedule.state_dict(), "best": self.best,
-            "scaler": self.speed.scaler.state_dict() if self.speed.scaler else None,
-            "stop_reason": self.stop_reason, "epoch_stats": self.epoch_stats,
-            "grad_norms": self.grad_norms,
-            "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
-            "rng": rng,
-        }
-        if rng_ranks is not None:
-            payload["rng_ranks"] = rng_ranks
-        self._save(payload, "last.pt", keep_previous=True)
-        self.checkpointed_at = time.perf_counter()
-        self.io_time += self.checkpointed_at - t
-
-    def _save(self, payload: dict[str, Any], name: str, keep_previous: bool = False) -> None:
-        assert self.run_dir is not None
-        try:
-            save_atomic(payload, self.run_dir / name, keep_previous=keep_previous)
-        except OSError as exc:  # a full disk, a vanished mount: say which file and why
-            raise RunError(f"could not write the checkpoint {self.run_dir / name}: "
-                           f"{exc.strerror or exc}") from exc
-
-    def _restore(self, ckpt: dict[str, Any]) -> None:
-        state = self._run_state
-        self._load_model_state(ckpt["model"])
-        state.optimizer.load_state_dict(ckpt["optimizer"])
-        state.schedule.load_state_dict(ckpt["schedule"])
-        if self.speed.scaler is not None and ckpt.get("scaler"):
-            self.speed.scaler.load_state_dict(ckpt["scaler"])
-        state.epoch, state.step = ckpt["epoch"], ckpt["step"]
-        state.train_time = ckpt["train_time"]
-        self.elapsed_offset = ckpt["elapsed"]
-        self.best = ckpt["best"]
-        self.stop_reason = ckpt.get("stop_reason")
-        self.epoch_stats = ckpt.get("epoch_stats", [])
-        self.partial = ckpt.get("partial")
-        self.grad_norms = list(ckpt.get("grad_norms", []))
-        rng = ckpt["rng"]
-        ranks = ckpt.get("rng_ranks")
-        if self.dist is not None and ranks is not None and len(ranks) == self.dist.world:
-            rng = ranks[self.dist.rank]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        _set_cuda_rng_state(rng.get("cuda"), state.device)
-        saved = ckpt.get("callbacks", {})
-        for cb in self.callbacks:
-            if type(cb).__name__ in saved:
-                cb.load_state_dict(saved[type(cb).__name__])
-
-    def _model_state(self) -> dict[str, Tensor]:
-        """The model's state without parameters no strategy ever trains: those equal the
-        deterministic build (pretrained weights, seeded init), so checkpoints of adapter or
-        LoRA runs hold the trained part only."""
-        full = self._run_state.model.state_dict()
-        if not self.frozen_keys:
-            return full
-        return {k: v for k, v in full.items() if k not in self.frozen_keys}
-
-    def _load_model_state(self, saved: dict[str, Tensor]) -> None:
-        model = self._run_state.model
-        if not self.frozen_keys:
-            model.load_state_dict(saved)
-            return
-        result = model.load_state_dict(saved, strict=False)
-        missing = set(result.missing_keys) - self.frozen_keys
-        if missing or result.unexpected_keys:
-            raise RuntimeError(f"checkpoint does not fit the model: missing {sorted(missing)[:5]}"
-                               f", unexpected {sorted(result.unexpected_keys)[:5]}")
-
     def _peak_too_low(self) -> bool:
         """Whether an epoch of this run beat the measured peak (its MFU is then unreliable)."""
         return any("perf/mfu_unreliable" in s for s in self.epoch_stats)
@@ -854,13 +750,6 @@ class _Trainer:
         return out
 
 
-def _frozen_keys(model: nn.Module, trained: list[Tensor]) -> set[str]:
-    """State-dict keys of parameters that are in no optimizer group (never trained)."""
-    ids = {id(p) for p in trained}
-    return {name for name, p in model.named_parameters(remove_duplicate=False)
-            if id(p) not in ids}
-
-
 def _loader_seed(seed: int, epoch: int) -> int:
     """The seed of an epoch's DataLoader workers: a function of (seed, epoch) only."""
     return int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0])
@@ -869,28 +758,6 @@ def _loader_seed(seed: int, epoch: int) -> int:
 def _samples(batches: Sequence[Tensor], first: int, done: int) -> int:
     """Examples in ``batches[first:done]``."""
     return sum(len(b) for b in batches[first:done])
-
-
-def _cuda_rng_state(device: torch.device) -> Tensor | None:
-    """The CUDA RNG state of the run's own device (None off CUDA).  Not every visible GPU's:
-    a process that resumes the run may see fewer (a ``--jobs N`` worker sees one)."""
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_rng_state(device)
-
-
-def _set_cuda_rng_state(saved: Tensor | list[Tensor] | None, device: torch.device) -> None:
-    """Restore what :func:`_cuda_rng_state` saved on the run's device.  Checkpoints written
-    before hold a list (every visible GPU's state): the entry of the device's index when the
-    list has one, else the first (a run trains on its process's first visible device)."""
-    if saved is None or device.type != "cuda" or not torch.cuda.is_available():
-        return
-    if isinstance(saved, (list, tuple)):
-        if not saved:
-            return
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        saved = saved[index] if index < len(saved) else saved[0]
-    torch.cuda.set_rng_state(saved, device)
 
 
 def _on_host(split: Split | ItemSplit) -> Split | ItemSplit:

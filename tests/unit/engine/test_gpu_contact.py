@@ -19,7 +19,7 @@ from trainlab.components.datasets import Split
 from trainlab.components.finetune.peft import SavePeft
 from trainlab.components.nets import HFModel, note_padding
 from trainlab.config.schema import resolve_run
-from trainlab.engine import Callback, RunState, train
+from trainlab.engine import Callback, RunState, resume, train
 from trainlab.engine import loop as loop_module
 from trainlab.engine import speed as speed_module
 from trainlab.engine.determinism import deterministic
@@ -68,9 +68,9 @@ class _FakeCudaRng:
 def test_a_checkpoint_saves_the_cuda_rng_of_the_runs_device_only(
         monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _FakeCudaRng(monkeypatch)
-    state = loop_module._cuda_rng_state(torch.device("cuda", 1))
+    state = resume.cuda_rng_state(torch.device("cuda", 1))
     assert fake.got == [torch.device("cuda", 1)] and state is not None and state.tolist() == [7]
-    assert loop_module._cuda_rng_state(torch.device("cpu")) is None  # a CPU run: none
+    assert resume.cuda_rng_state(torch.device("cpu")) is None  # a CPU run: none
     assert fake.got == [torch.device("cuda", 1)]
 
 
@@ -78,16 +78,16 @@ def test_resume_restores_the_runs_device_from_new_and_older_checkpoints(
         monkeypatch: pytest.MonkeyPatch) -> None:
     fake = _FakeCudaRng(monkeypatch)
     one = torch.tensor([1], dtype=torch.uint8)
-    loop_module._set_cuda_rng_state(one, torch.device("cuda", 0))
+    resume.set_cuda_rng_state(one, torch.device("cuda", 0))
     # An older checkpoint: a list of 4 GPUs' states (a --jobs 1 run on 4 GPUs), resumed in
     # a process that sees one GPU (a --jobs 4 worker): its device's entry, no IndexError.
     four = [torch.tensor([i], dtype=torch.uint8) for i in range(4)]
-    loop_module._set_cuda_rng_state(four, torch.device("cuda", 0))
-    loop_module._set_cuda_rng_state(four, torch.device("cuda", 2))
-    loop_module._set_cuda_rng_state(four[:1], torch.device("cuda", 3))  # saw fewer: the first
-    loop_module._set_cuda_rng_state(four, torch.device("cuda"))  # no index: the current one
-    loop_module._set_cuda_rng_state(four, torch.device("cpu"))  # a CPU run: nothing
-    loop_module._set_cuda_rng_state(None, torch.device("cuda", 0))
+    resume.set_cuda_rng_state(four, torch.device("cuda", 0))
+    resume.set_cuda_rng_state(four, torch.device("cuda", 2))
+    resume.set_cuda_rng_state(four[:1], torch.device("cuda", 3))  # saw fewer: the first
+    resume.set_cuda_rng_state(four, torch.device("cuda"))  # no index: the current one
+    resume.set_cuda_rng_state(four, torch.device("cpu"))  # a CPU run: nothing
+    resume.set_cuda_rng_state(None, torch.device("cuda", 0))
     assert [(int(s[0]), d) for s, d in fake.set] == [
         (1, torch.device("cuda", 0)), (0, torch.device("cuda", 0)), (2, torch.device("cuda", 2)),
         (0, torch.device("cuda", 3)), (0, torch.device("cuda"))]

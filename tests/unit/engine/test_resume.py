@@ -109,17 +109,17 @@ def test_no_usable_checkpoint_restarts_from_scratch(tmp_path: Path, reference) -
 
 def test_epoch_checkpoints_are_at_least_checkpoint_every_s_apart(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from trainlab.engine import loop
+    from trainlab.engine import resume  # where checkpoints are written
 
     written: list[int] = []
-    save = loop.save_atomic
+    save = resume.save_atomic
 
     def counting(payload: dict[str, Any], path: Path, **kw: Any) -> None:
         if path.name == "last.pt":
             written.append(payload["epoch"])
         save(payload, path, **kw)
 
-    monkeypatch.setattr(loop, "save_atomic", counting)
+    monkeypatch.setattr(resume, "save_atomic", counting)
     assert resolve_run(_every_epoch()).run_id == resolve_run(RAW).run_id
     train(resolve_run(_every_epoch()), run_dir=tmp_path / "every")
     assert written == [1, 2, 3, 4]
@@ -193,7 +193,7 @@ def test_a_full_disk_while_checkpointing_fails_the_run_with_the_reason(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(checkpoint, "save_atomic", full_disk)
-    monkeypatch.setattr("trainlab.engine.loop.save_atomic", full_disk)
+    monkeypatch.setattr("trainlab.engine.resume.save_atomic", full_disk)
     outcome = train(resolve_run(RAW), run_dir=tmp_path / "run")
     assert outcome.status == "failed"
     assert "could not write the checkpoint" in (outcome.error or "")
