@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from trainlab.engine import interrupt
 from trainlab.hooks import Callback, RunState
+from trainlab.records import NullSink
 
 
 class StopAt(Callback):
@@ -15,3 +18,19 @@ class StopAt(Callback):
     def on_step_end(self, state: RunState) -> None:
         if state.step == self.step:
             interrupt.request_stop()
+
+
+def train_ok(raw: dict[str, Any], **kw: Any) -> tuple[Any, NullSink]:
+    """Train the run ``raw`` describes into an in-memory sink; it must end ``ok``."""
+    from trainlab.config.schema import resolve_run
+    from trainlab.engine import train
+
+    sink = NullSink()
+    outcome = train(resolve_run(raw), sink=sink, **kw)
+    assert outcome.status == "ok", outcome.error
+    return outcome, sink
+
+
+def recorded(sink: NullSink, key: str) -> list[float]:
+    """The values recorded under ``key``, in order."""
+    return [r.value for r in sink.records if r.key == key]

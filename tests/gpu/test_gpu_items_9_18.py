@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 import torch
 
+from tests.helpers import recorded, train_ok
 from trainlab.config.schema import resolve_run
-from trainlab.engine import train
 from trainlab.engine.checkpoint import save_atomic
 from trainlab.engine.measure import grad_norm
-from trainlab.records import NullSink
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -42,26 +41,17 @@ def _raw(model: dict[str, Any] | None = None, optimizer: dict[str, Any] | None =
     return raw
 
 
-def _run(raw: dict[str, Any], **kw: Any) -> tuple[Any, NullSink]:
-    sink = NullSink()
-    outcome = train(resolve_run(raw), sink=sink, **kw)
-    assert outcome.status == "ok", outcome.error
-    return outcome, sink
-
-
-def _values(sink: NullSink, key: str) -> list[float]:
-    return [r.value for r in sink.records if r.key == key]
 
 
 def test_9_checkpoint_holds_one_cuda_rng_state_and_older_lists_resume(tmp_path: Path) -> None:
-    _run(_raw(epochs=1), run_dir=tmp_path)
+    train_ok(_raw(epochs=1), run_dir=tmp_path)
     ckpt = torch.load(tmp_path / "last.pt", weights_only=True)
     state = ckpt["rng"]["cuda"]
     assert isinstance(state, torch.Tensor)  # the run's device's, not a list of every GPU's
     # An older checkpoint: every visible GPU's state, more than this process sees.
     ckpt["rng"]["cuda"] = [state] * (torch.cuda.device_count() + 3)
     save_atomic(ckpt, tmp_path / "last.pt")
-    _run(_raw(epochs=2), run_dir=tmp_path, resume=True)
+    train_ok(_raw(epochs=2), run_dir=tmp_path, resume=True)
 
 
 def test_10_unpadded_hf_input_runs_without_host_sync() -> None:
@@ -95,17 +85,17 @@ def test_10_unpadded_hf_input_runs_without_host_sync() -> None:
 
 
 def test_11_fp16_rmsprop_notes_the_scaler_sync() -> None:
-    outcome, _ = _run(_raw(epochs=1, precision="fp16",
+    outcome, _ = train_ok(_raw(epochs=1, precision="fp16",
                            optimizer={"name": "rmsprop", "lr": 1e-3}))
     assert any(".item()" in n for n in outcome.summary.get("notes", []))
-    outcome, _ = _run(_raw(epochs=1, precision="fp16"))  # Adam: fused on CUDA, no sync
+    outcome, _ = train_ok(_raw(epochs=1, precision="fp16"))  # Adam: fused on CUDA, no sync
     assert not any(".item()" in n for n in outcome.summary.get("notes", []))
 
 
 def test_12_host_data_pins_batches_and_trains_as_on_device() -> None:
-    _, on = _run(_raw(data_on_device=True))
-    _, host = _run(_raw(data_on_device=False))
-    assert _values(host, "valid/loss") == _values(on, "valid/loss")
+    _, on = train_ok(_raw(data_on_device=True))
+    _, host = train_ok(_raw(data_on_device=False))
+    assert recorded(host, "valid/loss") == recorded(on, "valid/loss")
 
 
 def test_13_range_test_follows_placement_and_frees_its_cache() -> None:
@@ -128,9 +118,9 @@ def test_15_zero_norm_is_on_the_gpu() -> None:
 
 def test_18_deterministic_runs_are_bit_identical() -> None:
     raw = _raw(model={"name": "cnn"}, epochs=1, deterministic=True)
-    _, a = _run(raw)
-    _, b = _run(raw)
-    assert _values(a, "train/loss") == _values(b, "train/loss")
-    assert _values(a, "valid/loss") == _values(b, "valid/loss")
+    _, a = train_ok(raw)
+    _, b = train_ok(raw)
+    assert recorded(a, "train/loss") == recorded(b, "train/loss")
+    assert recorded(a, "valid/loss") == recorded(b, "valid/loss")
     assert not torch.are_deterministic_algorithms_enabled()  # restored
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from tests.helpers import recorded, train_ok
 from trainlab.config.schema import resolve_run
 from trainlab.engine import flops, train
 from trainlab.engine.measure import Clock, PeakMemory
@@ -39,15 +40,6 @@ def _raw(**train: Any) -> dict[str, Any]:
     return raw
 
 
-def _run(raw: dict[str, Any], **kw: Any) -> Any:
-    sink = NullSink()
-    outcome = train(resolve_run(raw), sink=sink, **kw)
-    assert outcome.status == "ok", outcome.error
-    return outcome, sink
-
-
-def _values(sink: NullSink, key: str) -> list[float]:
-    return [r.value for r in sink.records if r.key == key]
 
 
 # --- items 1-7 ---------------------------------------------------------------------------------
@@ -69,9 +61,9 @@ def test_2_eval_pause_leaves_training_time_whole() -> None:
     # Validation every 5 steps must not eat the queued training kernels: the epoch's training
     # time with pauses stays that without them (within noise), where a bare clock read low.
     heavy = {"model": {"name": "mlp", "hidden_dim": 4096, "layers": 4}}
-    plain = _run({**_raw(epochs=2), **heavy})[1]
-    paused = _run({**_raw(epochs=2, eval_every=5), **heavy})[1]
-    a, b = _values(plain, "time/epoch_train")[-1], _values(paused, "time/epoch_train")[-1]
+    plain = train_ok({**_raw(epochs=2), **heavy})[1]
+    paused = train_ok({**_raw(epochs=2, eval_every=5), **heavy})[1]
+    a, b = recorded(plain, "time/epoch_train")[-1], recorded(paused, "time/epoch_train")[-1]
     assert b == pytest.approx(a, rel=0.3)
 
 
@@ -102,9 +94,9 @@ def test_3_peak_is_measured_per_tf32_flag(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_3_cnn_mfu_stays_below_one() -> None:
-    _, sink = _run({**_raw(epochs=2), "model": {"name": "cnn"}})
-    assert _values(sink, "perf/peak_tf32") == [1.0]  # cuDNN's TF32 convolutions (default on)
-    assert all(0 < v <= 1 for v in _values(sink, "perf/mfu"))
+    _, sink = train_ok({**_raw(epochs=2), "model": {"name": "cnn"}})
+    assert recorded(sink, "perf/peak_tf32") == [1.0]  # cuDNN's TF32 convolutions (default on)
+    assert all(0 < v <= 1 for v in recorded(sink, "perf/mfu"))
 
 
 def test_4_reserved_bytes_do_not_carry_earlier_cache() -> None:
@@ -142,7 +134,7 @@ def test_5_half_checkpoint_trains_in_fp32_and_with_fp16_scaler(tiny_hf: dict[str
                "model": {"name": "hf", "path": str(tmp_path / "bf16")},
                "optimizer": {"name": "adamw", "lr": 1e-3},
                "train": {"epochs": 1, "device": "cuda", "precision": precision}}
-        _run(raw)  # fp16 + GradScaler on fp16 weights raised "Attempting to unscale"
+        train_ok(raw)  # fp16 + GradScaler on fp16 weights raised "Attempting to unscale"
 
 
 def test_6_bf16_native_support_is_what_the_warning_says() -> None:
@@ -156,8 +148,8 @@ def test_7_probe_predicts_the_gpu_step() -> None:
 
     raw = {**_raw(epochs=2), "model": {"name": "mlp", "hidden_dim": 2048, "layers": 3}}
     est = estimate_run(resolve_run(raw))
-    _, sink = _run(raw)
-    steps = _values(sink, "time/step")
+    _, sink = train_ok(raw)
+    steps = recorded(sink, "time/step")
     measured = sorted(steps)[len(steps) // 2]
     assert est.step_s == pytest.approx(measured, rel=1.0)  # within 2x: placement, no per-step sync
     print("GPU_SUITE_PROBE", json.dumps({"predicted": est.step_s, "measured": measured}))
@@ -168,32 +160,32 @@ def test_7_probe_predicts_the_gpu_step() -> None:
 
 @pytest.mark.parametrize("on_device", [True, False])
 def test_data_on_device_and_pinned_give_the_same_run(on_device: bool) -> None:
-    outcome, sink = _run(_raw(data_on_device=on_device, epochs=1, seed=3))
+    outcome, sink = train_ok(_raw(data_on_device=on_device, epochs=1, seed=3))
     assert outcome.summary["speed"]["data_on_device"] == on_device
-    assert all(v == v for v in _values(sink, "valid/loss"))
+    assert all(v == v for v in recorded(sink, "valid/loss"))
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_amp(precision: str) -> None:
     if precision == "bf16" and not flops.native_bf16(CUDA):
         pytest.skip("no native bf16")
-    outcome, sink = _run(_raw(precision=precision))
+    outcome, sink = train_ok(_raw(precision=precision))
     assert outcome.summary["speed"]["precision"] == precision
-    losses = _values(sink, "valid/loss")
+    losses = recorded(sink, "valid/loss")
     assert losses[-1] < losses[0]
 
 
 def test_channels_last_cnn() -> None:
-    outcome, _ = _run({**_raw(channels_last=True, epochs=1), "model": {"name": "cnn"}})
+    outcome, _ = train_ok({**_raw(channels_last=True, epochs=1), "model": {"name": "cnn"}})
     assert outcome.summary["speed"]["channels_last"] is True
 
 
 def test_resume_on_gpu(tmp_path: Path) -> None:
     # One epoch, then the same run to two epochs from its checkpoint, against two straight.
-    _run(_raw(epochs=1, seed=5), run_dir=tmp_path)
-    _, sink = _run(_raw(epochs=2, seed=5), run_dir=tmp_path / "other")
-    _, rsink = _run(_raw(epochs=2, seed=5), run_dir=tmp_path, resume=True)
-    assert _values(rsink, "valid/loss")[-1] == pytest.approx(_values(sink, "valid/loss")[-1],
+    train_ok(_raw(epochs=1, seed=5), run_dir=tmp_path)
+    _, sink = train_ok(_raw(epochs=2, seed=5), run_dir=tmp_path / "other")
+    _, rsink = train_ok(_raw(epochs=2, seed=5), run_dir=tmp_path, resume=True)
+    assert recorded(rsink, "valid/loss")[-1] == pytest.approx(recorded(sink, "valid/loss")[-1],
                                                                rel=1e-4)
 
 
@@ -225,7 +217,7 @@ def test_oom_then_a_run_in_the_same_process() -> None:
     assert torch.cuda.memory_reserved(CUDA) - filler.numel() < (64 << 20)
     del filler
     torch.cuda.empty_cache()
-    _run(raw)  # the same run fits now, in the same process
+    train_ok(raw)  # the same run fits now, in the same process
 
 
 def test_peft_lora_on_gpu(tiny_hf: dict[str, str], sentiment_dir: str) -> None:
@@ -233,11 +225,11 @@ def test_peft_lora_on_gpu(tiny_hf: dict[str, str], sentiment_dir: str) -> None:
            "model": {"name": "hf", "path": tiny_hf["bert"]},
            "optimizer": {"name": "adamw", "lr": 1e-3}, "finetune": {"name": "lora"},
            "train": {"epochs": 1, "device": "cuda", "precision": "bf16"}}
-    _run(raw)
+    train_ok(raw)
 
 
 def test_sampler_records_gpu_metrics() -> None:
     pytest.importorskip("pynvml")
-    _, sink = _run({**_raw(epochs=2, gpu_sample_every=0.05),
+    _, sink = train_ok({**_raw(epochs=2, gpu_sample_every=0.05),
                     "model": {"name": "mlp", "hidden_dim": 4096, "layers": 4}})
-    assert _values(sink, "gpu/samples")
+    assert recorded(sink, "gpu/samples")
