@@ -29,7 +29,9 @@ from trainlab.analysis.tables import sort_frame
 
 RELATIVE_TOLERANCE = 0.10  # lower-is-better metrics: within 10 % of the best
 # A run is input-bound when it waited for its next batch this share of its training time or
-# more (time/data_wait_frac, median over epochs); below NO_WAIT the wait is negligible.
+# more (time/data_wait_frac, median over epochs); below NO_WAIT the wait is negligible.  The
+# engine applies the same rule per epoch (engine/contention.py INPUT_BOUND; analysis does not
+# import the engine).
 INPUT_BOUND = 0.2
 NO_WAIT = 0.05
 ACCURACY_TOLERANCE = 0.01  # accuracy: within one percentage point of the best
