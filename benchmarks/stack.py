@@ -1,0 +1,153 @@
+"""Stacked training (train.stack): a grid of small runs trained together against one at a time.
+
+Usage (from the repository root):  python -m benchmarks.stack [--rounds 3] [--epochs 5]
+
+A 16-run grid of digits MLPs (64-256-10, SGD, batch 32: 4 LRs x 2 weight decays x 2 seeds),
+trained by a whole ``trainlab run`` (a fresh process and store each time: import, plan, train,
+store) with ``train.stack: 16`` and with ``train.stack: off`` (one run after another), the two
+alternating round by round (a shared machine's speed drifts within minutes; alternation cancels
+most of it).  Reported: each side's median wall-clock over rounds and the ratio, median and range
+over rounds (goal: at least 4x on a 2-core CPU), and the largest relative difference between a
+stacked run's final validation loss and its solo run's (goal: float rounding, < 1e-5).  Both
+sides use the default ``train.threads: auto``.
+"""
+
+from __future__ import annotations
+
+from benchmarks.common import steady_allocator
+
+if __name__ == "__main__":
+    steady_allocator("benchmarks.stack")
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import write_section
+
+LRS = [0.01, 0.03, 0.1, 0.3]
+WEIGHT_DECAYS = [0.0, 1e-3]
+SEEDS = [0, 1]
+
+
+def sweep(stack: str | int, epochs: int) -> dict[str, Any]:
+    return {"name": f"stack-{stack}",
+            "data": {"name": "digits", "batch_size": 32},
+            "model": {"name": "mlp", "hidden_dim": 256},
+            "optimizer": {"name": "sgd", "lr": 0.1},
+            "train": {"epochs": epochs, "stack": stack},
+            "grid": {"optimizer.lr": LRS, "optimizer.weight_decay": WEIGHT_DECAYS},
+            "seeds": SEEDS}
+
+
+def run_once(folder: Path, stack: str | int, epochs: int, round_: int) -> tuple[float, Path]:
+    """Seconds of one whole ``trainlab run`` of the grid, and its store."""
+    config = folder / f"{stack}-{round_}.yaml"
+    config.write_text(yaml.safe_dump(sweep(stack, epochs)))
+    store = folder / f"store-{stack}-{round_}"
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "trainlab", "run", str(config), "--store", str(store),
+                    "--quiet"], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t, store
+
+
+def final_valid(store: Path) -> tuple[dict[tuple[float, float, int], float], float]:
+    """Each run's last validation loss, by (lr, weight decay, seed); and the training seconds
+    of the sweep (a stack's once: its runs share them)."""
+    from trainlab.store import open_store
+
+    st = open_store(store)
+    runs = st.runs()
+    metrics = st.metrics(list(runs["run_id"]), ["valid/loss", "time/train"])
+    last = metrics.sort_values("step").groupby(["run_id", "key"])["value"].last()
+    out = {}
+    train: dict[str, float] = {}
+    for _, row in runs.iterrows():
+        cfg = row["config"]
+        key = (cfg["optimizer"]["lr"], cfg["optimizer"]["weight_decay"], cfg["train"]["seed"])
+        out[key] = float(last[(row["run_id"], "valid/loss")])
+        train[row["run_id"]] = float(last[(row["run_id"], "time/train")])
+    st.close()
+    stacked = cfg["train"].get("stack", "off") != "off"
+    return out, max(train.values()) if stacked else sum(train.values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
+                        help="the results file whose stack section this rewrites")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    load = os.getloadavg()
+    times: dict[str, list[float]] = {"stacked": [], "solo": []}
+    train_ratios: list[float] = []
+    by_lr: dict[float, float] = {lr: 0.0 for lr in LRS}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for r in range(args.rounds):
+            order = [("stacked", 16), ("solo", "off")]
+            if r % 2:
+                order.reverse()
+            stores = {}
+            for name, stack in order:
+                seconds, stores[name] = run_once(folder, stack, args.epochs, r)
+                times[name].append(seconds)
+                print(f"round {r + 1}: {name} {seconds:.1f} s", flush=True)
+            (stacked, stacked_train), (solo, solo_train) = (final_valid(stores["stacked"]),
+                                                             final_valid(stores["solo"]))
+            assert stacked.keys() == solo.keys() and len(solo) == 16
+            for k in solo:
+                by_lr[k[0]] = max(by_lr[k[0]], abs(stacked[k] - solo[k]) / abs(solo[k]))
+            train_ratios.append(solo_train / stacked_train)
+    worst = max(by_lr.values())
+    ratios = [b / a for a, b in zip(times["stacked"], times["solo"])]
+    results = {"seconds": {k: statistics.median(v) for k, v in times.items()},
+               "all_seconds": times, "speedup": statistics.median(ratios),
+               "range": [min(ratios), max(ratios)], "max_rel_valid_loss_diff": worst,
+               "max_rel_valid_loss_diff_by_lr": {str(k): v for k, v in by_lr.items()},
+               "train_time_speedup": statistics.median(train_ratios),
+               "rounds": args.rounds, "epochs": args.epochs, "cores": os.cpu_count(),
+               "load_before": list(load), "load_after": list(os.getloadavg())}
+    lo, hi = results["range"]
+    lines = ["| side | whole `trainlab run`, s (median) |", "|---|---|",
+             f"| train.stack: 16 (one stack of 16) | {results['seconds']['stacked']:.1f} |",
+             f"| train.stack: off (16 runs in turn) | {results['seconds']['solo']:.1f} |",
+             "", f"Stacked {results['speedup']:.2f}x faster [{lo:.2f}-{hi:.2f}] (goal: at "
+             f"least 4x). Training time alone (the runs' summed time/train against the "
+             f"stack's): {results['train_time_speedup']:.2f}x.", "",
+             "Largest relative difference of a run's final validation loss from its solo "
+             "run's, by LR (goal: float rounding; the batched matmuls round differently and "
+             "training amplifies it, the more the higher the LR): " + ", ".join(
+                 f"lr {k:g}: {v:.1e}" for k, v in by_lr.items()) + ".", "",
+             f"Load average before {load[0]:.2f}, after {results['load_after'][0]:.2f}."]
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_write:
+        head = (f"## Stacked runs (benchmarks/stack.py)\n\nWritten by `python -m "
+                f"benchmarks.stack --rounds {args.rounds} --epochs {args.epochs}`, "
+                f"{date.today()}, {platform.machine()}, {os.cpu_count()} CPUs. A 16-run grid of "
+                f"digits MLPs (64-256-10, SGD, batch 32, {args.epochs} epochs; 4 LRs x 2 weight "
+                "decays x 2 seeds), a whole `trainlab run` in a fresh process and store, "
+                "stacked and one at a time alternating round by round; ratio median [range] "
+                "over rounds.\n\n")
+        write_section(args.out, "benchmarks.stack", head + table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,521 @@
+"""Stacked training (``train.stack``): N runs that differ only in what can differ per model
+(LR and other optimizer hyperparameters, weight decay, schedule, seed) trained as one model.
+
+The N models are built as each solo run builds its own (seeded with the run's seed, so each
+starts from its solo init), then stacked with ``torch.func.stack_module_state``; one
+``vmap(functional_call)`` runs forward and backward of all of them per step, one batched matmul
+per layer instead of N small ones.  Each model draws its batches from its own seed's epoch
+permutation (:func:`trainlab.engine.loop.epoch_permutation`, as its solo run), steps with its
+own hyperparameters (:class:`~trainlab.engine.stack_optim.StackedOptimizer`) and its own LR
+schedule (a torch scheduler per run, on an optimizer that holds one placeholder parameter and
+only carries the LR), and writes its own records under its own run id.
+
+A model whose loss turns non-finite is masked out (its weights and optimizer state zeroed, its
+LR held at 0) and ends ``diverged`` while the others go on.  A model vmap cannot batch fails the
+trial step before anything is recorded: :class:`StackUnsupported`, and its runs train alone.
+
+Time is the stack's: every run of a stack records the stack's wall-clock (``perf/stacked`` says
+how many runs shared it).  A stack keeps no mid-training checkpoint: after a kill, a rerun trains
+the stack again from its start (each run's records are rewound).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+import traceback
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from trainlab.components import (
+    ScheduleContext,
+    build_finetune,
+    build_model,
+    build_optimizer,
+    build_schedule,
+    count_parameters,
+    load_dataset,
+)
+from trainlab.components.datasets import Split
+from trainlab.components.optimizers import resolved_lr
+from trainlab.components.schedules import Schedule
+from trainlab.config.schema import RunConfig
+from trainlab.devices import resolve_device
+from trainlab.engine import allocator, interrupt
+from trainlab.engine import threads as thread_rules
+from trainlab.engine.checkpoint import save_atomic
+from trainlab.engine.loop import epoch_permutation, seed_everything
+from trainlab.engine.stack_optim import StackedOptimizer
+from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix, training_loss
+from trainlab.engine.threads import ThreadChoice
+from trainlab.hooks import RunOutcome
+from trainlab.records import MetricRecord, RecordSink
+
+STACK_NOTE = ("trained in a stack of {n} runs (train.stack): its times are the stack's, shared "
+              "with the other runs; compare them with stacked runs only")
+
+
+class StackUnsupported(Exception):
+    """The models cannot be stacked (vmap cannot batch them): the runs train alone."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Member:
+    """One run of the stack: its config, id, records and fate."""
+
+    config: RunConfig
+    run_id: str
+    run_dir: Path | None
+    schedule: Schedule
+    carrier: torch.optim.Optimizer  # holds the LR the schedule sets
+    status: str = "ok"
+    error: str | None = None
+    best: dict[str, Any] = field(default_factory=dict)
+    best_state: dict[str, Tensor] | None = None
+    records: list[MetricRecord] = field(default_factory=list)
+    last_step_loss: float | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def lr(self) -> float:
+        return float(self.carrier.param_groups[0]["lr"])
+
+
+def train_stack(configs: Sequence[RunConfig], run_ids: Sequence[str],
+                run_dirs: Sequence[Path | None], sink: RecordSink) -> list[RunOutcome]:
+    """Train the runs of one stack together; one outcome per run, in order.
+
+    Raises :class:`StackUnsupported` (before any record is written) when the models cannot be
+    stacked.  Never raises for a run that fails in training: a failure of the stack fails
+    each of its runs, with the traceback.
+    """
+    trainer = _StackTrainer(list(configs), list(run_ids), list(run_dirs), sink)
+    return trainer.run()
+
+
+class _StackTrainer:
+    def __init__(self, configs: list[RunConfig], run_ids: list[str],
+                 run_dirs: list[Path | None], sink: RecordSink) -> None:
+        self.configs, self.run_ids, self.run_dirs, self.sink = configs, run_ids, run_dirs, sink
+        self.members: list[_Member] = []
+        self.epoch = 0
+        self.step = 0
+        self.train_time = 0.0
+        self.t0 = time.perf_counter()
+        self.epoch_samples: list[float] = []
+
+    # --- the run -----------------------------------------------------------------------------
+
+    def run(self) -> list[RunOutcome]:
+        threads = torch.get_num_threads()
+        status, error = "ok", None
+        try:
+            self._setup()  # StackUnsupported leaves here, before any record
+            self._fit()
+            self._test()
+        except StackUnsupported:
+            raise
+        except KeyboardInterrupt:
+            status, error = "interrupted", ("interrupted by the user (Ctrl-C); a stack keeps "
+                                            "no mid-training checkpoint: a rerun trains it "
+                                            "again from the start")
+        except Exception:
+            status, error = "failed", traceback.format_exc()
+        finally:
+            torch.set_num_threads(threads)
+        if len(self.members) < len(self.run_ids):  # setup failed before every run was built
+            return [RunOutcome(rid, status, error, {}) for rid in self.run_ids]
+        for m in self.members:
+            if m.alive and status != "ok":
+                m.status, m.error = status, error
+        try:
+            self._flush()
+        except KeyboardInterrupt:
+            for m in self.members:
+                if m.alive:
+                    m.status, m.error = "interrupted", "interrupted by the user (Ctrl-C)"
+        return [RunOutcome(m.run_id, m.status, m.error, self._summary(m)) for m in self.members]
+
+    def _setup(self) -> None:
+        cfg = self.configs[0]
+        allocator.steady()
+        self.device = device = resolve_device(cfg.train.device)
+        data = load_dataset(cfg.data, cfg.model)
+        self.info = data.info
+        train, valid, test = data.train, data.valid, data.test
+        if not (isinstance(train, Split) and isinstance(valid, Split)
+                and isinstance(test, Split)):
+            raise StackUnsupported("the data is read item by item (a Dataset), not tensors "
+                                   "in memory")
+        self.task: TaskKind = TASKS[data.info.task]
+        self.loss_fn = training_loss(cfg, self.task)
+        self.train_split: Split = train.to(device)
+        self.valid_split: Split = valid.to(device)
+        self.test_split: Split = test.to(device)
+        bs = cfg.data.batch_size
+        self.steps_per_epoch = math.ceil(len(self.train_split) / bs)
+        models: list[nn.Module] = []
+        for config, run_id, run_dir in zip(self.configs, self.run_ids, self.run_dirs):
+            # Each model exactly as its solo run builds it: the run's seed, then the model.
+            seed_everything(config.train.seed)
+            model = build_model(config.model, data.info).to(device)
+            tuning = build_finetune(config.finetune, model, resolved_lr(config.optimizer))
+            model = (tuning.model if tuning.model is not None else model).to(device)
+            models.append(model)
+            placeholder = nn.Parameter(torch.zeros(1))
+            carrier = build_optimizer(config.optimizer, [placeholder])
+            # The carrier is never stepped: tell the scheduler not to warn about that.
+            carrier._opt_called = True  # type: ignore[attr-defined]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                schedule = build_schedule(config.schedule, carrier, ScheduleContext(
+                    config.train.epochs, self.steps_per_epoch))
+            self.members.append(_Member(config, run_id, run_dir, schedule, carrier))
+        self.base = copy.deepcopy(models[0]).to("meta")
+        params, buffers = stack_module_state(models)
+        self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        self.buffers = buffers
+        self.optimizer = StackedOptimizer([c.optimizer for c in self.configs], self.params)
+        self.total, self.trainable = count_parameters(models[0])
+        del models
+        self._trial()
+        self.threads = self._choose_threads()
+        torch.set_num_threads(self.threads.threads)
+        for m in self.members:  # a new start: whatever an earlier attempt recorded goes
+            self.sink.rewind(m.run_id, -1)
+            self._record(m, 0, {
+                "params/total": self.total, "params/trainable": self.trainable,
+                "params/trainable_pct": 100.0 * self.trainable / max(self.total, 1),
+                "perf/threads": float(self.threads.threads),
+                "perf/stacked": float(len(self.members))}, epoch=0)
+        self._flush()
+
+    def _forward_one(self, params: dict[str, Tensor], buffers: dict[str, Tensor],
+                     x: Tensor) -> Tensor:
+        out: Tensor = functional_call(self.base, (params, buffers), (x,))
+        return out
+
+    def _loss_one(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
+                  y: Tensor) -> tuple[Tensor, Tensor]:
+        out = self._forward_one(params, buffers, x)
+        return self.loss_fn(out, y), out
+
+    def _choose_threads(self) -> ThreadChoice:
+        """``train.threads`` for the stack: a number as given; ``auto`` as a solo run decides
+        it (:mod:`trainlab.engine.threads`: one on a busy machine, else the fastest count),
+        timing the stacked step itself, whose work is N times a solo step's.  Two threads
+        ran a stack of digits MLPs 6-10x slower than one while other work shared this 2-core
+        machine (the barrier waits for a stolen core): the busy check matters."""
+        spec = self.configs[0].train.threads
+        if isinstance(spec, int):
+            return ThreadChoice(spec, "set")
+        if self.device.type != "cpu":
+            return ThreadChoice(torch.get_num_threads(), "accelerator")
+        limit = thread_rules.ceiling()
+        others = thread_rules.others_running() if limit > 1 else None
+        choice = thread_rules.before_timing(limit, others)
+        if choice is not None:
+            return choice
+        free = thread_rules.room(limit, others)
+
+        def step_at(count: int) -> float:
+            torch.set_num_threads(count)
+            t = time.perf_counter()
+            self._trial()
+            return time.perf_counter() - t
+
+        return thread_rules.choose(step_at, free, free_cores=free)
+
+    def _trial(self) -> None:
+        """One forward and backward on copies of the buffers, grads thrown away: a model vmap
+        cannot batch fails here, before anything is recorded or stepped."""
+        n = len(self.members)
+        bs = min(self.configs[0].data.batch_size, len(self.train_split))
+        x = self.train_split.inputs[:bs].expand(n, *self.train_split.inputs[:bs].shape)
+        y = self.train_split.targets[:bs].expand(n, *self.train_split.targets[:bs].shape)
+        buffers = {k: v.clone() for k, v in self.buffers.items()}
+        try:
+            losses, _ = vmap(self._loss_one)(self.params, buffers, x, y)
+            losses.sum().backward()
+        except Exception as exc:  # vmap's refusals are RuntimeErrors, ValueErrors and more
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StackUnsupported(f"torch.func.vmap cannot batch this model: {first[:300]}"
+                                   ) from exc
+        finally:
+            for p in self.params.values():
+                p.grad = None
+
+    # --- training ----------------------------------------------------------------------------
+
+    def _fit(self) -> None:
+        epochs = self.configs[0].train.epochs
+        for epoch in range(1, epochs + 1):
+            if interrupt.stop_requested():
+                raise KeyboardInterrupt
+            if not any(m.alive for m in self.members):
+                break
+            self.epoch = epoch
+            self._train_epoch(epoch)
+
+    def _train_epoch(self, epoch: int) -> None:
+        cfg = self.configs[0]
+        bs, n = cfg.data.batch_size, len(self.members)
+        log_every = cfg.train.log_every
+        n_train = len(self.train_split)
+        # Each run's own order: its seed's permutation, as its solo run draws it.
+        orders = torch.stack([epoch_permutation(n_train, m.config.train.seed, epoch)
+                              for m in self.members]).to(self.device)
+        inputs, targets = self.train_split.inputs, self.train_split.targets
+        step_fn = vmap(self._loss_one)
+        per_step = [m.schedule for m in self.members if m.schedule.per_step]
+        interval: list[tuple[Tensor, Tensor, Tensor]] = []
+        sums = torch.zeros(3, n, dtype=torch.float64)  # loss, metric, weight per model
+        lrs = [m.lr if m.alive else 0.0 for m in self.members]
+        stop = interrupt.FLAG
+        t_start = time.perf_counter()
+        paused = 0.0
+        for start in range(0, n_train, bs):
+            idx = orders[:, start:start + bs]
+            x, y = inputs[idx], targets[idx]
+            losses, out = step_fn(self.params, self.buffers, x, y)
+            losses.sum().backward()
+            self.optimizer.step(lrs)
+            for p in self.params.values():
+                p.grad = None
+            if per_step:
+                for s in per_step:
+                    s.after_step()
+                lrs = [m.lr if m.alive else 0.0 for m in self.members]
+            interval.append((losses.detach(), out.detach(), y))
+            self.step += 1
+            if self.step % log_every == 0:
+                t = time.perf_counter()
+                self._log(interval, sums, (t - t_start - paused) / len(interval))
+                lrs = [m.lr if m.alive else 0.0 for m in self.members]
+                interval = []
+                paused += time.perf_counter() - t
+            if stop[0]:
+                raise KeyboardInterrupt
+        if interval:
+            t = time.perf_counter()
+            self._log(interval, sums, None)
+            paused += time.perf_counter() - t
+        epoch_time = time.perf_counter() - t_start - paused
+        self.train_time += epoch_time
+        self._validate()
+        for m in self.members:
+            if m.alive:
+                m.schedule.after_epoch()
+        lrs = [m.lr if m.alive else 0.0 for m in self.members]
+        host = sums.tolist()
+        for i, m in enumerate(self.members):
+            if not m.alive:
+                continue
+            values = {f"train/{k}": v for k, v in self.task.finalize(
+                host[0][i], host[1][i], host[2][i]).items()}
+            values.update({"time/epoch_train": epoch_time, "time/train": self.train_time,
+                           "throughput/samples_per_s": n_train / epoch_time if epoch_time else 0.0,
+                           "throughput/stack_samples_per_s":
+                               n * n_train / epoch_time if epoch_time else 0.0})
+            self._record(m, self.step, values)
+        self.epoch_samples.append(n_train / epoch_time if epoch_time else 0.0)
+        self._flush()
+
+    def _log(self, interval: list[tuple[Tensor, Tensor, Tensor]], sums: Tensor,
+             step_time: float | None) -> None:
+        """Read the interval's per-model loss (and metric) in one host sync; mask out models
+        whose loss is no longer finite."""
+        losses = torch.stack([loss for loss, _, _ in interval])  # [steps, N]
+        weights = torch.tensor([float(y[0].numel()) for _, _, y in interval])
+        loss_sum = (losses.double() * weights.to(losses.device, torch.float64)[:, None]).sum(0)
+        if self.task.keeps_outputs:
+            correct = torch.stack([(out.argmax(-1) == y).sum(-1) for _, out, y in interval]
+                                  ).sum(0).double()
+        else:
+            correct = torch.zeros_like(loss_sum)
+        host = torch.stack([loss_sum, correct, weights.sum().double().expand_as(loss_sum)]
+                           ).cpu()  # the one sync of this log point
+        step_values = host[0] / host[2]
+        for i, m in enumerate(self.members):
+            if not m.alive:
+                continue
+            loss = float(step_values[i])
+            if not math.isfinite(loss):
+                self._diverge(i, f"train loss became {loss} by step {self.step} "
+                              f"(epoch {self.epoch}, lr {m.lr:.3g})")
+                continue
+            sums[:, i] += host[:, i]
+            values = {"train/step_loss": loss, "lr": m.lr}
+            if step_time is not None:
+                values["time/step"] = step_time
+            self._record(m, self.step, values)
+        self._flush()
+
+    def _diverge(self, index: int, why: str) -> None:
+        """Mask model ``index`` out: zero weights and state (finite, so its part of the stacked
+        step stays finite), and LR 0 from now on; the others go on."""
+        m = self.members[index]
+        m.status, m.error = "diverged", why
+        with torch.no_grad():
+            for p in self.params.values():
+                p[index].zero_()
+        self.optimizer.reset_model(index)
+
+    # --- evaluation --------------------------------------------------------------------------
+
+    def _evaluate(self, split: Split, params: dict[str, Tensor]) -> list[dict[str, float]]:
+        """Loss and metrics of every model over ``split``; one host sync."""
+        n = next(iter(params.values())).shape[0]
+        eval_bs = self.configs[0].data.eval_batch_size or max(self.configs[0].data.batch_size,
+                                                               256)
+        task = self.task
+        forward = vmap(self._forward_one, in_dims=(0, 0, None))
+        loss_sum = torch.zeros(n, device=self.device)
+        metric_sum = torch.zeros(n, device=self.device)
+        count = 0.0
+        predictions = []
+        self.base.eval()  # batch norm's running statistics, no dropout: as the solo run
+        with torch.no_grad():
+            for start in range(0, len(split), eval_bs):
+                x = split.inputs[start:start + eval_bs]
+                y = split.targets[start:start + eval_bs]
+                out = forward(params, self.buffers, x)  # [N, B, ...]
+                for i in range(n):
+                    batch_loss, batch_metric = task.sums(out[i], y)
+                    loss_sum[i] += batch_loss.float()
+                    metric_sum[i] += batch_metric.float()
+                count += float(task.weight(y))
+                if task.extra_metrics:
+                    predictions.append(out.argmax(-1))
+            classes = self.info.num_outputs if task.extra_metrics else 0
+            confusions = None
+            if classes:
+                found = torch.cat(predictions, 1) if predictions else None
+                confusions = torch.stack([
+                    confusion_matrix(split.targets, found[i], classes).flatten().float()
+                    for i in range(n)]) if found is not None else None
+            host_loss, host_metric = loss_sum.tolist(), metric_sum.tolist()
+            host_conf = confusions.tolist() if confusions is not None else None
+        self.base.train()
+        results = []
+        for i in range(n):
+            confusion = None
+            if host_conf is not None:
+                flat = host_conf[i]
+                confusion = [flat[r * classes:(r + 1) * classes] for r in range(classes)]
+            results.append(task.finalize(host_loss[i], host_metric[i], count, confusion))
+        return results
+
+    def _validate(self) -> None:
+        if len(self.valid_split) == 0:
+            return
+        t = time.perf_counter()
+        results = self._evaluate(self.valid_split, self.params)
+        seconds = time.perf_counter() - t
+        for i, (m, result) in enumerate(zip(self.members, results)):
+            if not m.alive:
+                continue
+            values = {f"valid/{k}": v for k, v in result.items()}
+            if not math.isfinite(values["valid/loss"]):
+                self._diverge(i, f"validation loss became {values['valid/loss']} at step "
+                              f"{self.step} (epoch {self.epoch})")
+                continue
+            values["time/eval"] = seconds
+            self._record(m, self.step, values)
+            m.schedule.after_eval(values["valid/loss"])
+            self._track_best(i, m, values)
+
+    def _track_best(self, index: int, m: _Member, values: dict[str, float]) -> None:
+        monitor = m.config.train.monitor if m.config.train.monitor in values else "valid/loss"
+        value = values[monitor]
+        best = m.best.get("best_value")
+        higher = monitor.rsplit("/", 1)[-1] in ("accuracy", "f1", "mcc")
+        sign = 1.0 if higher else -1.0
+        if best is None or sign * (value - best) > 0:
+            m.best.update(best_value=value, best_monitor=monitor, best_epoch=self.epoch,
+                          best_step=self.step, best_valid=dict(values))
+            m.best_state = {k: v[index].detach().clone() for k, v in
+                            {**self.params, **self.buffers}.items()}
+
+    def _test(self) -> None:
+        """Each run's best weights on the test split (as its solo run: best.pt, then test)."""
+        alive = [i for i, m in enumerate(self.members) if m.alive]
+        if not alive:
+            return
+        for i in alive:
+            m = self.members[i]
+            if m.best_state is None:  # no validation split: the last weights
+                m.best_state = {k: v[i].detach().clone() for k, v in
+                                {**self.params, **self.buffers}.items()}
+            if m.run_dir is not None:
+                save_atomic({"model": m.best_state, "epoch": m.best.get("best_epoch", self.epoch),
+                             "step": m.best.get("best_step", self.step)}, m.run_dir / "best.pt")
+        if len(self.test_split) == 0:
+            return
+        assert all(self.members[i].best_state is not None for i in alive)
+        keys = list(self.params)
+        best = {k: torch.stack([self.members[i].best_state[k]  # type: ignore[index]
+                                for i in alive]) for k in keys}
+        saved_buffers = self.buffers
+        self.buffers = {k: torch.stack([self.members[i].best_state[k]  # type: ignore[index]
+                                        for i in alive]) for k in saved_buffers}
+        try:
+            results = self._evaluate(self.test_split, best)
+        finally:
+            self.buffers = saved_buffers
+        for i, result in zip(alive, results):
+            m = self.members[i]
+            values = {f"test/{k}": v for k, v in result.items()}
+            m.best["test"] = values
+            self._record(m, self.step, values)
+
+    # --- records and summaries ---------------------------------------------------------------
+
+    def _record(self, m: _Member, step: int, values: dict[str, float],
+                epoch: int | None = None) -> None:
+        now = time.perf_counter() - self.t0
+        ep = self.epoch if epoch is None else epoch
+        m.records.extend(MetricRecord(m.run_id, k, step, ep, now, float(v))
+                         for k, v in values.items())
+
+    def _flush(self) -> None:
+        records = [r for m in self.members for r in m.records]
+        for m in self.members:
+            m.records = []
+        if records:
+            self.sink.write(records)
+
+    def _summary(self, m: _Member) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in m.best.items() if k not in ("best_valid",
+                                                                             "test")}
+        out.update({f"best_{k.replace('/', '_')}": v
+                    for k, v in m.best.get("best_valid", {}).items()})
+        out.update({k.replace("/", "_"): v for k, v in m.best.get("test", {}).items()})
+        out.update(epochs=self.epoch, steps=self.step, train_time=self.train_time,
+                   device=str(getattr(self, "device", "")), stacked=len(self.members),
+                   stack=list(self.run_ids),
+                   params_total=getattr(self, "total", None),
+                   params_trainable=getattr(self, "trainable", None))
+        if self.epoch_samples:
+            out["samples_per_s"] = sorted(self.epoch_samples)[len(self.epoch_samples) // 2]
+        if getattr(self, "threads", None) is not None:
+            out["speed"] = {"threads": self.threads.threads, "stacked": len(self.members),
+                            "threads_auto": self.threads.describe() if self.threads.auto
+                            else None}
+        out["notes"] = [STACK_NOTE.format(n=len(self.members))]
+        return out

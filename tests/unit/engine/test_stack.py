@@ -1,0 +1,133 @@
+"""Stacked training (train.stack): each stacked run equals the same run trained alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from trainlab.config.schema import RunConfig, resolve_run
+from trainlab.engine import train
+from trainlab.engine.checkpoint import load_verified
+from trainlab.engine.stack import StackUnsupported, _StackTrainer, train_stack
+from trainlab.engine.stack_optim import StackedOptimizer
+from trainlab.records import NullSink
+
+
+def _config(optimizer: dict[str, Any], seed: int, schedule: dict[str, Any] | None = None,
+            epochs: int = 10, **model: Any) -> RunConfig:
+    # 960 examples in batches of 32: 30 steps an epoch, 300 steps in 10 epochs.
+    return resolve_run({
+        "data": {"name": "digits", "batch_size": 32, "limit": 960},
+        "model": {"name": "mlp", "hidden_dim": 32, **model},
+        "optimizer": optimizer, "schedule": schedule or {"name": "constant"},
+        "train": {"epochs": epochs, "seed": seed, "threads": 1, "log_every": 25}})
+
+
+def _solo_weights(config: RunConfig, tmp: Path) -> tuple[dict[str, torch.Tensor], float]:
+    outcome = train(config, run_dir=tmp, sink=NullSink())
+    assert outcome.status == "ok", outcome.error
+    ckpt = load_verified(tmp / "last.pt")
+    assert ckpt is not None
+    return ckpt["model"], outcome.summary["best_valid_loss"]
+
+
+# Each case: one stack of two runs that differ in LR, weight decay (or momentum, betas),
+# schedule and seed; 300 steps.
+CASES = {
+    "sgd": [({"name": "sgd", "lr": 0.1}, {"name": "constant"}),
+            ({"name": "sgd", "lr": 0.05, "weight_decay": 1e-3}, {"name": "step", "step_size": 3})],
+    "momentum": [({"name": "momentum", "lr": 0.02, "weight_decay": 1e-4}, None),
+                 ({"name": "momentum", "lr": 0.01, "momentum": 0.8}, {"name": "cosine"})],
+    "adam": [({"name": "adam", "lr": 1e-3, "weight_decay": 1e-4}, {"name": "onecycle"}),
+             ({"name": "adam", "lr": 3e-3, "betas": [0.8, 0.99]}, None)],
+    "adamw": [({"name": "adamw", "lr": 2e-3, "weight_decay": 0.05}, None),
+              ({"name": "adamw", "lr": 1e-3}, {"name": "warmup-linear"})],
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_a_stacked_run_equals_its_solo_run(name: str, tmp_path: Path) -> None:
+    configs = [_config(opt, seed, sched) for seed, (opt, sched) in enumerate(CASES[name])]
+    trainer = _StackTrainer(configs, [c.run_id for c in configs], [None, None], NullSink())
+    outcomes = trainer.run()
+    assert [o.status for o in outcomes] == ["ok", "ok"], outcomes[0].error
+    for i, config in enumerate(configs):
+        solo, solo_valid = _solo_weights(config, tmp_path / str(i))
+        for key, value in solo.items():
+            # Float rounding only: the batched matmuls (and torch's fused Adam, which the solo
+            # run uses) round differently; 300 steps grow that to ~5e-7 here.
+            where = f"{name} run {i} {key}"
+            torch.testing.assert_close(trainer.params[key][i].detach(), value, rtol=1e-5,
+                                       atol=3e-6, msg=lambda m, w=where: f"{w}: {m}")
+        assert outcomes[i].summary["best_valid_loss"] == pytest.approx(solo_valid, rel=1e-5)
+        assert outcomes[i].summary["stacked"] == 2
+
+
+def test_stacked_optimizers_step_as_torch_optim_does() -> None:
+    """One model's slice of a stacked step equals torch.optim's single-tensor step, bit for
+    bit, with hyperparameters that differ between the models."""
+    from trainlab.components.optimizers import OPTIMIZERS
+
+    torch.manual_seed(0)
+    for name, specs in {
+        "sgd": [{"lr": 0.1, "weight_decay": 0.01}, {"lr": 0.3}],
+        "nesterov": [{"lr": 0.1, "momentum": 0.5}, {"lr": 0.2, "weight_decay": 0.1}],
+        "adam": [{"lr": 0.01, "weight_decay": 0.01}, {"lr": 0.02, "eps": 1e-6}],
+        "adamw": [{"lr": 0.01}, {"lr": 0.02, "weight_decay": 0.1, "betas": [0.5, 0.9]}],
+    }.items():
+        entry = OPTIMIZERS.get(name)
+        built = [entry.spec.model_validate({"name": name, "fused": False, **s}) for s in specs]
+        stacked = {"w": torch.randn(2, 5, 3, requires_grad=True)}
+        solo = [stacked["w"][i].detach().clone().requires_grad_(True) for i in range(2)]
+        optim = StackedOptimizer(built, stacked)
+        torch_optims = [entry.build(spec, [p]) for spec, p in zip(built, solo)]
+        for _ in range(3):
+            grad = torch.randn(2, 5, 3)
+            stacked["w"].grad = grad.clone()
+            optim.step([spec.lr for spec in built])
+            for i, (p, o) in enumerate(zip(solo, torch_optims)):
+                p.grad = grad[i].clone()
+                o.step()
+        for i in range(2):
+            assert torch.equal(stacked["w"][i].detach(), solo[i].detach()), name
+
+
+def test_a_diverging_run_is_masked_out_and_the_others_go_on(tmp_path: Path) -> None:
+    configs = [_config({"name": "sgd", "lr": 1e30}, 0, epochs=3),
+               _config({"name": "sgd", "lr": 0.1}, 1, epochs=3)]
+    sink = NullSink()
+    outcomes = train_stack(configs, [c.run_id for c in configs], [None, None], sink)
+    assert outcomes[0].status == "diverged" and "nan" in (outcomes[0].error or "")
+    assert outcomes[1].status == "ok"
+    _, solo_valid = _solo_weights(configs[1], tmp_path)
+    assert outcomes[1].summary["best_valid_loss"] == pytest.approx(solo_valid, rel=1e-5)
+    stacked = [r.value for r in sink.records if r.key == "perf/stacked"]
+    assert stacked == [2.0, 2.0]
+    assert not any(r.key.startswith("test/") for r in sink.records
+                   if r.run_id == configs[0].run_id)
+
+
+class _ReadsAValue(nn.Module):
+    """A model vmap cannot batch: its forward reads a value on the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = float(x.abs().max().item())
+        return self.linear(x.flatten(1)) / max(scale, 1.0)
+
+
+def test_a_model_vmap_cannot_batch_is_refused_before_any_record(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("trainlab.engine.stack.build_model", lambda spec, info: _ReadsAValue())
+    configs = [_config({"name": "sgd", "lr": 0.1}, seed, epochs=1) for seed in (0, 1)]
+    sink = NullSink()
+    with pytest.raises(StackUnsupported, match="vmap cannot batch"):
+        train_stack(configs, [c.run_id for c in configs], [None, None], sink)
+    assert sink.records == []
