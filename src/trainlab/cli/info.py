@@ -20,7 +20,8 @@ def examples(
              "(trainlab run DIR/NAME.yaml)."),
     as_json: bool = JsonOpt,
 ) -> None:
-    """List the built-in examples (all run offline), print one's YAML, or copy one to edit."""
+    """List the built-in examples (offline ones, and the five studies at their real size),
+    print one's YAML, or copy one to edit."""
     from trainlab.config import example_names, example_text
     from trainlab.config.load import example_files, parse_yaml
 
@@ -42,19 +43,38 @@ def examples(
         text = guard(lambda: example_text(name))
         sys.stdout.write(text)
         return
-    rows = []
+    from trainlab.examples import STUDIES
+
+    rows: list[dict[str, object]] = []
     for n in example_names():
         doc = parse_yaml(example_text(n), n)
-        rows.append({"name": n, "description": str(doc.get("description", "")).strip()})
+        row: dict[str, object] = {"name": n, "kind": "study" if n in STUDIES else "offline",
+                                  "description": str(doc.get("description", "")).strip()}
+        if n in STUDIES:
+            s = STUDIES[n]
+            row.update(study=s.study, needs=s.needs, gpu_hours=s.gpu_hours,
+                       commands=list(s.commands), offline=s.offline)
+        rows.append(row)
     if as_json:
         out.print_json(data=rows)
         return
-    table = Table(title="built-in examples: trainlab run --example NAME", title_justify="left")
+    table = Table(title="built-in examples, offline: trainlab run --example NAME",
+                  title_justify="left")
     table.add_column("name")
     table.add_column("description")
     for r in rows:  # escaped: "needs trainlab[hf]" is text, not rich markup
-        table.add_row(escape(r["name"]), escape(r["description"]))
+        if r["kind"] == "offline":
+            table.add_row(escape(str(r["name"])), escape(str(r["description"])))
     out.print(table)
+    studies = Table(title="the studies at their real size (hub data and models; network, GPU): "
+                    "trainlab examples NAME prints one", title_justify="left")
+    for column in ("name", "study", "needs", "GPU hours", "run with"):
+        studies.add_column(column)
+    for r in rows:
+        if r["kind"] == "study":
+            studies.add_row(*(escape(str(r[k])) for k in ("name", "study", "needs", "gpu_hours")),
+                            escape("\n".join(r["commands"])))  # type: ignore[arg-type]
+    out.print(studies)
 
 
 @app.command()
