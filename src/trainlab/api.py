@@ -50,12 +50,23 @@ def run(config: str | os.PathLike[str] | dict[str, Any] | SweepConfig | None = N
     ``log`` are the CLI's ``--jobs``, ``--executor``, ``--ray-address``, ``--cpus-per-run``,
     ``--gpus-per-run``, ``--nproc`` and ``--log``.  With ``estimate`` each run to train is
     first predicted (see :mod:`trainlab.estimate`) and the prediction is stored with it, as
-    ``trainlab run`` does.
+    ``trainlab run`` does.  A sweep with ``search:`` trains its trials (Optuna) and returns a
+    :class:`trainlab.search.driver.SearchResult` (its studies, trials and exit code).
     """
     if nproc is not None:
         overrides = [*(overrides or []), f"train.nproc={nproc}"]
     sweep = load(config or {}, overrides=overrides, example=example)
     st = store if isinstance(store, Store) else open_store(store)
+    if sweep.search is not None:  # trials proposed as it goes (returns a SearchResult)
+        from trainlab.search.driver import search
+
+        try:
+            return search(sweep, st, executor=executor, jobs=jobs,  # type: ignore[return-value]
+                          address=ray_address, cpus_per_run=cpus_per_run,
+                          gpus_per_run=gpus_per_run)
+        finally:
+            if st is not store:
+                st.close()
     estimates: dict[str, Any] = {}
 
     def predict(the_plan: Plan) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -18,7 +20,7 @@ from trainlab.components.optimizers import is_auto, resolved_lr, with_lr
 from trainlab.components.python import PythonModelSpec, check_output
 from trainlab.components.schedules import ScheduleContext
 from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_keys
-from trainlab.config.schema import RunConfig, TrainSpec
+from trainlab.config.schema import SECTIONS, RunConfig, TrainSpec
 from trainlab.devices import device_available, nproc_limit, usable_cpus
 from trainlab.errors import ConfigError, combine
 from trainlab.records import DONE
@@ -36,6 +38,10 @@ class PlannedRun:
     status: str  # the status in the store, or "new"
     action: Action
     varied: dict[str, Any]
+    # Engine callbacks that travel with the run to whichever process trains it (pickled to a
+    # pool worker or a Ray task): a search trial's pruner.  A callback may set
+    # ``final_status`` (and ``final_summary``) to end an ``ok`` run with another status.
+    callbacks: tuple[Any, ...] = ()
 
     @property
     def run_id(self) -> str:
@@ -94,6 +100,11 @@ def make_plan(sweep: SweepConfig, store: Store | None, *, check: bool = True,
     return Plan(sweep, planned, keys)
 
 
+def action_for(info: dict[str, Any] | None) -> Action:
+    """What to do with a run whose store record (status, host, pid) is ``info`` (None: new)."""
+    return _action(info)
+
+
 def _action(info: dict[str, Any] | None) -> Action:
     if info is None or info["status"] == "pending":
         return "train"
@@ -116,6 +127,32 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
     (a finished sweep) imports no torch."""
     if not runs:
         return
+    with _no_dynamo_import():
+        _check_runs(sweep, runs, devices)
+
+
+@contextmanager
+def _no_dynamo_import() -> Iterator[None]:
+    """Build optimizers without importing ``torch._dynamo`` (1-5 s): torch's
+    ``Optimizer.add_param_group`` imports it on its first call, only to mark itself as not
+    to be compiled.  The checks compile nothing, so for their duration the mark is the
+    function itself; afterwards torch does as it would have (a run that trains imports it)."""
+    import sys
+
+    import torch
+
+    fn = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
+    if fn is None or "torch._dynamo" in sys.modules or hasattr(fn, "__dynamo_disable"):
+        yield
+        return
+    fn.__dynamo_disable = fn
+    try:
+        yield
+    finally:
+        del fn.__dynamo_disable
+
+
+def _check_runs(sweep: SweepConfig, runs: list[ExpandedRun], devices: bool) -> None:
     import torch
 
     from trainlab.engine.tasks import TASKS, training_loss
@@ -124,11 +161,13 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
     # What a run's checks found, by its config without the seed (a seed cannot make a run
     # fail to build): a grid's seeds, and any duplicates, are checked once.  10,000 runs of 10
     # seeds: 14 s of meta builds become 1.4 s.
-    checked: dict[str, list[ConfigError]] = {}
+    checked: dict[tuple[Any, ...], list[ConfigError]] = {}
+    train_keys: dict[int, str] = {}  # the runs (and so their sections) live until the end
+    groups_of: dict[tuple[Any, ...], list[dict[str, Any]] | Exception] = {}
     for run in runs:
         cfg = run.config
         detail = ", ".join(f"{k}={v}" for k, v in run.overrides.items())
-        key = _build_key(cfg)
+        key = _build_key(cfg, train_keys)
         if key in checked:
             found.extend((exc, run.index, detail) for exc in checked[key])
             continue
@@ -140,7 +179,8 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
                 field="train.device"), run.index, detail))
             continue
         try:
-            data = load_dataset(cfg.data, cfg.model)
+            data = load_dataset(cfg.data, cfg.model,
+                                steps_per_epoch=cfg.train.steps_per_epoch)
             task = TASKS[data.info.task]
             if cfg.train.nproc > 1:
                 check_nproc(cfg.train.nproc, cfg.train.device, len(data.train),
@@ -158,23 +198,23 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
                 raise ConfigError("`lr_find.loss`: valid needs a validation split and this "
                                   "data has none; use train", field="lr_find.loss")
             training_loss(cfg, task)  # a train.loss target that does not load fails here
+            # lr: auto is chosen at run time; any LR checks that the optimizer builds.
+            opt_spec = with_lr(cfg.optimizer, 1.0) if is_auto(cfg.optimizer) else cfg.optimizer
+            lr = resolved_lr(opt_spec)
+            # One meta model per distinct data, model, fine-tuning and LR (what its parameter
+            # groups depend on): the runs of a grid over optimizers share it.
+            model_key = (id(cfg.data), id(cfg.model), id(cfg.finetune), cfg.root, lr)
+            if model_key not in groups_of:
+                try:
+                    groups_of[model_key] = _meta_groups(cfg, data.info, lr)
+                except Exception as exc:  # raised again for every run that shares it
+                    groups_of[model_key] = exc
+            built = groups_of[model_key]
+            if isinstance(built, Exception):
+                raise built
             with torch.device("meta"):
-                model = build_model(cfg.model, data.info)
-                if isinstance(cfg.model, PythonModelSpec):
-                    _check_meta_output(model, data.info, cfg.model.target)
-                # lr: auto is chosen at run time; any LR checks that the optimizer builds.
-                opt_spec = with_lr(cfg.optimizer, 1.0) if is_auto(
-                    cfg.optimizer) else cfg.optimizer
-                lr = resolved_lr(opt_spec)
-                # Transformers are built from their config alone here (no weights are read)
-                # and the fine-tuning strategy is applied to that meta model: unknown LoRA
-                # targets or adapters on an unrecognised model fail now, before anything trains.
-                groups = build_finetune(cfg.finetune, model, lr).param_groups
-                if not any(p.requires_grad for g in groups for p in g["params"]):
-                    raise ConfigError("nothing to train: the model has no trainable parameters "
-                                      f"under finetune.name={cfg.finetune.name!r}",
-                                      field="finetune.name")
-                optimizer = build_optimizer(opt_spec, groups)
+                # Fresh group dicts: the optimizer writes its defaults into them.
+                optimizer = build_optimizer(opt_spec, [dict(g) for g in built])
                 steps = -(-len(data.train) // cfg.data.batch_size)
                 build_schedule(cfg.schedule, optimizer, ScheduleContext(cfg.train.epochs, steps))
             check_profile(cfg.train, steps)
@@ -194,10 +234,36 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
         raise combine(found, f"in sweep {sweep.name}")
 
 
-def _build_key(config: RunConfig) -> str:
-    tree = config.to_dict()
-    tree["train"] = {k: v for k, v in tree["train"].items() if k != "seed"}
-    return json.dumps(tree, sort_keys=True, default=str)
+def _meta_groups(cfg: RunConfig, info: DataInfo, lr: float) -> list[dict[str, Any]]:
+    """The run's parameter groups on a meta model (no memory, no time).  Transformers are
+    built from their config alone (no weights are read) and the fine-tuning strategy is
+    applied to that meta model: unknown LoRA targets or adapters on an unrecognised model
+    fail now, before anything trains."""
+    import torch
+
+    with torch.device("meta"):
+        model = build_model(cfg.model, info)
+        if isinstance(cfg.model, PythonModelSpec):
+            _check_meta_output(model, info, cfg.model.target)
+        groups = build_finetune(cfg.finetune, model, lr).param_groups
+    if not any(p.requires_grad for g in groups for p in g["params"]):
+        raise ConfigError("nothing to train: the model has no trainable parameters "
+                          f"under finetune.name={cfg.finetune.name!r}", field="finetune.name")
+    return list(groups)
+
+
+def _build_key(config: RunConfig, train_keys: dict[int, str]) -> tuple[Any, ...]:
+    """What decides whether a run builds: its sections but the seed.  Sections are frozen and
+    an expansion's runs share each distinct one (``expand``'s cache), so they count by object
+    (equal ones that are distinct objects are checked twice, which costs time, not results);
+    the train section, distinct per seed, by its content without the seed."""
+    train = train_keys.get(id(config.train))
+    if train is None:
+        train = json.dumps(config.train.model_dump(mode="json", exclude={"seed"}),
+                           sort_keys=True, default=str)
+        train_keys[id(config.train)] = train
+    return (*(id(getattr(config, s)) for s in SECTIONS if s != "train"), id(config.lr_find),
+            config.root, train)
 
 
 def check_nproc(nproc: int, device: str, n_train: int, batch_size: int, devices: bool) -> None:

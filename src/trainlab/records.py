@@ -9,13 +9,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-Status = Literal["pending", "running", "ok", "failed", "diverged", "interrupted", "oom"]
+Status = Literal["pending", "running", "ok", "failed", "diverged", "interrupted", "oom",
+                 "pruned"]
 # An outcome (never a stored status): another live process holds the run, so it was skipped.
 BUSY = "busy"
-# Finished for good: a rerun skips these (failed, oom and interrupted runs are retried).
-DONE: tuple[Status, ...] = ("ok", "diverged")
+# Finished for good: a rerun skips these (failed, oom and interrupted runs are retried).  A
+# ``pruned`` run is a search trial its pruner stopped early: resuming it would undo the pruning.
+DONE: tuple[Status, ...] = ("ok", "diverged", "pruned")
 STATUSES: tuple[Status, ...] = ("pending", "running", "ok", "failed", "diverged", "interrupted",
-                                "oom")
+                                "oom", "pruned")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,11 @@ class RecordSink(Protocol):
         before stay; -1 drops all of them; other runs are untouched): what a resume from a
         checkpoint taken at that step will record again.  Committed on return, like
         :meth:`write`."""
+
+    # Optional: ``recorded_through(run_id, epoch, step) -> bool | None``: whether the sink
+    # still holds the run's records that a checkpoint at (epoch, step) saw written (step-0
+    # rows and rows in every epoch 1..epoch); None or no such method: it cannot tell.  The
+    # engine restarts a run whose checkpoint is ahead of its records (looked up with getattr).
 
 
 class NullSink:

@@ -64,7 +64,7 @@ def _wait(predicate: Any, timeout: float = 20.0) -> bool:
 
 @pytest.mark.parametrize("page, heading", [
     ("", "trainlab"),
-    ("tutorials/examples/", "Studies"),
+    ("tutorials/wikitext-lm/", "WikiText-2"),
     ("reference/config/", "Config"),
 ])
 def test_a_page_renders_with_no_console_errors(browser: Any, site: str, page: str,

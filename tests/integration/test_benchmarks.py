@@ -147,3 +147,29 @@ def test_threads_benchmark_runs_each_setting_and_writes_its_section(tmp_path: Pa
     write_section(out, SECTION, text)  # replaced, not appended again
     assert out.read_text().count("## train.threads: auto") == 1
     assert kept_sections(out).startswith(f"<!-- {SECTION}:start -->")
+
+
+def test_process_benchmark_plain_script_trains_trainlabs_data_and_split() -> None:
+    """--mode process: the plain script's data are the engine's (same split, same shapes),
+    an epoch of it trains, and the table states both ratios with their ranges."""
+    import torch
+    from benchmarks.overhead import DIGITS_RUN, plain_class, process_markdown
+
+    from trainlab.components import load_dataset
+    from trainlab.config.schema import resolve_run
+
+    config = resolve_run(DIGITS_RUN)
+    data = load_dataset(config.data, config.model)
+    plain = plain_class()(torch.Generator().manual_seed(0))
+    for (x, y), split in zip((plain.train, plain.valid, plain.test),
+                             (data.train, data.valid, data.test)):
+        assert torch.allclose(x, split.inputs) and torch.equal(y, split.targets)
+    loss, accuracy = plain.epoch()
+    assert loss > 0 and 0 <= accuracy <= 1 and plain.best_state is not None
+    ratio = {"plain_vs_trainlab": 1.0, "range": [0.9, 1.1]}
+    text = process_markdown({
+        "per_epoch": {**ratio, "epoch_ms": {"trainlab": 30.0, "plain": 30.0},
+                      "threads": {"trainlab": [1], "plain": 1}},
+        "whole_process": {**ratio, "seconds": {"trainlab": 5.0, "plain": 5.0}},
+        "load_before": [1.0], "load_after": [1.0], "cores": 2}, 5)
+    assert "| per epoch" in text and "1.000 [0.900-1.100]" in text

@@ -62,7 +62,8 @@ def test_dependencies_and_extras() -> None:
     package_data = _pyproject()["tool"]["setuptools"]["package-data"]["trainlab"]
     assert {"data/digits.csv.gz", "data/LICENSE-digits.txt"} <= set(package_data)
     ci = (ROOT / ".ci" / "run").read_text()
-    assert '".[dev,browser,hf,examples,scale,docs]"' in ci
+    assert '".[dev,browser,hf,examples,scale,docs,search]"' in ci
+    assert any(d.startswith("optuna") for d in extras["search"])  # CI tests the search
 
 
 # --- the offline example packages name their extra --------------------------------------------

@@ -25,6 +25,7 @@ import pandas as pd
 
 from trainlab.analysis.fmt import format_number, mib
 from trainlab.analysis.frames import Metric, SweepFrames, aggregate, curves
+from trainlab.analysis.pareto import cost_noise, noise_text, noisy_front, pareto_front, value_noise
 from trainlab.analysis.tables import sort_frame
 
 RELATIVE_TOLERANCE = 0.10  # lower-is-better metrics: within 10 % of the best
@@ -291,20 +292,6 @@ def generalization(frames: SweepFrames, configs: pd.DataFrame) -> Answer:
     return Answer("generalization", question, text, columns, evidence, [win["run"]])
 
 
-def pareto_front(costs: Sequence[float], values: Sequence[float],
-                 higher_is_better: bool) -> list[int]:
-    """Indices of the points no other point beats on both cost (lower) and value."""
-    sign = -1.0 if higher_is_better else 1.0
-    pts = [(c, sign * v, i) for i, (c, v) in enumerate(zip(costs, values))
-           if math.isfinite(c) and math.isfinite(v)]
-    front = []
-    for c, v, i in pts:
-        dominated = any((c2 <= c and v2 <= v) and (c2 < c or v2 < v) for c2, v2, _ in pts)
-        if not dominated:
-            front.append(i)
-    return sorted(front, key=lambda i: costs[i])
-
-
 def pareto(frames: SweepFrames, configs: pd.DataFrame, cost: str) -> Answer:
     m = frames.metric
     a = m.abbrev
@@ -322,12 +309,17 @@ def pareto(frames: SweepFrames, configs: pd.DataFrame, cost: str) -> Answer:
     ok = ok.reset_index(drop=True)
     costs = [float(c) if cost == "train_time" else mib(float(c)) for c in ok[cost]]
     values = [float(v) for v in ok[f"valid_{m.name}"]]
-    front = pareto_front(costs, values, m.higher_is_better)
+    # Differences within the measurement's noise are ties, not a front (analysis/pareto.py).
+    fronted = noisy_front(costs, values, m.higher_is_better, cost_noise(frames, ok, cost),
+                          value_noise(ok, m.name))
+    front, ties = fronted.front, fronted.ties
     evidence = [{"run": frames.run_numbers(r), "config": frames.describe(r),
                  f"{what} ({unit})": costs[i], f"best valid {a}": values[i],
-                 "on front": i in front} for i, r in ok.iterrows()]
+                 "on front": i in front,
+                 "tie with": frames.run_numbers(ok.iloc[ties[i]]) if i in ties else None}
+                for i, r in ok.iterrows()]
     evidence.sort(key=lambda e: (not e["on front"], e[f"{what} ({unit})"]))
-    columns = ["run", "config", f"{what} ({unit})", f"best valid {a}", "on front"]
+    columns = ["run", "config", f"{what} ({unit})", f"best valid {a}", "on front", "tie with"]
     if not front:
         return Answer(key, question, f"No finished run recorded its {what}.", columns, evidence)
     steps = "; ".join(f"run {frames.run_numbers(ok.iloc[i])} ({frames.describe(ok.iloc[i])}): "
@@ -335,6 +327,12 @@ def pareto(frames: SweepFrames, configs: pd.DataFrame, cost: str) -> Answer:
     text = (f"{len(front)} of {len(ok)} configurations are on the front (none of the others is "
             f"both cheaper in {what} and better in validation {a}), from cheapest to best: "
             f"{steps}.")
+    if ties:
+        tied = "; ".join(f"run {frames.run_numbers(ok.iloc[i])} with run "
+                         f"{frames.run_numbers(ok.iloc[f])}" for i, f in ties.items())
+        text += (f" Ties (marked tie in the figure, left off the front): {tied}; "
+                 + noise_text(cost)
+                 + ", and validation differences within the spread over seeds.")
     if cost != "train_time":
         text += " " + _memory_caveat(frames, cost)
     if left_out:

@@ -169,6 +169,15 @@ def build_frames(name: str, varied: list[str], runs: pd.DataFrame, long: pd.Data
     ordered = [m for m in every if m == chosen.name or f"train/{m}" in epochs.columns]
     rows = _run_rows(runs, epochs, varied, every)
     # A run still training has no summary yet: its parameter counts are recorded at epoch 0.
+    # The run's wall time from the end of its set-up (its step-0 records: data loaded, model
+    # built, peak measured) to its last record: every epoch's training and validation, the
+    # checkpoints and the test pass, what the estimate's run_s predicts.
+    empty = pd.Series(dtype=float)
+    last = long.groupby("run_id")["time"].max() if not long.empty else empty
+    start = (long[long["epoch"] == 0].groupby("run_id")["time"].min() if not long.empty
+             else empty)
+    rows["total_time"] = [_num(last.get(r, math.nan)) - _num(start.get(r, 0.0))
+                          for r in rows["run_id"]]
     for col, key in (("params_total", "params/total"), ("params_trainable", "params/trainable")):
         counts = long[long["key"] == key].groupby("run_id")["value"].last()
         rows[col] = [v if is_finite(v) else _num(counts.get(r, math.nan))
@@ -305,6 +314,8 @@ def speed_text(speed: Any) -> str | None:
         on.insert(0, str(speed["precision"]))
     if speed.get("foreach") and not speed.get("fused"):
         on.append("foreach")
+    if speed.get("stacked"):  # train.stack: its times are the stack's (engine/stack.py)
+        on.append(f"stacked x{speed['stacked']}")
     return " ".join(on) or "none"
 
 

@@ -274,8 +274,10 @@ def _curve_caption(frames: SweepFrames, layout: FigureLayout, info: dict[str, An
 
 
 def pareto_figure(frames: SweepFrames, points: Sequence[dict[str, Any]], x: str, xlabel: str,
-                  front: Sequence[int], name: str, caption: str) -> Figure:
-    """Best validation metric against a cost; the Pareto front joined by a step line."""
+                  front: Sequence[int], name: str, caption: str,
+                  ties: Sequence[int] = ()) -> Figure:
+    """Best validation metric against a cost; the Pareto front joined by a step line; the
+    points within the noise of a front point (``ties``) drawn apart, in orange."""
     import matplotlib.pyplot as plt
 
     use_agg()
@@ -284,12 +286,15 @@ def pareto_figure(frames: SweepFrames, points: Sequence[dict[str, Any]], x: str,
     fig.subplots_adjust(left=0.13, right=0.97, top=0.9, bottom=0.13)
     xs = [p[x] for p in points]
     ys = [p["value"] for p in points]
-    on = set(front)
-    ax.scatter([v for i, v in enumerate(xs) if i not in on],
-               [v for i, v in enumerate(ys) if i not in on], color="0.55", s=22,
+    on, tied = set(front), set(ties)
+    ax.scatter([v for i, v in enumerate(xs) if i not in on | tied],
+               [v for i, v in enumerate(ys) if i not in on | tied], color="0.55", s=22,
                label="dominated")
     ax.scatter([xs[i] for i in front], [ys[i] for i in front], color="C3", s=30,
                label="Pareto front", zorder=3)
+    if tied:  # after the front: collections[1] stays the front
+        ax.scatter([xs[i] for i in ties], [ys[i] for i in ties], color="C1", s=26,
+                   marker="D", label="tie (within noise)", zorder=3)
     ordered = sorted(front, key=lambda i: xs[i])
     ax.plot([xs[i] for i in ordered], [ys[i] for i in ordered], color="C3", linewidth=1,
             drawstyle="steps-post")

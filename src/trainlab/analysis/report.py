@@ -18,13 +18,14 @@ from typing import Any
 
 import pandas as pd
 
-from trainlab.analysis.answers import answer_all, config_frame, memory_cost, pareto_front
+from trainlab.analysis.answers import answer_all, config_frame, memory_cost
 from trainlab.analysis.files import atomic_write_bytes, atomic_write_text
 from trainlab.analysis.fmt import format_evidence, mib
 from trainlab.analysis.frames import SweepFrames, load_sweep
 from trainlab.analysis.html import render_html
 from trainlab.analysis.layout import default_layout, explicit_layout
 from trainlab.analysis.markdown import evidence_markdown, render_markdown
+from trainlab.analysis.pareto import cost_noise, noise_text, noisy_front, value_noise
 from trainlab.analysis.plots import Figure, XAxis, curve_figures, pareto_figure
 from trainlab.analysis.profiles import (
     operator_table,
@@ -33,6 +34,7 @@ from trainlab.analysis.profiles import (
     trace_links,
 )
 from trainlab.analysis.render import to_csv, to_html, to_latex, to_markdown
+from trainlab.analysis.search import search_figures, search_layout, search_view, trials_table
 from trainlab.analysis.sections import (
     ANSWERS,
     LR_RANGE_SUGGESTIONS,
@@ -44,6 +46,7 @@ from trainlab.analysis.sections import (
     number_sections,
     table_section,
 )
+from trainlab.analysis.splits import splits_sentence, splits_table
 from trainlab.analysis.tables import (
     DISTURBED_SYMBOL,
     estimate_table,
@@ -58,9 +61,14 @@ def build_report(store: Any, options: ReportOptions) -> Report:
     _check_options(options)
     frames = load_sweep(store, options.sweep, options.metric)
     summary = summary_table(frames, sort=options.sort, group=options.group)
+    splits = splits_sentence(frames)  # which split is valid, which is test (GLUE swaps)
+    if splits:
+        summary.caption += " " + splits
     order = [r["group"] for r in summary.rows]  # the other tables list rows in this order
     if options.facet is not None or options.panel or options.hue:
         layouts = explicit_layout(frames, options.facet, options.panel, options.hue)
+    elif (trial_layout := search_layout(frames)) is not None:  # not a figure per trial
+        layouts = explicit_layout(frames, *trial_layout)
     else:
         layouts = default_layout(frames)
     answers = answer_all(frames, target=options.target, overfit_epochs=options.overfit_epochs)
@@ -83,11 +91,19 @@ def build_report(store: Any, options: ReportOptions) -> Report:
             phases = phase_figure(profiled) if profiled else None
             if phases is not None:
                 figures.append(phases)
+            # A search (search: in the sweep file): its trials, progress and chosen config.
+            view = search_view(frames, store)
+            searched = search_figures(view) if view is not None else []
+            figures += searched
         # The report, section by section, in reading order: the Markdown and the HTML
         # renderers both walk this list (headings, table and figure numbers, the page's
         # contents).  A new table: a function in tables.py and one table_section line here.
         sections = number_sections([
             table_section(summary),
+            table_section(splits_table(frames)),  # None: no run recorded its splits
+            table_section(trials_table(view)) if view is not None else None,
+            Section("search", "Search", "figures", figures=tuple(searched))
+            if searched else None,
             ANSWERS,
             *figure_sections(frames, figures),
             LR_RANGE_SUGGESTIONS if ranges else None,
@@ -176,19 +192,32 @@ def _pareto_figures(frames: SweepFrames) -> list[Figure]:
         untrusted = (set(disturbed[disturbed].index) if cost == "train_time"
                      and len(disturbed) == len(points) else set())
         ranked = [i for i in range(len(points)) if i not in untrusted]
-        front = [ranked[j] for j in pareto_front([points[i][cost] for i in ranked],
-                                                 [points[i]["value"] for i in ranked],
-                                                 m.higher_is_better)]
+        # Differences within the measurement's noise are ties (analysis/pareto.py), as in the
+        # Pareto answer: one front point, the others drawn and marked "tie".
+        noise = cost_noise(frames, ok.iloc[ranked], cost)
+        spread = value_noise(ok.iloc[ranked], m.name)
+        fronted = noisy_front([points[i][cost] for i in ranked],
+                              [points[i]["value"] for i in ranked], m.higher_is_better,
+                              noise, spread)
+        front = [ranked[j] for j in fronted.front]
+        ties = [ranked[j] for j in fronted.ties]
         for i in untrusted:
             points[i]["label"] = f"{points[i]['label']} {DISTURBED_SYMBOL}"
+        for i in ties:
+            points[i]["label"] = f"{points[i]['label']} tie"
         caption = (f"Best validation {m.abbrev} of each configuration against its {label}; "
                    "labels are run numbers. Red points form the Pareto front: no other "
-                   f"configuration is both cheaper and better. Finished runs only"
+                   "configuration is both cheaper and better by more than the measurement's "
+                   f"noise ({noise_text(cost)}; "
+                   "validation: the spread over seeds). Finished runs only"
                    + ("; seeds averaged." if frames.seeded else "."))
+        if ties:
+            caption += (" Orange points marked tie are within the noise of a front point: "
+                        "their lead was within the noise, so the front keeps one of them.")
         if untrusted:
             caption += (f" {DISTURBED_SYMBOL}: timing disturbed by other work on the machine "
                         "(perf/disturbed); drawn, not ranked.")
-        out.append(pareto_figure(frames, points, cost, label, front, key, caption))
+        out.append(pareto_figure(frames, points, cost, label, front, key, caption, ties))
     return out
 
 

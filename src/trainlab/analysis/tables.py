@@ -41,7 +41,7 @@ TIE_SYMBOL = "≈"
 DISTURBED_SYMBOL = "†"
 TIMED_KEYS = frozenset({"time_to_best", "train_time", "wall_time", "samples_per_s",
                         "tokens_per_s", "epoch_time", "eval_time", "time_error_pct",
-                        "data_wait_pct"})
+                        "data_wait_pct", "total_time", "run_error_pct"})
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ class Table:
             return format_indices(values["indices"])
         if value == UNRELIABLE_TEXT:  # an MFU against a peak measured low: no number
             return UNRELIABLE_TEXT
-        if col.key == "time_error_pct" and values.get("time_error_withheld"):
+        if col.key in ("time_error_pct", "run_error_pct") and values.get("time_error_withheld"):
             return DISTURBED_SYMBOL  # a disturbed prediction or measurement: no error
         text = format_cell(value, col.kind)
         std = values.get(f"{col.key}_std")
@@ -82,7 +82,8 @@ class Table:
                 and is_finite(std):
             text = f"{text} ± {format_cell(std, col.kind)}"
         if text != "-" and ((col.key in TIMED_KEYS and self.disturbed(row)) or (
-                col.key == "predicted_epoch_time" and values.get("estimate_disturbed"))):
+                col.key in ("predicted_epoch_time", "predicted_run_time")
+                and values.get("estimate_disturbed"))):
             text = f"{text} {DISTURBED_SYMBOL}"
         return text
 
@@ -255,7 +256,7 @@ def summary_table(frames: SweepFrames, *, sort: str | None = None,
     for name in shown:
         other = METRICS[name]
         cols += [Column(f"{split}_{name}", f"{split} {other.abbrev}", "metric")
-                 for split in ("valid", "test")
+                 for split in ("train", "valid", "test")  # train loss beside train accuracy
                  if f"{split}_{name}" in frames.runs.columns
                  and frames.runs[f"{split}_{name}"].notna().any()]
     cols += [
@@ -348,12 +349,19 @@ def estimate_table(frames: SweepFrames, order: Sequence[str] | None = None) -> T
                "t/ep: training seconds per epoch predicted, and measured (median)"),
         Column("epoch_time", "t/ep meas.", "seconds"),
         Column("time_error_pct", "err (%) ", "signed"),
+        Column("predicted_run_time", "T pred.", "seconds",
+               "T: the whole run's seconds predicted (every epoch's training and validation, "
+               "and the test pass), and measured (wall clock from the end of the run's set-up "
+               "to its last record: the same, with checkpoints; loading the data and building "
+               "the model before it are not predicted, so not counted)"),
+        Column("total_time", "T meas.", "seconds"),
+        Column("run_error_pct", "err (%)  ", "signed"),
     ]
     methods = sorted({str(m) for m in runs["estimate_method"].dropna()})
     lead = (f"Predicted against measured, per run (prediction method: {', '.join(methods)}; "
             f"see trainlab estimate). Whole sweep: predicted "
-            f"{_total(runs['predicted_run_time'])} s, measured {_total(runs['wall_time'])} s "
-            "(training and evaluation).")
+            f"{_total(runs['predicted_run_time'])} s, measured "
+            f"{_total(runs.get('total_time', runs['wall_time']))} s (training and evaluation).")
     table = _build(frames, "estimates", "Predicted and measured", cols,
                    sort=None, group=None, lead=lead, order=order)
     _withhold_disturbed_time_errors(frames, table)
@@ -409,6 +417,7 @@ def _withhold_disturbed_time_errors(frames: SweepFrames, table: Table) -> None:
         r["estimate_disturbed"] = bool(from_probe & ids)
         if flagged & ids:
             r.update(time_error_pct=math.nan, time_error_pct_std=math.nan,
+                     run_error_pct=math.nan, run_error_pct_std=math.nan,
                      time_error_withheld=True)
             withheld.append(frames.run_numbers(r))
     if withheld:
@@ -432,6 +441,9 @@ def _build(frames: SweepFrames, name: str, title: str, cols: list[Column], *,
     runs["mfu_pct"] = runs["mfu"] * 100
     runs["data_wait_pct"] = runs["data_wait_frac"] * 100
     runs["time_error_pct"] = 100 * (runs["predicted_epoch_time"] / runs["epoch_time"] - 1)
+    if "total_time" not in runs.columns:  # frames made before the column existed
+        runs["total_time"] = math.nan
+    runs["run_error_pct"] = 100 * (runs["predicted_run_time"] / runs["total_time"] - 1)
     numeric = [c.key for c in cols if c.kind not in ("text", "run")]
     seeded = frames.seeded
     frame = (aggregate(runs, [*frames.keys, *extra_text], [*numeric, "disturbed_epochs"])

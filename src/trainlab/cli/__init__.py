@@ -13,7 +13,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import sys
+from typing import NoReturn
 
 from typer.models import CommandInfo
 
@@ -26,7 +28,7 @@ from trainlab.cli import (  # noqa: F401  (each registers its commands on import
     run,
     store,
 )
-from trainlab.cli.common import app, err
+from trainlab.cli.common import OPENED_STORES, app, err, escape
 
 # `trainlab --help` lists the commands in the order of a session: run, look, explain.
 _ORDER = ("run", "estimate", "plan", "ls", "show", "examples", "components", "lr-find", "report",
@@ -52,6 +54,18 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _damaged(exc: sqlite3.DatabaseError) -> NoReturn:
+    """A database that opened but proves damaged when a query reads a bad page: the
+    recovery message and exit 2, as for one damaged at open; anything else is raised."""
+    from trainlab.store.sqlite import damage_error, damaged_message, store_path
+
+    if not damage_error(exc):
+        raise exc
+    db = OPENED_STORES[-1] if OPENED_STORES else store_path() / "trainlab.db"
+    err.print(f"[bold red]error:[/] {escape(damaged_message(db, str(exc)))}", highlight=False)
+    sys.exit(2)
+
+
 def main() -> None:
     """Console entry point.
 
@@ -73,8 +87,17 @@ def main() -> None:
         signal.signal(signal.SIGINT, _exit_now)
         err.print(f"[yellow]interrupted ({signal_name()})[/]")
         sys.exit(exit_code())
+    except sqlite3.DatabaseError as exc:
+        _damaged(exc)
     finally:
         signal.signal(signal.SIGINT, _exit_now)
+        # What is left (a 10,000-run plan's configs, torch's modules) is not collected object
+        # by object at interpreter exit, which took seconds after the command had ended (and
+        # after a Ctrl-C): the process's memory goes back to the system at once anyway.
+        import gc
+
+        gc.disable()
+        gc.freeze()
 
 
 __all__ = ["app", "main"]

@@ -69,6 +69,11 @@ def guard(fn: Callable[[], T]) -> T:
         fail(escape(str(exc)))
 
 
+# The databases this command opened: a page found damaged only when a query reads it (the
+# open checks the header) is reported against them by the entry point.
+OPENED_STORES: list[Path] = []
+
+
 def command_store(ctx: typer.Context, path: Path | None, *, create: bool = True) -> Store:
     """The command's store (bad input: exit 2), closed when the command ends, however it ends
     (an explicit close: its SQLite connection is not left to the garbage collector).
@@ -77,6 +82,7 @@ def command_store(ctx: typer.Context, path: Path | None, *, create: bool = True)
 
     st = guard(lambda: open_store(path, create=create))
     ctx.call_on_close(st.close)
+    OPENED_STORES.append(st.db_path)  # named if the database proves damaged later
     if create and st.read_only:  # a writing command: refuse before any work
         fail(escape(st.read_only_message()))
     return st

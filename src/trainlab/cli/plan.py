@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -21,6 +22,10 @@ from trainlab.cli.common import (
 )
 from trainlab.cli.lr_find import auto_cell, auto_lrs
 from trainlab.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainlab.plan import Plan
+    from trainlab.stacks import StackPlan
 
 SHOWN = 40  # runs listed in full; a larger sweep shows its first and last ones
 
@@ -50,17 +55,24 @@ def plan(
         st = None  # no store yet: every run is pending
     else:
         ctx.call_on_close(st.close)
+    if sweep.search is not None:  # trials are proposed as the search goes
+        from trainlab.cli.search import plan_search_command
+
+        plan_search_command(sweep, st, as_json)
+        return
     the_plan = guard(lambda: make_plan(sweep, st))
 
     from trainlab.config.grid import expansion
 
     auto = auto_lrs(the_plan, st)
     expanded = expansion(sweep, len(the_plan.runs))
+    stacks = _stacks(the_plan)
     if as_json:
         data = {"sweep": sweep.name, "varied": the_plan.varied, "expansion": expanded, "runs": [
             {"index": r.index, "run_id": r.run_id, "varied": r.varied, "status": r.status,
              "action": r.action, "config": r.run.config.to_dict(),
-             **({"lr_auto": auto[r.run_id]} if r.run_id in auto else {})}
+             **({"lr_auto": auto[r.run_id]} if r.run_id in auto else {}),
+             **({"stack": stacks.cell(r.run_id)} if stacks is not None else {})}
             for r in the_plan.runs]}
         if len(the_plan.runs) > SHOWN:  # rich's highlighting of 10,000 configs takes minutes
             import json
@@ -75,8 +87,9 @@ def plan(
     table = Table(title=f"sweep {sweep.name}: {len(the_plan.runs)} runs, "
                         f"{len(the_plan.todo)} to do", title_justify="left")
     lr_col = ["lr"] if auto else []
-    for col in ["#", "run id", *short_names(the_plan.varied).values(), *lr_col, "status",
-                "action"]:
+    stack_col = ["stack"] if stacks is not None else []
+    for col in ["#", "run id", *short_names(the_plan.varied).values(), *lr_col, *stack_col,
+                "status", "action"]:
         table.add_column(col)
     # Past a screenful, the first and the last runs; --json lists every one.
     runs = the_plan.runs
@@ -84,11 +97,12 @@ def plan(
     for r in shown:
         if r is None:
             table.add_row("…", f"{len(runs) - SHOWN:,} more", *[""] * (
-                len(the_plan.varied) + len(lr_col) + 2))
+                len(the_plan.varied) + len(lr_col) + len(stack_col) + 2))
             continue
         lr_cell = [auto_cell(auto.get(r.run_id))] if auto else []
+        stack_cell = [stacks.cell(r.run_id)] if stacks is not None else []
         table.add_row(str(r.index), r.run_id, *[format_value(r.varied[k]) for k in the_plan.varied],
-                      *lr_cell, r.status, r.action)
+                      *lr_cell, *stack_cell, r.status, r.action)
     out.print(table)
     if len(runs) > SHOWN:
         counts: dict[str, int] = {}
@@ -98,7 +112,43 @@ def plan(
             f"{n:,} {what}" for what, n in counts.items()) + " (`--json` lists every run)",
             highlight=False)
     out.print(f"expanded: {escape(expanded)}", highlight=False)
+    if stacks is not None:
+        for line in stacks.lines():
+            out.print(escape(line), highlight=False)
     if auto:
         out.print("lr auto: an LR range test runs once per distinct data, model, optimizer and "
                   "fine-tuning before training (`trainlab lr-find` runs it alone).",
                   highlight=False)
+
+
+def _stacks(the_plan: Plan) -> StackView | None:
+    """The stacks of the runs to train, when some run sets ``train.stack``."""
+    if all(p.run.config.train.stack == "off" for p in the_plan.todo):
+        return None
+    from trainlab.stacks import plan_stacks
+
+    return StackView(plan_stacks(the_plan.todo), {p.run_id: p.index for p in the_plan.runs})
+
+
+class StackView:
+    """The plan's stacks as table cells and lines: ``S1 (16)``, or ``alone`` and why."""
+
+    def __init__(self, stacks: StackPlan, index: dict[str, int]) -> None:
+        self.stacks, self.index = stacks, index
+        self.names = {p.run_id: f"S{i} ({len(s)})" for i, s in enumerate(stacks.stacks, 1)
+                      for p in s}
+
+    def cell(self, run_id: str) -> str:
+        if run_id in self.names:
+            return self.names[run_id]
+        return "alone" if run_id in self.stacks.alone else ""
+
+    def lines(self) -> list[str]:
+        out = [f"train.stack: {len(self.stacks.stacks)} stack(s) of "
+               f"{sum(len(s) for s in self.stacks.stacks)} runs, each stack trained as one "
+               "model (--executor local; times are the stack's)"]
+        why: dict[str, list[str]] = {}
+        for run_id, reason in self.stacks.alone.items():
+            why.setdefault(reason, []).append(f"#{self.index[run_id]}")
+        out.extend(f"trains alone ({', '.join(runs)}): {reason}" for reason, runs in why.items())
+        return out

@@ -36,7 +36,8 @@ def report(
                                    help="Varied keys (comma-separated) coloured within a panel."),
     sort: str | None = typer.Option(
         None, "--sort", metavar="COLS", help="Sort tables by these columns (comma-separated, "
-                                             "-COL for descending) (default: the varied keys)."),
+                                             "-COL for descending; run: experiment-number "
+                                             "order) (default: the varied keys)."),
     group: str | None = typer.Option(
         None, "--group", metavar="KEY", help="Bold the best run per value of this key, or "
                                              "'none' (default: the first varied key)."),

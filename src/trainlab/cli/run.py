@@ -37,6 +37,11 @@ from trainlab.cli.common import (
 from trainlab.cli.estimate import check_fit, estimate_plan, validate_size
 from trainlab.mfu import UNRELIABLE_TEXT, trusted_summary
 
+# Above this many runs to train, `run` asks first (at a terminal) or needs --yes (elsewhere).
+CONFIRM_RUNS = 500
+# Rows of the final table: a larger sweep shows its first and last runs and a tally.
+SHOWN = 40
+
 if TYPE_CHECKING:
     from trainlab.hooks import Callback, RunOutcome, RunState
     from trainlab.lr.study import AutoLR
@@ -81,6 +86,10 @@ def run(
         None, "--log", metavar="TRACKER", show_default=False,
         help="Mirror every metric, the config and the system measurements to wandb, mlflow or "
              "tensorboard (repeatable)."),
+    yes: bool = typer.Option(
+        False, "--yes", "-y",
+        help=f"Train a sweep of more than {CONFIRM_RUNS} runs to train without asking (asked "
+             "at a terminal; refused without --yes elsewhere)."),
 ) -> None:
     """Train every run of a sweep into the store.
 
@@ -92,6 +101,12 @@ def run(
     if nproc is not None:
         overrides = [*(overrides or []), f"train.nproc={nproc}"]
     sweep = guard(lambda: load_config(config, example, overrides))
+    if sweep.search is not None:  # trials proposed as the search goes: its own loop
+        from trainlab.cli.search import run_search_command
+
+        run_search_command(ctx, sweep, store, executor=executor, jobs=jobs,
+                           ray_address=ray_address, cpus_per_run=cpus_per_run,
+                           gpus_per_run=gpus_per_run, log=log, quiet=quiet, as_json=as_json)
     from trainlab.store import store_path
 
     root = store_path(store)
@@ -104,6 +119,8 @@ def run(
 
     def predict(the_plan: Plan) -> None:
         # Before the plan is registered: a run refused by --fit-memory leaves no trace.
+        if not yes:  # and before estimating: 10,000 runs' estimates would take a while
+            confirm_size(len(the_plan.todo), the_plan.sweep.name)
         if (estimate or fit_memory) and the_plan.todo:
             estimates.update(estimate_plan(the_plan, the_plan.todo, calibrate=True,
                                        quiet=quiet or as_json))
@@ -162,6 +179,30 @@ def run(
             err.print(f"[yellow]interrupted ({signal_name()}):[/] state saved; rerun the same "
                       "command to resume.")
     raise typer.Exit(result.exit_code)
+
+
+def confirm_size(todo: int, sweep: str) -> None:
+    """Above :data:`CONFIRM_RUNS` runs to train, ask at a terminal (a typo in a grid can ask
+    for days of training); elsewhere (a script, a batch job) refuse without ``--yes``."""
+    import sys
+
+    if todo <= CONFIRM_RUNS:
+        return
+    from trainlab.errors import ConfigError
+
+    what = f"sweep {sweep} has {todo:,} runs to train (more than {CONFIRM_RUNS})"
+    if sys.stdin.isatty() and err.is_terminal:
+        try:
+            if typer.confirm(f"The {what}. Train them all?", default=False, err=True):
+                return
+        except typer.Abort as exc:  # click turns a Ctrl-C at the prompt into Abort (exit 1)
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None  # exit 130, as anywhere else
+        raise ConfigError(f"`--yes`: not confirmed; nothing was trained. The {what}: "
+                          "`trainlab plan` lists them.", field="--yes")
+    raise ConfigError(f"`--yes`: the {what}; pass --yes to train them all (asked at a "
+                      "terminal, required elsewhere), or make the grid smaller (`trainlab "
+                      "plan` lists the runs).", field="--yes")
 
 
 def _remove_new_store(store: Any, *, remove_root: bool) -> None:
@@ -311,13 +352,12 @@ def _print_summary(plan: Plan, store: Any) -> None:
     from trainlab.config.keys import short_names
     from trainlab.store.sqlite import held_elsewhere
 
-    runs = store.runs(plan.sweep.name).set_index("run_id")
+    runs = store.summaries([p.run_id for p in plan.runs])  # no pandas in `trainlab run`
     labels = short_names(plan.varied)
     # Runs another live process is training: "running" here would read as this command's.
     elsewhere = {rid: info for rid, info in store.statuses([p.run_id for p in plan.runs]).items()
                  if info["status"] == "running" and held_elsewhere(info)}
-    summaries = {p.run_id: (runs.loc[p.run_id, "summary"] if p.run_id in runs.index else {})
-                 for p in plan.runs}
+    summaries = {p.run_id: runs.get(p.run_id, {}).get("summary", {}) for p in plan.runs}
     metric = next((m for m in map(_metric_name, summaries.values()) if m), None) or "loss"
     abbrev = {"accuracy": "acc", "perplexity": "ppl", "rmse": "rmse", "loss": "loss"}[metric]
     table = Table(title=f"sweep {plan.sweep.name}", title_justify="left")
@@ -326,17 +366,31 @@ def _print_summary(plan: Plan, store: Any) -> None:
     for col in columns:
         table.add_column(col, justify="left" if col in ("run", "status") else "right",
                          no_wrap=col == "status")
-    for planned in plan.runs:
+    status_of = {p.run_id: "training elsewhere" if p.run_id in elsewhere else
+                 runs.get(p.run_id, {}).get("status", "?") for p in plan.runs}
+    # Past a screenful, the first and the last runs (a 10,000-row table takes a minute to
+    # print, and a Ctrl-C would wait for it); `trainlab ls` and --json list every run.
+    shown = plan.runs if len(plan.runs) <= SHOWN else [*plan.runs[:SHOWN - 5], None,
+                                                       *plan.runs[-5:]]
+    for planned in shown:
+        if planned is None:
+            table.add_row("…", f"{len(plan.runs) - SHOWN:,} more",
+                          *[""] * (len(columns) - 2))
+            continue
         summary = summaries[planned.run_id]
-        status = runs.loc[planned.run_id, "status"] if planned.run_id in runs.index else "?"
-        if planned.run_id in elsewhere:
-            status = "training elsewhere"
         cells = [format_value(summary.get(k)) if summary.get(k) is not None else "" for k in
                  ("best_epoch", f"best_valid_{metric}", f"test_{metric}")]
         table.add_row(str(planned.index), planned.run_id[:8],
-                      *[format_value(planned.varied[k]) for k in plan.varied], status, *cells,
-                      train_seconds(summary), *cost_cells(summary))
+                      *[format_value(planned.varied[k]) for k in plan.varied],
+                      status_of[planned.run_id], *cells, train_seconds(summary),
+                      *cost_cells(summary))
     out.print(table)
+    if len(plan.runs) > SHOWN:
+        tally: dict[str, int] = {}
+        for status in status_of.values():
+            tally[status] = tally.get(status, 0) + 1
+        out.print("runs by status: " + "; ".join(f"{n:,} {what}" for what, n in tally.items())
+                  + " (`trainlab ls` or --json lists every run)", highlight=False)
     disturbed_note(summaries.values())
     if elsewhere:
         where = sorted({f"pid {i['pid']} on {i['host']}" for i in elsewhere.values()})
@@ -346,9 +400,9 @@ def _print_summary(plan: Plan, store: Any) -> None:
 
 
 def _sweep_json(plan: Plan, store: Any) -> dict[str, Any]:
-    runs = store.runs(plan.sweep.name).set_index("run_id")
+    runs = store.summaries([p.run_id for p in plan.runs])
     return {"sweep": plan.sweep.name, "varied": plan.varied, "runs": [
         {"index": p.index, "run_id": p.run_id, "varied": p.varied,
-         "status": runs.loc[p.run_id, "status"],
-         "summary": trusted_summary(runs.loc[p.run_id, "summary"] or {})}
+         "status": runs[p.run_id]["status"],
+         "summary": trusted_summary(runs[p.run_id]["summary"] or {})}
         for p in plan.runs]}

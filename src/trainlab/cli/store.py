@@ -81,7 +81,10 @@ def show(
     store: Path | None = StoreOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Show one run: config, status, environment, summary and its per-epoch metrics."""
+    """Show one run: config, status, environment, summary, data splits and its per-epoch
+    metrics."""
+    from trainlab.analysis.splits import ROLES, data_label, split_rows
+
     st = command_store(ctx, store, create=False)
     full = guard(lambda: st.find_run(run_id))
     runs = st.runs()
@@ -115,7 +118,15 @@ def show(
         out.print(f"own code: {source['field']} = {source['target']}  ({source['file']}, "
                   f"sha256 {source['sha256']}{copied})", highlight=False, markup=False)
     out.print(_pairs_table("summary", {k: v for k, v in trusted_summary(summary).items()
-                                       if k != "profile"}, nested=False))
+                                       if k not in ("profile", "splits")}, nested=False))
+    splits = split_rows(summary.get("splits"))
+    if splits:  # which split is "valid" and which "test" (GLUE: validation is the test)
+        table = Table(title=f"data splits ({data_label(row['config'])})", title_justify="left")
+        for col in ("split", "size", "from", "used for"):
+            table.add_column(col, overflow="fold")
+        for name, size, source in splits:
+            table.add_row(name, size, escape(source), ROLES[name])
+        out.print(table)
     out.print(_pairs_table("environment", {k: v for k, v in (row["env"] or {}).items()
                                            if k != "sources"}, nested=False))
     if trusted_summary(summary).get("mfu_note"):
@@ -164,6 +175,9 @@ def _status(run: Mapping[Any, Any]) -> str:
             and run.get("pid") is not None and not held_elsewhere(
                 {"pid": int(run["pid"]), "host": run["host"], "heartbeat": None})):
         return "stopped (process gone; rerun to resume)"
+    stopped = run.get("stopped_epoch")
+    if run["status"] == "pruned" and stopped is not None and stopped == stopped:  # not NaN
+        return f"pruned at epoch {int(stopped)}"  # a search trial its pruner stopped
     return str(run["status"])
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
@@ -45,6 +45,11 @@ class DataInfo:
     vocab_size: int | None = None  # tokenized text: the tokenizer's vocabulary size
     pad_token_id: int | None = None  # tokenized text padded with this id (None: no padding)
     notes: tuple[str, ...] = ()  # how the data was built, for the run's summary (notes)
+    # Where the (train, valid, test) splits came from, in words ("hub split validation",
+    # "15 % of train held out, split_seed 0"); () where the builder does not say.  The run's
+    # summary records them with the sizes (split_summary): which split is which is never a
+    # guess in `trainlab show` or the report.
+    sources: tuple[str, ...] = ()
 
     def example_batch(self, batch_size: int) -> torch.Tensor:
         """Zeros shaped like a batch of inputs (token ids for text), for tracing."""
@@ -142,8 +147,13 @@ DATASETS: Registry[Builder] = Registry("dataset", base=DataSpec)
 _CACHE: dict[str, Dataset] = {}
 
 
-def load_dataset(spec: DataSpec, model: Spec | None = None) -> Dataset:
+def load_dataset(spec: DataSpec, model: Spec | None = None, *,
+                 steps_per_epoch: int | None = None) -> Dataset:
     """The dataset ``spec`` names, with ``limit`` applied; built once per process.
+
+    ``steps_per_epoch`` is ``train.steps_per_epoch``: streaming data (a train split with no
+    length, :mod:`trainlab.components.streams`) needs it and gets epochs of that many batches;
+    data with a length refuses it.
 
     Text datasets (a ``tokenizer`` field) are tokenized with ``data.tokenizer``, where
     ``auto`` means the tokenizer of ``model`` (the run's model spec); the cache key includes
@@ -163,10 +173,36 @@ def load_dataset(spec: DataSpec, model: Spec | None = None) -> Dataset:
         else:
             data = entry.build(spec)
         if spec.limit is not None and spec.limit < len(data.train):
+            sources = data.info.sources
+            if sources:
+                sources = (f"{sources[0]}; the first {spec.limit} of {len(data.train)} "
+                           "(data.limit)", *sources[1:])  # head(limit)
             data = replace(data, train=data.train.head(spec.limit),
-                           info=replace(data.info, n_train=spec.limit))
+                           info=replace(data.info, n_train=spec.limit, sources=sources))
         _CACHE[key] = data
-    return _CACHE[key]
+    return _fit_epoch(_CACHE[key], steps_per_epoch, spec.batch_size)
+
+
+def _fit_epoch(data: Dataset, steps_per_epoch: int | None, batch_size: int) -> Dataset:
+    """``data`` with a streaming train split sized to ``steps_per_epoch`` batches (a fresh
+    split each call: its notes are one run's); data with a length as it is."""
+    train = data.train
+    if not getattr(train, "streams", False):
+        if steps_per_epoch is not None:
+            raise ConfigError(
+                f"`train.steps_per_epoch`: {steps_per_epoch} is for streaming data (an "
+                f"IterableDataset, or hf data with streaming: true); dataset {data.info.name!r} "
+                f"has {len(train)} training examples and an epoch is all of them; leave "
+                "train.steps_per_epoch unset", field="train.steps_per_epoch")
+        return data
+    if steps_per_epoch is None:
+        raise ConfigError(
+            f"`train.steps_per_epoch`: dataset {data.info.name!r} streams (its train split has "
+            "no length), so an epoch needs a number of steps; set train.steps_per_epoch to a "
+            "positive integer, e.g. --set train.steps_per_epoch=100",
+            field="train.steps_per_epoch")
+    sized = train.sized(steps_per_epoch, batch_size)  # type: ignore[union-attr]
+    return replace(data, train=sized, info=replace(data.info, n_train=len(sized)))
 
 
 def tokenizer_source(spec: DataSpec, model: Spec | None) -> str | None:
@@ -181,6 +217,30 @@ def tokenizer_source(spec: DataSpec, model: Spec | None) -> str | None:
     return str(source()) if callable(source) else None
 
 
+def split_summary(info: DataInfo) -> dict[str, dict[str, Any]]:
+    """The run summary's ``splits``: per split (train, valid, test) its size and, where the
+    builder said, where it came from.  Sizes count examples (sequences of
+    ``tokens_per_example`` tokens for language modelling), after ``data.limit``."""
+    unit = f"sequences of {info.tokens_per_example} tokens" if info.task == "lm" else "examples"
+    out: dict[str, dict[str, Any]] = {}
+    for i, (name, size) in enumerate((("train", info.n_train), ("valid", info.n_valid),
+                                      ("test", info.n_test))):
+        out[name] = {"size": int(size), "unit": unit}
+        if i < len(info.sources) and info.sources[i]:
+            out[name]["source"] = info.sources[i]
+    return out
+
+
+def held_out_sources(valid: float, test: float, seed: int, whole: str = "the data"
+                     ) -> tuple[str, str, str]:
+    """The sources of splits carved by :func:`_split_indices` (a fraction 0 keeps the
+    builder's own split, which the caller names)."""
+    def part(fraction: float) -> str:
+        return f"{fraction:.0%} of {whole} held out (split_seed {seed})"
+    rest = "the rest of " + whole if valid or test else whole
+    return rest, part(valid), part(test)
+
+
 def _split_indices(n: int, valid: float, test: float, seed: int) -> tuple[np.ndarray, ...]:
     order = np.random.default_rng(seed).permutation(n)
     n_valid, n_test = round(n * valid), round(n * test)
@@ -190,7 +250,10 @@ def _split_indices(n: int, valid: float, test: float, seed: int) -> tuple[np.nda
 def _from_arrays(name: str, x: np.ndarray, y: np.ndarray, task: Task,
                  spec: _SplitFractions, input_shape: tuple[int, ...] | None = None) -> Dataset:
     tr, va, te = _split_indices(len(x), spec.valid_fraction, spec.test_fraction, spec.split_seed)
-    return _assemble(name, (x[tr], y[tr]), (x[va], y[va]), (x[te], y[te]), task, input_shape)
+    data = _assemble(name, (x[tr], y[tr]), (x[va], y[va]), (x[te], y[te]), task, input_shape)
+    sources = held_out_sources(spec.valid_fraction, spec.test_fraction, spec.split_seed,
+                               f"the {len(x)} examples")
+    return replace(data, info=replace(data.info, sources=sources))
 
 
 def _assemble(name: str, train: tuple[np.ndarray, np.ndarray],
@@ -353,7 +416,9 @@ def build_npz(spec: NpzSpec) -> Dataset:
     if {"x_train", "y_train", "x_valid", "y_valid", "x_test", "y_test"} <= keys:
         parts = [(loaded[f"x_{s}"], loaded[f"y_{s}"]) for s in ("train", "valid", "test")]
         task = _infer_task(np.concatenate([p[1] for p in parts]), spec.task)
-        return _assemble(path.stem, parts[0], parts[1], parts[2], task)
+        data = _assemble(path.stem, parts[0], parts[1], parts[2], task)
+        return replace(data, info=replace(data.info, sources=tuple(
+            f"the file's x_{s}, y_{s}" for s in ("train", "valid", "test"))))
     if {"x", "y"} <= keys:
         x, y = loaded["x"], loaded["y"]
         if len(x) != len(y):
@@ -478,6 +543,9 @@ def build_pydoc_lm(spec: PydocLMSpec) -> Dataset:
         return Split(x, y)
 
     train, valid, test = chunks(train_words), chunks(valid_words), chunks(test_words)
+    held = f"of the tokens, whole paragraphs, held out (split_seed {spec.split_seed})"
     info = DataInfo("pydoc-lm", "lm", (spec.seq_len,), len(vocab), len(train), len(valid),
-                    len(test), tokens_per_example=spec.seq_len)
+                    len(test), tokens_per_example=spec.seq_len,
+                    sources=("the remaining paragraphs", f"{spec.valid_fraction:.0%} {held}",
+                             f"{spec.test_fraction:.0%} {held}"))
     return Dataset(info, train, valid, test, tuple(vocab))

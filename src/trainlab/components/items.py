@@ -112,6 +112,10 @@ class ItemSplit:
         finally:
             loader.close()
 
+    def _stream_loader(self, settings: LoaderSpec, device: torch.device) -> Any:
+        """What loads a streaming split's batches (:mod:`.streams`); None: indexed items."""
+        return None
+
     def ranges(self, lo: int, hi: int, batch_size: int) -> list[range]:
         """Consecutive batches of ``batch_size`` covering items ``lo`` to ``hi``."""
         return [range(s, min(s + batch_size, hi)) for s in range(lo, hi, batch_size)]
@@ -151,6 +155,8 @@ class ItemLoader:
     def __init__(self, split: ItemSplit, settings: LoaderSpec, device: torch.device) -> None:
         self.split, self.settings, self.device = split, settings, device
         self.pin = pin_memory(settings, device)
+        # A streaming split (components/streams.py) reads passes, not index batches.
+        self._stream = split._stream_loader(settings, device)
         self._sampler = _Batches()
         # Its own generator: a default loader draws a seed from the global RNG at every iter().
         self._generator = torch.Generator().manual_seed(0)
@@ -167,6 +173,9 @@ class ItemLoader:
                 ) -> Iterator[tuple[Tensor, Tensor]]:
         """(inputs, targets) of each of ``batches`` in turn, on the device; ``seed`` seeds the
         workers' RNGs for this pass (non-persistent workers: every pass)."""
+        if self._stream is not None:
+            yield from self._stream.batches(batches, seed)
+            return
         self._sampler.batches = [b.tolist() if isinstance(b, Tensor) else list(b)
                                  for b in batches]
         self._generator.manual_seed(seed)
@@ -179,6 +188,8 @@ class ItemLoader:
 
     def close(self) -> None:
         """Stop the loader's worker processes (persistent ones stay up between passes)."""
+        if self._stream is not None:
+            self._stream.close()
         iterator = getattr(self.loader, "_iterator", None)
         shutdown = getattr(iterator, "_shutdown_workers", None)
         if shutdown is not None:

@@ -126,18 +126,42 @@ class HFModel(nn.Module):
         self.padded = True  # whether any input may hold pad tokens (note_padding)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        mask = (None if self.pad_token_id is None or not self.padded
-                else (input_ids != self.pad_token_id).long())
         if input_ids.is_meta:
             # Tracing FLOPs and memory on the meta device: transformers inspects the mask's
             # values (``mask.all()``), which meta tensors do not have; an all-ones mask is
             # the same computation, so trace without one (the mask itself is B x L integers).
-            mask = None
+            return self._meta_forward(input_ids)
+        mask = (None if self.pad_token_id is None or not self.padded
+                else (input_ids != self.pad_token_id).long())
         logits: torch.Tensor = self.model(input_ids=input_ids, attention_mask=mask).logits
+        return self._real_tokens(logits, input_ids)
+
+    def _meta_forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The forward pass on meta tensors, without transformers' padding check: without a
+        mask it reads the ids' values (``pad_token_id in input_ids``), which meta tensors do
+        not have, so GPT-2 (a pad token, no mask) failed to trace and its LoRA, adapter and
+        full fine-tuning runs had no FLOPs and no MFU (issue 21).  The check only warns."""
+        patched = [m for m in self.model.modules()
+                   if callable(getattr(m, "warn_if_padding_and_no_attention_mask", None))]
+        for module in patched:  # an instance attribute shadows the method, for this call only
+            module.__dict__["warn_if_padding_and_no_attention_mask"] = _no_check
+        try:
+            logits: torch.Tensor = self.model(input_ids=input_ids).logits
+        finally:
+            for module in patched:
+                module.__dict__.pop("warn_if_padding_and_no_attention_mask", None)
+        return self._real_tokens(logits, input_ids)
+
+    @staticmethod
+    def _real_tokens(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         if logits.ndim == 3 and logits.shape[1] > input_ids.shape[1]:
             # Prompt tuning prepends virtual tokens; predictions are for the real ones.
             logits = logits[:, -input_ids.shape[1]:]
         return logits
+
+
+def _no_check(*args: object, **kwargs: object) -> None:
+    return None
 
 
 def note_padding(model: nn.Module, splits: Sequence[object]) -> None:

@@ -223,7 +223,8 @@ def _takes(fn: Any, name: str) -> bool:
 
 class PythonDataSpec(_SplitFractions, PythonTarget):
     """Your own data: a function (called with args) returning {train, valid, test}, each a pair
-    of tensors (inputs, targets) or a map-style torch Dataset of (input, target) pairs.  A
+    of tensors (inputs, targets) or a map-style torch Dataset of (input, target) pairs (train
+    may be a torch IterableDataset that streams: epochs of train.steps_per_epoch batches).  A
     missing valid or test split is carved from train (valid_fraction, test_fraction,
     split_seed); given splits are kept as they are.  Dataset items are read anew for every
     batch (augmentation stays random), unless ``cache: true`` reads them once into tensors;

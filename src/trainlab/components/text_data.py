@@ -30,6 +30,7 @@ from trainlab.components.datasets import (
     Split,
     _split_indices,
     _SplitFractions,
+    held_out_sources,
 )
 from trainlab.components.hf import load_tokenizer, require
 from trainlab.errors import ConfigError
@@ -120,8 +121,10 @@ def build_vader(spec: VaderSpec, tokenizer: str | None = None) -> Dataset:
     train = Split(ids[tr], labels[tr])
     valid = _cap(Split(ids[va], labels[va]), spec.eval_limit)
     test = _cap(Split(ids[te], labels[te]), spec.eval_limit)
-    return Dataset(_text_info("vader-sentiment", tok, train, valid, test, 2, spec.max_length),
-                   train, valid, test)
+    info = _text_info("vader-sentiment", tok, train, valid, test, 2, spec.max_length)
+    sources = held_out_sources(spec.valid_fraction, spec.test_fraction, spec.split_seed,
+                               f"the {len(words)} lexicon entries")
+    return Dataset(replace(info, sources=sources), train, valid, test)
 
 
 # --- Hugging Face datasets --------------------------------------------------------------------
@@ -154,6 +157,16 @@ class HFDataSpec(_TextOptions):
         "tokenizes once to Arrow files (datasets.map, cached on disk) and reads batches from "
         "them memory-mapped, so memory does not grow with the data; auto (null): in memory "
         "unless tokenizing there would take over half the available memory",
+        json_schema_extra={"run_id": "when set"})
+    streaming: bool | None = Field(
+        default=None, description="true: stream the train split (load_dataset(..., "
+        "streaming=True); a save_to_disk directory through to_iterable_dataset): tokenized as "
+        "read, never held whole; epochs of train.steps_per_epoch batches; validation and test "
+        "are the dataset's own splits, read into memory up to eval_limit",
+        json_schema_extra={"run_id": "when set"})
+    shuffle_buffer: PositiveInt | None = Field(
+        default=None, description="streaming: rows shuffled at a time (.shuffle(seed, "
+        "buffer_size), seeded by train.seed and the epoch); default 1000",
         json_schema_extra={"run_id": "when set"})
 
     @field_validator("in_memory")
@@ -256,6 +269,10 @@ def _columns(spec: HFDataSpec, split: Any) -> tuple[str | None, str | None, str 
 @DATASETS.register("hf", spec=HFDataSpec)
 def build_hf_data(spec: HFDataSpec, tokenizer: str | None = None) -> Dataset:
     """A Hugging Face dataset: text classification, language modelling or image classification."""
+    if spec.streaming:  # the train split streams (components/hf_stream.py)
+        from trainlab.components.hf_stream import build_stream
+
+        return build_stream(spec, tokenizer, _columns, _require_tokenizer)
     ds = _load_hf(spec)
     if spec.train_split not in ds:
         raise ConfigError(f"`data.train_split`: dataset {spec.path!r} has no split "
@@ -271,12 +288,14 @@ def build_hf_data(spec: HFDataSpec, tokenizer: str | None = None) -> Dataset:
     valid_name, test_name = _choose_splits(spec, ds)
     parts = _carve(spec, ds, valid_name, test_name)
     name = spec.path if spec.config is None else f"{spec.path}/{spec.config}"
+    sources = _hf_sources(spec, ds, valid_name, test_name)
     if image is not None:
         if spec.in_memory is False:
             raise ConfigError(f"`data.in_memory`: false reads tokenized text from disk; image "
                               f"dataset {name!r} is held in memory (leave data.in_memory unset)",
                               field="data.in_memory")
-        return _image_dataset(name, parts, image, label, spec)
+        data = _image_dataset(name, parts, image, label, spec)
+        return replace(data, info=replace(data.info, sources=sources))
     tok = _require_tokenizer(tokenizer, name)
     assert text is not None  # _columns found a text column where there is no image one
     in_memory, note = _in_memory(spec, parts, text, task)
@@ -296,7 +315,32 @@ def build_hf_data(spec: HFDataSpec, tokenizer: str | None = None) -> Dataset:
         data = _lm_dataset(name, parts, text, tok, spec)
     else:
         data = _text_dataset(name, parts, text, label, tok, spec)  # type: ignore[arg-type]
-    return replace(data, info=replace(data.info, notes=(note,))) if note else data
+    return replace(data, info=replace(data.info, sources=sources,
+                                      notes=(note,) if note else data.info.notes))
+
+
+def _hf_sources(spec: HFDataSpec, ds: Any, valid_name: str | None, test_name: str | None
+                ) -> tuple[str, str, str]:
+    """Where each split comes from, in words (the run's summary): the dataset's own split, or
+    a share of train held out; GLUE's validation as the test split says why."""
+    train = f"dataset split {spec.train_split}"
+    vf = spec.valid_fraction if valid_name is None else 0.0
+    tf = spec.test_fraction if test_name is None else 0.0
+    held = held_out_sources(vf, tf, spec.split_seed, train)
+    valid = f"dataset split {valid_name}" if valid_name else held[1]
+    test = f"dataset split {test_name}" if test_name else held[2]
+    if test_name is not None and test_name != "test" and spec.test_split is None \
+            and "test" in ds:
+        test += " (split test has no labels)"
+    n = len(ds[spec.train_split])
+    rest = n - round(n * vf) - round(n * tf)
+    if spec.limit is not None and spec.limit < rest:  # _carve shuffles, then takes the first
+        held = (f"{held[0]}; {spec.limit} of {rest}, drawn by split_seed (data.limit)",
+                *held[1:])
+    if spec.eval_limit is not None:
+        valid, test = (f"{text}; at most the first {spec.eval_limit} (data.eval_limit)"
+                       for text in (valid, test))
+    return held[0], valid, test
 
 
 def _in_memory(spec: HFDataSpec, parts: list[Any], text: str, task: str

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
@@ -41,8 +42,15 @@ from torch.utils.data import (
 )
 from torch.utils.data import Dataset as TorchDataset
 
-from trainlab.components.datasets import DataInfo, Dataset, Split, _split_indices
+from trainlab.components.datasets import (
+    DataInfo,
+    Dataset,
+    Split,
+    _split_indices,
+    held_out_sources,
+)
 from trainlab.components.items import ItemSplit, conform
+from trainlab.components.streams import SAMPLE, StreamSplit, UserStream, read_whole
 from trainlab.errors import ConfigError
 from trainlab.usercode import where_raised
 
@@ -73,12 +81,19 @@ def build_user_data(result: Any, spec: PythonDataSpec) -> Dataset:
     parts = {name: _split(result[name], name, spec) for name in SPLITS
              if result.get(name) is not None}
     train = parts["train"]
+    if isinstance(train, StreamSplit):
+        return _streaming(spec, train, parts.get("valid"), parts.get("test"))
     if len(train) == 0:
         _fail(f"{target}'s 'train' split has no examples")
     valid, test = parts.get("valid"), parts.get("test")
+    yours = f"{target}'s {{!r}} split"
+    sources = (yours.format("train"), yours.format("valid"), yours.format("test"))
     if valid is None or test is None:
         vf = spec.valid_fraction if valid is None else 0.0
         tf = spec.test_fraction if test is None else 0.0
+        held = held_out_sources(vf, tf, spec.split_seed, sources[0])
+        sources = (held[0], sources[1] if valid is not None else held[1],
+                   sources[2] if test is not None else held[2])
         tr, va, te = _split_indices(len(train), vf, tf, spec.split_seed)
         valid = _select(train, va) if valid is None else valid
         test = _select(train, te) if test is None else test
@@ -86,7 +101,8 @@ def build_user_data(result: Any, spec: PythonDataSpec) -> Dataset:
     if spec.cache:
         train, valid, test = (_cached(s, name, spec) for s, name in
                               zip((train, valid, test), SPLITS))
-    return Dataset(_info(spec, train, valid, test), train, valid, test)
+    return Dataset(replace(_info(spec, train, valid, test), sources=sources), train, valid,
+                   test)
 
 
 def _cached(split: AnySplit, name: str, spec: PythonDataSpec) -> AnySplit:
@@ -158,8 +174,16 @@ def _split(value: Any, name: str, spec: PythonDataSpec) -> AnySplit:
             _fail(f"{where} cannot be made tensors ({exc}); inputs and targets must be numeric")
         return _tensors(x, y, where, spec.task)
     if isinstance(value, IterableDataset):
-        _fail(f"{where} is an IterableDataset ({type(value).__name__}); trainlab needs a "
-              "map-style Dataset (with __len__ and __getitem__) or a pair of tensors")
+        stream = UserStream(value, f"{spec.target}'s {name!r} split "
+                                   f"({type(value).__name__})")
+        if name == "train":  # streams: epochs of train.steps_per_epoch batches
+            streaming = StreamSplit.of(stream, spec.task)
+            _check_stream(streaming, where, spec.task)
+            return streaming
+        # valid and test: read once, whole, into memory (each evaluation reads all of it)
+        tensors = read_whole(stream.items(0, 0, 1), where, spec.task, "data.target")
+        return _tensors(tensors.inputs, tensors.targets, where, spec.task) if len(tensors) \
+            else tensors
     if not isinstance(value, TorchDataset):
         _fail(f"{where} is a {type(value).__name__}; expected a pair of tensors (inputs, "
               "targets) or a map-style torch.utils.data.Dataset of (input, target) pairs")
@@ -173,6 +197,59 @@ def _split(value: Any, name: str, spec: PythonDataSpec) -> AnySplit:
         _check_item(split, where, spec.task)
         _check_shapes(split, where)
     return split
+
+
+def _streaming(spec: PythonDataSpec, train: StreamSplit, valid: AnySplit | None,
+               test: AnySplit | None) -> Dataset:
+    """A streaming train split (an IterableDataset) with the valid and test splits given:
+    none can be carved from a stream, so a missing one is empty (and said so)."""
+    if spec.limit is not None:
+        raise ConfigError(f"`data.limit`: {spec.limit} caps a split with a length; "
+                          f"{spec.target}'s 'train' split is an IterableDataset (it streams); "
+                          "train.steps_per_epoch sets how much an epoch reads. Leave "
+                          "data.limit unset", field="data.limit")
+    if spec.cache:
+        raise ConfigError(f"`data.cache`: {spec.target}'s 'train' split is an IterableDataset "
+                          "(it streams) and cannot be read into memory; leave data.cache unset",
+                          field="data.cache")
+    empty = Split(torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    missing = [n for n, s in (("valid", valid), ("test", test)) if s is None]
+    valid = empty if valid is None else valid
+    test = empty if test is None else test
+    info = _info(spec, train, valid, test)
+    notes = [f"data: {spec.target}'s 'train' split streams (an IterableDataset): "
+             "train.steps_per_epoch batches an epoch, each epoch a new pass"]
+    if missing:
+        notes.append(f"data: no {' and no '.join(missing)} split: none can be carved from a "
+                     "stream (return them from the data function)")
+    if not hasattr(train.stream.iterable, "set_epoch"):  # type: ignore[attr-defined]
+        notes.append("data: the IterableDataset has no set_epoch(n), so every epoch reads it "
+                     "in the same order from its start; define set_epoch to vary it by epoch")
+    if (spec.task == "classification" and spec.num_classes is None) or (
+            spec.task == "lm" and spec.vocab_size is None):
+        field = "num_classes" if spec.task == "classification" else "vocab_size"
+        notes.append(f"data: {field} was computed from the stream's first {SAMPLE} items and "
+                     f"the valid and test splits; set data.{field} if later items go beyond")
+    return Dataset(replace(info, notes=tuple(notes)), train, valid, test)
+
+
+def _check_stream(split: StreamSplit, where: str, task: str) -> None:
+    """The stream's first item: an (input, target) pair the task can use."""
+    try:
+        item = next(iter(split.stream.items(0, 0, 1)), None)
+    except Exception as exc:
+        _fail(f"{where}: iterating it raised {where_raised(exc)}")
+    if item is None:
+        _fail(f"{where} is an IterableDataset that gave no items")
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        _fail(f"{where}: its first item is a {type(item).__name__}; an IterableDataset's items "
+              "must be (input, target) pairs")
+    try:
+        x, y = default_collate([item])
+    except Exception as exc:
+        _fail(f"{where}: its first item cannot be batched ({type(exc).__name__}: {exc}); inputs "
+              "and targets must be tensors, arrays or numbers")
+    _check_dtypes(torch.as_tensor(x), torch.as_tensor(y), where, task, " of its first item")
 
 
 def _tensors(x: Tensor, y: Tensor, where: str, task: str) -> Split:
@@ -315,9 +392,13 @@ def _label_range(splits: list[AnySplit], spec: PythonDataSpec, what: str) -> int
 
 
 def _all_batches(split: AnySplit, spec: PythonDataSpec) -> Iterator[tuple[Tensor, Tensor]]:
-    """The whole split as (inputs, targets) batches, as given (not yet cast)."""
+    """The whole split as (inputs, targets) batches, as given (not yet cast); of a stream,
+    its first items."""
     if isinstance(split, Split):
         yield split.inputs, split.targets
+        return
+    if isinstance(split, StreamSplit):
+        yield split.take(range(SAMPLE))
         return
     field = "num_classes" if spec.task == "classification" else "vocab_size"
     loader = DataLoader(split.items, batch_size=_SCAN_BATCH, num_workers=0,

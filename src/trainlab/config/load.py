@@ -95,6 +95,17 @@ def apply_overrides(doc: dict[str, Any], items: list[str]) -> dict[str, Any]:
             if not isinstance(doc.get("lr_find"), dict):
                 doc["lr_find"] = {}
             doc["lr_find"][field] = value
+        elif key.startswith("search."):  # search.trials=5, search.prune.method=none
+            node = doc.get("search")
+            if not isinstance(node, dict):
+                node = doc["search"] = {}
+            field = key[len("search."):]
+            if field.startswith("space."):  # the space's keys are themselves dotted
+                if not isinstance(node.get("space"), dict):
+                    node["space"] = {}
+                node["space"][field[len("space."):]] = value
+            else:
+                set_dotted(node, field, value)
         elif key.startswith("grid."):
             grid_key = key[len("grid."):]
             check_key(grid_key, "`--set` grid key")

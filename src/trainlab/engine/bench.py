@@ -98,7 +98,8 @@ def run_threads(config: RunConfig, *, distributed: bool = False) -> threads.Thre
     if choice is not None:
         return choice if choice.shared else replace(choice, seconds=time.perf_counter() - t0)
     allocator.steady()  # the heap the run will have
-    data = load_dataset(config.data, config.model)
+    data = load_dataset(config.data, config.model,
+                        steps_per_epoch=config.train.steps_per_epoch)
     before = torch.get_num_threads()
     # Step time does not depend on the LR: the range test (lr: auto) asks before one is set.
     timed = (replace(config, optimizer=with_lr(config.optimizer, 1e-3))

@@ -50,6 +50,10 @@ def train_step_flops(model_spec: ModelSpec, info: DataInfo, batch_size: int,
 # device on a CPU (one thread of two cores reaches about half the rate).
 _PEAKS: dict[tuple[str, int, str], float] = {}
 _SIZES: dict[tuple[str, int, str], int] = {}  # the matrix size found for each key
+_MEASURED_AT: dict[tuple[str, int, str], float] = {}  # perf_counter of each key's last one
+# A run's start refreshes the peak unless it was measured this recently (the estimate of
+# `trainlab run` measured it a moment before): measure_peak_flops(refresh=PEAK_FRESH_S).
+PEAK_FRESH_S = 30.0
 
 Sampler = Callable[[torch.device, torch.dtype, float], float]
 
@@ -174,14 +178,17 @@ def sample_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
-                       seconds: float = 0.25, *, refresh: bool = False,
+                       seconds: float = 0.25, *, refresh: bool | float = False,
                        sample: Sampler | None = None, tf32: bool | None = None) -> float:
     """The process's matmul peak (FLOP/s) on ``device`` at ``dtype``: the best measured so far.
 
     The first call measures (about ``seconds``); later calls reuse it, and with ``refresh`` take
     one more short measurement (``seconds / 4``) that replaces it where it is higher, so the
-    runs of a sweep in one process share a peak that only rises.  Not cached on disk: a peak is
-    this machine's, now.  ``sample`` (default :func:`sample_peak_flops`) measures once.
+    runs of a sweep in one process share a peak that only rises.  A number for ``refresh``
+    takes that measurement only when the last one is older than that many seconds: the run
+    that `trainlab run` starts right after its estimate measured gains nothing from another.
+    Not cached on disk: a peak is this machine's, now.  ``sample`` (default
+    :func:`sample_peak_flops`) measures once.
 
     ``tf32`` (CUDA fp32 only; default: the process's cuBLAS TF32 flag) measures and keeps the
     peak with TF32 matmuls on or off: the run's own setting (see :func:`run_uses_tf32`).
@@ -189,10 +196,13 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
     tf32 = _matmul_tf32_now(device) if tf32 is None else tf32
     key = _key(device, dtype, tf32)
     measure = sample or sample_peak_flops
+    if refresh is not True and refresh is not False and key in _PEAKS:
+        refresh = time.perf_counter() - _MEASURED_AT.get(key, -math.inf) >= refresh
     if key not in _PEAKS or refresh:
         with _matmul_tf32(device, tf32):
             rate = measure(device, dtype, seconds if key not in _PEAKS else seconds / 4)
         _PEAKS[key] = max(_PEAKS.get(key, 0.0), rate)
+        _MEASURED_AT[key] = time.perf_counter()
     return _PEAKS[key]
 
 

@@ -33,13 +33,14 @@ from trainlab.components import (
     count_parameters,
     load_dataset,
 )
-from trainlab.components.datasets import Split
+from trainlab.components.datasets import Split, split_summary
 from trainlab.components.items import ItemSplit
 from trainlab.components.optimizers import resolved_lr
 from trainlab.components.python import PythonModelSpec, check_output
+from trainlab.components.streams import StreamSplit
 from trainlab.config.schema import RunConfig
 from trainlab.devices import release_cached, resolve_device
-from trainlab.engine import allocator, contention, distributed, interrupt, machine
+from trainlab.engine import allocator, contention, distributed, flops, interrupt, machine
 from trainlab.engine.callbacks import EarlyStopping
 from trainlab.engine.checkpoint import load_latest, load_verified
 from trainlab.engine.determinism import deterministic
@@ -163,6 +164,7 @@ class _Trainer(Resumable):
                 speed.close()
             try:
                 self._flush()
+                self._save_best(quiet=True)  # a failed run's best weights still reach best.pt
             except KeyboardInterrupt:
                 status, error = "interrupted", "interrupted by the user (Ctrl-C)"
         if self.state is not None:
@@ -182,8 +184,13 @@ class _Trainer(Resumable):
         self.t0 = time.perf_counter()
         self.elapsed_offset = 0.0
         self.checkpointed_at = self.t0  # when this process last wrote last.pt
-        data = load_dataset(cfg.data, cfg.model)
+        data = load_dataset(cfg.data, cfg.model,
+                            steps_per_epoch=cfg.train.steps_per_epoch)
         self.notes.extend(data.info.notes)  # e.g. where hf data is read from
+        if isinstance(data.train, StreamSplit):  # a stream's own notes (a restarted pass)
+            data.train.log.extend(self.notes)
+            self.notes = data.train.log
+        self.splits = split_summary(data.info)  # sizes and sources: which split is "valid"
         self.task: TaskKind = TASKS[data.info.task]
         self.loss_fn = training_loss(cfg, self.task)  # the user's train.loss, or the task's
         # train.threads: auto picks the count fastest for this model here and now, timing a
@@ -249,7 +256,7 @@ class _Trainer(Resumable):
             self.tf32 = tf32_flags()
             self.peak_tf32 = run_uses_tf32(model, self.tf32)
             self.peak_flops = measure_peak_flops(device, self.speed.amp_dtype or torch.float32,
-                                                 refresh=True, tf32=self.peak_tf32)
+                                                 refresh=flops.PEAK_FRESH_S, tf32=self.peak_tf32)
         if self.dist is not None:
             self.peak_flops = self.dist.sum_float(self.peak_flops)  # the group's aggregate peak
             self.dist.fork_rng(tc.seed)
@@ -279,6 +286,7 @@ class _Trainer(Resumable):
             ckpt, note = load_latest(self.run_dir / "last.pt")
             if note:
                 self.notes.append(note)
+            ckpt = self._checked(ckpt)  # a checkpoint ahead of the store's records restarts
         if ckpt is not None:
             self._restore(ckpt)
             # Records after the checkpoint's step are redone by this process.
@@ -331,8 +339,10 @@ class _Trainer(Resumable):
         model, optimizer, schedule = state.model, state.optimizer, state.schedule
         params = self.params
         bs = self.config.data.batch_size
-        order = epoch_permutation(len(self.train_split), tc.seed, epoch).to(
-            self.train_split.device)
+        n = len(self.train_split)
+        # A stream is read in its own order (a function of the seed and epoch): positions.
+        order = (torch.arange(n) if isinstance(self.train_split, StreamSplit)
+                 else epoch_permutation(n, tc.seed, epoch)).to(self.train_split.device)
         speed = self.speed
         forward, scaler = speed.forward, speed.scaler
         loss_fn: Callable[[Tensor, Tensor], Tensor] = self.loss_fn
@@ -469,7 +479,7 @@ class _Trainer(Resumable):
             batch += done.batches
             samples -= _samples(batches, window.start, batch)
             evaluated_at = evaluated_at if done.evaluated_at is None else done.evaluated_at
-        self._log_interval(None)
+        self._log_interval(None, flush=False)  # written with the epoch's records, in one go
         t_end = self.clock.now()
         samples += _samples(batches, first_batch, batch)
         epoch_time = training_seconds(t_start, t_end, paused=self.paused,
@@ -512,7 +522,7 @@ class _Trainer(Resumable):
         for cb in self.callbacks:
             cb.on_epoch_end(state, merged)
 
-    def _log_interval(self, norm: torch.Tensor | None) -> None:
+    def _log_interval(self, norm: torch.Tensor | None, flush: bool = True) -> None:
         """Read the interval's values in one host sync and record them."""
         interval = self._interval
         steps = len(interval)
@@ -547,7 +557,7 @@ class _Trainer(Resumable):
             values["grad_norm"] = norm_value
             self.grad_norms.append(norm_value)
         self._record(state.step, values)
-        self._flush()
+        self._flush(defer=not flush)
         for cb in self.callbacks:
             cb.on_log(state, values)
         # The next interval starts after this bookkeeping, so time/step is steps alone.
@@ -649,16 +659,15 @@ class _Trainer(Resumable):
                              best_step=state.step, best_valid=dict(values))
             if self.run_dir is not None:
                 if self._is_main:  # other ranks read rank 0's file before the test
-                    t = time.perf_counter()
-                    self._save({"model": self._model_state(), "epoch": state.epoch,
-                                "step": state.step}, "best.pt")
-                    self.io_time += time.perf_counter() - t
+                    self._keep_best()  # best.pt is written with the next checkpoint
             else:
                 self.best_state = {k: v.detach().clone() for k, v in
                                    self._model_state().items()}
 
     def _test(self) -> None:
         state = self._run_state
+        if self._is_main:
+            self._save_best()
         if self.dist is not None:
             self.dist.barrier()  # rank 0 has written best.pt
         if self.run_dir is not None and (self.run_dir / "best.pt").is_file():
@@ -684,8 +693,8 @@ class _Trainer(Resumable):
             self.buffer.append(MetricRecord(self.run_id, key, step, ep, now, float(value)))
         state.last.update(values)
 
-    def _flush(self) -> None:
-        if self.buffer:
+    def _flush(self, defer: bool = False) -> None:
+        if self.buffer and not defer:  # defer: kept for the next flush (one transaction)
             t = time.perf_counter()
             records, self.buffer = self.buffer, []
             self.sink.write(records)
@@ -745,6 +754,8 @@ class _Trainer(Resumable):
             out["stopped_early"] = self.stop_reason
         if self.notes:
             out["notes"] = self.notes
+        if getattr(self, "splits", None):
+            out["splits"] = self.splits
         if self.grad_norms:
             out["grad_norm_median"] = statistics.median(self.grad_norms)
         return out

@@ -25,6 +25,16 @@ def process_cpu_seconds() -> float:
     return t.user + t.system
 
 
+def _read_proc(path: str, size: int = 128) -> bytes:
+    """The first ``size`` bytes of a /proc file, read with one system call: read at every
+    epoch's ends, where Path.read_text cost ~6x more (~1 ms for 4 threads on a busy machine)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.read(fd, size)
+    finally:
+        os.close(fd)
+
+
 def thread_schedstat() -> dict[int, tuple[int, int]] | None:
     """Per thread of this process: (nanoseconds on a core, nanoseconds runnable but waiting for
     one), from ``/proc/self/task/<tid>/schedstat``; None where the kernel does not expose it."""
@@ -35,7 +45,7 @@ def thread_schedstat() -> dict[int, tuple[int, int]] | None:
     out: dict[int, tuple[int, int]] = {}
     for tid in tids:
         try:
-            fields = (_TASKS / tid / "schedstat").read_text().split()
+            fields = _read_proc(f"{_TASKS}/{tid}/schedstat").split()
             out[int(tid)] = (int(fields[0]), int(fields[1]))
         except (OSError, ValueError, IndexError):
             continue  # the thread ended between the listing and the read
@@ -45,11 +55,10 @@ def thread_schedstat() -> dict[int, tuple[int, int]] | None:
 def cpu_steal_ticks() -> tuple[int, int] | None:
     """(steal ticks, total ticks) of all CPUs since boot, from the first line of /proc/stat."""
     try:
-        with _STAT.open() as f:
-            fields = f.readline().split()
+        fields = _read_proc(str(_STAT), 256).split(b"\n", 1)[0].split()
     except OSError:
         return None
-    if not fields or fields[0] != "cpu" or len(fields) < 9:
+    if not fields or fields[0] != b"cpu" or len(fields) < 9:
         return None
     try:
         # user nice system idle iowait irq softirq steal (guest time is inside user already)

@@ -44,7 +44,7 @@ from trainlab.engine import contention
 from trainlab.engine.allocator import rss_bytes
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
 from trainlab.engine.measure import storage_bytes
-from trainlab.engine.speed import GATHER_BYTES
+from trainlab.engine.speed import GATHER_BYTES, intra_op_threads
 from trainlab.engine.threads import setup_key
 from trainlab.errors import ConfigError
 from trainlab.estimate.memory import state_bytes, trace
@@ -103,7 +103,8 @@ def estimate_run(config: RunConfig, *, calibrate: bool = True,
         # Step time and memory do not depend on the LR: estimate before the range test picks it.
         config = replace(config, optimizer=with_lr(config.optimizer, 1e-3))
     device = resolve_device(config.train.device)
-    data = load_dataset(config.data, config.model)
+    data = load_dataset(config.data, config.model,
+                        steps_per_epoch=config.train.steps_per_epoch)
     bs = config.data.batch_size
     key = _setup_key(config)  # train.nproc is part of it
     if key not in cache:
@@ -181,7 +182,8 @@ def _batch_bytes(train: Any, bs: int) -> int:
 
 def _measure_setup(config: RunConfig, device: torch.device,
                    calibrate: bool) -> tuple[dict[str, Any], Probe | None, str | None]:
-    data = load_dataset(config.data, config.model)
+    data = load_dataset(config.data, config.model,
+                        steps_per_epoch=config.train.steps_per_epoch)
     bs = config.data.batch_size
     lr = resolved_lr(config.optimizer)
     with torch.device("meta"):
@@ -199,7 +201,6 @@ def _measure_setup(config: RunConfig, device: torch.device,
             "state": state_bytes(model, config.optimizer, trainable),
             "trace": trace(config.model, config.finetune, data.info, bs, lr),
             "flops": train_step_flops(config.model, data.info, bs, config.finetune, lr),
-            "peak_flops": measure_peak_flops(device, dtype),
             "base": (torch.cuda.memory_allocated(device) if device.type == "cuda"
                      else rss_bytes()),
             # The data splits a CPU run keeps in memory (memory/tensor_peak_bytes counts them).
@@ -219,6 +220,12 @@ def _measure_setup(config: RunConfig, device: torch.device,
         # Out of the except clause (its traceback holds the failed step's tensors): the run
         # must not find the probe's cached blocks, whatever the probe ended with.
         release_cached(device)
+    # The matmul peak at the threads the run will train with (the probe's, which train.threads:
+    # auto picks there; the process's without a probe): the run's start then finds it measured
+    # a moment ago and does not measure again (flops.PEAK_FRESH_S), about 0.5 s on a CPU.
+    with torch.random.fork_rng(devices=[]), intra_op_threads(
+            measured.threads if measured is not None and measured.threads else None):
+        parts["peak_flops"] = measure_peak_flops(device, dtype)
     return parts, measured, note
 
 

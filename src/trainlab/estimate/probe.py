@@ -90,7 +90,8 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
     t_begin = time.perf_counter()
     allocator.steady()  # the heap the run will have (the engine sets it at run start)
     device = resolve_device(config.train.device)
-    data = load_dataset(config.data, config.model)
+    data = load_dataset(config.data, config.model,
+                        steps_per_epoch=config.train.steps_per_epoch)
     task = TASKS[data.info.task]
     bs = config.data.batch_size
     auto = isinstance(config.train.threads, str) and device.type == "cpu"

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 if TYPE_CHECKING:
     from trainlab.lr.study import AutoLR
+    from trainlab.stacks import StackPlan
 
 
 class SweepObserver(Protocol):
@@ -66,7 +67,7 @@ class SweepResult:
         skipped_bad = any(r.status == "diverged" and r.run_id not in trained
                           for r in self.plan.runs)
         # "busy" runs are another process's to finish: they do not fail this sweep.
-        bad = [o for o in self.outcomes if o.status not in ("ok", "busy")]
+        bad = [o for o in self.outcomes if o.status not in ("ok", "busy", "pruned")]
         return 1 if bad or skipped_bad else 0
 
 
@@ -87,6 +88,7 @@ def run_one(planned: PlannedRun, store: RunStore, callbacks: Sequence[Callback] 
     from trainlab.engine.measure import environment
 
     config = planned.run.config
+    callbacks = [*callbacks, *planned.callbacks]
     threads = torch.get_num_threads()
     sink: RecordSink = store
     extra: dict[str, object] = {}
@@ -125,10 +127,22 @@ def run_one(planned: PlannedRun, store: RunStore, callbacks: Sequence[Callback] 
         outcome = RunOutcome(planned.run_id, "interrupted", "interrupted by the user", {})
     finally:
         torch.set_num_threads(threads)
+    outcome = _final_status(outcome, planned.callbacks)
     if outcome.status == "interrupted" and interrupt.signal_name() != "Ctrl-C":
         outcome = RunOutcome(planned.run_id, "interrupted",
                              f"interrupted by {interrupt.signal_name()}", outcome.summary)
     store.finish_run(planned.run_id, outcome.status, outcome.error, {**outcome.summary, **extra})
+    return outcome
+
+
+def _final_status(outcome: RunOutcome, callbacks: Sequence[Any]) -> RunOutcome:
+    """An ``ok`` outcome with the status a run's own callback gave it (``pruned``: a search
+    trial's pruner stopped it), and what that callback adds to its summary."""
+    for cb in callbacks:
+        status = getattr(cb, "final_status", None)
+        if status and outcome.status == "ok":
+            return RunOutcome(outcome.run_id, status, outcome.error,
+                              {**outcome.summary, **getattr(cb, "final_summary", {})})
     return outcome
 
 
@@ -162,6 +176,10 @@ class _StartRecords:
         self.sink.rewind(run_id, step)
         self.sink.write([r for r in self.records if r.run_id == run_id and r.step > step])
 
+    def recorded_through(self, run_id: str, epoch: int, step: int) -> bool | None:
+        check = getattr(self.sink, "recorded_through", None)
+        return None if check is None else bool(check(run_id, epoch, step))
+
 
 class LocalExecutor:
     """Runs one after another in this process; Ctrl-C stops the sweep after saving state."""
@@ -178,18 +196,50 @@ class LocalExecutor:
         result = SweepResult(plan)
         observer.on_sweep_start(plan)
         chosen = resolve_plan_lrs(plan, store, observer)
+        stacks = _stacks(plan)
+        trained: set[str] = set()
         for planned in plan.todo:
+            if planned.run_id in trained:  # trained in its stack already
+                continue
             if interrupt.stop_requested():  # Ctrl-C between runs: start no new run
                 result.interrupted = True
                 break
-            outcome = run_one(planned, store, observer.callbacks(planned),
-                              auto_for(planned, chosen))
-            result.outcomes.append(outcome)
-            observer.on_run_end(planned, outcome)
-            if outcome.status == "interrupted":
+            stack = stacks.stack_of(planned.run_id) if stacks is not None else None
+            if stack is not None:  # train.stack: its runs train together, stored one by one
+                from trainlab.execute.stacked import run_stack
+
+                pairs = run_stack(stack, store, observer, run_one)
+                trained.update(p.run_id for p in stack)
+            else:
+                outcome = run_one(planned, store, observer.callbacks(planned),
+                                  auto_for(planned, chosen))
+                if stacks is not None and planned.run_id in stacks.alone \
+                        and outcome.status != "busy":
+                    outcome = _note_alone(store, outcome, stacks.alone[planned.run_id])
+                pairs = [(planned, outcome)]
+            for one, outcome in pairs:
+                result.outcomes.append(outcome)
+                observer.on_run_end(one, outcome)
+            if any(o.status == "interrupted" for _, o in pairs):
                 result.interrupted = True
                 break
         return result
+
+
+def _stacks(plan: Plan) -> StackPlan | None:
+    """The plan's stacks, when some run to train sets ``train.stack``."""
+    if all(p.run.config.train.stack == "off" for p in plan.todo):
+        return None
+    from trainlab.stacks import plan_stacks
+
+    return plan_stacks(plan.todo)
+
+
+def _note_alone(store: RunStore, outcome: RunOutcome, reason: str) -> RunOutcome:
+    """A run with ``train.stack`` set that trained alone: why, in its summary."""
+    summary = {**outcome.summary, "stack_alone": f"trained alone: {reason}"}
+    store.finish_run(outcome.run_id, outcome.status, outcome.error, summary)
+    return RunOutcome(outcome.run_id, outcome.status, outcome.error, summary)
 
 
 def resolve_plan_lrs(plan: Plan, store: Any, observer: SweepObserver | None = None

@@ -79,6 +79,9 @@ class RemoteStore:
     def rewind(self, run_id: str, step: int) -> None:
         self.channel.request(("rewind", run_id, step))
 
+    def recorded_through(self, run_id: str, epoch: int, step: int) -> bool | None:
+        return cast("bool | None", self.channel.request(("recorded_through", run_id, epoch, step)))
+
     def run_dir(self, run_id: str) -> Path:
         return self.root / "runs" / run_id
 
@@ -100,6 +103,9 @@ def answer(store: RunStore, message: tuple[Any, ...]) -> Any:
         return store.write(args[0])
     if kind == "rewind":
         return store.rewind(args[0], args[1])
+    if kind == "recorded_through":  # a store that cannot tell answers None
+        check = getattr(store, "recorded_through", None)
+        return None if check is None else check(args[0], args[1], args[2])
     if kind == "start_run":
         return store.start_run(args[0], args[1])
     if kind == "finish_run":

@@ -54,6 +54,10 @@ class _SinkStore:
     def rewind(self, run_id: str, step: int) -> None:
         self.sink.rewind(run_id, step)
 
+    def recorded_through(self, run_id: str, epoch: int, step: int) -> bool | None:
+        check = getattr(self.sink, "recorded_through", None)
+        return None if check is None else bool(check(run_id, epoch, step))
+
     def start_run(self, run_id: str, env: dict[str, Any]) -> bool:
         raise ValueError("a DDP rank never claims a run: its launcher did")
 

@@ -122,6 +122,10 @@ class TrackedStore:
         self.store.rewind(run_id, step)
         self._each(run_id, "rewind", run_id, step)
 
+    def recorded_through(self, run_id: str, epoch: int, step: int) -> bool | None:
+        check = getattr(self.store, "recorded_through", None)
+        return None if check is None else bool(check(run_id, epoch, step))
+
     def write(self, records: Sequence[MetricRecord]) -> None:
         self.store.write(records)
         by_run: dict[str, list[MetricRecord]] = {}

@@ -368,7 +368,8 @@ def lr_find(config: RunConfig, settings: LRFindSpec | None = None) -> LRRangeRes
 def _lr_find(config: RunConfig, settings: LRFindSpec) -> tuple[LRRangeResult, dict[str, Any]]:
     with preserved_rng():
         device = resolve_device(config.train.device)
-        data = load_dataset(config.data, config.model)
+        data = load_dataset(config.data, config.model,
+                            steps_per_epoch=config.train.steps_per_epoch)
         task = TASKS[data.info.task]
         seed_everything(settings.seed)
         model = build_model(config.model, data.info).to(device)

@@ -11,6 +11,7 @@ yet handed over, and readers (``ls``, ``report``) can read while a sweep writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -18,12 +19,13 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from trainlab.errors import ConfigError, TrainlabError
 from trainlab.records import DONE, MetricRecord
+
+if TYPE_CHECKING:  # pandas is imported where a frame is made: `trainlab run` needs none
+    import pandas as pd
 
 DEFAULT_STORE = "trainlab-runs"
 
@@ -97,6 +99,9 @@ MIGRATIONS: dict[int, list[str]] = {
         label TEXT NOT NULL,
         PRIMARY KEY (sweep, range_id))""",
     ],
+    # Search trials (trainlab.search): status ``pruned`` (a free-text status, so no table
+    # change for it) and the epoch at which the pruner stopped the run (NULL for every other).
+    5: ["ALTER TABLE runs ADD COLUMN stopped_epoch INTEGER"],
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -173,6 +178,11 @@ def _read_only_error(exc: BaseException) -> bool:
 
 def _damage_error(exc: BaseException) -> bool:
     return any(s in str(exc) for s in ("malformed", "not a database", "database corrupt"))
+
+
+def damage_error(exc: BaseException) -> bool:
+    """Whether a SQLite error says the database file is damaged (not locked, not full)."""
+    return _damage_error(exc)
 
 
 def truncated(db: Path) -> str | None:
@@ -415,8 +425,19 @@ class Store:
                    summary: dict[str, Any]) -> None:
         with self._tx():
             self.conn.execute(
-                "UPDATE runs SET status=?, finished=?, error=?, summary=? WHERE run_id=?",
-                (status, time.time(), error, json.dumps(summary, default=str), run_id))
+                "UPDATE runs SET status=?, finished=?, error=?, summary=?, stopped_epoch=? "
+                "WHERE run_id=?",
+                (status, time.time(), error, json.dumps(summary, default=str),
+                 summary.get("pruned_epoch") if status == "pruned" else None, run_id))
+        self._checkpoint_wal()
+
+    def _checkpoint_wal(self) -> None:
+        """Copy the WAL's pages into the database file at each run's end, so the WAL is never
+        the only copy of a finished run for long (a user who deletes ``trainlab.db-wal`` as a
+        temporary file then loses at most the run in progress).  PASSIVE: it waits for no
+        reader or writer and copies what it can; a failure (a full disk) leaves the WAL whole."""
+        with contextlib.suppress(sqlite3.Error):
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def write(self, records: Sequence[MetricRecord]) -> None:
         """Insert metric rows in one transaction (a rewritten (run, key, step) replaces)."""
@@ -435,12 +456,25 @@ class Store:
         with self._tx():
             self.conn.execute("DELETE FROM metrics WHERE run_id=? AND step>?", (run_id, step))
 
+    def recorded_through(self, run_id: str, epoch: int, step: int) -> bool:
+        """Whether the store holds the run's records that a checkpoint taken at ``epoch``
+        (the last completed one) and ``step`` saw committed: its step-0 rows (epoch 0) and
+        rows in every epoch from 1 to ``epoch`` (each epoch ends with its records).  False
+        after records were lost (a deleted ``-wal`` file): the engine then restarts the run
+        rather than resume it with epochs missing.  One indexed query."""
+        rows = self.conn.execute(
+            "SELECT DISTINCT epoch FROM metrics WHERE run_id=? AND step<=? AND epoch<=?",
+            (run_id, step, epoch)).fetchall()
+        return {int(r[0]) for r in rows} >= set(range(epoch + 1))
+
     # --- reads ---------------------------------------------------------------------------------
 
     def sweeps(self) -> pd.DataFrame:
+        import pandas as pd
+
         rows = self.conn.execute(
             "SELECT s.name, s.updated, COUNT(r.run_id), "
-            "SUM(CASE WHEN r.status IN ('ok', 'diverged') THEN 1 ELSE 0 END) "
+            "SUM(CASE WHEN r.status IN ('ok', 'diverged', 'pruned') THEN 1 ELSE 0 END) "
             "FROM sweeps s LEFT JOIN sweep_runs m ON m.sweep=s.name "
             "LEFT JOIN runs r ON r.run_id=m.run_id GROUP BY s.name ORDER BY s.updated").fetchall()
         return pd.DataFrame(rows, columns=["sweep", "updated", "runs", "finished"])
@@ -454,10 +488,12 @@ class Store:
 
     def runs(self, sweep: str | None = None) -> pd.DataFrame:
         """One row per (sweep, run): run_id, sweep, index, status, config (dict), times, ..."""
+        import pandas as pd
+
         query = (
             "SELECT r.run_id, m.sweep, m.idx, r.status, r.config, m.overrides, r.created, "
             "r.started, r.finished, r.error, r.env, r.summary, r.attempts, r.host, r.pid, "
-            "r.estimate "
+            "r.estimate, r.stopped_epoch "
             "FROM runs r LEFT JOIN sweep_runs m ON m.run_id = r.run_id")
         params: tuple[Any, ...] = ()
         if sweep is not None:
@@ -467,7 +503,7 @@ class Store:
         rows = self.conn.execute(query, params).fetchall()
         columns = ["run_id", "sweep", "index", "status", "config", "overrides", "created",
                    "started", "finished", "error", "env", "summary", "attempts", "host", "pid",
-                   "estimate"]
+                   "estimate", "stopped_epoch"]
         frame = pd.DataFrame(rows, columns=columns)
         for col in ("config", "overrides", "env", "summary", "estimate"):
             frame[col] = [json.loads(v) if isinstance(v, str) else {} for v in frame[col]]
@@ -477,6 +513,8 @@ class Store:
     def metrics(self, run_ids: Iterable[str] | None = None,
                 keys: Iterable[str] | None = None) -> pd.DataFrame:
         """One row per recorded value: run_id, key, step, epoch, time, value."""
+        import pandas as pd
+
         query = "SELECT run_id, key, step, epoch, time, value FROM metrics"
         clauses, params = [], []
         if run_ids is not None:
@@ -492,6 +530,20 @@ class Store:
         query += " ORDER BY run_id, step, key"
         rows = self.conn.execute(query, params).fetchall()
         return pd.DataFrame(rows, columns=["run_id", "key", "step", "epoch", "time", "value"])
+
+    def summaries(self, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Status and summary (a dict) of the given runs that are in the store, without the
+        frame of :meth:`runs` (no pandas: what `trainlab run` prints at its end)."""
+        ids = list(run_ids)
+        out: dict[str, dict[str, Any]] = {}
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk:chunk + 500]
+            rows = self.conn.execute(
+                f"SELECT run_id, status, summary FROM runs WHERE run_id IN "
+                f"({','.join('?' * len(part))})", part).fetchall()
+            out.update({r[0]: {"status": r[1], "summary": json.loads(r[2])
+                               if isinstance(r[2], str) else {}} for r in rows})
+        return out
 
     def statuses(self, run_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Status, host, pid and last write time of the given runs that are in the store."""
@@ -547,6 +599,8 @@ class Store:
         seconds, steepest, valley, minimum (LR of the lowest loss / 10), min_loss_lr,
         candidates (list), trusted (bool), flags (list of {code, message}), explanation.
         """
+        import pandas as pd
+
         query = ("SELECT r.range_id, m.sweep, m.label, r.status, r.created, r.config, "
                  "r.settings, r.result FROM lr_ranges r "
                  "LEFT JOIN lr_range_sweeps m ON m.range_id = r.range_id")

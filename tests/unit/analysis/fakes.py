@@ -27,7 +27,8 @@ def add_sweep(store: Store, name: str, varied: list[str], runs: Sequence[dict[st
     ``valid`` metric lists, per-epoch cumulative training ``time``; optional ``status``,
     ``memory`` (MiB), ``params``, ``test``, ``error``, ``seed``, ``disturbed`` (per-epoch
     perf/disturbed flags), ``data_wait`` (per-epoch time/data_wait_frac), ``workers``
-    (data.loader.workers of a run that loaded a Dataset's items), ``extra`` (metric name ->
+    (data.loader.workers of a run that loaded a Dataset's items), ``splits`` (the summary's
+    data splits), ``extra`` (metric name ->
     per-epoch validation values, F1 and MCC say) and ``extra_test`` (metric name -> test)."""
     rows = []
     for i, run in enumerate(runs, 1):
@@ -96,6 +97,8 @@ def add_sweep(store: Store, name: str, varied: list[str], runs: Sequence[dict[st
             if "disturbed" in run:  # as the engine summarises perf/disturbed
                 summary["disturbed_epochs"] = int(sum(run["disturbed"]))
                 summary["timing_trusted"] = not any(run["disturbed"])
+            if "splits" in run:  # sizes and sources, as the engine records them
+                summary["splits"] = run["splits"]
             if "workers" in run:  # the run loaded a Dataset's items through a DataLoader
                 summary["speed"] = {"loader": {"workers": run["workers"]}}
         else:

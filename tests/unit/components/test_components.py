@@ -57,6 +57,22 @@ def test_digits_splits_are_deterministic_and_disjoint() -> None:
     assert torch.equal(again.valid.inputs, data.valid.inputs)
 
 
+def test_splits_say_their_sizes_and_sources() -> None:
+    """What the run's summary records as ``splits`` (issue 21): which split is valid and which
+    test, how big, and where each came from; data.limit is named on the train row."""
+    from trainlab.components.datasets import split_summary
+
+    splits = split_summary(_data(name="digits", limit=64).info)
+    assert {k: v["size"] for k, v in splits.items()} == {"train": 64, "valid": 270, "test": 270}
+    assert splits["valid"]["source"] == "15% of the 1797 examples held out (split_seed 0)"
+    assert splits["train"]["source"] == ("the rest of the 1797 examples; the first 64 of 1257 "
+                                         "(data.limit)")
+    assert splits["test"]["unit"] == "examples"
+    lm = split_summary(_data(name="pydoc-lm", seq_len=16).info)
+    assert lm["train"]["unit"] == "sequences of 16 tokens"
+    assert lm["valid"]["source"].startswith("10% of the tokens, whole paragraphs")
+
+
 def test_digits_are_read_as_scikit_learn_loads_them_without_importing_it() -> None:
     import subprocess
     import sys

@@ -23,6 +23,7 @@ pytest.importorskip("datasets")
 from trainlab.cli import app
 from trainlab.components import build_finetune, build_model, load_dataset
 from trainlab.components import hf as hf_module
+from trainlab.components.datasets import split_summary
 from trainlab.components.finetune.adapter import Adapter
 from trainlab.components.finetune.layers import layer_groups
 from trainlab.components.hf import HFModel
@@ -161,9 +162,17 @@ def test_glue_like_splits_use_validation_as_test(tiny_hf: dict[str, str], sentim
     assert len(data.test) == 60
     assert len(data.valid) == round(240 * 0.15) and len(data.train) == 240 - 36
     assert data.info.num_outputs == 2 and data.info.input_shape == (8,)
+    # The run's summary says which split is which, and where each came from (issue 21).
+    splits = split_summary(data.info)
+    assert {k: v["size"] for k, v in splits.items()} == {"train": 204, "valid": 36, "test": 60}
+    assert splits["test"]["source"] == "dataset split validation (split test has no labels)"
+    assert splits["valid"]["source"] == "15% of dataset split train held out (split_seed 0)"
+    assert splits["train"]["source"] == "the rest of dataset split train"
     again = load_dataset(resolve_component("data", _data(tiny_hf, sentiment_dir, limit=50)),
                          mspec)
     assert len(again.train) == 50
+    assert split_summary(again.info)["train"]["source"].endswith(
+        "; 50 of 204, drawn by split_seed (data.limit)")
     with pytest.raises(ConfigError, match=r"no column 'text_a'.*columns: sentence, label"):
         load_dataset(resolve_component("data", _data(tiny_hf, sentiment_dir, text="text_a")),
                      mspec)

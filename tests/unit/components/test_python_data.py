@@ -260,7 +260,7 @@ BAD = [
     ("return {'train': torch.utils.data.TensorDataset(torch.zeros(4, 2))}",
      "item 0 is a tuple"),
     ("class It(torch.utils.data.IterableDataset):\n    def __iter__(self):\n"
-     "        yield torch.zeros(2), 0\nreturn {'train': It()}", "is an IterableDataset"),
+     "        yield torch.zeros(2)\nreturn {'train': It()}", "its first item is a Tensor"),
 ]
 
 

@@ -19,7 +19,7 @@ from tests.unit.components.own import OWN_SPECS
 from trainlab.components import OPTIMIZERS, SCHEDULES, ScheduleContext, build_schedule
 from trainlab.components.optimizers import build_optimizer
 from trainlab.config.schema import resolve_component, resolve_run
-from trainlab.engine import interrupt, train
+from trainlab.engine import Callback, RunState, interrupt, train
 from trainlab.engine.callbacks import EarlyStopping
 from trainlab.engine.checkpoint import load_latest, load_verified, save_atomic
 from trainlab.records import NullSink
@@ -196,3 +196,42 @@ def test_an_earlier_checkpoint_with_other_objects_is_refused(tmp_path: Path) -> 
     _write_legacy({"epoch": 1, "odd": Path("x")}, tmp_path / "last.pt")
     with pytest.warns(RuntimeWarning, match="could not be loaded"):
         assert load_verified(tmp_path / "last.pt") is None
+
+
+class _Snapshots(Callback):
+    """The model's weights after each validation, by epoch."""
+
+    def __init__(self) -> None:
+        self.weights: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_eval_end(self, state: RunState, values: Any) -> None:
+        self.weights[state.epoch] = {k: v.clone() for k, v in state.model.state_dict().items()}
+
+
+def test_best_pt_holds_the_best_epoch_and_is_written_before_the_last_pt_naming_it(
+        tmp_path: Path) -> None:
+    """The best weights are kept in memory at each improvement and written with the next
+    last.pt (not at every improvement): best.pt still holds the best epoch's weights, the
+    test evaluates them as a run without a run directory does, and a run interrupted
+    mid-epoch leaves a best.pt of the epoch its last.pt names as best."""
+    raw = {**RAW, "train": {**RAW["train"], "epochs": 4, "checkpoint_every_s": 1e9}}
+    snapshots, sink = _Snapshots(), NullSink()
+    outcome = train(resolve_run(raw), run_dir=tmp_path / "run", sink=sink, callbacks=[snapshots])
+    assert outcome.status == "ok", outcome.error
+    best = load_verified(tmp_path / "run" / "best.pt")
+    assert best is not None and best["epoch"] == outcome.summary["best_epoch"]
+    want = snapshots.weights[best["epoch"]]
+    assert all(torch.equal(best["model"][k], want[k]) for k in want)
+    memory = NullSink()
+    assert train(resolve_run(raw), sink=memory).status == "ok"  # best weights kept in memory
+    tests = {r.key: r.value for r in sink.records if r.key.startswith("test/")}
+    assert tests and tests == {r.key: r.value for r in memory.records
+                               if r.key.startswith("test/")}
+
+    cut = tmp_path / "cut"
+    first = train(resolve_run(raw), run_dir=cut, sink=NullSink(), callbacks=[StopAt(30)])
+    assert first.status == "interrupted"
+    interrupt.clear()
+    last, best = load_verified(cut / "last.pt"), load_verified(cut / "best.pt")
+    assert last is not None and best is not None
+    assert best["epoch"] == last["best"]["best_epoch"]

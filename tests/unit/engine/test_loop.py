@@ -124,6 +124,9 @@ def test_records_cover_the_contract() -> None:
     assert summary["params_total"] == 10 * 32 + 32 + 32 * 4 + 4
     assert 0.0 <= summary["test_accuracy"] <= 1.0 and summary["best_epoch"] in (1, 2, 3)
     assert summary["peak_memory_bytes"] > 0 and summary["samples_per_s"] > 0
+    # Which split is which, how big, from where (issue 21; components' split_summary).
+    assert summary["splits"]["train"]["size"] == 210
+    assert "held out" in summary["splits"]["valid"]["source"]
 
 
 def test_language_model_records_perplexity() -> None:

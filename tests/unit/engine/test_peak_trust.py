@@ -106,3 +106,21 @@ def test_older_values_above_one_are_shown_as_unreliable() -> None:
                                 {"key": "perf/mfu", "value": 0.5, "epoch": 2}])
     assert rows == [{"key": "perf/mfu_unreliable", "value": 1.0, "epoch": 1},
                     {"key": "perf/mfu", "value": 0.5, "epoch": 2}]
+
+
+def test_a_refresh_in_seconds_skips_a_peak_measured_that_recently(
+        peaks: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run that `trainlab run` starts right after its estimate measured the peak does not
+    measure it again (refresh=PEAK_FRESH_S); an older peak is topped up as with refresh=True."""
+    monkeypatch.setattr(flops, "_MEASURED_AT", {})
+    calls: list[float] = []
+
+    def fake(device: torch.device, dtype: torch.dtype, seconds: float) -> float:
+        calls.append(seconds)
+        return 5e9 + len(calls)
+
+    flops.measure_peak_flops(CPU, sample=fake)
+    assert flops.measure_peak_flops(CPU, refresh=flops.PEAK_FRESH_S, sample=fake) == 5e9 + 1
+    assert calls == [0.25]
+    assert flops.measure_peak_flops(CPU, refresh=0.0, sample=fake) == 5e9 + 2  # stale: topped up
+    assert calls == [0.25, 0.0625]
