@@ -157,3 +157,71 @@ def test_a_missing_optuna_says_how_to_install_it(tmp_path: Path,
     result = CliRunner().invoke(app, ["run", str(config), "--store", str(tmp_path / "st")])
     assert result.exit_code == 2
     assert "pip install 'trainlab[search]'" in result.output and "Traceback" not in result.output
+
+
+def test_jobs_2_keeps_two_trials_in_flight_on_one_pool(tmp_path: Path) -> None:
+    config = _write(tmp_path, search={"method": "tpe", "trials": 4, "metric": "valid/loss",
+                                      "space": SPACE})
+    _run(config, tmp_path / "st", "--jobs", "2")
+    with open_store(tmp_path / "st", create=False) as st:
+        runs = st.runs("srch")
+    assert len(runs) == 4 and set(runs["status"]) == {"ok"}
+    params = {tuple(sorted(o.items())) for o in runs["overrides"]}
+    assert len(params) == 4  # never two trials with the same params
+
+
+@pytest.mark.slow
+def test_a_ray_search_starts_one_local_ray_for_all_its_trials(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    starts: list[int] = []
+    init = ray.init
+
+    def counting_init(*args: Any, **kwargs: Any) -> Any:
+        starts.append(1)
+        return init(*args, **kwargs)
+
+    monkeypatch.setattr(ray, "init", counting_init)
+    config = _write(tmp_path, search={"method": "random", "trials": 4, "metric": "valid/loss",
+                                      "space": SPACE})
+    _run(config, tmp_path / "st", "--executor", "ray", "--jobs", "2")
+    with open_store(tmp_path / "st", create=False) as st:
+        runs = st.runs("srch")
+    assert len(runs) == 4 and set(runs["status"]) == {"ok"}
+    assert len(starts) == 1 and not ray.is_initialized()  # one Ray, shut down at the end
+
+
+def test_an_lr_range_test_bounds_the_searched_lr_and_is_run_once(tmp_path: Path) -> None:
+    config = _write(tmp_path, lr_find={"steps": 30}, search={
+        "method": "random", "trials": 2, "metric": "valid/loss",
+        "space": {"optimizer.lr": {"from_range_test": True}}})
+    plan = CliRunner().invoke(app, ["plan", str(config), "--store", str(tmp_path / "st")])
+    assert plan.exit_code == 0 and "until the LR range test runs" in plan.output, plan.output
+    _run(config, tmp_path / "st")
+    with open_store(tmp_path / "st", create=False) as st:
+        ranges = st.conn.execute("SELECT range_id, result FROM lr_ranges").fetchall()
+        runs = st.runs("srch")
+    assert len(ranges) == 1 and len(runs) == 2
+    import json
+
+    candidates = json.loads(ranges[0][1])["suggestions"]["candidates"]
+    low, high = min(candidates), max(candidates)
+    lrs = [o["optimizer.lr"] for o in runs["overrides"]]
+    assert all(low * 0.99 <= lr <= high * 1.01 for lr in lrs), (lrs, candidates)
+    again = _run(config, tmp_path / "st", "--json")  # the stored test, the same range
+    assert f"from LR range test {ranges[0][0]}" in again.output
+    with open_store(tmp_path / "st", create=False) as st:
+        assert len(st.conn.execute("SELECT range_id FROM lr_ranges").fetchall()) == 1
+
+
+def test_log_tensorboard_mirrors_every_trial_as_a_run(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="pip install 'trainlab[tensorboard]' (CI does)")
+    config = _write(tmp_path, search={"method": "random", "trials": 2, "metric": "valid/loss",
+                                      "space": SPACE})
+    _run(config, tmp_path / "st", "--jobs", "2", "--log", "tensorboard")
+    with open_store(tmp_path / "st", create=False) as st:
+        runs = st.runs("srch")
+    assert len(runs) == 2
+    for run_id in runs["run_id"]:
+        (logdir,) = (tmp_path / "st" / "tensorboard" / "srch").glob(f"*-{run_id}")
+        assert any(logdir.iterdir())

@@ -60,12 +60,11 @@ def run_search_command(ctx: typer.Context, sweep: SweepConfig, store: Path | Non
                        log: list[str] | None, quiet: bool, as_json: bool) -> NoReturn:
     """Train a search (see :mod:`trainlab.search.driver`) and print its trials."""
     from trainlab.execute import make_executor
+    from trainlab.loggers import make_trackers
     from trainlab.search.driver import Search, run_search
 
-    if log:
-        fail("`--log` does not apply to a search yet (its trials are planned as it goes); "
-             "leave --log out, or run the chosen configuration again with it")
     guard(lambda: Search(sweep, None).check())  # bad input creates no store
+    trackers = guard(lambda: make_trackers(log or []))  # a missing package: exit 2
     chosen = guard(lambda: make_executor(executor, jobs=jobs, address=ray_address,
                                          cpus_per_run=cpus_per_run, gpus_per_run=gpus_per_run))
     st = command_store(ctx, store)
@@ -82,7 +81,8 @@ def run_search_command(ctx: typer.Context, sweep: SweepConfig, store: Path | Non
     try:
         with graceful_sigint():
             result = run_search(sweep, st, chosen, int(width),
-                                observer=lambda plan: _TrialLines(quiet or as_json), warn=warn)
+                                observer=lambda plan: _TrialLines(quiet or as_json), warn=warn,
+                                trackers=trackers)
     except ConfigError as exc:
         fail(escape(str(exc)))
     finally:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -67,6 +67,19 @@ from trainlab.plan import Plan, PlannedRun
 
 if TYPE_CHECKING:
     from trainlab.lr.study import AutoLR
+
+
+class RunFeed(Protocol):
+    """More runs for an executor that is already running (a search that asks for its next
+    trial as each one finishes): the pool and Ray executors take one as ``execute(...,
+    feed=)`` and keep their workers, or their Ray, for everything it gives."""
+
+    def finished(self, planned: PlannedRun, outcome: RunOutcome) -> None:
+        """A run is stored (called before the executor asks :meth:`more`)."""
+
+    def more(self) -> Plan | None:
+        """Runs to train now, when the executor's queue is empty and it has room; None: no
+        more, ever."""
 
 
 def usable_cores() -> int:
@@ -195,8 +208,10 @@ class PoolExecutor:
                         f"leaves {per} GPU(s) per job; lower --jobs or train.nproc",
                         field="train.nproc").within(f"run {planned.index}")
 
-    def execute(self, plan: Plan, store: RunStore, observer: SweepObserver | None = None
-                ) -> SweepResult:
+    accepts_feed = True  # execute(..., feed=): one pool for every run a RunFeed gives
+
+    def execute(self, plan: Plan, store: RunStore, observer: SweepObserver | None = None,
+                feed: RunFeed | None = None) -> SweepResult:
         observer = observer or NullObserver()
         result = SweepResult(plan)
         todo = deque(plan.todo)
@@ -207,7 +222,7 @@ class PoolExecutor:
         # optimizer.lr: auto: the range tests run here, in the store's process, once per
         # group, while the workers finish importing; each run is sent with its result.
         self.chosen = resolve_plan_lrs(plan, store, observer)
-        pool = _Pool(self, store, observer, result, todo)
+        pool = _Pool(self, store, observer, result, todo, feed)
         try:
             pool.run()
         finally:
@@ -219,9 +234,10 @@ class _Pool:
     """The dispatch loop: hand out runs, answer workers, notice deaths and Ctrl-C."""
 
     def __init__(self, executor: PoolExecutor, store: RunStore, observer: SweepObserver,
-                 result: SweepResult, todo: deque[PlannedRun]) -> None:
+                 result: SweepResult, todo: deque[PlannedRun], feed: RunFeed | None = None
+                 ) -> None:
         self.store, self.observer, self.result, self.todo = store, observer, result, todo
-        self.executor = executor
+        self.executor, self.feed = executor, feed
         self.root = str(store.root)
         self.replayer = Replayer()
         self.workers = executor.workers  # shared: close() ends whatever is left
@@ -271,6 +287,8 @@ class _Pool:
             self._receive(worker)
 
     def _assign(self, worker: _Worker) -> None:
+        if not self.todo and not self.stopping:
+            self._refill()
         if self.todo and not self.stopping:
             planned = self.todo.popleft()
             worker.run = planned
@@ -281,9 +299,22 @@ class _Pool:
             worker.conn.send(("exit",))
             self._retire(worker)
 
+    def _refill(self) -> None:
+        """The queue ran dry: ask the feed for more (its ``lr: auto`` range tests run here)."""
+        while self.feed is not None:
+            more = self.feed.more()
+            if more is None:
+                self.feed = None
+            elif more.todo:
+                self.executor.chosen.update(resolve_plan_lrs(more, self.store, self.observer))
+                self.todo.extend(more.todo)
+                return
+
     def _finished(self, planned: PlannedRun, outcome: RunOutcome) -> None:
         self.result.outcomes.append(outcome)
         self.observer.on_run_end(planned, outcome)
+        if self.feed is not None:
+            self.feed.finished(planned, outcome)
         if outcome.status == "interrupted":
             self.result.interrupted = True
 
@@ -302,9 +333,10 @@ class _Pool:
             self._finished(planned, RunOutcome(planned.run_id, "failed", error, {}))
         elif not worker.ready:
             self.failed_starts += 1
-        if self.stopping or not self.todo:
+        if self.stopping or not (self.todo or self.feed is not None):
             return
         if self.failed_starts > self.executor.jobs:  # workers cannot start: fail what is left
+            self.feed = None
             while self.todo:
                 planned = self.todo.popleft()
                 error = f"no worker process could start (the last {how}); see the output above"

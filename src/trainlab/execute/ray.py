@@ -42,6 +42,7 @@ from trainlab.plan import Plan, PlannedRun
 from trainlab.store.base import RunStore
 
 if TYPE_CHECKING:
+    from trainlab.execute.pool import RunFeed
     from trainlab.lr.study import AutoLR
 
 PIP_HINT = 'pip install "trainlab[ray]"'
@@ -163,8 +164,10 @@ class RayExecutor:
 
     # --- running ---------------------------------------------------------------------------------
 
-    def execute(self, plan: Plan, store: RunStore, observer: SweepObserver | None = None
-                ) -> SweepResult:
+    accepts_feed = True  # execute(..., feed=): one Ray for every run a RunFeed gives
+
+    def execute(self, plan: Plan, store: RunStore, observer: SweepObserver | None = None,
+                feed: RunFeed | None = None) -> SweepResult:
         ray = import_ray()
         observer = observer or NullObserver()
         result = SweepResult(plan)
@@ -177,7 +180,7 @@ class RayExecutor:
         # optimizer.lr: auto: the range tests run on the driver, which owns the store, once
         # per group; each task is sent with its result.
         self.chosen = resolve_plan_lrs(plan, store, observer)
-        driver = _Driver(self, ray, store, observer, result, deque(plan.todo))
+        driver = _Driver(self, ray, store, observer, result, deque(plan.todo), feed)
         try:
             driver.run()
         finally:
@@ -188,8 +191,9 @@ class RayExecutor:
 
 class _Driver:
     def __init__(self, executor: RayExecutor, ray: Any, store: RunStore,
-                 observer: SweepObserver, result: SweepResult, todo: deque[PlannedRun]) -> None:
-        self.executor, self.ray, self.store = executor, ray, store
+                 observer: SweepObserver, result: SweepResult, todo: deque[PlannedRun],
+                 feed: RunFeed | None = None) -> None:
+        self.executor, self.ray, self.store, self.feed = executor, ray, store, feed
         self.observer, self.result, self.todo = observer, result, todo
         self.relay = ray.remote(num_cpus=0)(Relay).remote()
         self.task = ray.remote(_train_task)
@@ -203,13 +207,16 @@ class _Driver:
 
     def run(self) -> None:
         ray = self.ray
-        while self.todo or self.inflight:
+        while True:
             if interrupt.stop_requested() and not self.stopping:
                 self._stop()
-            while self.todo and len(self.inflight) < self.window and not self.stopping:
+            while len(self.inflight) < self.window and not self.stopping and (
+                    self.todo or self._refill()):
                 self._submit(self.todo.popleft())
             if self.stopping:
                 self.todo.clear()
+            if not self.todo and not self.inflight:
+                break
             replies = []
             for ident, message in ray.get(self.relay.take.remote(0.2)):
                 if ident is None:
@@ -224,6 +231,19 @@ class _Driver:
                                    timeout=0)
                 for ref in done:
                     self._done(ref)
+
+    def _refill(self) -> bool:
+        """The queue ran dry with room for more: ask the feed (its ``lr: auto`` range tests
+        run here, on the driver)."""
+        while self.feed is not None:
+            more = self.feed.more()
+            if more is None:
+                self.feed = None
+            elif more.todo:
+                self.executor.chosen.update(resolve_plan_lrs(more, self.store, self.observer))
+                self.todo.extend(more.todo)
+                return True
+        return False
 
     def _submit(self, planned: PlannedRun) -> None:
         cpus, gpus = self.executor.resources(planned)
@@ -258,6 +278,8 @@ class _Driver:
             return  # never started
         self.result.outcomes.append(outcome)
         self.observer.on_run_end(planned, outcome)
+        if self.feed is not None:
+            self.feed.finished(planned, outcome)
         if outcome.status == "interrupted":
             self.result.interrupted = True
 

@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from trainlab.search.optuna_glue import (
     study_for,
 )
 from trainlab.search.prune import PruneCallback
+from trainlab.search.ranges import bound_lr_ranges
 from trainlab.search.spec import SearchSpec, parse_search
 from trainlab.store import Store
 
@@ -73,6 +74,7 @@ class SearchResult:
     outcomes: list[Any] = field(default_factory=list)
     interrupted: bool = False
     trained: int = 0
+    log: list[tuple[str, int]] = field(default_factory=list)  # asks and tells, in order
 
     @property
     def exit_code(self) -> int:
@@ -88,22 +90,31 @@ def point_label(point: dict[str, Any]) -> str:
 
 
 class Search:
-    """A sweep's search, rebuilt from ``store`` (None: nothing stored yet)."""
+    """A sweep's search, rebuilt from ``store`` (None: nothing stored yet).
 
-    def __init__(self, sweep: SweepConfig, store: Store | None) -> None:
+    ``run_range_tests``: run the LR range tests an ``optimizer.lr: {from_range_test: true}``
+    needs and the store lacks (a search that trains); otherwise stored ones are read."""
+
+    def __init__(self, sweep: SweepConfig, store: Store | None,
+                 run_range_tests: bool = False) -> None:
         self.sweep, self.store = sweep, store
         self.spec: SearchSpec = parse_search(sweep)
         import_optuna()
-        self.dists = distributions(self.spec)
         self.seeds: list[int | None] = list(sweep.seeds) if sweep.seeds else [None]
         self.base = {s: copy.deepcopy(getattr(sweep, s)) for s in SECTIONS}
         self.base["lr_find"] = copy.deepcopy(sweep.lr_find)
         self.epochs = int(sweep.train.get("epochs", 10))
         self.cache: dict[str, Any] = {}
         self.studies = [Study(point_label(p), p) for p in points(sweep)]
+        if any(p.from_range for p in self.spec.space):
+            self.spec = bound_lr_ranges(
+                self.spec, [(s.point, self._resolve(s.point)) for s in self.studies], store,
+                sweep=sweep.name, run=run_range_tests and store is not None)
+        self.dists = distributions(self.spec)
         self.members: dict[str, tuple[str, int, dict[str, Any], dict[str, Any]]] = {}
         self.next_index = 1
         self.warn: Callable[[str], None] = lambda message: None
+        self.on_plan: Callable[[Plan], None] = lambda plan: None  # each plan made (trackers)
         self._rebuild()
 
     # --- the store -------------------------------------------------------------------------
@@ -187,7 +198,8 @@ class Search:
         """Check that every config the search can produce builds: each grid point with each
         searched key at its bounds (every value of a choice), on the meta device."""
         probe = self.sweep.model_dump(mode="json", exclude={"search"})
-        probe["grid"] = {**self.sweep.grid, **{p.key: p.corners() for p in self.spec.space}}
+        probe["grid"] = {**self.sweep.grid, **{p.key: p.corners() for p in self.spec.space
+                                               if p.corners()}}
         probe["seeds"] = None
         make_plan(SweepConfig.model_validate(probe).with_root(self.sweep.root), None)
 
@@ -226,6 +238,12 @@ class Search:
             # Resolved again (the store keeps configs as data); same settings, same ids.
             trial.runs = [ExpandedRun(r.index, self._resolve(r.overrides), r.overrides)
                           for r in trial.runs]
+            # Seeds added to the file since it was asked: it gains their runs (a finished
+            # trial keeps the seeds its value was measured over).
+            have = {r.overrides.get("train.seed") for r in trial.runs}
+            if None not in have:
+                trial.runs += self._runs(study.point, trial.params,
+                                         [s for s in self.seeds if s not in have])
             study.study.enqueue_trial(trial.params, skip_if_exists=False)
             trial.handle = study.study.ask(self.dists)
             return trial
@@ -257,9 +275,10 @@ class Search:
             return trial
         return None
 
-    def _runs(self, point: dict[str, Any], params: dict[str, Any]) -> list[ExpandedRun]:
+    def _runs(self, point: dict[str, Any], params: dict[str, Any],
+              seeds: list[int | None] | None = None) -> list[ExpandedRun]:
         runs = []
-        for seed in self.seeds:
+        for seed in self.seeds if seeds is None else seeds:
             overrides = {**point, **params}
             if seed is not None:
                 overrides["train.seed"] = seed
@@ -299,7 +318,9 @@ class Search:
                                           action_for(info), flat, callbacks))
         self.store.register_sweep(self.sweep.name, self.sweep.model_dump(mode="json"), varied,
                                   sorted(self.members.values(), key=lambda m: m[1]))
-        return Plan(self.sweep, planned, varied)
+        plan = Plan(self.sweep, planned, varied)
+        self.on_plan(plan)
+        return plan
 
     # --- results ---------------------------------------------------------------------------
 
@@ -322,25 +343,122 @@ class Search:
             study.study.tell(handle, state=state.FAIL)
 
 
+class _Feed:
+    """The search as a :class:`trainlab.execute.pool.RunFeed`: each trial is told as soon as
+    its last run is stored, and the next trial is asked when the executor has room, so
+    ``--jobs N`` keeps N runs in flight and no trial waits for a slower one."""
+
+    def __init__(self, search: Search) -> None:
+        self.search = search
+        self.owner: dict[str, tuple[Study, Trial]] = {}  # run id -> its trial, while queued
+        self.log: list[tuple[str, int]] = []  # ("ask" | "tell", trial number): for tests
+
+    def track(self, batch: list[tuple[Study, Trial]], plan: Plan) -> None:
+        queued = {p.run_id for p in plan.todo}
+        for study, trial in batch:
+            self.log.append(("ask", trial.number))
+            ids = [r.run_id for r in trial.runs if r.run_id in queued]
+            self.owner.update((i, (study, trial)) for i in ids)
+            if not ids:  # nothing of it to train (finished meanwhile): tell it now
+                self._tell(study, trial)
+
+    def finished(self, planned: PlannedRun, outcome: Any) -> None:
+        pair = self.owner.pop(planned.run_id, None)
+        if pair is not None and not any(t is pair[1] for _, t in self.owner.values()):
+            self._tell(*pair)
+
+    def first(self, width: int) -> Plan | None:
+        """The opening plan: trials (unfinished ones first) until ``width`` runs."""
+        batch: list[tuple[Study, Trial]] = []
+        while sum(len(t.runs) for _, t in batch) < width:
+            more = self.search.next_batch(1)
+            if not more:
+                break
+            batch += more
+        if not batch:
+            return None
+        plan: Plan | None = self.search.plan(batch)
+        assert plan is not None
+        self.track(batch, plan)
+        while plan is not None and not plan.todo:  # all of it finished meanwhile
+            plan = self.more()
+        return plan
+
+    def more(self) -> Plan | None:
+        from trainlab.engine import interrupt
+
+        if interrupt.stop_requested():
+            return None
+        batch = self.search.next_batch(1)
+        if not batch:
+            return None
+        plan = self.search.plan(batch)
+        self.track(batch, plan)
+        return plan
+
+    def _tell(self, study: Study, trial: Trial) -> None:
+        self.log.append(("tell", trial.number))
+        self.search.tell([(study, trial)])
+
+
 def run_search(sweep: SweepConfig, store: Store, executor: Executor, width: int,
                observer: Callable[[Plan], SweepObserver] | None = None,
-               warn: Callable[[str], None] | None = None) -> SearchResult:
-    """Train the search into ``store``: batches of ``width`` trials until every study has its
-    trials (or a Ctrl-C).  ``observer(plan)`` shows each batch's progress."""
-    from trainlab.engine import interrupt
+               warn: Callable[[str], None] | None = None,
+               trackers: Sequence[Any] = ()) -> SearchResult:
+    """Train the search into ``store`` until every study has its trials (or a Ctrl-C), with
+    ``width`` runs at once.  An executor that takes a feed (pool, Ray) gets the first
+    ``width`` runs' trials and then one trial each time it has room, each trial told as it
+    finishes, on one set of workers; others train batches of ``width`` runs' trials.
+    ``observer(plan)`` shows the progress; ``trackers`` (``--log``) mirror every trial's runs
+    as a sweep's, and are closed at the end."""
+    from trainlab.loggers import TrackedStore
 
-    search = Search(sweep, store)
+    target: Any = store
+    if trackers:  # each trial's runs join the mirror's plan as the search plans them
+        target = TrackedStore(store, trackers, Plan(sweep, [], []))
+    try:
+        return _run_search(sweep, store, target, executor, width, observer, warn)
+    finally:
+        if trackers:
+            target.close_trackers()
+
+
+def _run_search(sweep: SweepConfig, store: Store, target: Any, executor: Executor, width: int,
+                observer: Callable[[Plan], SweepObserver] | None,
+                warn: Callable[[str], None] | None) -> SearchResult:
+    from trainlab.engine import interrupt
+    from trainlab.lr.range_test import RangeTestInterrupted
+
+    try:
+        search = Search(sweep, store, run_range_tests=True)
+    except RangeTestInterrupted:  # Ctrl-C in an LR range test: nothing trained yet
+        return SearchResult([], interrupted=True)
     if warn is not None:
         search.warn = warn
+    if target is not store:
+        search.on_plan = lambda plan: target.plan.update({p.run_id: p for p in plan.runs})
     result = SearchResult(search.studies)
     per_trial = len(search.seeds)
+    if getattr(executor, "accepts_feed", False):
+        feed = _Feed(search)
+        first = feed.first(max(1, width)) if not interrupt.stop_requested() else None
+        if first is None:
+            return result
+        plan = first
+        executor.prepare(plan)
+        done = executor.execute(plan, target, observer(plan) if observer else None,
+                                feed=feed)  # type: ignore[call-arg]
+        result.outcomes += done.outcomes
+        result.trained += len(done.outcomes)
+        result.interrupted, result.log = done.interrupted, feed.log
+        return result
     while not interrupt.stop_requested():
         batch = search.next_batch(max(1, math.ceil(width / per_trial)))
         if not batch:
             break
         plan = search.plan(batch)
         executor.prepare(plan)
-        done = executor.execute(plan, store, observer(plan) if observer else None)
+        done = executor.execute(plan, target, observer(plan) if observer else None)
         result.outcomes += done.outcomes
         result.trained += len(done.outcomes)
         search.tell(batch)

@@ -65,7 +65,10 @@ def make_sampler(spec: SearchSpec, seed: int) -> Any:
             {p.key: grid_values(p) for p in spec.space}, seed=seed)
     # A few random trials first (at most a quarter of the budget), then TPE's model.
     startup = max(2, min(10, spec.trials // 4))
-    return samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True)
+    # constant_liar: trials still training count as bad ones, so parallel trials (asked while
+    # others run) spread out instead of landing next to each other.
+    return samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True,
+                               constant_liar=True)
 
 
 def grid_size(spec: SearchSpec) -> int:

@@ -30,7 +30,8 @@ FINAL_METRICS = tuple(m.replace("valid/", "test/") for m in MONITORS)
 METRICS = MONITORS + FINAL_METRICS
 LOWER_IS_BETTER = ("loss", "perplexity", "rmse")
 FORMS = ("{log: [low, high]} (0 < low < high), {float: [low, high]} (optional step: S), "
-         "{int: [low, high]} (optional step: S), {choice: [v1, v2, ...]}")
+         "{int: [low, high]} (optional step: S), {choice: [v1, v2, ...]}, and for "
+         "optimizer.lr {from_range_test: true}")
 _KINDS = ("log", "float", "int", "choice")
 _FIELDS = ("method", "trials", "metric", "direction", "space", "prune", "seed")
 _PRUNE_FIELDS = ("method", "min_epochs")
@@ -46,8 +47,16 @@ class Param:
     high: float | int | None = None
     step: float | int | None = None
     values: tuple[Any, ...] = ()
+    # ``{from_range_test: true}``: a log range set from the LR range test's candidates (see
+    # :mod:`trainlab.search.ranges`); ``source`` says where the bounds came from.
+    from_range: bool = False
+    source: str = ""
 
     def describe(self) -> str:
+        if self.from_range and self.low is None:
+            return "log [from the LR range test]"
+        if self.source:
+            return f"log [{self.low:g}, {self.high:g}] ({self.source})"
         if self.kind == "choice":
             return "{" + ", ".join(map(str, self.values)) + "}"
         step = f" step {self.step:g}" if self.step is not None else ""
@@ -63,8 +72,11 @@ class Param:
         return self.low <= value <= self.high
 
     def corners(self) -> list[Any]:
-        """Values that bound what the search can set: checked before anything trains."""
-        return list(self.values) if self.kind == "choice" else [self.low, self.high]
+        """Values that bound what the search can set: checked before anything trains (none
+        for a range the LR range test has still to set)."""
+        if self.kind == "choice":
+            return list(self.values)
+        return [] if self.low is None else [self.low, self.high]
 
 
 @dataclass(frozen=True)
@@ -178,9 +190,11 @@ def _param(key: str, spec: Any, where: str) -> Param:
         raise _fail(where, f"must be one of {FORMS}; got {spec!r}")
     kinds = [k for k in spec if k in _KINDS]
     extra = [k for k in spec if k not in (*_KINDS, "step")]
-    if spec.get("from_range_test"):
-        raise _fail(where, "from_range_test is not supported yet; give the range, e.g. "
-                    "{log: [1.0e-4, 1.0]} (`trainlab lr-find` suggests one)")
+    if "from_range_test" in spec:
+        if key != "optimizer.lr" or spec != {"from_range_test": True}:
+            raise _fail(where, "{from_range_test: true} (alone) bounds optimizer.lr by the LR "
+                        f"range test; got {spec!r} for {key}. Valid forms: {FORMS}")
+        return Param(key, "log", from_range=True)
     if len(kinds) != 1 or extra:
         raise _fail(where, f"must be one of {FORMS}; got {spec!r}")
     kind = kinds[0]

@@ -57,6 +57,10 @@ BAD = [
     ({"space": SPACE, "prune": "hyperbnd"}, "search.prune.method", "hyperband"),
     ({"metric": "valid/acc", "space": SPACE}, "search.metric", "valid/accuracy"),
     ({"method": "grid", "space": SPACE}, "search.space.optimizer.lr", "cannot enumerate"),
+    ({"space": {"model.hidden_dim": {"from_range_test": True}}},
+     "search.space.model.hidden_dim", "bounds optimizer.lr"),
+    ({"space": {"optimizer.lr": {"from_range_test": True, "log": [0.1, 1.0]}}},
+     "search.space.optimizer.lr", "(alone)"),
 ]
 
 
