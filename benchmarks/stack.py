@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -51,15 +52,22 @@ def sweep(stack: str | int, epochs: int) -> dict[str, Any]:
             "seeds": SEEDS}
 
 
-def run_once(folder: Path, stack: str | int, epochs: int, round_: int) -> tuple[float, Path]:
-    """Seconds of one whole ``trainlab run`` of the grid, and its store."""
+def run_once(folder: Path, stack: str | int, epochs: int, round_: int,
+             extra: list[str]) -> tuple[float, float, Path]:
+    """Wall-clock and CPU seconds of one whole ``trainlab run`` of the grid, and its store
+    (CPU time: what the process itself used, less inflated than wall-clock where other work
+    shares the cores)."""
     config = folder / f"{stack}-{round_}.yaml"
     config.write_text(yaml.safe_dump(sweep(stack, epochs)))
     store = folder / f"store-{stack}-{round_}"
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "trainlab", "run", str(config), "--store", str(store),
-                    "--quiet"], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t, store
+                    "--quiet", *extra], check=True, stdout=subprocess.DEVNULL)
+    seconds = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, cpu, store
 
 
 def final_valid(store: Path) -> tuple[dict[tuple[float, float, int], float], float]:
@@ -87,6 +95,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--no-estimate", action="store_true",
+                        help="run both sides with --no-estimate (no calibration probe)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
                         help="the results file whose stack section this rewrites")
@@ -94,41 +104,61 @@ def main() -> None:
     args = parser.parse_args()
     load = os.getloadavg()
     times: dict[str, list[float]] = {"stacked": [], "solo": []}
+    cpu: dict[str, list[float]] = {"stacked": [], "solo": []}
     train_ratios: list[float] = []
+    train_s: dict[str, list[float]] = {"stacked": [], "solo": []}
     by_lr: dict[float, float] = {lr: 0.0 for lr in LRS}
+    extra = ["--no-estimate"] if args.no_estimate else []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for r in range(args.rounds):
-            order = [("stacked", 16), ("solo", "off")]
+            order: list[tuple[str, str | int]] = [("stacked", 16), ("solo", "off")]
             if r % 2:
                 order.reverse()
             stores = {}
             for name, stack in order:
-                seconds, stores[name] = run_once(folder, stack, args.epochs, r)
+                seconds, used, stores[name] = run_once(folder, stack, args.epochs, r, extra)
                 times[name].append(seconds)
-                print(f"round {r + 1}: {name} {seconds:.1f} s", flush=True)
+                cpu[name].append(used)
+                print(f"round {r + 1}: {name} {seconds:.1f} s ({used:.1f} s CPU)", flush=True)
             (stacked, stacked_train), (solo, solo_train) = (final_valid(stores["stacked"]),
                                                              final_valid(stores["solo"]))
             assert stacked.keys() == solo.keys() and len(solo) == 16
             for k in solo:
                 by_lr[k[0]] = max(by_lr[k[0]], abs(stacked[k] - solo[k]) / abs(solo[k]))
             train_ratios.append(solo_train / stacked_train)
+            train_s["stacked"].append(stacked_train)
+            train_s["solo"].append(solo_train)
     worst = max(by_lr.values())
     ratios = [b / a for a, b in zip(times["stacked"], times["solo"])]
     results = {"seconds": {k: statistics.median(v) for k, v in times.items()},
                "all_seconds": times, "speedup": statistics.median(ratios),
                "range": [min(ratios), max(ratios)], "max_rel_valid_loss_diff": worst,
+               "cpu_seconds": {k: statistics.median(v) for k, v in cpu.items()},
+               "cpu_speedup": statistics.median([b / a for a, b in zip(cpu["stacked"],
+                                                                       cpu["solo"])]),
                "max_rel_valid_loss_diff_by_lr": {str(k): v for k, v in by_lr.items()},
                "train_time_speedup": statistics.median(train_ratios),
+               "train_range": [min(train_ratios), max(train_ratios)],
+               "train_seconds": {k: statistics.median(v) for k, v in train_s.items()},
                "rounds": args.rounds, "epochs": args.epochs, "cores": os.cpu_count(),
                "load_before": list(load), "load_after": list(os.getloadavg())}
     lo, hi = results["range"]
-    lines = ["| side | whole `trainlab run`, s (median) |", "|---|---|",
-             f"| train.stack: 16 (one stack of 16) | {results['seconds']['stacked']:.1f} |",
-             f"| train.stack: off (16 runs in turn) | {results['seconds']['solo']:.1f} |",
-             "", f"Stacked {results['speedup']:.2f}x faster [{lo:.2f}-{hi:.2f}] (goal: at "
-             f"least 4x). Training time alone (the runs' summed time/train against the "
-             f"stack's): {results['train_time_speedup']:.2f}x.", "",
+    tlo, thi = results["train_range"]
+    secs, trains = results["seconds"], results["train_seconds"]
+    cpus = results["cpu_seconds"]
+    lines = ["| side | whole `trainlab run`, s (median) | of it training, s | the rest, s "
+             "| CPU s of the whole run |", "|---|---|---|---|---|",
+             f"| train.stack: 16 (one stack of 16) | {secs['stacked']:.1f} | "
+             f"{trains['stacked']:.1f} | {secs['stacked'] - trains['stacked']:.1f} | "
+             f"{cpus['stacked']:.1f} |",
+             f"| train.stack: off (16 runs in turn) | {secs['solo']:.1f} | "
+             f"{trains['solo']:.1f} | {secs['solo'] - trains['solo']:.1f} | "
+             f"{cpus['solo']:.1f} |",
+             "", f"Whole run: stacked {results['speedup']:.2f}x faster [{lo:.2f}-{hi:.2f}] "
+             f"(goal: at least 4x). Training time alone (the runs' summed time/train against "
+             f"the stack's): {results['train_time_speedup']:.2f}x [{tlo:.2f}-{thi:.2f}]. Whole run "
+             f"in CPU seconds: {results['cpu_speedup']:.2f}x.", "",
              "Largest relative difference of a run's final validation loss from its solo "
              "run's, by LR (goal: float rounding; the batched matmuls round differently and "
              "training amplifies it, the more the higher the LR): " + ", ".join(
@@ -137,14 +167,19 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if not args.no_write:
+        flag = " --no-estimate" if args.no_estimate else ""
         head = (f"## Stacked runs (benchmarks/stack.py)\n\nWritten by `python -m "
-                f"benchmarks.stack --rounds {args.rounds} --epochs {args.epochs}`, "
+                f"benchmarks.stack --rounds {args.rounds} --epochs {args.epochs}{flag}`, "
                 f"{date.today()}, {platform.machine()}, {os.cpu_count()} CPUs. A 16-run grid of "
                 f"digits MLPs (64-256-10, SGD, batch 32, {args.epochs} epochs; 4 LRs x 2 weight "
                 "decays x 2 seeds), a whole `trainlab run` in a fresh process and store, "
                 "stacked and one at a time alternating round by round; ratio median [range] "
                 "over rounds.\n\n")
-        write_section(args.out, "benchmarks.stack", head + table)
+        if args.no_estimate:
+            head = head.replace("## Stacked runs (benchmarks/stack.py)",
+                                "## Stacked runs without the estimate (benchmarks/stack.py)")
+        write_section(args.out, "benchmarks.stack" + (".no-estimate" if args.no_estimate
+                                                       else ""), head + table)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -16,7 +14,7 @@ from trainlab.components import (
     build_schedule,
     load_dataset,
 )
-from trainlab.components.optimizers import is_auto, resolved_lr, with_lr
+from trainlab.components.optimizers import is_auto, no_dynamo_import, resolved_lr, with_lr
 from trainlab.components.python import PythonModelSpec, check_output
 from trainlab.components.schedules import ScheduleContext
 from trainlab.config import ExpandedRun, SweepConfig, expand, values_of, varied_keys
@@ -127,29 +125,8 @@ def check_runs(sweep: SweepConfig, runs: list[ExpandedRun], *, devices: bool = T
     (a finished sweep) imports no torch."""
     if not runs:
         return
-    with _no_dynamo_import():
+    with no_dynamo_import():
         _check_runs(sweep, runs, devices)
-
-
-@contextmanager
-def _no_dynamo_import() -> Iterator[None]:
-    """Build optimizers without importing ``torch._dynamo`` (1-5 s): torch's
-    ``Optimizer.add_param_group`` imports it on its first call, only to mark itself as not
-    to be compiled.  The checks compile nothing, so for their duration the mark is the
-    function itself; afterwards torch does as it would have (a run that trains imports it)."""
-    import sys
-
-    import torch
-
-    fn = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
-    if fn is None or "torch._dynamo" in sys.modules or hasattr(fn, "__dynamo_disable"):
-        yield
-        return
-    fn.__dynamo_disable = fn
-    try:
-        yield
-    finally:
-        del fn.__dynamo_disable
 
 
 def _check_runs(sweep: SweepConfig, runs: list[ExpandedRun], devices: bool) -> None:

@@ -79,7 +79,7 @@ def config_frame(frames: SweepFrames) -> pd.DataFrame:
     m = frames.metric.name
     cols = [f"valid_{m}", f"train_{m}", "valid_loss", "train_loss", "train_time",
             "peak_memory_bytes", "best_epoch", "time_to_best", "disturbed_epochs",
-            "data_wait_frac", "samples_per_s", "tensor_peak_bytes"]
+            "data_wait_frac", "samples_per_s", "tensor_peak_bytes", "stacked"]
     cols = [c for c in cols if c in frames.runs.columns]
     configs = aggregate(frames.runs, frames.keys, cols)
     return sort_frame(configs, frames.keys, order_from=frames.runs)
@@ -116,7 +116,31 @@ def _ok(configs: pd.DataFrame) -> pd.DataFrame:
 
 def _timing_trusted(frames: SweepFrames, configs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """The configurations whose timing no other work on the machine disturbed (every seed), and
-    a sentence naming those left out ("" when none): time answers rank the others only."""
+    a sentence naming those left out ("" when none): time answers rank the others only.  Runs
+    trained in a stack (train.stack) share the stack's wall-clock: where some runs trained
+    alone, those rank and the stacked ones are left out; never the two as if alike."""
+    configs, stacked_why = _solo_or_stacked(frames, configs)
+    configs, why = _undisturbed(frames, configs)
+    return configs, " ".join(w for w in (why, stacked_why) if w)
+
+
+def _solo_or_stacked(frames: SweepFrames, configs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    if "stacked" not in configs.columns:
+        return configs, ""
+    stacked = pd.to_numeric(configs["stacked"], errors="coerce").fillna(0) > 1
+    if not stacked.any():
+        return configs, ""
+    if stacked.all():
+        return configs, ("Every run trained in a stack (train.stack): their times are their "
+                         "stacks' shared wall-clock, comparable with stacked runs only.")
+    names = ", ".join(frames.run_numbers(r) for _, r in configs[stacked].iterrows())
+    return configs[~stacked], (
+        f"Left out: run{'s' if stacked.sum() > 1 or ',' in names else ''} {names}, trained in "
+        "a stack (train.stack): their times are the stack's, shared with its other runs, not "
+        "comparable with runs trained alone.")
+
+
+def _undisturbed(frames: SweepFrames, configs: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     if "disturbed_epochs" not in configs.columns:
         return configs, ""
     counts = pd.to_numeric(configs["disturbed_epochs"], errors="coerce")

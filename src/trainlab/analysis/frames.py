@@ -265,6 +265,8 @@ def _run_rows(runs: pd.DataFrame, epochs: pd.DataFrame, varied: list[str],
             "grad_norm": _num(summary.get("grad_norm_median")),
             "params_total": _num(summary.get("params_total")),
             "params_trainable": _num(summary.get("params_trainable")),
+            # How many runs shared this run's stack (train.stack): its times are the stack's.
+            "stacked": _num(summary.get("stacked")),
         }
         if row["mfu_unreliable"]:  # no MFU rather than one against a peak measured low
             row["mfu"] = math.nan

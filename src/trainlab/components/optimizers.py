@@ -6,7 +6,8 @@ decoupled from the adaptive step (Loshchilov & Hutter).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import Field, PositiveFloat, field_validator
@@ -46,6 +47,28 @@ class OptimizerSpec(Spec):
 
 
 OPTIMIZERS: Registry[Builder] = Registry("optimizer", base=OptimizerSpec)
+
+
+@contextmanager
+def no_dynamo_import() -> Iterator[None]:
+    """Build optimizers without importing ``torch._dynamo`` (1-5 s): torch's
+    ``Optimizer.add_param_group`` imports it on its first call, only to mark itself as not
+    to be compiled.  Where nothing is compiled (the plan's checks, a stack's LR carriers),
+    for the block's duration the mark is the function itself; afterwards torch does as it
+    would have (stepping a torch optimizer imports it)."""
+    import sys
+
+    import torch
+
+    fn = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
+    if fn is None or "torch._dynamo" in sys.modules or hasattr(fn, "__dynamo_disable"):
+        yield
+        return
+    fn.__dynamo_disable = fn
+    try:
+        yield
+    finally:
+        del fn.__dynamo_disable
 
 
 def build_optimizer(spec: OptimizerSpec, params: Params) -> torch.optim.Optimizer:

@@ -4,11 +4,13 @@
 The N models are built as each solo run builds its own (seeded with the run's seed, so each
 starts from its solo init), then stacked with ``torch.func.stack_module_state``; one
 ``vmap(functional_call)`` runs forward and backward of all of them per step, one batched matmul
-per layer instead of N small ones.  Each model draws its batches from its own seed's epoch
-permutation (:func:`trainlab.engine.loop.epoch_permutation`, as its solo run), steps with its
-own hyperparameters (:class:`~trainlab.engine.stack_optim.StackedOptimizer`) and its own LR
-schedule (a torch scheduler per run, on an optimizer that holds one placeholder parameter and
-only carries the LR), and writes its own records under its own run id.
+per layer instead of N small ones (without vmap for models made only of Flatten, Linear and
+elementwise activations: :mod:`trainlab.engine.stack_fast`).  Each model draws its batches
+from its own seed's epoch permutation (:func:`trainlab.engine.loop.epoch_permutation`, as its
+solo run), steps with its own hyperparameters
+(:class:`~trainlab.engine.stack_optim.StackedOptimizer`) and its own LR schedule (a torch
+scheduler per run, on an optimizer that holds one placeholder parameter and only carries the
+LR), and writes its own records under its own run id.
 
 A model whose loss turns non-finite is masked out (its weights and optimizer state zeroed, its
 LR held at 0) and ends ``diverged`` while the others go on.  A model vmap cannot batch fails the
@@ -45,7 +47,7 @@ from trainlab.components import (
     load_dataset,
 )
 from trainlab.components.datasets import Split
-from trainlab.components.optimizers import resolved_lr
+from trainlab.components.optimizers import no_dynamo_import, resolved_lr
 from trainlab.components.schedules import Schedule
 from trainlab.config.schema import RunConfig
 from trainlab.devices import resolve_device
@@ -53,6 +55,7 @@ from trainlab.engine import allocator, interrupt
 from trainlab.engine import threads as thread_rules
 from trainlab.engine.checkpoint import save_atomic
 from trainlab.engine.loop import epoch_permutation, seed_everything
+from trainlab.engine.stack_fast import LinearChain, batched_loss
 from trainlab.engine.stack_optim import StackedOptimizer
 from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix, training_loss
 from trainlab.engine.threads import ThreadChoice
@@ -178,15 +181,24 @@ class _StackTrainer:
             model = (tuning.model if tuning.model is not None else model).to(device)
             models.append(model)
             placeholder = nn.Parameter(torch.zeros(1))
-            carrier = build_optimizer(config.optimizer, [placeholder])
+            # Never stepped nor compiled: built without importing torch._dynamo (about 2 s
+            # of a stacked run that the stacked step never needs).
+            with no_dynamo_import():
+                carrier = build_optimizer(config.optimizer, [placeholder])
             # The carrier is never stepped: tell the scheduler not to warn about that.
             carrier._opt_called = True  # type: ignore[attr-defined]
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), no_dynamo_import():
                 warnings.simplefilter("ignore", UserWarning)
                 schedule = build_schedule(config.schedule, carrier, ScheduleContext(
                     config.train.epochs, self.steps_per_epoch))
             self.members.append(_Member(config, run_id, run_dir, schedule, carrier))
         self.base = copy.deepcopy(models[0]).to("meta")
+        # Flatten/Linear/activation models with the task's own loss: batched matmuls without
+        # vmap (engine/stack_fast.py), once the trial step has shown they give each model's
+        # own loss.
+        self.chain = (LinearChain.of(self.base) if cfg.train.loss is None
+                      and self.task.name in ("classification", "regression") else None)
+        self.fast = False
         params, buffers = stack_module_state(models)
         self.params = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         self.buffers = buffers
@@ -215,6 +227,27 @@ class _StackTrainer:
         out = self._forward_one(params, buffers, x)
         return self.loss_fn(out, y), out
 
+    def _losses(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor,
+                y: Tensor) -> tuple[Tensor, Tensor]:
+        """Each model's training loss ``[N]`` and outputs ``[N, B, ...]`` on its own batch."""
+        if self.fast:
+            assert self.chain is not None
+            out = self.chain.forward(params, x)
+            losses = batched_loss(self.task.name, out, y)
+            assert losses is not None  # the trial step checked the shapes
+            return losses, out
+        result: tuple[Tensor, Tensor] = vmap(self._loss_one)(params, buffers, x, y)
+        return result
+
+    def _forward_all(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """Outputs ``[N, B, ...]`` of every model on one shared batch ``x``."""
+        if self.fast:
+            assert self.chain is not None
+            n = next(iter(params.values())).shape[0]
+            return self.chain.forward(params, x.expand(n, *x.shape))
+        out: Tensor = vmap(self._forward_one, in_dims=(0, 0, None))(params, self.buffers, x)
+        return out
+
     def _choose_threads(self) -> ThreadChoice:
         """``train.threads`` for the stack: a number as given; ``auto`` as a solo run decides
         it (:mod:`trainlab.engine.threads`: one on a busy machine, else the fastest count),
@@ -236,18 +269,64 @@ class _StackTrainer:
         def step_at(count: int) -> float:
             torch.set_num_threads(count)
             t = time.perf_counter()
-            self._trial()
+            self._trial_step()
             return time.perf_counter() - t
 
         return thread_rules.choose(step_at, free, free_cores=free)
 
-    def _trial(self) -> None:
-        """One forward and backward on copies of the buffers, grads thrown away: a model vmap
-        cannot batch fails here, before anything is recorded or stepped."""
+    def _trial_batch(self) -> tuple[Tensor, Tensor]:
         n = len(self.members)
         bs = min(self.configs[0].data.batch_size, len(self.train_split))
         x = self.train_split.inputs[:bs].expand(n, *self.train_split.inputs[:bs].shape)
         y = self.train_split.targets[:bs].expand(n, *self.train_split.targets[:bs].shape)
+        return x, y
+
+    def _trial_step(self) -> None:
+        """One forward and backward of the step as training runs it, grads thrown away."""
+        x, y = self._trial_batch()
+        buffers = {k: v.clone() for k, v in self.buffers.items()}
+        try:
+            self._losses(self.params, buffers, x, y)[0].sum().backward()
+        finally:
+            for p in self.params.values():
+                p.grad = None
+
+    def _fast_agrees(self, x: Tensor, y: Tensor, reference: Tensor) -> bool:
+        """Whether the fast path gives ``reference`` (each model's loss, computed alone) on
+        the trial batch."""
+        if self.chain is None:
+            return False
+        try:
+            with torch.no_grad():
+                out = self.chain.forward(self.params, x)
+                losses = batched_loss(self.task.name, out, y)
+        except Exception:  # a shape the chain does not expect: vmap it is
+            return False
+        return (losses is not None and losses.shape == reference.shape
+                and bool(torch.allclose(losses, reference, rtol=1e-4, atol=1e-6)))
+
+    def _solo_losses(self, x: Tensor, y: Tensor) -> Tensor:
+        """Each model's loss on its trial batch, one model at a time (no vmap)."""
+        with torch.no_grad():
+            return torch.stack([self.loss_fn(functional_call(
+                self.base, ({k: v[i] for k, v in self.params.items()},
+                            {k: v[i] for k, v in self.buffers.items()}), (x[i],)), y[i])
+                for i in range(x.shape[0])])
+
+    def _trial(self) -> None:
+        """One forward and backward on copies of the buffers, grads thrown away: a model vmap
+        cannot batch fails here, before anything is recorded or stepped.  A model the fast
+        path (engine/stack_fast.py) runs, with the losses each model gives alone, needs no
+        vmap at all (vmap's first cross-entropy imports sympy: 1-2 s)."""
+        x, y = self._trial_batch()
+        if self.chain is not None:
+            try:
+                self.fast = self._fast_agrees(x, y, self._solo_losses(x, y))
+                if self.fast:
+                    self._trial_step()
+                    return
+            except Exception:  # the vmap trial below says what is wrong, if anything
+                self.fast = False
         buffers = {k: v.clone() for k, v in self.buffers.items()}
         try:
             losses, _ = vmap(self._loss_one)(self.params, buffers, x, y)
@@ -281,7 +360,7 @@ class _StackTrainer:
         orders = torch.stack([epoch_permutation(n_train, m.config.train.seed, epoch)
                               for m in self.members]).to(self.device)
         inputs, targets = self.train_split.inputs, self.train_split.targets
-        step_fn = vmap(self._loss_one)
+        step_fn = self._losses
         per_step = [m.schedule for m in self.members if m.schedule.per_step]
         interval: list[tuple[Tensor, Tensor, Tensor]] = []
         sums = torch.zeros(3, n, dtype=torch.float64)  # loss, metric, weight per model
@@ -384,7 +463,6 @@ class _StackTrainer:
         eval_bs = self.configs[0].data.eval_batch_size or max(self.configs[0].data.batch_size,
                                                                256)
         task = self.task
-        forward = vmap(self._forward_one, in_dims=(0, 0, None))
         loss_sum = torch.zeros(n, device=self.device)
         metric_sum = torch.zeros(n, device=self.device)
         count = 0.0
@@ -394,7 +472,7 @@ class _StackTrainer:
             for start in range(0, len(split), eval_bs):
                 x = split.inputs[start:start + eval_bs]
                 y = split.targets[start:start + eval_bs]
-                out = forward(params, self.buffers, x)  # [N, B, ...]
+                out = self._forward_all(params, x)  # [N, B, ...]
                 for i in range(n):
                     batch_loss, batch_metric = task.sums(out[i], y)
                     loss_sum[i] += batch_loss.float()
@@ -515,6 +593,7 @@ class _StackTrainer:
             out["samples_per_s"] = sorted(self.epoch_samples)[len(self.epoch_samples) // 2]
         if getattr(self, "threads", None) is not None:
             out["speed"] = {"threads": self.threads.threads, "stacked": len(self.members),
+                            "stack_step": "batched matmul" if self.fast else "vmap",
                             "threads_auto": self.threads.describe() if self.threads.auto
                             else None}
         out["notes"] = [STACK_NOTE.format(n=len(self.members))]

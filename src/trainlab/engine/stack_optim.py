@@ -74,8 +74,10 @@ class StackedOptimizer:
             dim = p.dim()
             if any(w != 0.0 for w in self.wd):
                 wd = self._vec(self.wd, dim)
-                grad = (grad.add(p, alpha=wd) if isinstance(wd, float)
-                        else grad.addcmul(p, wd))
+                # In place: the trainer drops each gradient after the step (saves an
+                # allocation of every weight's size per step).
+                grad = (grad.add_(p, alpha=wd) if isinstance(wd, float)
+                        else grad.addcmul_(p, wd))
             if use_momentum:
                 mom = self._vec(self.momentum, dim)
                 buf = state.get("momentum_buffer")
@@ -119,8 +121,8 @@ class StackedOptimizer:
                     p.mul_(self._vec(shrink, dim))
                 else:
                     wd = self._vec(self.wd, dim)
-                    grad = (grad.add(p, alpha=wd) if isinstance(wd, float)
-                            else grad.addcmul(p, wd))
+                    grad = (grad.add_(p, alpha=wd) if isinstance(wd, float)
+                            else grad.addcmul_(p, wd))  # in place, as in _sgd
             exp_avg.lerp_(grad, self._vec(one_minus_b1, dim))
             b2 = self._vec(self.beta2, dim)
             c2 = self._vec(one_minus_b2, dim)

@@ -99,6 +99,8 @@ def add_sweep(store: Store, name: str, varied: list[str], runs: Sequence[dict[st
                 summary["timing_trusted"] = not any(run["disturbed"])
             if "splits" in run:  # sizes and sources, as the engine records them
                 summary["splits"] = run["splits"]
+            if "stacked" in run:  # trained in a stack of this many runs (train.stack)
+                summary["stacked"] = run["stacked"]
             if "workers" in run:  # the run loaded a Dataset's items through a DataLoader
                 summary["speed"] = {"loader": {"workers": run["workers"]}}
         else:

@@ -49,12 +49,17 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_a_stacked_run_equals_its_solo_run(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("name", "path"), [*((n, "batched matmul") for n in CASES),
+                                            ("sgd", "vmap"), ("adam", "vmap")])
+def test_a_stacked_run_equals_its_solo_run(name: str, path: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    if path == "vmap":  # the path of any model that is not Flatten/Linear/activations
+        monkeypatch.setattr("trainlab.engine.stack.LinearChain.of", lambda model: None)
     configs = [_config(opt, seed, sched) for seed, (opt, sched) in enumerate(CASES[name])]
     trainer = _StackTrainer(configs, [c.run_id for c in configs], [None, None], NullSink())
     outcomes = trainer.run()
     assert [o.status for o in outcomes] == ["ok", "ok"], outcomes[0].error
+    assert outcomes[0].summary["speed"]["stack_step"] == path
     for i, config in enumerate(configs):
         solo, solo_valid = _solo_weights(config, tmp_path / str(i))
         for key, value in solo.items():
@@ -131,3 +136,46 @@ def test_a_model_vmap_cannot_batch_is_refused_before_any_record(
     with pytest.raises(StackUnsupported, match="vmap cannot batch"):
         train_stack(configs, [c.run_id for c in configs], [None, None], sink)
     assert sink.records == []
+
+
+def test_the_fast_path_takes_linear_chains_only() -> None:
+    from trainlab.components import build_model, load_dataset
+    from trainlab.components.models import MODELS
+    from trainlab.engine.stack_fast import LinearChain
+
+    config = _config({"name": "sgd"}, 0)
+    info = load_dataset(config.data, config.model).info
+
+    def chain(**spec: Any) -> LinearChain | None:
+        entry = MODELS.get(spec["name"])
+        return LinearChain.of(build_model(entry.spec.model_validate(spec), info))
+
+    for activation in ("relu", "gelu", "tanh", "sigmoid", "leaky_relu"):
+        assert chain(name="mlp", hidden_dim=8, layers=2, activation=activation) is not None
+    assert chain(name="linear", bias=False) is not None
+    assert chain(name="mlp", hidden_dim=8, batch_norm=True) is None  # buffers: vmap
+    assert LinearChain.of(_ReadsAValue()) is None
+
+
+def test_the_fast_path_gives_each_models_own_outputs_and_gradients() -> None:
+    from torch.func import stack_module_state
+
+    from trainlab.engine.stack_fast import LinearChain, batched_loss
+
+    torch.manual_seed(0)
+    models = [nn.Sequential(nn.Flatten(), nn.Linear(12, 5), nn.GELU(), nn.Linear(5, 3))
+              for _ in range(3)]
+    params = {k: v.detach().requires_grad_(True)
+              for k, v in stack_module_state(models)[0].items()}
+    x, y = torch.randn(3, 4, 3, 4), torch.randint(0, 3, (3, 4))
+    chain = LinearChain.of(models[0])
+    assert chain is not None
+    losses = batched_loss("classification", chain.forward(params, x), y)
+    assert losses is not None
+    losses.sum().backward()
+    for i, model in enumerate(models):
+        loss = nn.functional.cross_entropy(model(x[i]), y[i])
+        loss.backward()
+        torch.testing.assert_close(losses[i], loss)
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(params[name].grad[i], p.grad)  # type: ignore[index]
