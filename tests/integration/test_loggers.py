@@ -162,6 +162,30 @@ def test_wandb_offline_run_holds_every_record(tmp_path: Path,
         assert config["env"]["torch"] == run["env"]["torch"]
 
 
+def test_wandb_console_lines_stay_out_of_the_progress_display(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """W&B's own lines ("Tracking run ...", its history, "You can sync ...") came between the
+    runs' progress lines; now W&B is quiet and one line says where the runs went, after the
+    last run's line."""
+    pytest.importorskip("wandb", reason="pip install 'trainlab[wandb]' (CI does)")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    for name in ("WANDB_SILENT", "WANDB_CONSOLE", "WANDB_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump({**SWEEP, "train": {**SWEEP["train"], "epochs": 1}}))
+    store = tmp_path / "store"
+    result = runner.invoke(app, ["run", str(config), "--store", str(store), "--no-estimate",
+                                 "--log", "wandb"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    ran = [i for i, line in enumerate(lines) if " ok run " in f" {line.strip()} "]
+    said = [i for i, line in enumerate(lines) if line.lstrip().startswith("wandb:")]
+    assert len(ran) == 2, result.output
+    assert len(said) == 1 and said[0] > ran[-1], result.output
+    assert f"wandb: 2 runs saved offline in {store / 'wandb'}" in " ".join(result.output.split())
+    assert "wandb sync" in lines[said[0]]
+
+
 @pytest.mark.parametrize("tracker", ["wandb", "mlflow", "tensorboard"])
 def test_a_missing_tracker_package_says_how_to_install_it(
         tracker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

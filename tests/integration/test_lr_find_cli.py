@@ -35,6 +35,7 @@ def test_lr_find_json_figures_store_and_reuse(sweep: dict, write_config, store_d
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     tests = data["tests"]
+    assert data["suggest"] == "steepest"  # the default, what lr: auto would use
     assert [t["label"] for t in tests] == [{"optimizer.name": "sgd"}, {"optimizer.name": "adam"}]
     for t in tests:
         assert t["reused"] is False and len(t["runs"]) == 2  # both seeds share the test
@@ -62,6 +63,7 @@ def test_lr_find_table_and_emit_grid(sweep: dict, write_config, store_dir: Path,
                   "--emit-grid", str(grid), "--candidates", "3")
     assert result.exit_code == 0, result.output
     assert "LR range tests of sweep tiny" in result.output and "steepest" in result.output
+    assert "optimizer.lr: auto uses the steepest suggestion" in result.output
     assert f"follow-up sweep: {grid}" in result.output
     followup = load_sweep(grid)
     runs = expand(followup)
@@ -79,14 +81,14 @@ def test_run_with_auto_then_plan_and_show(sweep: dict, write_config, store_dir: 
     assert "auto (to find)" in before.output
     result = _run("run", str(cfg), "--store", str(store_dir))
     assert result.exit_code == 0, result.output
-    assert result.output.count("lr-find optimizer.name=") == 2 and "by valley" in result.output
+    assert result.output.count("lr-find optimizer.name=") == 2 and "by steepest" in result.output
     after = json.loads(_run("plan", str(cfg), "--store", str(store_dir), "--json").output)
     chosen = [r["lr_auto"]["lr"] for r in after["runs"]]
     assert all(isinstance(v, float) for v in chosen)
     run_id = after["runs"][0]["run_id"]
     shown = _run("show", run_id, "--store", str(store_dir))
     assert f"optimizer.lr: auto -> {chosen[0]:.4g}" in shown.output
-    assert "valley of LR range test" in shown.output
+    assert "steepest of LR range test" in shown.output
 
 
 def test_a_test_that_diverges_at_once_is_stored_and_explained(tiny: dict, write_config,

@@ -61,8 +61,8 @@ def lr_find(
                                                       "update (slower) instead of the next "
                                                       "batch's training loss."),
     suggest: str | None = typer.Option(None, "--suggest", help="The suggestion optimizer.lr: "
-                                                               "auto uses: valley, steepest or "
-                                                               "minimum (default valley)."),
+                                                               "auto uses: steepest, valley or "
+                                                               "minimum (default steepest)."),
     candidates: int | None = typer.Option(None, "--candidates", help="Candidate LRs per test "
                                                                      "(default 4)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of the test's initialisation "
@@ -103,7 +103,7 @@ def lr_find(
     runs = guard(lambda: expand(sweep))
     guard(lambda: check_runs(sweep, runs))
     st = command_store(ctx, store)
-    report = LRFindReport(sweep.name)
+    report = LRFindReport(sweep.name, suggest=settings.suggest)
     figures_dir = out_dir or st.root / "lr-ranges"
     from trainlab.lr.study import range_groups, run_group
 
@@ -200,7 +200,9 @@ def _emit(report: LRFindReport, sweep: Any, schedules: list[str], path: Path,
 
 
 def _print_ranges(report: LRFindReport) -> None:
-    table = Table(title=f"LR range tests of sweep {report.sweep}", title_justify="left")
+    table = Table(title=f"LR range tests of sweep {report.sweep}", title_justify="left",
+                  caption=f"optimizer.lr: auto uses the {report.suggest} suggestion "
+                          "(lr_find.suggest)", caption_justify="left")
     for col in ("test", "range id", "steps", "seconds", "stopped at", "steepest", "valley",
                 "min/10", "candidates", "trust"):
         table.add_column(col, justify="left" if col in ("test", "trust", "candidates")

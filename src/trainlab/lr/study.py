@@ -310,6 +310,7 @@ class LRFindReport:
     grid_path: str | None = None
     grid_runs: int | None = None
     skipped: list[str] = field(default_factory=list)
+    suggest: str = "steepest"  # the suggestion `optimizer.lr: auto` would use (lr_find.suggest)
 
     @property
     def exit_code(self) -> int:
@@ -317,7 +318,8 @@ class LRFindReport:
         return 0 if all(o.result.usable for o in self.outcomes) else 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sweep": self.sweep, "grid": self.grid_path, "grid_runs": self.grid_runs,
+        return {"sweep": self.sweep, "suggest": self.suggest, "grid": self.grid_path,
+                "grid_runs": self.grid_runs,
                 "tests": [{"range_id": o.group.range_id, "label": o.group.label,
                            "reused": o.reused, "runs": [r.run_id for r in o.group.runs],
                            "figures": self.figures.get(o.group.range_id, []),

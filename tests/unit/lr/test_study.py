@@ -56,7 +56,7 @@ def test_range_id_depends_on_what_shapes_the_curve_only() -> None:
     same = [_config(**{"optimizer.lr": 0.3}), _config(**{"train.epochs": 9}),
             _config(**{"train.seed": 5}), _config(**{"schedule.name": "step"})]
     assert all(range_id(c, settings) == base for c in same)
-    assert range_id(_config(), LRFindSpec(suggest="steepest", candidates=7)) == base
+    assert range_id(_config(), LRFindSpec(suggest="valley", candidates=7)) == base
     different = [_config(**{"optimizer.name": "adam"}), _config(**{"model.hidden_dim": 9}),
                  _config(**{"data.batch_size": 8}), _config(**{"train.clip_grad_norm": 1.0})]
     assert len({range_id(c, settings) for c in different} | {base}) == 5
@@ -113,8 +113,8 @@ def test_auto_runs_one_test_per_group_and_records_the_choice(
     for run in runs.to_dict("records"):
         summary, name = run["summary"], run["config"]["optimizer"]["name"]
         chosen = summary["lr_chosen"]
-        assert chosen == pytest.approx(by_label[name]["valley"])
-        assert summary["lr_method"] == "valley"
+        assert chosen == pytest.approx(by_label[name]["steepest"])  # the default suggestion
+        assert summary["lr_method"] == "steepest"
         assert summary["lr_range_id"] == by_label[name]["range_id"]
         mine = metrics[metrics["run_id"] == run["run_id"]]
         row = mine[mine["key"] == "lr/chosen"]
@@ -123,6 +123,24 @@ def test_auto_runs_one_test_per_group_and_records_the_choice(
     # A rerun trains nothing and runs no test; the stored choice stays.
     again = trainlab.run(doc, store=store)
     assert again.exit_code == 0 and not again.outcomes and len(calls) == 2
+
+
+def test_a_stored_valley_run_is_not_taken_for_a_steepest_one(tmp_path: Path) -> None:
+    # The default suggestion moved from valley to steepest: it is hashed into the run id of an
+    # lr: auto run, so a run trained at valley's LR is not "done" for a default config (its id
+    # differs; it would otherwise be reported at an LR the config no longer asks for), while a
+    # config that still says `suggest: valley` finds it.
+    valley_doc = {**BASE, "lr_find": {**BASE["lr_find"], "suggest": "valley"}}
+    store = tmp_path / "store"
+    assert trainlab.run(valley_doc, store=store).exit_code == 0
+    assert open_store(store).runs("auto")["summary"].iloc[0]["lr_method"] == "valley"
+    again = api_plan(valley_doc, store=store).runs
+    assert [(r.status, r.action) for r in again] == [("ok", "skip")]
+    default = api_plan(BASE, store=store).runs
+    assert [(r.status, r.action) for r in default] == [("new", "train")]
+    assert default[0].run_id != again[0].run_id
+    assert default[0].run.config.lr_find is not None
+    assert default[0].run.config.lr_find.suggest == "steepest"
 
 
 def test_auto_with_a_test_that_diverges_at_once_is_a_stored_divergence(tmp_path: Path) -> None:
@@ -134,7 +152,7 @@ def test_auto_with_a_test_that_diverges_at_once_is_a_stored_divergence(tmp_path:
     st = open_store(store)
     run = st.runs("auto").iloc[0]
     assert run["status"] == "diverged"
-    assert "no valley suggestion" in run["error"] and run["summary"]["lr_chosen"] is None
+    assert "no steepest suggestion" in run["error"] and run["summary"]["lr_chosen"] is None
     assert list(st.lr_ranges("auto")["status"]) == ["diverged"]
 
 
