@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The matmul peak cached across processes (engine/peak_cache.py): the suite's own, not the user's.
+os.environ.setdefault("TRAINLAB_CACHE_DIR", tempfile.mkdtemp(prefix="trainlab-test-cache-"))
 
 TINY: dict[str, Any] = {
     "name": "tiny",

@@ -59,6 +59,14 @@ class Diverged(RunError):
     """The loss became NaN or infinite."""
 
 
+class DiskFull(RunError):
+    """A run's file (a checkpoint) could not be written: its disk is full (or over quota).
+
+    The run fails; the sweep stops after it, as it does when the store's database is full,
+    since every later run would fail the same way (executors look for this class's name on
+    the last line of the failed run's stored traceback: a pool worker's outcome is text)."""
+
+
 def combine(found: list[tuple[ConfigError, int | None, str]], scope: str = "") -> ConfigError:
     """Every error of a file as one error: each distinct message once, with the runs it was
     found in (``(in sweep lm, runs 1, 3)``; one run also says what it set).

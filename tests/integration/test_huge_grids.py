@@ -87,10 +87,11 @@ def _registered(store: Path) -> bool:
         return False
 
 
-@pytest.mark.parametrize("answer", ["n", "y"])
+@pytest.mark.parametrize("answer", ["n", "y", "ctrl-c"])
 def test_a_large_sweep_asks_at_a_terminal(huge: Path, tmp_path: Path, answer: str) -> None:
     """At a terminal (stdin and stderr a pty) `run` asks; "n" trains nothing (exit 2, no
-    store), "y" goes on to train (stopped here by a Ctrl-C once the sweep is stored)."""
+    store), "y" goes on to train (stopped here by a Ctrl-C once the sweep is stored), a Ctrl-C
+    at the prompt exits 130 and, like "n", leaves no store behind."""
     import os
     import pty
     import select
@@ -113,7 +114,10 @@ def test_a_large_sweep_asks_at_a_terminal(huge: Path, tmp_path: Path, answer: st
                 except OSError:
                     break
         assert b"sweep huge has 600 runs to train (more than 500)" in seen, seen
-        os.write(main, f"{answer}\n".encode())
+        if answer == "ctrl-c":
+            proc.send_signal(signal.SIGINT)
+        else:
+            os.write(main, f"{answer}\n".encode())
         while answer == "y" and not _registered(store) and time.time() < deadline:
             time.sleep(0.1)  # the sweep is stored once the answer is in and the plan checked
         if answer == "y":
@@ -137,6 +141,27 @@ def test_a_large_sweep_asks_at_a_terminal(huge: Path, tmp_path: Path, answer: st
         assert proc.returncode == 2, text
         assert "not confirmed; nothing was trained" in text
         assert not store.exists()
+    elif answer == "ctrl-c":
+        assert proc.returncode == 130, text
+        assert not store.exists()
     else:
         assert proc.returncode == 130, text
         assert "not confirmed" not in text
+
+
+def test_an_interrupted_plan_says_so(huge: Path) -> None:
+    """A Ctrl-C inside `plan` (here a real SIGINT sent while it plans) exits 130 and says
+    "interrupted": typer turns the KeyboardInterrupt into a silent exit 130 otherwise."""
+    code = ("import os, signal, sys\n"
+            "import trainlab.plan\n"
+            "def planning(*args, **kwargs):\n"
+            "    os.kill(os.getpid(), signal.SIGINT)\n"
+            "    raise AssertionError('the SIGINT did not interrupt')\n"
+            "trainlab.plan.make_plan = planning\n"
+            "from trainlab.cli import main\n"
+            f"sys.argv = ['trainlab', 'plan', {str(huge)!r}]\n"
+            "main()\n")
+    done = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert "interrupted (Ctrl-C)" in done.stderr and "Traceback" not in done.stderr

@@ -191,8 +191,9 @@ def test_a_page_damaged_after_open_exits_2_with_the_recovery_hint(tmp_path: Path
 def test_a_full_disk_while_checkpointing_removes_the_temporary_file_and_reruns(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC injected where a checkpoint is written (its fsync): the run fails with the
-    reason and the free space, no traceback, no ``*.tmp`` left, exit 1; a rerun once the disk
-    has room completes the sweep."""
+    reason and the free space, no traceback, no ``*.tmp`` left, exit 1, and the sweep stops
+    there as for a full store (the later runs would fail the same way: not tried); a rerun
+    once the disk has room completes the sweep."""
     import errno
     import os
 
@@ -210,7 +211,8 @@ def test_a_full_disk_while_checkpointing_removes_the_temporary_file_and_reruns(
 
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump({**TINY, "name": "fulldisk",
-                                      "train": {**TINY["train"], "epochs": 2}}))
+                                      "train": {**TINY["train"], "epochs": 2},
+                                      "grid": {"model.hidden_dim": [16, 8, 4]}}))
     args = ["run", str(config), "--store", str(store), "--no-estimate"]
     monkeypatch.setattr(os, "fsync", full)
     done = CliRunner().invoke(app, args)
@@ -219,11 +221,13 @@ def test_a_full_disk_while_checkpointing_removes_the_temporary_file_and_reruns(
     assert done.exit_code == 1, done.output
     assert done.exception is None or isinstance(done.exception, SystemExit), done.exception
     assert "could not write the checkpoint" in text and "No space left on device" in text
+    assert "the sweep stopped at run" in text and "its disk is full" in text
+    assert "Traceback" not in done.output
     assert not list(store.glob("runs/*/*.tmp"))
     runs = open_store(store).runs("fulldisk")
-    assert list(runs["status"]) == ["failed"]
+    assert list(runs["status"]) == ["failed", "pending", "pending"]  # the others not tried
     assert "MiB free on its file system" in runs["error"].iloc[0]
     assert "rerun the same command to resume" in runs["error"].iloc[0]
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert list(open_store(store).runs("fulldisk")["status"]) == ["ok"]
+    assert list(open_store(store).runs("fulldisk")["status"]) == ["ok"] * 3

@@ -17,9 +17,24 @@ import sqlite3
 import sys
 from typing import NoReturn
 
-from typer.models import CommandInfo
 
-from trainlab.cli import (  # noqa: F401  (each registers its commands on import)
+def _interrupted_while_starting(signum: int, frame: object) -> None:
+    """A Ctrl-C while this package's modules load (about a second): say so, exit 130,
+    instead of a traceback of whichever import it fell in.  Python's handler is back once
+    they have loaded (a test process that imports the CLI keeps its KeyboardInterrupt)."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write("interrupted (Ctrl-C)\n")
+        sys.stderr.flush()
+    os._exit(130)
+
+
+with contextlib.suppress(ValueError):  # imported outside the main thread: leave it
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+from typer.models import CommandInfo  # noqa: E402
+
+from trainlab.cli import (  # noqa: F401, E402  (each registers its commands on import)
     estimate,
     info,
     lr_find,
@@ -28,7 +43,7 @@ from trainlab.cli import (  # noqa: F401  (each registers its commands on import
     run,
     store,
 )
-from trainlab.cli.common import OPENED_STORES, app, err, escape
+from trainlab.cli.common import OPENED_STORES, app, err, escape  # noqa: E402
 
 # `trainlab --help` lists the commands in the order of a session: run, look, explain.
 _ORDER = ("run", "estimate", "plan", "ls", "show", "examples", "components", "lr-find", "report",
@@ -41,6 +56,10 @@ def _command_name(command: CommandInfo) -> str:
 
 app.registered_commands.sort(
     key=lambda c: _ORDER.index(_command_name(c)) if _command_name(c) in _ORDER else len(_ORDER))
+
+with contextlib.suppress(ValueError):
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: Python's again
 
 
 def _exit_now(signum: int, frame: object) -> None:
@@ -66,6 +85,25 @@ def _damaged(exc: sqlite3.DatabaseError) -> NoReturn:
     sys.exit(2)
 
 
+def _from_keyboard_interrupt(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(8):  # SystemExit <- typer's Exit(130) <- KeyboardInterrupt
+        if seen is None:
+            return False
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _say_interrupted() -> NoReturn:
+    from trainlab.engine.interrupt import exit_code, signal_name
+
+    signal.signal(signal.SIGINT, _exit_now)
+    err.print(f"[yellow]interrupted ({signal_name()})[/]")
+    sys.exit(exit_code())
+
+
 def main() -> None:
     """Console entry point.
 
@@ -82,11 +120,12 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        from trainlab.engine.interrupt import exit_code, signal_name
-
-        signal.signal(signal.SIGINT, _exit_now)
-        err.print(f"[yellow]interrupted ({signal_name()})[/]")
-        sys.exit(exit_code())
+        _say_interrupted()
+    except SystemExit as exc:
+        # Typer turns a KeyboardInterrupt that leaves a command into a silent exit 130.
+        if _from_keyboard_interrupt(exc):
+            _say_interrupted()
+        raise
     except sqlite3.DatabaseError as exc:
         _damaged(exc)
     finally:

@@ -137,6 +137,10 @@ def run(
         if new_store:  # bad input creates nothing: not even the store it would have used
             _remove_new_store(st, remove_root=not root_existed)
         fail(escape(str(exc)))
+    except KeyboardInterrupt:  # at the size prompt, or while estimating: nothing stored yet
+        if new_store and _unused(st):  # (a Ctrl-C just after registering keeps the sweep)
+            _remove_new_store(st, remove_root=not root_existed)
+        raise
     the_plan = prepared.plan
     if not as_json:
         _warn_slow_precision(the_plan)
@@ -154,6 +158,7 @@ def run(
         err.print(f"\n[yellow]{name}:[/] stopping after the current step and saving state; "
                   f"{again} to quit at once.")
 
+    from trainlab.errors import DiskFull
     from trainlab.store.sqlite import StoreFull
 
     try:
@@ -163,7 +168,7 @@ def run(
                 result = prepared.executor.execute(the_plan, prepared.store, observer)
         finally:
             observer.close()
-    except StoreFull as exc:
+    except (StoreFull, DiskFull) as exc:  # a full disk: later runs would fail the same way
         _remove_partial_files(st, the_plan)
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None
@@ -203,6 +208,16 @@ def confirm_size(todo: int, sweep: str) -> None:
     raise ConfigError(f"`--yes`: the {what}; pass --yes to train them all (asked at a "
                       "terminal, required elsewhere), or make the grid smaller (`trainlab "
                       "plan` lists the runs).", field="--yes")
+
+
+def _unused(store: Any) -> bool:
+    """Whether the store holds no sweep (one this command created, then refused to use)."""
+    import sqlite3
+
+    try:
+        return bool(store.sweeps().empty)
+    except (sqlite3.Error, OSError):
+        return False
 
 
 def _remove_new_store(store: Any, *, remove_root: bool) -> None:

@@ -22,7 +22,7 @@ from trainlab.config.schema import RunConfig
 from trainlab.engine import distributed, interrupt
 from trainlab.engine.checkpoint import save_atomic
 from trainlab.engine.speed import Speed
-from trainlab.errors import RunError
+from trainlab.errors import DiskFull, RunError
 from trainlab.hooks import Callback, RunState
 from trainlab.records import RecordSink
 
@@ -139,8 +139,10 @@ class Resumable:
             for tmp in (f"{name}.tmp", f"{name}.sha256.tmp"):  # half-written: only hold space
                 with contextlib.suppress(OSError):
                     (self.run_dir / tmp).unlink(missing_ok=True)
-            raise RunError(f"could not write the checkpoint {self.run_dir / name}: "
-                           f"{exc.strerror or exc}{_full_disk_hint(self.run_dir, exc)}") from exc
+            hint = _full_disk_hint(self.run_dir, exc)
+            kind = DiskFull if hint else RunError  # a full disk stops the sweep (DiskFull)
+            raise kind(f"could not write the checkpoint {self.run_dir / name}: "
+                       f"{exc.strerror or exc}{hint}") from exc
 
     def _checked(self, ckpt: dict[str, Any] | None) -> dict[str, Any] | None:
         """``ckpt``, or None when the store lacks records the checkpoint saw written.

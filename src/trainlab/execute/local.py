@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from trainlab.components.optimizers import is_auto
 from trainlab.devices import resolve_device
 from trainlab.engine import interrupt  # no torch: the loop and torch load in run_one
+from trainlab.errors import DiskFull
 from trainlab.hooks import Callback, RunOutcome
 from trainlab.plan import Plan, PlannedRun
 from trainlab.records import MetricRecord, RecordSink
@@ -220,10 +221,27 @@ class LocalExecutor:
             for one, outcome in pairs:
                 result.outcomes.append(outcome)
                 observer.on_run_end(one, outcome)
+            for _, outcome in pairs:
+                stop_if_disk_full(outcome)
             if any(o.status == "interrupted" for _, o in pairs):
                 result.interrupted = True
                 break
         return result
+
+
+_DISK_FULL = f"{DiskFull.__module__}.{DiskFull.__qualname__}: "
+
+
+def stop_if_disk_full(outcome: RunOutcome) -> None:
+    """Stop the sweep (raise :class:`DiskFull`) after a run that failed because its disk is
+    full, as a full store stops it: every later run would fail the same way.  The run's own
+    record (``failed``, with the reason and the free space) is already stored."""
+    if outcome.status != "failed" or not outcome.error:
+        return
+    last = outcome.error.rstrip().splitlines()[-1]  # the stored traceback's last line
+    if last.startswith(_DISK_FULL):
+        raise DiskFull(f"the sweep stopped at run {outcome.run_id}, which failed because its "
+                       f"disk is full: {last[len(_DISK_FULL):]}")
 
 
 def _stacks(plan: Plan) -> StackPlan | None:
