@@ -506,3 +506,109 @@ Contender = Callable[[dict[str, Any], Path], float]
 
 def model_spec(raw: dict[str, Any]) -> Any:
     return resolve_component("model", raw["model"])
+
+
+# --- Where a result was measured: one block of BENCHMARKS.md per machine ------------------
+
+
+def _slug(text: str) -> str:
+    """``text`` as a marker-safe key: lower case, letters, digits and single dashes."""
+    out = "".join(c if c.isalnum() else "-" for c in text.lower())
+    while "--" in out:
+        out = out.replace("--", "-")
+    return out.strip("-") or "unknown"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` says."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def machine_key(device: torch.device | None = None) -> str:
+    """What tells one machine's results from another's, for a section name: on a GPU its
+    kind (``cuda-nvidia-h100-80gb-hbm3``), on a CPU its model and the threads torch uses
+    (``cpu-amd-epyc-7b13-2threads``).  ``device``: where the benchmark trains (default: where
+    :func:`bench_device` puts every contender)."""
+    device = bench_device() if device is None else device
+    if device.type == "cuda":
+        return _slug(f"cuda-{torch.cuda.get_device_name(device)}")
+    if device.type != "cpu":
+        return _slug(device.type)
+    return _slug(f"cpu-{cpu_model()}-{torch.get_num_threads()}threads")
+
+
+def machine_description(device: torch.device | None = None) -> str:
+    """The machine in words: CPU model, cores, torch's threads, and the GPU where one trains."""
+    device = bench_device() if device is None else device
+    threads = torch.get_num_threads()
+    text = (f"{cpu_model()}, {os.cpu_count()} CPUs, torch on {threads} "
+            f"thread{'s' if threads != 1 else ''}")
+    if device.type == "cuda":
+        text += f"; GPU {torch.cuda.get_device_name(device)}"
+    elif device.type == "cpu":
+        text += "; no GPU used"
+    else:
+        text += f"; device {device.type}"
+    return text
+
+
+def section_name(benchmark: str, device: torch.device | None = None) -> str:
+    """The marker name of ``benchmark``'s section for this machine
+    (``benchmarks.loader@cpu-amd-epyc-7b13-2threads``): a run on another machine (a GPU)
+    adds its own block instead of replacing this one's."""
+    return f"{benchmark}@{machine_key(device)}"
+
+
+def command_line(module: str) -> str:
+    """The command that ran this benchmark, as a user would type it again."""
+    return " ".join(["python -m", module, *sys.argv[1:]])
+
+
+def provenance(command: str, load_before: tuple[float, ...] | list[float],
+               versions: dict[str, str] | None = None,
+               device: torch.device | None = None) -> str:
+    """The lines a generated section opens with: the command, the date, the machine, the
+    1-minute load average at the start and now (the end), and the versions."""
+    import datetime
+    import platform
+
+    import trainlab
+
+    load_after = os.getloadavg()
+    names = {"python": platform.python_version(), "torch": torch.__version__,
+             "trainlab": trainlab.__version__, **(versions or {})}
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join([
+        f"- command: `{command}`",
+        f"- date: {stamp}",
+        f"- machine: {machine_description(device)}",
+        f"- load average (1 min): {load_before[0]:.2f} at the start, {load_after[0]:.2f} at "
+        f"the end ({os.cpu_count()} CPUs)",
+        "- versions: " + ", ".join(f"{k} {v}" for k, v in names.items()),
+    ])
+
+
+def write_result(path: Path, benchmark: str, title: str, command: str,
+                 load_before: tuple[float, ...] | list[float], body: str,
+                 versions: dict[str, str] | None = None,
+                 device: torch.device | None = None) -> str:
+    """Write ``benchmark``'s dated section for this machine into ``path`` (BENCHMARKS.md):
+    a heading (``title`` and the machine), :func:`provenance`, then ``body``.  Returns the
+    section's marker name."""
+    name = section_name(benchmark, device)
+    device = bench_device() if device is None else device
+    threads = torch.get_num_threads()
+    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
+             else f"{cpu_model()}, {threads} thread{'s' if threads != 1 else ''}")
+    text = (f"## {title}: {where}\n\n"
+            + provenance(command, load_before, versions, device) + "\n\n" + body.strip("\n"))
+    write_section(path, name, text)
+    return name

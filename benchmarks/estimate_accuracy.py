@@ -3,6 +3,7 @@
 Usage (from the repository root, on a quiet machine):
 
     python -m benchmarks.estimate_accuracy [--examples quickstart,lm-optimizers] [--json F]
+                                           [--out BENCHMARKS.md] [--no-write]
 
 For each built-in example it runs the sweep into a fresh store exactly as `trainlab run` does
 (each run is predicted by the calibration probe just before the sweep trains, and the
@@ -14,6 +15,8 @@ Runs that differ only in what cannot change a step's cost (quickstart's weight d
 share a probe and so a prediction; how far their measured epoch times lie apart ("same-setup
 spread", max/min - 1) is the machine's own run-to-run noise, which no prediction made before a
 run can follow.
+
+It writes its dated section of BENCHMARKS.md, one per machine (--out; --no-write to print only).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ if __name__ == "__main__":
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import trainlab
+from benchmarks.common import command_line, write_result
 from trainlab.config.keys import short_names
 
 
@@ -63,11 +68,40 @@ def measure(example: str, store_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The table of ``rows`` (with their same-setup spreads) and its summary lines."""
+    worst_mem = max(abs(r["memory_error"]) for r in rows)
+    worst_time = max(abs(r["epoch_error"]) for r in rows)
+    lines = ["| example | # | run | peak memory predicted | measured | error | epoch s "
+             "predicted | measured | error | same-setup spread |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        spread = r["same_setup_spread"]
+        lines.append(
+            f"| {r['example']} | {r['index']} | {r['run']} | "
+            f"{r['memory_predicted'] / 2**20:.0f} MiB | {r['memory_measured'] / 2**20:.0f} MiB"
+            f" | {r['memory_error']:+.1%} | {r['epoch_predicted']:.3f} | "
+            f"{r['epoch_measured']:.3f} | {r['epoch_error']:+.1%} | "
+            + (f"{spread:.1%}" if spread is not None else "-") + " |")
+    spreads = [r["same_setup_spread"] for r in rows if r["same_setup_spread"] is not None]
+    if spreads:
+        lines += ["", f"Runs of one setup (one shared prediction) measured up to "
+                  f"{max(spreads):.1%} apart from each other."]
+    outside = sum(abs(r["epoch_error"]) > 0.20 for r in rows)
+    lines += ["", f"Worst memory error {worst_mem:.1%} (goal 15 %), worst epoch-time error "
+              f"{worst_time:.1%} (goal 20 %; {outside} of {len(rows)} runs outside)."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--examples", default="quickstart,lm-optimizers")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
+                        help="the results file whose section (for this machine) this rewrites")
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    load = os.getloadavg()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for example in args.examples.split(","):
@@ -78,26 +112,20 @@ def main() -> None:
     for r in rows:
         same = setups[(r["example"], r["epoch_predicted"])]
         r["same_setup_spread"] = max(same) / min(same) - 1 if len(same) > 1 else None
-    worst_mem = max(abs(r["memory_error"]) for r in rows)
-    worst_time = max(abs(r["epoch_error"]) for r in rows)
-    print("| example | # | run | peak memory predicted | measured | error | epoch s predicted "
-          "| measured | error | same-setup spread |\n|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        spread = r["same_setup_spread"]
-        print(f"| {r['example']} | {r['index']} | {r['run']} | "
-              f"{r['memory_predicted'] / 2**20:.0f} MiB | {r['memory_measured'] / 2**20:.0f} MiB"
-              f" | {r['memory_error']:+.1%} | {r['epoch_predicted']:.3f} | "
-              f"{r['epoch_measured']:.3f} | {r['epoch_error']:+.1%} | "
-              + (f"{spread:.1%}" if spread is not None else "-") + " |")
-    spreads = [r["same_setup_spread"] for r in rows if r["same_setup_spread"] is not None]
-    if spreads:
-        print(f"\nruns of one setup (one shared prediction) measured up to {max(spreads):.1%} "
-              "apart from each other")
-    print(f"\nworst memory error {worst_mem:.1%} (goal 15 %), worst epoch-time error "
-          f"{worst_time:.1%} (goal 20 %); {len(rows)} runs")
+    table = markdown(rows)
+    print(table)
+    if not args.no_write:
+        body = ("Each example run exactly as `trainlab run` does (each run predicted by the "
+                "calibration probe before the sweep trains); per run, predicted peak memory "
+                "against the largest `memory/peak_bytes` it recorded, and predicted training "
+                "seconds per epoch against its median `time/epoch_train`. Same-setup spread: "
+                "runs that share a probe (and so a prediction), max/min - 1 of their measured "
+                "epoch times: the machine's own noise.\n\n" + table)
+        write_result(args.out, "benchmarks.estimate_accuracy",
+                     "Estimates against measurements (benchmarks/estimate_accuracy.py)",
+                     command_line("benchmarks.estimate_accuracy"), load, body)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
-
 
 if __name__ == "__main__":
     main()

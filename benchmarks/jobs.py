@@ -1,7 +1,7 @@
 """Parallel sweeps: wall-clock of a sweep with ``--jobs N`` against ``--jobs 1``.
 
 Usage (from the repository root):  python -m benchmarks.jobs [--rounds 3] [--jobs 2] [--set K=V]
-                                   [--example quickstart] [--json F]
+                                   [--example quickstart] [--json F] [--out BENCHMARKS.md]
 
 Each round runs the whole command a user types, ``trainlab run --example quickstart --store
 <fresh dir> -q`` (interpreter start, planning, every run, the summary table), once sequentially
@@ -9,6 +9,8 @@ and once with ``--jobs N``, in alternating order; it reports the median wall-clo
 their ratio.  With ``--jobs N`` the workers get ``cores // N`` threads each, the sequential run
 torch's default (all cores).  The goal on a 2-core machine is a ratio <= 0.65.  Run it on an
 otherwise idle machine: another process on the cores changes both numbers.
+
+It writes its dated section of BENCHMARKS.md, one per machine (--out; --no-write to print only).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmarks.common import command_line, write_result
 
 
 def sweep_seconds(example: str, store: Path, jobs: int, extra: list[str]) -> float:
@@ -72,7 +76,11 @@ def main() -> None:
     parser.add_argument("--no-estimate", action="store_true",
                         help="pass --no-estimate (no calibration probes before the sweep)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
+                        help="the results file whose section (for this machine) this rewrites")
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    load = os.getloadavg()
     extra = [a for s in args.set for a in ("--set", s)]
     extra += ["--no-estimate"] if args.no_estimate else []
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,12 +89,24 @@ def main() -> None:
                "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine()}
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "result": result}, indent=2))
-    s = result["seconds"]
-    print(f"\n| sweep | --jobs 1 s | --jobs {args.jobs} s | ratio |\n|---|---|---|---|")
+    s, lo_hi = result["seconds"], result["range"]
     label = " ".join([args.example, *extra])
-    print(f"| {label} | {s['jobs1']:.2f} | {s[f'jobs{args.jobs}']:.2f} | "
-          f"{result['ratio']:.3f} |")
+    table = "\n".join([
+        f"| sweep | --jobs 1 s [range] | --jobs {args.jobs} s [range] | ratio | rounds |",
+        "|---|---|---|---|---|",
+        f"| `{label}` | {s['jobs1']:.2f} [{lo_hi['jobs1'][0]:.2f}-{lo_hi['jobs1'][1]:.2f}] | "
+        f"{s[f'jobs{args.jobs}']:.2f} [{lo_hi[f'jobs{args.jobs}'][0]:.2f}-"
+        f"{lo_hi[f'jobs{args.jobs}'][1]:.2f}] | {result['ratio']:.3f} | {args.rounds} |"])
+    print("\n" + table)
     print(f"\nmachine: {machine}")
+    if not args.no_write:
+        body = (f"The whole `trainlab run --example {args.example}` command (interpreter start, "
+                f"planning, estimation probes unless --no-estimate, every run), into a fresh "
+                f"store each time, sequentially and with `--jobs {args.jobs}` in alternating "
+                f"order; median wall seconds over the rounds [range], and the ratio --jobs "
+                f"{args.jobs} / --jobs 1 (goal on a 2-core machine: at most 0.65).\n\n" + table)
+        write_result(args.out, "benchmarks.jobs", "Parallel sweeps, --jobs (benchmarks/jobs.py)",
+                     command_line("benchmarks.jobs"), load, body)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ curve per step (after dropping 10 points at the start and 5 at the end, its defa
 script prints it beside trainlab's suggestions and the ratio steepest(trainlab) / steepest(peer).
 
     pip install -e ".[bench]"
-    python benchmarks/lr_find_vs_peer.py [--steps 2000] [--json out.json]
+    python -m benchmarks.lr_find_vs_peer [--steps 2000] [--json out.json] [--out BENCHMARKS.md]
 
 It compares suggestions, not speed (the timings it prints are each tool's own wall time on the
-machine at hand).
+machine at hand).  It writes the table as its dated section of BENCHMARKS.md, one per machine
+(--out; --no-write to print only).
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmarks.common import command_line, write_result
 from trainlab.components import build_model, build_optimizer, load_dataset
 from trainlab.components.optimizers import with_lr
 from trainlab.config import expand, load_sweep
@@ -102,6 +106,26 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3g}"
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """One row per optimizer: both tools' suggestions, steps and stopping LRs."""
+    lines = ["| optimizer | steepest trainlab | steepest torch-lr-finder | ratio | valley | "
+             "min/10 | candidates (trainlab) | trusted | steps trainlab / peer | stopped at LR "
+             "trainlab / peer | seconds trainlab / peer |", "|---" * 11 + "|"]
+    notes = []
+    for r in rows:
+        a, b = r["trainlab"], r["torch_lr_finder"]
+        lines.append(" | ".join([
+            f"| {r['optimizer']}", _fmt(a["steepest"]), _fmt(b["steepest"]),
+            f"{r['steepest_ratio']:.2f}", _fmt(a["valley"]), _fmt(a["minimum"]),
+            ", ".join(_fmt(c) for c in a["candidates"] or []) or "-",
+            "yes" if a["trusted"] else "no (" + ", ".join(a["flags"]) + ")",
+            f"{a['steps']} / {b['steps']}", f"{_fmt(a['stop_lr'])} / {_fmt(b['stop_lr'])}",
+            f"{a['seconds']:.1f} / {b['seconds']:.1f} |"]))
+        if b["note"]:
+            notes.append(f"- {r['optimizer']}: torch-lr-finder: {b['note']}")
+    return "\n".join(lines + (["", *notes] if notes else []))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--example", default="lr-range")
@@ -109,7 +133,11 @@ def main() -> None:
     parser.add_argument("--diverge", type=float, default=None, help="default: the example's")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--out", type=Path, default=Path("BENCHMARKS.md"),
+                        help="the results file whose section (for this machine) this rewrites")
+    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
+    load = os.getloadavg()
     torch.set_num_threads(args.threads)
     sweep = load_sweep(example=args.example)
     settings = resolve_lr_find(sweep.lr_find, {"steps": args.steps, "diverge": args.diverge})
@@ -125,21 +153,27 @@ def main() -> None:
                  else math.nan)
         rows.append({"optimizer": name, "trainlab": a, "torch_lr_finder": b,
                      "steepest_ratio": ratio})
-    print(f"{args.example}: {run.config.model.name} on {run.config.data.name}, ramp "
-          f"{settings.start:g} -> {settings.end:g} over {settings.steps} steps ({settings.mode}),"
-          f" stop at {settings.diverge:g}x the best smoothed loss, smoothing {settings.smooth}")
-    header = ("optimizer", "steepest trainlab", "steepest peer", "ratio", "valley", "min/10",
-              "candidates (trainlab)", "trusted", "steps t/p", "stop lr t/p")
-    print(" | ".join(header))
-    for r in rows:
-        a, b = r["trainlab"], r["torch_lr_finder"]
-        print(" | ".join([
-            r["optimizer"], _fmt(a["steepest"]), _fmt(b["steepest"]),
-            f"{r['steepest_ratio']:.2f}", _fmt(a["valley"]), _fmt(a["minimum"]),
-            ", ".join(_fmt(c) for c in a["candidates"] or []), str(a["trusted"]),
-            f"{a['steps']}/{b['steps']}", f"{_fmt(a['stop_lr'])}/{_fmt(b['stop_lr'])}"]))
-        if b["note"]:
-            print(f"  peer: {b['note']}")
+    intro = (f"`{args.example}`: {run.config.model.name} on {run.config.data.name}, ramp "
+             f"{settings.start:g} -> {settings.end:g} over {settings.steps} steps "
+             f"({settings.mode}), stop at {settings.diverge:g}x the best smoothed loss, "
+             f"smoothing {settings.smooth}")
+    table = markdown(rows)
+    print(intro + "\n\n" + table)
+    if not args.no_write:
+        from importlib.metadata import version
+
+        body = (intro + ". Both tools get the same initialisation (seed "
+                f"{settings.seed}), the same batches in the same order and the same ramp; each "
+                "smooths its own way at the same weight (torch-lr-finder: a causal EMA; "
+                "trainlab: a zero-lag EMA). torch-lr-finder suggests the steepest point of its "
+                "smoothed curve after dropping 10 points at the start and 5 at the end (its "
+                "defaults); ratio = steepest(trainlab) / steepest(torch-lr-finder). Suggestions, "
+                "not speed, are compared (seconds: each tool's own wall time).\n\n" + table)
+        write_result(args.out, "benchmarks.lr_find_vs_peer",
+                     "LR range test against torch-lr-finder (benchmarks/lr_find_vs_peer.py)",
+                     command_line("benchmarks.lr_find_vs_peer"), load, body,
+                     versions={"torch-lr-finder": version("torch-lr-finder")},
+                     device=torch.device("cpu"))
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"settings": settings.model_dump(), "rows": rows}, fh, indent=2)

@@ -43,6 +43,7 @@ import argparse
 import copy
 import datetime
 import json
+import os
 import platform
 import statistics
 import sys
@@ -66,7 +67,9 @@ from benchmarks.common import (
     model_spec,
     plain,
     script,
+    section_name,
     with_options,
+    write_section,
 )
 from trainlab.components import load_dataset
 from trainlab.config.schema import resolve_run
@@ -210,19 +213,31 @@ def matmul_peaks(device: torch.device) -> dict[str, float]:
             "bf16": sample_peak_flops(device, torch.bfloat16, seconds=1.0)}
 
 
+PREAMBLE = """# Benchmarks
+
+Generated: each section below is written by the script it names (`benchmarks/*.py`), with the
+command, date, machine, load average and versions of its run, one block per benchmark and
+machine (a run on another machine, a GPU, adds its own block). Nothing here is written by hand;
+how each benchmark measures is in docs/benchmarks/index.md.
+"""
+
+
 def _markdown(results: list[dict[str, Any]], machine: dict[str, Any], command: str) -> str:
     fp32, bf16 = machine["peaks_measured"]["fp32"], machine["peaks_measured"]["bf16"]
     names = ["trainlab", "trainlab-fast", "plain", "script", "lightning", "lightning-bar"]
     lines = [
-        "# Benchmarks", "",
-        "Written by `benchmarks/suite.py`; regenerate with the command below on a quiet machine.",
-        "Each cell: median milliseconds per training step over the rounds (range in brackets);",
-        "the ratio to the plain loop (lower is faster); model FLOPs utilization (MFU) against",
-        "the matmul peak (the highest measured in the run).", "",
+        f"## Against other tools (benchmarks/suite.py): {machine.get('gpu') or machine['cpu']}"
+        + ("" if machine.get("gpu") else f", {machine['threads']} threads"), "",
+        "Regenerate with the command below on a quiet machine. Each cell: median milliseconds "
+        "per training step over the rounds (range in brackets); the ratio to the plain loop "
+        "(lower is faster); model FLOPs utilization (MFU) against the matmul peak (the highest "
+        "measured in the run).", "",
         f"- command: `{command}`",
         f"- date: {machine['date']}",
         f"- machine: {machine['cpu']}, {machine['threads']} threads; "
         f"{machine.get('gpu') or 'no GPU'}",
+        f"- load average (1 min): {machine['load_before'][0]:.2f} at the start, "
+        f"{machine['load_after'][0]:.2f} at the end ({os.cpu_count()} CPUs)",
         f"- versions: python {machine['python']}, torch {machine['torch']}, "
         f"lightning {machine.get('lightning')}",
         f"- matmul peak: fp32 {machine['peak_fp32'] / 1e9:.1f} GFLOP/s, "
@@ -314,6 +329,7 @@ def main() -> None:
     candidates = candidates_for(measured[0])
     machine: dict[str, Any] = {
         "date": datetime.date.today().isoformat(), "cpu": cpu_name(),
+        "load_before": list(os.getloadavg()),
         "threads": torch.get_num_threads(), "python": platform.python_version(),
         "torch": torch.__version__, "lightning": lightning_version,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
@@ -332,10 +348,14 @@ def main() -> None:
     machine["peak_fp32"], machine["peak_bf16"] = peak["fp32"], peak["bf16"]
     for result in results:
         add_mfu(result, peak)
+    machine["load_after"] = list(os.getloadavg())
     command = "python -m benchmarks.suite " + " ".join(sys.argv[1:])
-    kept = kept_sections(args.out)  # other benchmarks' sections (benchmarks/threads.py)
-    args.out.write_text(_markdown(results, machine, command.strip())
-                        + ("\n" + kept if kept else ""))
+    # One block per machine: a run elsewhere (a GPU) adds its own section.  The file's head is
+    # rewritten; every marked section (other benchmarks', other machines') is kept.
+    kept = kept_sections(args.out)
+    args.out.write_text(PREAMBLE + ("\n" + kept if kept else ""))
+    write_section(args.out, section_name("benchmarks.suite", device),
+                  _markdown(results, machine, command.strip()))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
     print(f"wrote {args.out}")

@@ -1,9 +1,9 @@
 """The documentation site in headless Chromium: the home page, a tutorial and the config
-reference render with no console errors, the navigation reaches them, and search finds a
-config field.  The site is built with ``mkdocs build --strict`` and served over HTTP (search
-runs in a web worker, which a file:// page may not start).  Needs ``chromium``,
-``chromium-driver``, ``selenium`` and ``mkdocs-material``; run with ``python -m pytest -m
-browser``."""
+reference render with no console errors, the tutorial's figures load, the navigation reaches
+the reference, and search finds a config field.  The site is built with ``mkdocs build
+--strict`` and served over HTTP (search runs in a web worker, which a file:// page may not
+start).  Needs ``chromium``, ``chromium-driver``, ``selenium`` and ``mkdocs-material``; run
+with ``python -m pytest -m browser``."""
 
 from __future__ import annotations
 
@@ -75,6 +75,19 @@ def test_a_page_renders_with_no_console_errors(browser: Any, site: str, page: st
     title = browser.find_element(By.CSS_SELECTOR, "article h1").text
     assert heading.lower() in title.lower()
     assert len(browser.find_elements(By.CSS_SELECTOR, "nav.md-nav a")) > 10
+    assert _errors(browser) == []
+
+
+def test_a_tutorial_shows_its_figures(browser: Any, site: str) -> None:
+    """The tutorial's figures (copied from its generated report) load, not broken images."""
+    from selenium.webdriver.common.by import By
+
+    browser.get(site + "tutorials/wikitext-lm/")
+    images = browser.find_elements(By.CSS_SELECTOR, "article img")
+    assert len(images) >= 2
+    assert _wait(lambda: all(browser.execute_script(
+        "return arguments[0].complete && arguments[0].naturalWidth > 0;", img)
+        for img in images)), "a tutorial figure did not load"
     assert _errors(browser) == []
 
 

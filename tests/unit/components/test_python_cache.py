@@ -83,8 +83,12 @@ def test_a_cached_dataset_trains_as_the_same_tensors_do(tmp_path: Path) -> None:
     for name in ("train", "valid", "test"):
         a, b = getattr(reference, name), getattr(data, name)
         assert torch.equal(a.inputs, b.inputs) and torch.equal(a.targets, b.targets)
+    # Everything but the names (the data's name and the splits' sources name its target).
     assert data.info == reference.info.__class__(**{**reference.info.__dict__,
-                                                    "name": data.info.name})
+                                                    "name": data.info.name,
+                                                    "sources": data.info.sources})
+    assert [s.replace("items", "pairs") for s in data.info.sources] == list(
+        reference.info.sources)
     curves = _curves(tensors)
     assert curves and _curves(cached) == curves
 
