@@ -188,8 +188,9 @@ def test_a_page_damaged_after_open_exits_2_with_the_recovery_hint(tmp_path: Path
     assert db.read_bytes() == before
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
 def test_a_full_disk_while_checkpointing_removes_the_temporary_file_and_reruns(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int) -> None:
     """ENOSPC injected where a checkpoint is written (its fsync): the run fails with the
     reason and the free space, no traceback, no ``*.tmp`` left, exit 1, and the sweep stops
     there as for a full store (the later runs would fail the same way: not tried); a rerun
@@ -213,8 +214,8 @@ def test_a_full_disk_while_checkpointing_removes_the_temporary_file_and_reruns(
     config.write_text(yaml.safe_dump({**TINY, "name": "fulldisk",
                                       "train": {**TINY["train"], "epochs": 2},
                                       "grid": {"model.hidden_dim": [16, 8, 4]}}))
-    args = ["run", str(config), "--store", str(store), "--no-estimate"]
-    monkeypatch.setattr(os, "fsync", full)
+    args = ["run", str(config), "--store", str(store), "--no-estimate", "--jobs", str(jobs)]
+    monkeypatch.setattr(os, "fsync", full)  # forked pool workers (--jobs 2) inherit it
     done = CliRunner().invoke(app, args)
     monkeypatch.setattr(os, "fsync", real_fsync)
     text = " ".join(done.output.split())
@@ -225,7 +226,8 @@ def test_a_full_disk_while_checkpointing_removes_the_temporary_file_and_reruns(
     assert "Traceback" not in done.output
     assert not list(store.glob("runs/*/*.tmp"))
     runs = open_store(store).runs("fulldisk")
-    assert list(runs["status"]) == ["failed", "pending", "pending"]  # the others not tried
+    # The others not tried; under --jobs 2 the two runs started together both failed.
+    assert list(runs["status"]) == ["failed"] * jobs + ["pending"] * (3 - jobs)
     assert "MiB free on its file system" in runs["error"].iloc[0]
     assert "rerun the same command to resume" in runs["error"].iloc[0]
     again = CliRunner().invoke(app, args)

@@ -46,13 +46,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from trainlab.engine import interrupt
-from trainlab.errors import ConfigError
+from trainlab.errors import ConfigError, DiskFull
 from trainlab.execute.local import (
     NullObserver,
     SweepObserver,
     SweepResult,
     auto_for,
     resolve_plan_lrs,
+    stop_if_disk_full,
 )
 from trainlab.execute.relay import (
     ConnectionChannel,
@@ -227,6 +228,8 @@ class PoolExecutor:
             pool.run()
         finally:
             self.close()
+        if pool.disk_full is not None:  # after the runs in flight ended: as a full store does
+            raise pool.disk_full
         return result
 
 
@@ -243,6 +246,7 @@ class _Pool:
         self.workers = executor.workers  # shared: close() ends whatever is left
         self.failed_starts = 0
         self.stopping = False
+        self.disk_full: DiskFull | None = None  # a run failed on a full disk: start no more
 
     def run(self) -> None:
         while self.workers:
@@ -317,6 +321,12 @@ class _Pool:
             self.feed.finished(planned, outcome)
         if outcome.status == "interrupted":
             self.result.interrupted = True
+        try:
+            stop_if_disk_full(outcome)
+        except DiskFull as exc:  # every later run would fail the same way: start none
+            self.disk_full = self.disk_full or exc
+            self.todo.clear()
+            self.feed = None
 
     def _died(self, worker: _Worker) -> None:
         """A worker is gone: its run failed (the sweep goes on with a fresh worker)."""
