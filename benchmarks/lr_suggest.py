@@ -2,7 +2,8 @@
 
 For each workload (digits-MLP 64-256-10 with SGD, the same with Adam, a small CNN on
 digits' 8x8 images with Adam and with SGD) the script runs the range test at its defaults
-(100 steps, 1e-7 to 10), trains ``--epochs`` epochs (3) at each suggestion (``valley``,
+(100 steps, 1e-7 to 10) as ``optimizer.lr: auto`` does (a default ramp flagged ``noisy`` is run
+again 4x longer and suggested from), trains ``--epochs`` epochs (3) at each suggestion (``valley``,
 ``steepest``, ``minimum``) and at every LR of a log grid, over ``--seeds`` seeds (3), and
 prints each suggestion's mean best validation loss over the grid's best: the ratio the
 LR-suggestion goal asks to keep within 2.
@@ -22,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
+from trainlab.config.grid import ExpandedRun
 from trainlab.config.schema import LRFindSpec, RunConfig, resolve_run
 from trainlab.engine import train
-from trainlab.lr.range_test import lr_find
+from trainlab.lr.study import RangeGroup, range_id, run_group
 from trainlab.lr.suggest import METHODS
 
 CNN = {"name": "cnn", "channels": [6, 16], "fc": [120, 84]}
@@ -61,13 +63,22 @@ def valid_loss(workload: dict[str, Any], lr: float, seeds: int, epochs: int) -> 
 
 def measure(name: str, workload: dict[str, Any], seeds: int, epochs: int) -> dict[str, Any]:
     t0 = time.perf_counter()
-    result = lr_find(config(workload, 0.01, 0, epochs), LRFindSpec())
+    base, settings = config(workload, 0.01, 0, epochs), LRFindSpec()  # the default ramp
+    group = RangeGroup(range_id(base, settings), settings, [ExpandedRun(1, base)], {})
+    outcome = run_group(group, None)  # as lr: auto runs it (without a store)
+    result = outcome.result
     sug = result.suggestions
+    short = outcome.lengthened_from
     grid = {lr: valid_loss(workload, lr, seeds, epochs) for lr in GRID}
     best_lr = min(grid, key=lambda lr: grid[lr])
     best = grid[best_lr]
     out: dict[str, Any] = {"workload": name, "status": result.status,
                            "flags": [f.code for f in sug.assessment.flags],
+                           "ramp_steps": result.planned_steps,
+                           "lengthened_from": None if short is None else {
+                               "steps": short.result.planned_steps,
+                               "flags": [f.code for f in short.result.suggestions.assessment.flags],
+                               "steepest": short.result.suggestions.steepest},
                            "grid": grid, "best_lr": best_lr, "best_valid_loss": best,
                            "suggestions": {}}
     for method in METHODS:
@@ -90,7 +101,10 @@ def main() -> None:
         row = measure(name, WORKLOADS[name], args.seeds, args.epochs)
         rows.append(row)
         grid = "  ".join(f"{lr:g}:{v:.3g}" for lr, v in row["grid"].items())
-        print(f"{name}: range test {row['status']} {row['flags']}; grid best lr "
+        ramp = f"{row['ramp_steps']} steps"
+        if row["lengthened_from"] is not None:
+            ramp += f" (the 100-step ramp was {row['lengthened_from']['flags']})"
+        print(f"{name}: range test {row['status']} {row['flags']}, {ramp}; grid best lr "
               f"{row['best_lr']:g} valid loss {row['best_valid_loss']:.3f} "
               f"({row['seconds']:.0f} s)\n  grid: {grid}")
         for method, s in row["suggestions"].items():

@@ -185,3 +185,29 @@ def test_the_follow_up_report_shows_its_range_tests_and_the_test_name_says_what_
     assert len(list(out.rglob("lr-range-*.png"))) == 2  # one per optimizer's test
     later = runner.invoke(app, ["report", "--sweep", "tiny", "--store", str(store_dir)])
     assert later.exit_code == 2 and "trainlab report --sweep tiny-followup" in later.output
+
+
+def test_a_noisy_default_ramp_is_tested_again_longer(tiny: dict, write_config,
+                                                     store_dir: Path) -> None:
+    # LRs far too low to learn within the ramp and batches of 4: the 100-step curve is noise.
+    tiny["data"] = {"name": "synthetic", "n_samples": 160, "shape": [6], "n_classes": 3,
+                    "batch_size": 4}
+    tiny["model"] = {"name": "mlp", "hidden_dim": 8}
+    tiny["optimizer"] = {"name": "sgd", "lr": 0.1}
+    tiny["lr_find"] = {"start": 1e-7, "end": 1e-6, "seed": 0}
+    tiny.pop("grid", None)
+    tiny.pop("seeds", None)
+    cfg = write_config(tiny)
+    data = json.loads(_run("lr-find", str(cfg), "--store", str(store_dir), "--json").output)
+    (test,) = data["tests"]
+    assert test["planned_steps"] == 400 and test["lengthened_from"]["steps"] == 100
+    assert test["lengthened_from"]["status"] == "untrusted"
+    assert "noisy" in test["lengthened_from"]["suggestions"]["flags"][0]["code"]
+    assert "400-step ramp" in test["note"]
+    table = _run("lr-find", str(cfg), "--store", str(store_dir))
+    assert "400/400" in table.output or "/400" in table.output
+    assert "100-step default ramp" in " ".join(table.output.split())
+    # An explicit ramp is kept as given.
+    kept = json.loads(_run("lr-find", str(cfg), "--store", str(store_dir), "--json",
+                           "--steps", "100").output)
+    assert kept["tests"][0]["planned_steps"] == 100 and kept["tests"][0]["lengthened_from"] is None

@@ -29,7 +29,7 @@ from trainlab.cli.common import (
 from trainlab.errors import ConfigError
 
 if TYPE_CHECKING:
-    from trainlab.lr.study import AutoLR, LRFindReport, RangeOutcome
+    from trainlab.lr.study import AutoLR, LRFindReport, RangeGroup, RangeOutcome
     from trainlab.plan import Plan
 
 
@@ -131,13 +131,14 @@ def lr_find(
                           f"{length} from {settings.start:g} to {settings.end:g} ...",
                           highlight=False)
             try:
-                outcome = run_group(group, st, sweep=sweep.name, rerun=rerun)
+                outcome = run_group(group, st, sweep=sweep.name, rerun=rerun,
+                                    on_lengthen=None if as_json else _say_lengthen)
             except RangeTestInterrupted as exc:
                 stopped = exc
                 break
             report.outcomes.append(outcome)
-            report.figures[group.range_id] = [str(p) for p in _draw(outcome, figures_dir,
-                                                                    sweep.name)]
+            report.figures[outcome.group.range_id] = [
+                str(p) for p in _draw(outcome, figures_dir, sweep.name)]
     if stopped is not None:
         done = len(report.outcomes)
         err.print(f"[yellow]interrupted ({interrupt.signal_name()}):[/] {escape(str(stopped))}; "
@@ -163,6 +164,12 @@ def _cli_settings(resolve: Callable[..., Any], section: dict[str, Any],
             if given.get(name) is not None:
                 message = message.replace(f"`lr_find.{name}`", f"`{flag}` (lr_find.{name})")
         raise ConfigError(message, field=exc.field) from None
+
+
+def _say_lengthen(short: RangeOutcome, longer: RangeGroup) -> None:
+    err.print(f"  the {short.result.planned_steps}-step default ramp learned nothing (flagged "
+              f"noisy): testing again with {longer.settings.steps} steps, range "
+              f"{longer.range_id} ...", highlight=False)
 
 
 def _check_schedules(names: list[str]) -> None:
@@ -220,6 +227,8 @@ def _print_ranges(report: LRFindReport) -> None:
                       f"{r.seconds:.1f}" + (" (stored)" if o.reused else ""), stopped,
                       *[f"{v:.3g}" if v is not None else "-" for v in
                         (sug.steepest, sug.valley, sug.minimum)], cands, trust)
+        if o.note is not None:
+            notes.append(f"{o.group.describe()}: {o.note}")
         if r.status != "ok":
             notes.append(f"{o.group.describe()}: {r.explain()}")
     out.print(table)
@@ -246,6 +255,8 @@ def auto_line(choice: AutoLR) -> str:
         f"{result.steps} steps, {result.seconds:.1f} s" + (", stored" if outcome
                                                             and outcome.reused else ""))
     line = f"{where}(range {choice.range_id}): lr {choice.lr:.3g} by {choice.method} ({cost})"
+    if outcome is not None and outcome.note is not None:
+        line += f"\n         {outcome.note}"
     if result is not None and not result.suggestions.assessment.trusted:
         line += "\n         not trusted: " + "; ".join(
             f.message for f in result.suggestions.assessment.flags)
@@ -258,20 +269,21 @@ def auto_lrs(plan: Plan, store: Any) -> dict[str, dict[str, Any]]:
 
     if not any(is_auto(r.run.config.optimizer) for r in plan.runs):
         return {}  # no range test to look up: the LR package (and torch) stay unloaded
-    from trainlab.lr.range_test import LRRangeResult
-    from trainlab.lr.study import auto_group
+    from trainlab.config.grid import ExpandedRun
+    from trainlab.lr.study import RangeGroup, auto_group, stored_outcome
 
     out: dict[str, dict[str, Any]] = {}
     for r in plan.runs:
         if not is_auto(r.run.config.optimizer):
             continue
         rid, settings = auto_group(r.run.config)
-        record = store.lr_range(rid) if store is not None else None
-        chosen = None
-        if record is not None:
-            result = LRRangeResult.from_dict(record["result"], settings)
-            chosen = result.suggestions.get(settings.suggest)
-        out[r.run_id] = {"range_id": rid, "method": settings.suggest, "stored": bool(record),
+        # A noisy default ramp is followed by a longer test: the LR is that test's.
+        group = RangeGroup(rid, settings, [ExpandedRun(1, r.run.config)], {})
+        found = stored_outcome(group, store) if store is not None else None
+        chosen = found.result.suggestions.get(settings.suggest) if found is not None else None
+        out[r.run_id] = {"range_id": found.group.range_id if found is not None else rid,
+                         "method": settings.suggest,
+                         "stored": found is not None,
                          "lr": chosen}
     return out
 

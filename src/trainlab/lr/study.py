@@ -85,35 +85,113 @@ def range_groups(runs: Sequence[ExpandedRun],
     return list(groups.values())
 
 
+LONGER_RAMP = 4
+"""When the default ramp's curve is flagged ``noisy`` the test runs once more with this many
+times its steps (100 -> 400): on a model that learns nothing in 100 steps (a small CNN on
+digits) each LR then has time to act.  An explicit ramp (``steps`` or ``epochs`` given) is kept."""
+
+
+def is_default_ramp(settings: LRFindSpec) -> bool:
+    """Whether ``settings`` ramp over the default steps, with neither ``steps`` nor ``epochs``
+    given (a ramp the user chose is kept as given)."""
+    given = {"steps", "epochs"} & settings.model_fields_set
+    default = LRFindSpec.model_fields["steps"].default
+    return not given and settings.epochs is None and settings.steps == default
+
+
+def longer_ramp(settings: LRFindSpec) -> LRFindSpec | None:
+    """The settings of the retry for a noisy default ramp (None: the ramp is the user's)."""
+    if not is_default_ramp(settings):
+        return None
+    return settings.model_copy(update={"steps": settings.steps * LONGER_RAMP})
+
+
+def is_noisy(result: LRRangeResult) -> bool:
+    """The curve's drop is within its step-to-step noise: nothing learned within the ramp."""
+    return any(f.code == "noisy" for f in result.suggestions.assessment.flags)
+
+
 @dataclass(frozen=True)
 class RangeOutcome:
-    group: RangeGroup
+    group: RangeGroup  # the test that gave ``result`` (the longer one after a retry)
     result: LRRangeResult
     reused: bool  # read from the store, not run now
+    lengthened_from: RangeOutcome | None = None  # the default ramp's noisy test it replaced
+
+    @property
+    def note(self) -> str | None:
+        """What the retry did, in a sentence (None: no retry)."""
+        short = self.lengthened_from
+        if short is None:
+            return None
+        still = (" It is still noisy: the suggestions are not trusted."
+                 if is_noisy(self.result) else "")
+        return (f"the {short.result.planned_steps}-step default ramp (range "
+                f"{short.group.range_id}) was too short to learn anything (flagged noisy), so "
+                f"the test ran again with a {self.result.planned_steps}-step ramp (range "
+                f"{self.group.range_id}); the suggestions are from the longer test.{still} "
+                "Set lr_find.steps or lr_find.epochs to choose the ramp yourself")
+
+
+def _one(group: RangeGroup, store: Store | None, rerun: bool) -> RangeOutcome:
+    record = store.lr_range(group.range_id) if store is not None and not rerun else None
+    if record is not None:
+        return RangeOutcome(group, LRRangeResult.from_dict(record["result"], group.settings),
+                            True)
+    result = lr_find(group.config, group.settings)
+    if store is not None:
+        from trainlab.devices import resolve_device
+        from trainlab.engine.measure import environment
+
+        env = environment(resolve_device(group.config.train.device))
+        store.write_lr_range(group.range_id, group.config.to_dict(),
+                             group.settings.model_dump(mode="json"), result.status,
+                             result.to_dict(), env)
+    return RangeOutcome(group, result, False)
+
+
+def _longer_group(group: RangeGroup, outcome: RangeOutcome) -> RangeGroup | None:
+    longer = longer_ramp(group.settings) if is_noisy(outcome.result) else None
+    if longer is None:
+        return None
+    return RangeGroup(range_id(group.config, longer), longer, group.runs, group.label)
 
 
 def run_group(group: RangeGroup, store: Store | None, *, sweep: str | None = None,
-              rerun: bool = False) -> RangeOutcome:
+              rerun: bool = False,
+              on_lengthen: Callable[[RangeOutcome, RangeGroup], None] | None = None
+              ) -> RangeOutcome:
     """The group's range test: from the store when it holds it (unless ``rerun``), else run
-    now and stored.  Linked to ``sweep`` in the store when given."""
-    reused = False
-    record = store.lr_range(group.range_id) if store is not None and not rerun else None
-    if record is not None:
-        result = LRRangeResult.from_dict(record["result"], group.settings)
-        reused = True
-    else:
-        result = lr_find(group.config, group.settings)
-        if store is not None:
-            from trainlab.devices import resolve_device
-            from trainlab.engine.measure import environment
+    now and stored.  Linked to ``sweep`` in the store when given.
 
-            env = environment(resolve_device(group.config.train.device))
-            store.write_lr_range(group.range_id, group.config.to_dict(),
-                                 group.settings.model_dump(mode="json"), result.status,
-                                 result.to_dict(), env)
+    A default ramp whose curve is flagged ``noisy`` is followed by one test with a ramp
+    :data:`LONGER_RAMP` times as long (its own range id, stored and reused the same way);
+    the outcome is then the longer test's, with the short one in ``lengthened_from``.
+    ``on_lengthen(short, longer_group)`` is called before the longer test runs.
+    """
+    outcome = _one(group, store, rerun)
+    longer = _longer_group(group, outcome)
+    if longer is not None:
+        if on_lengthen is not None:
+            on_lengthen(outcome, longer)
+        second = _one(longer, store, rerun)
+        outcome = RangeOutcome(longer, second.result, second.reused, lengthened_from=outcome)
     if store is not None and sweep is not None:
-        store.link_lr_range(sweep, group.range_id, group.label)
-    return RangeOutcome(group, result, reused)
+        store.link_lr_range(sweep, outcome.group.range_id, group.label)
+    return outcome
+
+
+def stored_outcome(group: RangeGroup, store: Store) -> RangeOutcome | None:
+    """The outcome :func:`run_group` would give from the store alone; None while a test it
+    needs (the group's, or the longer one after a noisy default ramp) is not stored."""
+    outcome = _one(group, store, False) if store.lr_range(group.range_id) else None
+    longer = _longer_group(group, outcome) if outcome is not None else None
+    if outcome is None or longer is None:
+        return outcome
+    if store.lr_range(longer.range_id) is None:
+        return None
+    second = _one(longer, store, False)
+    return RangeOutcome(longer, second.result, True, lengthened_from=outcome)
 
 
 def find_ranges(sweep: SweepConfig, store: Store | None, *,
@@ -156,6 +234,10 @@ class AutoLR:
             out["lr_trusted"] = verdict.trusted
             out["lr_flags"] = [f.code for f in verdict.flags]
             out["lr_range_seconds"] = self.outcome.result.seconds
+            out["lr_range_steps"] = self.outcome.result.planned_steps
+            short = self.outcome.lengthened_from
+            if short is not None:
+                out["lr_range_lengthened_from"] = short.group.range_id
         return out
 
     def apply(self, config: RunConfig) -> RunConfig:
@@ -322,10 +404,21 @@ class LRFindReport:
                 "grid_runs": self.grid_runs,
                 "tests": [{"range_id": o.group.range_id, "label": o.group.label,
                            "reused": o.reused, "runs": [r.run_id for r in o.group.runs],
+                           "lengthened_from": _short(o), "note": o.note,
                            "figures": self.figures.get(o.group.range_id, []),
                            **o.result.to_dict()} for o in self.outcomes]}
 
 
-__all__ = ["AutoLR", "LRFindReport", "RangeGroup", "RangeOutcome", "find_ranges",
-           "followup_document", "range_groups", "range_id", "resolve_auto_lr",
-           "resolve_auto_lrs", "run_group", "write_followup"]
+def _short(outcome: RangeOutcome) -> dict[str, Any] | None:
+    short = outcome.lengthened_from
+    if short is None:
+        return None
+    return {"range_id": short.group.range_id, "steps": short.result.planned_steps,
+            "status": short.result.status, "explanation": short.result.explain(),
+            "suggestions": short.result.suggestions.to_dict()}
+
+
+__all__ = ["LONGER_RAMP", "AutoLR", "LRFindReport", "RangeGroup", "RangeOutcome", "find_ranges",
+           "followup_document", "is_default_ramp", "is_noisy", "longer_ramp", "range_groups",
+           "range_id", "resolve_auto_lr", "resolve_auto_lrs", "run_group", "stored_outcome",
+           "write_followup"]

@@ -30,8 +30,7 @@ def bound_lr_ranges(spec: SearchSpec, configs: Sequence[tuple[dict[str, Any], Ru
     stood in for by the ramp's own [start, end] (``plan`` runs nothing)."""
     if not any(p.from_range for p in spec.space):
         return spec
-    from trainlab.lr.range_test import LRRangeResult
-    from trainlab.lr.study import RangeGroup, range_id, run_group
+    from trainlab.lr.study import RangeGroup, range_id, run_group, stored_outcome
 
     groups: dict[str, RangeGroup] = {}
     for label, config in configs:
@@ -40,11 +39,13 @@ def bound_lr_ranges(spec: SearchSpec, configs: Sequence[tuple[dict[str, Any], Ru
         groups.setdefault(rid, RangeGroup(rid, settings, [ExpandedRun(1, config)], label))
     lows, highs, ids = [], [], []
     for group in groups.values():
-        record = store.lr_range(group.range_id) if store is not None else None
-        if record is not None and not run:
-            result = LRRangeResult.from_dict(record["result"], group.settings)
+        # The test run_group would use: after a noisy default ramp, its longer retry.
+        stored = stored_outcome(group, store) if store is not None and not run else None
+        if stored is not None:
+            result, used = stored.result, stored.group
         elif run:
-            result = run_group(group, store, sweep=sweep).result
+            outcome = run_group(group, store, sweep=sweep)
+            result, used = outcome.result, outcome.group
         else:
             first = next(iter(groups.values())).settings
             return _with(spec, first.start, first.end,
@@ -53,13 +54,13 @@ def bound_lr_ranges(spec: SearchSpec, configs: Sequence[tuple[dict[str, Any], Ru
         if not candidates:
             raise ConfigError(
                 f"`search.space.optimizer.lr`: {{from_range_test: true}} needs the LR range "
-                f"test's candidate range, but test {group.range_id} ({group.describe()}) gives "
+                f"test's candidate range, but test {used.range_id} ({used.describe()}) gives "
                 f"none: {result.explain()} Give the range instead, e.g. "
                 "{log: [1.0e-4, 1.0]}, or change the lr_find settings",
                 field="search.space.optimizer.lr")
         lows.append(min(candidates))
         highs.append(max(candidates))
-        ids.append(group.range_id)
+        ids.append(used.range_id)
     low, high = _round(min(lows)), _round(max(highs))
     if not low < high:  # a fall over one point of the ramp: a decade around it
         low, high = _round(low / 3.0), _round(high * 3.0)

@@ -13,6 +13,7 @@ import yaml
 import trainlab
 from trainlab.api import plan as api_plan
 from trainlab.config import expand, load_sweep
+from trainlab.config.grid import ExpandedRun
 from trainlab.config.load import validate_sweep
 from trainlab.config.schema import LRFindSpec, resolve_run
 from trainlab.errors import ConfigError
@@ -123,6 +124,71 @@ def test_auto_runs_one_test_per_group_and_records_the_choice(
     # A rerun trains nothing and runs no test; the stored choice stays.
     again = trainlab.run(doc, store=store)
     assert again.exit_code == 0 and not again.outcomes and len(calls) == 2
+
+
+# A workload whose default 100-step curve is flat noise: LRs far too low to learn anything
+# within the ramp, and batches of 4 for a noisy loss (flagged `noisy`, not `no-descent`).
+NOISY: dict[str, Any] = {**BASE, "data": {**BASE["data"], "batch_size": 4},
+                         "lr_find": {"start": 1e-7, "end": 1e-6, "seed": 0}}
+
+
+def test_longer_ramp_only_for_the_default_ramp() -> None:
+    assert lr_study.longer_ramp(LRFindSpec(smooth=0.8)) == LRFindSpec(smooth=0.8, steps=400)
+    # A ramp the user chose is kept, even one equal to the default.
+    assert lr_study.longer_ramp(LRFindSpec(steps=100)) is None
+    assert lr_study.longer_ramp(LRFindSpec(steps=50)) is None
+    assert lr_study.longer_ramp(LRFindSpec(epochs=1.0)) is None
+
+
+def test_a_noisy_default_ramp_is_run_again_longer_and_both_tests_are_reused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = lr_study.lr_find
+
+    def counting(config: Any, settings: Any) -> LRRangeResult:
+        calls.append(settings.steps)
+        return real(config, settings)
+
+    monkeypatch.setattr(lr_study, "lr_find", counting)
+    config = resolve_run(copy.deepcopy(NOISY))
+    st = open_store(tmp_path / "store")
+    choice = lr_study.resolve_auto_lr(config, st, sweep="noisy", label={"x": 1})
+    outcome = choice.outcome
+    assert outcome is not None and outcome.lengthened_from is not None
+    short = outcome.lengthened_from
+    assert calls == [100, 400]
+    assert [f.code for f in short.result.suggestions.assessment.flags] == ["noisy"]
+    assert short.result.planned_steps == 100 and outcome.result.planned_steps == 400
+    assert short.group.range_id == range_id(config, config.lr_find)
+    assert outcome.group.range_id == range_id(config, LRFindSpec(**NOISY["lr_find"], steps=400))
+    assert outcome.group.range_id != short.group.range_id
+    assert outcome.note is not None and "100-step default ramp" in outcome.note
+    assert "400-step ramp" in outcome.note and outcome.group.range_id in outcome.note
+    summary = choice.summary()
+    assert summary["lr_range_id"] == outcome.group.range_id and summary["lr_range_steps"] == 400
+    assert summary["lr_range_lengthened_from"] == short.group.range_id
+    assert choice.lr == outcome.result.suggestions.get("steepest")  # from the longer test
+    # Both tests are stored under their own ids; the sweep links the one it used.
+    stored = st.lr_range(outcome.group.range_id)
+    assert stored is not None and stored["result"]["planned_steps"] == 400
+    assert st.lr_range(short.group.range_id) is not None
+    assert list(st.lr_ranges("noisy")["range_id"]) == [outcome.group.range_id]
+    # Again: both read from the store, no test runs, same choice.
+    again = lr_study.resolve_auto_lr(config, st)
+    assert calls == [100, 400] and again.lr == choice.lr
+    assert again.outcome is not None and again.outcome.reused
+    group = lr_study.RangeGroup(short.group.range_id, config.lr_find,
+                                [ExpandedRun(1, config)], {})
+    found = lr_study.stored_outcome(group, st)
+    assert found is not None and found.group.range_id == outcome.group.range_id
+
+
+def test_an_explicit_ramp_is_kept_even_when_noisy(tmp_path: Path) -> None:
+    doc = {**NOISY, "lr_find": {**NOISY["lr_find"], "steps": 100}}
+    choice = lr_study.resolve_auto_lr(resolve_run(doc), open_store(tmp_path / "store"))
+    assert choice.outcome is not None and choice.outcome.lengthened_from is None
+    assert choice.outcome.result.planned_steps == 100 and choice.outcome.note is None
+    assert "noisy" in [f.code for f in choice.outcome.result.suggestions.assessment.flags]
 
 
 def test_a_stored_valley_run_is_not_taken_for_a_steepest_one(tmp_path: Path) -> None:
