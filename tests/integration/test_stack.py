@@ -112,3 +112,42 @@ def test_stacked_runs_are_stored_as_their_own_and_a_kill_is_redone(tmp_path: Pat
     assert sorted(lrs) == [0.05, 0.05, 0.1, 0.1]
     # Tables mark them: the speed column says stacked.
     assert all(speed_text(s["speed"]) == "stacked x2" for s in runs["summary"])
+
+
+@pytest.mark.parametrize("fits", [2, 1])
+def test_an_out_of_memory_split_stores_each_run_with_the_stacks_memory(
+        fits: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stack of 4 that runs out of memory trains as two stacks of 2 (or, when those do
+    not fit either, each run alone by the solo path); each run's table row shows memory (a
+    stack's, and its summary says so) and says how its stack was split."""
+    from trainlab.cli.common import cost_cells
+    from trainlab.engine.stack import _StackTrainer
+
+    warm = _StackTrainer._warm_step
+
+    def step(self: Any, *args: Any) -> Any:
+        if len(self.members) > fits:
+            raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
+                               "allocate 99999999999 bytes")
+        return warm(self, *args)
+
+    monkeypatch.setattr(_StackTrainer, "_warm_step", step)
+    doc = _sweep(stack=4)
+    doc.pop("runs")
+    st = open_store(tmp_path / "st")
+    assert trainlab.run(doc, store=st, estimate=False).exit_code == 0
+    runs = st.runs("stacked")
+    assert list(runs["status"]) == ["ok"] * 4
+    for summary in runs["summary"]:
+        assert "a stack of 4 runs ran out of memory" in summary["stack_split"][0]
+        assert len(summary["stack_split"]) == 3 - fits
+        if fits == 2:
+            assert summary["memory_of"] == "stack of 2" and summary["stacked"] == 2
+        else:  # the solo path's run: its own memory and time
+            assert "memory_of" not in summary and "stacked" not in summary
+        _, _, tensors, rss, _ = cost_cells(summary)
+        assert tensors and rss  # the table's memory cells are not blank
+    metrics = st.metrics()
+    stacked = set(metrics[metrics["key"] == "perf/stacked"]["value"])
+    assert stacked == ({2.0} if fits == 2 else set())
+    assert not metrics.duplicated(["run_id", "key", "step"]).any()

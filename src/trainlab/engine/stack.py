@@ -16,19 +16,30 @@ A model whose loss turns non-finite is masked out (its weights and optimizer sta
 LR held at 0) and ends ``diverged`` while the others go on.  A model vmap cannot batch fails the
 trial step before anything is recorded: :class:`StackUnsupported`, and its runs train alone.
 
-Time is the stack's: every run of a stack records the stack's wall-clock (``perf/stacked`` says
-how many runs shared it).  A stack keeps no mid-training checkpoint: after a kill, a rerun trains
-the stack again from its start (each run's records are rewound).
+Time and memory are the stack's: every run of a stack records the stack's wall-clock and its
+peak memory (the process's peak RSS; on CUDA the allocator's peaks; the peak of the stack's own
+tensors, tracked over the first stacked step on CPU as a solo run's first step is:
+:mod:`trainlab.engine.measure`), and its summary says so (``memory_of: "stack of N"``;
+``perf/stacked`` says how many runs shared them).  The first step is the warm-up, timed apart
+and kept out of training time, as a solo run's.
+
+An out-of-memory error in the stacked step splits the stack: :func:`train_stack` trains each
+half the same way, down to runs alone, and each run's summary says so (``stack_split``).
+
+A stack keeps no mid-training checkpoint: after a kill, a rerun trains the stack again from its
+start (each run's records are rewound).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.utils.hooks import RemovableHandle
 
 from trainlab.components import (
     ScheduleContext,
@@ -50,11 +62,12 @@ from trainlab.components.datasets import Split
 from trainlab.components.optimizers import no_dynamo_import, resolved_lr
 from trainlab.components.schedules import Schedule
 from trainlab.config.schema import RunConfig
-from trainlab.devices import resolve_device
+from trainlab.devices import release_cached, resolve_device, synchronize
 from trainlab.engine import allocator, interrupt
 from trainlab.engine import threads as thread_rules
 from trainlab.engine.checkpoint import save_atomic
-from trainlab.engine.loop import epoch_permutation, seed_everything
+from trainlab.engine.loop import OOM_TEXTS, epoch_permutation, seed_everything
+from trainlab.engine.measure import PeakMemory, TensorTracker
 from trainlab.engine.stack_fast import LinearChain, batched_loss
 from trainlab.engine.stack_optim import StackedOptimizer
 from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix, training_loss
@@ -62,8 +75,8 @@ from trainlab.engine.threads import ThreadChoice
 from trainlab.hooks import RunOutcome
 from trainlab.records import MetricRecord, RecordSink
 
-STACK_NOTE = ("trained in a stack of {n} runs (train.stack): its times are the stack's, shared "
-              "with the other runs; compare them with stacked runs only")
+STACK_NOTE = ("trained in a stack of {n} runs (train.stack): its times and memory peaks are the "
+              "stack's, shared with the other runs; compare them with stacked runs only")
 
 
 class StackUnsupported(Exception):
@@ -72,6 +85,48 @@ class StackUnsupported(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _StackOutOfMemory(Exception):
+    """The stacked step ran out of memory (a stack of two runs or more): split it."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: CUDA's ``OutOfMemoryError``, Python's
+    ``MemoryError``, or an error whose text says so (the CPU allocator's "can't allocate
+    memory", the device libraries' own; :data:`trainlab.engine.loop.OOM_TEXTS`)."""
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(t in text for t in OOM_TEXTS)
+
+
+class _TrackedOptimizer:
+    """What :meth:`TensorTracker.watch` reads of a torch optimizer (its parameters, state and
+    a step pre-hook), over the stacked optimizer: the first step's tensor peak then covers the
+    optimizer state that later steps hold throughout."""
+
+    def __init__(self, optimizer: StackedOptimizer) -> None:
+        self.optimizer = optimizer
+        self.hooks: OrderedDict[int, Any] = OrderedDict()  # weakly referenced by the handles
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": self.optimizer.params}]
+
+    @property
+    def state(self) -> dict[int, dict[str, Tensor]]:
+        return dict(enumerate(self.optimizer.state))
+
+    def register_step_pre_hook(self, hook: Any) -> RemovableHandle:
+        handle = RemovableHandle(self.hooks)
+        self.hooks[handle.id] = hook
+        return handle
+
+    def step(self, lrs: Sequence[float]) -> None:
+        for hook in list(self.hooks.values()):
+            hook(self, (), {})
+        self.optimizer.step(lrs)
 
 
 @dataclass
@@ -100,15 +155,48 @@ class _Member:
 
 
 def train_stack(configs: Sequence[RunConfig], run_ids: Sequence[str],
-                run_dirs: Sequence[Path | None], sink: RecordSink) -> list[RunOutcome]:
+                run_dirs: Sequence[Path | None], sink: RecordSink,
+                alone: Callable[[int], RunOutcome] | None = None) -> list[RunOutcome]:
     """Train the runs of one stack together; one outcome per run, in order.
 
     Raises :class:`StackUnsupported` (before any record is written) when the models cannot be
     stacked.  Never raises for a run that fails in training: a failure of the stack fails
     each of its runs, with the traceback.
+
+    An out-of-memory error in the stacked step (or its trial) splits the stack in halves, each
+    trained the same way, so a half that still does not fit splits again; a half of one run
+    trains alone: ``alone(i)`` trains run ``i`` of ``configs`` by itself (the executor's solo
+    path), or, without it, as a stack of one (whose out-of-memory error is its status
+    ``oom``).  Each run's summary says how its stack was split (``stack_split``).
     """
-    trainer = _StackTrainer(list(configs), list(run_ids), list(run_dirs), sink)
-    return trainer.run()
+    n = len(configs)
+    try:
+        return _StackTrainer(list(configs), list(run_ids), list(run_dirs), sink).run()
+    except _StackOutOfMemory as exc:
+        error = str(exc)  # the trainer and its tensors are gone with the exception's frames
+    device = resolve_device(configs[0].train.device)
+    if device.type == "cuda":  # the failed step's cached blocks, back to the device
+        release_cached(device)
+    half = (n + 1) // 2
+    note = (f"a stack of {n} runs ran out of memory ({error}): split into stacks of "
+            f"{half} and {n - half}")
+    outcomes: list[RunOutcome] = []
+    for part in (list(range(half)), list(range(half, n))):
+        if any(o.status == "interrupted" for o in outcomes):  # Ctrl-C: the rest waits
+            got = [RunOutcome(run_ids[i], "interrupted", "interrupted by the user (Ctrl-C) "
+                              "before this part of a split stack trained", {}) for i in part]
+        elif len(part) == 1 and alone is not None:
+            got = [alone(part[0])]
+        else:
+            got = train_stack([configs[i] for i in part], [run_ids[i] for i in part],
+                              [run_dirs[i] for i in part], sink,
+                              None if alone is None else
+                              (lambda j, part=part: alone(part[j])))  # type: ignore[misc]
+        for o in got:
+            splits = [note, *o.summary.get("stack_split", [])]
+            outcomes.append(RunOutcome(o.run_id, o.status, o.error,
+                                       {**o.summary, "stack_split": splits}))
+    return outcomes
 
 
 class _StackTrainer:
@@ -121,6 +209,8 @@ class _StackTrainer:
         self.train_time = 0.0
         self.t0 = time.perf_counter()
         self.epoch_samples: list[float] = []
+        self.memory_stats: list[dict[str, float]] = []
+        self.warmup_time: float | None = None
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -133,12 +223,20 @@ class _StackTrainer:
             self._test()
         except StackUnsupported:
             raise
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                status, error = "failed", traceback.format_exc()
+            elif len(self.run_ids) > 1:  # split the stack (train_stack)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise _StackOutOfMemory(f"{type(exc).__name__}: {first[:200]}") from None
+            else:
+                status, error = "oom", (
+                    f"out of memory at data.batch_size={self.configs[0].data.batch_size}: "
+                    f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}")
         except KeyboardInterrupt:
             status, error = "interrupted", ("interrupted by the user (Ctrl-C); a stack keeps "
                                             "no mid-training checkpoint: a rerun trains it "
                                             "again from the start")
-        except Exception:
-            status, error = "failed", traceback.format_exc()
         finally:
             torch.set_num_threads(threads)
         if len(self.members) < len(self.run_ids):  # setup failed before every run was built
@@ -158,6 +256,8 @@ class _StackTrainer:
         cfg = self.configs[0]
         allocator.steady()
         self.device = device = resolve_device(cfg.train.device)
+        self.memory = PeakMemory(device)
+        self.memory.reset()
         data = load_dataset(cfg.data, cfg.model)
         self.info = data.info
         train, valid, test = data.train, data.valid, data.test
@@ -300,7 +400,9 @@ class _StackTrainer:
             with torch.no_grad():
                 out = self.chain.forward(self.params, x)
                 losses = batched_loss(self.task.name, out, y)
-        except Exception:  # a shape the chain does not expect: vmap it is
+        except Exception as exc:  # a shape the chain does not expect: vmap it is
+            if is_out_of_memory(exc):
+                raise
             return False
         return (losses is not None and losses.shape == reference.shape
                 and bool(torch.allclose(losses, reference, rtol=1e-4, atol=1e-6)))
@@ -325,13 +427,17 @@ class _StackTrainer:
                 if self.fast:
                     self._trial_step()
                     return
-            except Exception:  # the vmap trial below says what is wrong, if anything
+            except Exception as exc:  # the vmap trial below says what is wrong, if anything
+                if is_out_of_memory(exc):
+                    raise
                 self.fast = False
         buffers = {k: v.clone() for k, v in self.buffers.items()}
         try:
             losses, _ = vmap(self._loss_one)(self.params, buffers, x, y)
             losses.sum().backward()
         except Exception as exc:  # vmap's refusals are RuntimeErrors, ValueErrors and more
+            if is_out_of_memory(exc):
+                raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StackUnsupported(f"torch.func.vmap cannot batch this model: {first[:300]}"
                                    ) from exc
@@ -366,16 +472,26 @@ class _StackTrainer:
         sums = torch.zeros(3, n, dtype=torch.float64)  # loss, metric, weight per model
         lrs = [m.lr if m.alive else 0.0 for m in self.members]
         stop = interrupt.FLAG
-        t_start = time.perf_counter()
-        paused = 0.0
+        t_start = t_interval = time.perf_counter()
+        paused = paused_interval = 0.0  # logging, and the warm-up step
+        timed = 0  # steps of this interval whose time counts
         for start in range(0, n_train, bs):
             idx = orders[:, start:start + bs]
             x, y = inputs[idx], targets[idx]
-            losses, out = step_fn(self.params, self.buffers, x, y)
-            losses.sum().backward()
-            self.optimizer.step(lrs)
-            for p in self.params.values():
-                p.grad = None
+            if self.warmup_time is None:  # the first step: warm-up, timed apart, measured
+                t = time.perf_counter()
+                losses, out = self._warm_step(x, y, lrs, (orders, idx, x, y))
+                synchronize(self.device)
+                self.warmup_time = time.perf_counter() - t
+                paused += self.warmup_time
+                paused_interval += self.warmup_time
+            else:
+                losses, out = step_fn(self.params, self.buffers, x, y)
+                losses.sum().backward()
+                self.optimizer.step(lrs)
+                for p in self.params.values():
+                    p.grad = None
+                timed += 1
             if per_step:
                 for s in per_step:
                     s.after_step()
@@ -384,10 +500,12 @@ class _StackTrainer:
             self.step += 1
             if self.step % log_every == 0:
                 t = time.perf_counter()
-                self._log(interval, sums, (t - t_start - paused) / len(interval))
+                self._log(interval, sums,
+                          (t - t_interval - paused_interval) / timed if timed else None)
                 lrs = [m.lr if m.alive else 0.0 for m in self.members]
-                interval = []
-                paused += time.perf_counter() - t
+                interval, timed, paused_interval = [], 0, 0.0
+                t_interval = time.perf_counter()
+                paused += t_interval - t
             if stop[0]:
                 raise KeyboardInterrupt
         if interval:
@@ -397,6 +515,8 @@ class _StackTrainer:
         epoch_time = time.perf_counter() - t_start - paused
         self.train_time += epoch_time
         self._validate()
+        memory = self.memory.read()  # the stack's peaks, recorded by each of its runs
+        self.memory_stats.append(memory)
         for m in self.members:
             if m.alive:
                 m.schedule.after_epoch()
@@ -411,9 +531,36 @@ class _StackTrainer:
                            "throughput/samples_per_s": n_train / epoch_time if epoch_time else 0.0,
                            "throughput/stack_samples_per_s":
                                n * n_train / epoch_time if epoch_time else 0.0})
+            values.update(memory)
             self._record(m, self.step, values)
         self.epoch_samples.append(n_train / epoch_time if epoch_time else 0.0)
         self._flush()
+
+    def _warm_step(self, x: Tensor, y: Tensor, lrs: Sequence[float],
+                   batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+        """The first stacked step, with the peak of the stack's own tensors tracked over it on
+        CPU (:class:`~trainlab.engine.measure.TensorTracker`, from what the stack holds as it
+        starts: weights, buffers, data splits, the epoch's orders and the batch; made a steady
+        step's peak as a solo run's is).  On CUDA the allocator counts them."""
+        optimizer = _TrackedOptimizer(self.optimizer)
+        tracker = None
+        if self.device.type != "cuda":
+            held = [*self.params.values(), *self.buffers.values(),
+                    *(t for split in (self.train_split, self.valid_split, self.test_split)
+                      for t in (split.inputs, split.targets)), *batch]
+            tracker = TensorTracker(self.device, held)
+            tracker.watch(optimizer)
+        with tracker if tracker is not None else contextlib.nullcontext():
+            losses, out = self._losses(self.params, self.buffers, x, y)
+            if tracker is not None:
+                tracker.after_forward = tracker.peak
+            losses.sum().backward()
+            optimizer.step(lrs)
+            for p in self.params.values():
+                p.grad = None
+        if tracker is not None:
+            self.memory.tensor_peak = tracker.steady_peak
+        return losses, out
 
     def _log(self, interval: list[tuple[Tensor, Tensor, Tensor]], sums: Tensor,
              step_time: float | None) -> None:
@@ -596,5 +743,15 @@ class _StackTrainer:
                             "stack_step": "batched matmul" if self.fast else "vmap",
                             "threads_auto": self.threads.describe() if self.threads.auto
                             else None}
+        if self.memory_stats:  # the stack's peaks (the table's memory cells): say so
+            out["peak_memory_bytes"] = max(s["memory/peak_bytes"] for s in self.memory_stats)
+            for key, name in (("memory/tensor_peak_bytes", "tensor_peak_bytes"),
+                              ("memory/reserved_bytes", "reserved_memory_bytes")):
+                values = [s[key] for s in self.memory_stats if key in s]
+                if values:
+                    out[name] = max(values)
+            out["memory_of"] = f"stack of {len(self.members)}"
+        if self.warmup_time is not None:
+            out["warmup_time"] = self.warmup_time
         out["notes"] = [STACK_NOTE.format(n=len(self.members))]
         return out

@@ -20,7 +20,8 @@ def run_stack(members: Sequence[PlannedRun], store: RunStore, observer: SweepObs
     """Train ``members`` as one stack; each one's outcome, stored.  Runs another process holds
     are ``busy``; when fewer than two are left, or vmap cannot batch the model, the runs train
     alone with ``run_one`` (the local executor's, one after another, with the reason in their
-    summary)."""
+    summary).  An out-of-memory error splits the stack (:func:`~trainlab.engine.stack.
+    train_stack`); a run a split leaves alone trains with ``run_one`` too."""
     import torch
 
     from trainlab.engine.measure import environment
@@ -40,10 +41,15 @@ def run_stack(members: Sequence[PlannedRun], store: RunStore, observer: SweepObs
     reason = "the other runs of its stack are held by another process"
     if len(claimed) > 1:
         threads = torch.get_num_threads()
+
+        def alone(i: int) -> RunOutcome:  # a run an out-of-memory split leaves by itself
+            torch.set_num_threads(threads)
+            return run_one(claimed[i], store, observer.callbacks(claimed[i]))
+
         try:
             outcomes = train_stack([p.run.config for p in claimed],
                                    [p.run_id for p in claimed],
-                                   [store.run_dir(p.run_id) for p in claimed], store)
+                                   [store.run_dir(p.run_id) for p in claimed], store, alone)
         except StackUnsupported as exc:
             reason = exc.reason
         else:

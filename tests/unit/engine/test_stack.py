@@ -14,6 +14,7 @@ from trainlab.engine import train
 from trainlab.engine.checkpoint import load_verified
 from trainlab.engine.stack import StackUnsupported, _StackTrainer, train_stack
 from trainlab.engine.stack_optim import StackedOptimizer
+from trainlab.hooks import RunOutcome
 from trainlab.records import NullSink
 
 
@@ -179,3 +180,125 @@ def test_the_fast_path_gives_each_models_own_outputs_and_gradients() -> None:
         torch.testing.assert_close(losses[i], loss)
         for name, p in model.named_parameters():
             torch.testing.assert_close(params[name].grad[i], p.grad)  # type: ignore[index]
+
+
+def _tensor_bytes(configs: list[RunConfig]) -> int:
+    from trainlab.components import build_model, load_dataset
+
+    info = load_dataset(configs[0].data, configs[0].model).info
+    model = build_model(configs[0].model, info)
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def test_each_run_of_a_stack_records_the_stacks_memory_peaks() -> None:
+    """The table's memory cells of a stacked run are the stack's, and its summary says so."""
+    configs = [_config({"name": "adam", "lr": 1e-3}, seed, epochs=2) for seed in range(3)]
+    sink = NullSink()
+    outcomes = train_stack(configs, [c.run_id for c in configs], [None] * 3, sink)
+    weights = _tensor_bytes(configs)
+    for config, outcome in zip(configs, outcomes):
+        summary = outcome.summary
+        assert outcome.status == "ok", outcome.error
+        assert summary["memory_of"] == "stack of 3"
+        assert "memory" in summary["notes"][0]
+        # Three models' weights, gradients and two Adam moments at least (and the data).
+        assert summary["tensor_peak_bytes"] > 4 * 3 * weights
+        assert summary["peak_memory_bytes"] > summary["tensor_peak_bytes"]  # RSS on CPU
+        assert summary["warmup_time"] > 0
+        own = {r.key: r.value for r in sink.records if r.run_id == config.run_id}
+        assert own["memory/tensor_peak_bytes"] == summary["tensor_peak_bytes"]
+        assert own["memory/rss_peak_bytes"] > 0
+        steps = [r.value for r in sink.records
+                 if r.run_id == config.run_id and r.key == "time/step"]
+        assert steps and all(s > 0 for s in steps)
+
+
+@pytest.mark.parametrize(("error", "oom"), [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate "
+                  "memory: you tried to allocate 8 GB"), True),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), True),
+    (MemoryError(), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+    (ValueError("out of memory"), False),
+])
+def test_out_of_memory_errors_are_known(error: BaseException, oom: bool) -> None:
+    from trainlab.engine.stack import is_out_of_memory
+
+    assert is_out_of_memory(error) is oom
+
+
+def _oom_above(monkeypatch: pytest.MonkeyPatch, k: int,
+               error: Exception | None = None) -> list[int]:
+    """Make the first training step of any stack of more than ``k`` runs fail as out of
+    memory; the sizes of the stacks that met it."""
+    from trainlab.engine.stack import _StackTrainer as trainer
+
+    warm = trainer._warm_step
+    met: list[int] = []
+
+    def step(self: Any, *args: Any) -> Any:
+        if len(self.members) > k:
+            met.append(len(self.members))
+            raise error or RuntimeError("DefaultCPUAllocator: can't allocate memory: you "
+                                        "tried to allocate 123456789 bytes")
+        return warm(self, *args)
+
+    monkeypatch.setattr(trainer, "_warm_step", step)
+    return met
+
+
+def test_an_out_of_memory_error_splits_the_stack_down_to_runs_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    configs = [_config({"name": "sgd", "lr": lr}, seed, epochs=2)
+               for lr, seed in ((0.1, 0), (0.05, 1), (0.1, 2))]
+    ids = [c.run_id for c in configs]
+    whole = train_stack(configs, ids, [None] * 3, NullSink())
+    met = _oom_above(monkeypatch, 1)
+    sink = NullSink()
+    outcomes = train_stack(configs, ids, [None] * 3, sink)
+    assert met == [3, 2]  # 3 -> 2 + 1, then 2 -> 1 + 1
+    assert [o.run_id for o in outcomes] == ids
+    assert [o.status for o in outcomes] == ["ok"] * 3
+    splits = [o.summary["stack_split"] for o in outcomes]
+    assert [len(s) for s in splits] == [2, 2, 1]
+    assert "a stack of 3 runs ran out of memory" in splits[0][0]
+    assert "can't allocate memory" in splits[0][0] and "stacks of 2 and 1" in splits[0][0]
+    assert "a stack of 2 runs" in splits[0][1]
+    assert [o.summary["stacked"] for o in outcomes] == [1, 1, 1]
+    for alone, together in zip(outcomes, whole):  # the same training, split or not
+        assert alone.summary["best_valid_loss"] == pytest.approx(
+            together.summary["best_valid_loss"], rel=1e-5)
+    # Each run's records once, from the stack that trained it (an earlier attempt rewound).
+    keys = [(r.run_id, r.key, r.step) for r in sink.records]
+    assert len(keys) == len(set(keys))
+    assert {r.value for r in sink.records if r.key == "perf/stacked"} == {1.0}
+
+
+def test_a_split_hands_runs_left_alone_to_the_solo_path(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    configs = [_config({"name": "sgd", "lr": 0.1}, seed, epochs=1) for seed in range(3)]
+    met = _oom_above(monkeypatch, 1, torch.cuda.OutOfMemoryError("CUDA out of memory"))
+    alone: list[int] = []
+
+    def solo(i: int) -> RunOutcome:
+        alone.append(i)
+        return RunOutcome(configs[i].run_id, "ok", None, {"solo": True})
+
+    outcomes = train_stack(configs, [c.run_id for c in configs], [None] * 3, NullSink(), solo)
+    assert met == [3, 2] and sorted(alone) == [0, 1, 2]
+    assert all(o.summary["solo"] and o.status == "ok" for o in outcomes)
+    assert "OutOfMemoryError" in outcomes[0].summary["stack_split"][0]
+
+
+def test_a_run_alone_that_runs_out_of_memory_is_oom_and_other_errors_fail(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    configs = [_config({"name": "sgd", "lr": 0.1}, seed, epochs=1) for seed in range(2)]
+    _oom_above(monkeypatch, 0)
+    outcomes = train_stack(configs, [c.run_id for c in configs], [None] * 2, NullSink())
+    assert [o.status for o in outcomes] == ["oom", "oom"]
+    assert "can't allocate memory" in (outcomes[0].error or "")
+    monkeypatch.undo()
+    _oom_above(monkeypatch, 1, RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    outcomes = train_stack(configs, [c.run_id for c in configs], [None] * 2, NullSink())
+    assert [o.status for o in outcomes] == ["failed", "failed"]
+    assert "stack_split" not in outcomes[0].summary
