@@ -173,3 +173,14 @@ def test_process_benchmark_plain_script_trains_trainlabs_data_and_split() -> Non
         "whole_process": {**ratio, "seconds": {"trainlab": 5.0, "plain": 5.0}},
         "load_before": [1.0], "load_after": [1.0], "cores": 2}, 5)
     assert "| per epoch" in text and "1.000 [0.900-1.100]" in text
+
+
+def test_loader_benchmark_pairs_every_epoch_with_a_plain_loop_epoch(tmp_path: Path) -> None:
+    from benchmarks.loader import DATA, _raw, parity_round
+
+    (tmp_path / "benchdata.py").write_text(DATA)
+    raw = _raw(tmp_path, 0, 3, 256, 0.0)
+    got = parity_round(raw)
+    for side in ("trainlab", "plain", "trainlab_wait", "plain_wait"):
+        assert sorted(got[side]) == [1, 2, 3], side
+    assert all(got["plain"][e] > got["plain_wait"][e] >= 0 for e in (1, 2, 3))

@@ -117,7 +117,9 @@ class DataSpec(Spec):
     batch_size: PositiveInt = Field(default=32, description="training batch size")
     eval_batch_size: PositiveInt | None = Field(
         default=None,
-        description="batch size for validation and test (default: max(batch_size, 256))"
+        description="batch size for validation and test (default: max(batch_size, 256), "
+                    "batch_size for language models; a split at most a quarter over the "
+                    "default is one batch)"
     )
     limit: PositiveInt | None = Field(default=None, description="cap on training examples")
     loader: LoaderSpec | None = Field(

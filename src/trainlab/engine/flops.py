@@ -4,8 +4,8 @@ FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on the *meta* 
 memory, no time, and no effect on the real model or the RNG.  (On the CPU device the counter
 misses the LSTM, which runs as a oneDNN op it does not know; on meta the LSTM decomposes into
 matmuls it counts.)  The peak is the best rate of a large square matmul on the device, measured
-per process as the best of short measurements and kept, raised by any later one that beats it
-(see :func:`measure_peak_flops`).
+per process as the best of short measurements and kept, raised by any later one that beats it,
+and shared across processes through a small cache file (see :func:`measure_peak_flops`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from trainlab.components import DataInfo, build_finetune, build_model
 from trainlab.components.finetune.base import FinetuneSpec
 from trainlab.components.models import ModelSpec
 from trainlab.devices import synchronize
+from trainlab.engine import contention, machine, peak_cache
 
 
 def train_step_flops(model_spec: ModelSpec, info: DataInfo, batch_size: int,
@@ -187,8 +188,11 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
     runs of a sweep in one process share a peak that only rises.  A number for ``refresh``
     takes that measurement only when the last one is older than that many seconds: the run
     that `trainlab run` starts right after its estimate measured gains nothing from another.
-    Not cached on disk: a peak is this machine's, now.  ``sample`` (default
-    :func:`sample_peak_flops`) measures once.
+    Kept on disk across processes (:mod:`trainlab.engine.peak_cache`: a day, per CPU model or
+    GPU, threads, dtype and torch version): a process's first call reuses a fresh peak measured
+    on a quiet machine instead of measuring, and one measured while the machine was busy only
+    as a floor under a new measurement.  ``sample`` (default :func:`sample_peak_flops`)
+    measures once; a sampler other than the real one never touches the disk.
 
     ``tf32`` (CUDA fp32 only; default: the process's cuBLAS TF32 flag) measures and keeps the
     peak with TF32 matmuls on or off: the run's own setting (see :func:`run_uses_tf32`).
@@ -196,14 +200,52 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
     tf32 = _matmul_tf32_now(device) if tf32 is None else tf32
     key = _key(device, dtype, tf32)
     measure = sample or sample_peak_flops
+    # Only real measurements go to and come from the disk cache (engine/peak_cache.py).
+    disk = _disk_key(device, key) if measure is _REAL_SAMPLER else None
+    floor = 0.0
+    if disk is not None and key not in _PEAKS:
+        cached = peak_cache.load(disk)
+        if cached is not None and cached[1]:  # fresh and measured on a quiet machine
+            _PEAKS[key], _MEASURED_AT[key] = cached[0], time.perf_counter()
+            return _PEAKS[key]
+        floor = cached[0] if cached is not None else 0.0  # disturbed: measured again
     if refresh is not True and refresh is not False and key in _PEAKS:
         refresh = time.perf_counter() - _MEASURED_AT.get(key, -math.inf) >= refresh
     if key not in _PEAKS or refresh:
+        before = _reading() if disk is not None else None
         with _matmul_tf32(device, tf32):
             rate = measure(device, dtype, seconds if key not in _PEAKS else seconds / 4)
-        _PEAKS[key] = max(_PEAKS.get(key, 0.0), rate)
+        _PEAKS[key] = max(_PEAKS.get(key, 0.0), rate, floor)
         _MEASURED_AT[key] = time.perf_counter()
+        if disk is not None and before is not None:
+            # Disturbed by the rule epochs are flagged by (contention.py): kept as a floor only.
+            flags = contention.epoch_contention(before, _reading(), key[1],
+                                                cpu_bound=device.type == "cpu")
+            peak_cache.store(disk, _PEAKS[key],
+                             disturbed=flags.get(contention.DISTURBED_KEY, 0.0) > 0)
     return _PEAKS[key]
+
+
+def _reading() -> contention.Reading:
+    """The machine's contention signals around a measurement (the load average aside: the
+    disturbed rule does not use it), read apart from the probe's and the epochs' readings."""
+    return contention.Reading(wall=time.perf_counter(), cpu=machine.process_cpu_seconds(),
+                              threads=machine.thread_schedstat(), stat=machine.cpu_steal_ticks())
+
+
+def _disk_key(device: torch.device, key: tuple[str, int, str]) -> str | None:
+    """The peak's key across processes (None for devices other than CPU and CUDA)."""
+    if device.type == "cpu":
+        name = peak_cache.cpu_name()
+    elif device.type == "cuda":
+        try:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            name = f"cuda|{torch.cuda.get_device_name(index)}"
+        except Exception:
+            return None
+    else:
+        return None
+    return peak_cache.disk_key(name, key[1], key[2], torch.__version__)
 
 
 def raise_peak_flops(device: torch.device, dtype: torch.dtype, achieved: float,
@@ -216,8 +258,15 @@ def raise_peak_flops(device: torch.device, dtype: torch.dtype, achieved: float,
     key = _key(device, dtype, _matmul_tf32_now(device) if tf32 is None else tf32)
     if achieved > _PEAKS.get(key, 0.0):
         _PEAKS[key] = achieved
+        disk = _disk_key(device, key)
+        if disk is not None:  # a floor for the next process, which measures again: a rate
+            # a run achieved is no matmul peak (and the peak it beat may have been a fake's)
+            peak_cache.store(disk, achieved, disturbed=True)
         return True
     return False
+
+
+_REAL_SAMPLER = sample_peak_flops  # what measure_peak_flops may keep on disk
 
 
 def slow_precision(device: torch.device, precision: str) -> str | None:

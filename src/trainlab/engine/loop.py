@@ -65,7 +65,7 @@ from trainlab.engine.profile import run_window, window_for
 from trainlab.engine.resume import Resumable, frozen_keys
 from trainlab.engine.sampler import nvml_sampler
 from trainlab.engine.speed import Speed, decide, intra_op_threads, scaler_sync_note
-from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix, training_loss
+from trainlab.engine.tasks import TASKS, TaskKind, eval_batch_size, training_loss
 from trainlab.engine.timing import epoch_rates, median_of, training_seconds
 from trainlab.errors import Diverged
 from trainlab.hooks import Callback, RunOutcome, RunState, StopTraining
@@ -109,6 +109,7 @@ class _Trainer(Resumable):
         self.callbacks, self.resume = callbacks, resume
         self.buffer: list[MetricRecord] = []
         self.io_time = 0.0  # sink writes and checkpoints: kept out of the training time
+        self.flushed_at = -math.inf  # when records last reached the sink
         self.best: dict[str, Any] = {}
         self.stop_reason: str | None = None
         self.epoch_stats: list[dict[str, float]] = []
@@ -118,6 +119,7 @@ class _Trainer(Resumable):
         self.untimed_steps = 0  # steps of the log interval kept out of its time/step
         self.interval: LogInterval | None = None  # the steps since the last log point
         self.state: RunState | None = None
+        self.machine_last: contention.Reading | None = None  # the last epoch end's
         self.frozen_keys: set[str] = set()
         # Set when this process is one rank of a DDP group (torchrun); None otherwise, and
         # then nothing below differs from a plain single-process run.
@@ -260,8 +262,6 @@ class _Trainer(Resumable):
         if self.dist is not None:
             self.peak_flops = self.dist.sum_float(self.peak_flops)  # the group's aggregate peak
             self.dist.fork_rng(tc.seed)
-        default_eval = bs if data.info.task == "lm" else max(bs, 256)
-        self.eval_bs = cfg.data.eval_batch_size or default_eval
         self.memory = PeakMemory(device)
         self.memory.reset()
         self.sampler = nvml_sampler(device, tc.gpu_sample_every)
@@ -376,8 +376,10 @@ class _Trainer(Resumable):
         io_before = self.io_time
         model.train()
         # CPU time, scheduler waits and steal at both ends of the epoch (validation included):
-        # whether other work on the machine disturbed this epoch's timing (contention.py).
-        machine_before = machine.read()
+        # whether other work on the machine disturbed this epoch's timing (contention.py).  One
+        # reading per epoch: the last epoch's end is this one's start (its records between).
+        machine_before = self.machine_last if partial is None and self.machine_last else \
+            machine.read()
         t_start = self.clock.now()
         self.t_interval = t_start - (carried["busy"] if carried else 0.0)
         self.paused_at_interval = 0.0
@@ -466,6 +468,7 @@ class _Trainer(Resumable):
             if stop[0] and batch < len(batches):
                 # The unfinished log interval is saved, not recorded: a record at this step
                 # would be one an uninterrupted run never writes.
+                self._flush()  # the store holds every record the checkpoint saw
                 spent = self.clock.now() - t_start - self.paused - (self.io_time - io_before)
                 self._checkpoint(epoch - 1, partial={
                     "epoch": epoch, "batch": batch, "sums": self.epoch_sums,
@@ -490,7 +493,7 @@ class _Trainer(Resumable):
         if evaluated_at != state.step:
             self._validate()
         schedule.after_epoch()
-        machine_after = machine.read()
+        machine_after = self.machine_last = machine.read()
         if self.dist is not None:  # the group's samples (each rank counted its own slices)
             samples = round(self.dist.sum_float(samples))
         values.update({"time/epoch_train": epoch_time, "time/train": state.train_time,
@@ -557,7 +560,9 @@ class _Trainer(Resumable):
             values["grad_norm"] = norm_value
             self.grad_norms.append(norm_value)
         self._record(state.step, values)
-        self._flush(defer=not flush)
+        # Mid-epoch log points reach the store at most every FLUSH_EVERY_S (else with the
+        # epoch's records): a write per log point was ~0.4 ms of a 25 ms digits epoch.
+        self._flush(defer=not flush or time.perf_counter() - self.flushed_at < FLUSH_EVERY_S)
         for cb in self.callbacks:
             cb.on_log(state, values)
         # The next interval starts after this bookkeeping, so time/step is steps alone.
@@ -576,44 +581,35 @@ class _Trainer(Resumable):
         if self.dist is not None:
             self.dist.sync_buffers(model)
         t = self.clock.now()
-        loss_sum = torch.zeros((), device=state.device)
-        metric_sum = torch.zeros((), device=state.device)
-        count = torch.zeros((), device=state.device)
-        predictions: list[Tensor] = []
-        # A Dataset's targets are the ones its items gave in this pass (they are not in memory).
-        seen: list[Tensor] = []
+        # F1 and MCC from a confusion matrix summed on the device, batch by batch; accuracy is
+        # its trace.  A split that fits the evaluation batch is one forward (eval_batch_size).
+        classes = state.info.num_outputs if task.extra_metrics else 0
+        size = eval_batch_size(task.name, self.config.data.batch_size,
+                               self.config.data.eval_batch_size, hi - lo)
+        sums: Tensor | None = None
+        count: float | Tensor = 0  # examples on the host; an LM's token count on the device
         batches = 0
         with torch.inference_mode(), speed.autocast():
-            for x, y in speed.eval_batches(split, lo, hi, self.eval_bs):
-                out = forward(x)
-                batch_loss, batch_metric = task.sums(out, y)
-                loss_sum += batch_loss.float()
-                metric_sum += batch_metric.float()
-                count += task.weight(y)
-                if task.extra_metrics:
-                    predictions.append(out.argmax(-1))
-                    if not isinstance(split, Split):
-                        seen.append(y)
+            for x, y in speed.eval_batches(split, lo, hi, size):
+                batch_loss, batch_metric = task.eval_sums(forward(x), y, classes)
+                part = torch.cat([batch_loss.float().view(1), batch_metric.float().view(-1)])
+                sums = part if sums is None else sums.add_(part)
+                count = count + task.weight(y)
                 batches += 1
-            parts = [torch.stack([loss_sum, metric_sum, count.float()])]
-            classes = state.info.num_outputs if task.extra_metrics else 0
-            if classes:  # F1 and MCC from the confusion matrix of the whole split
-                if isinstance(split, Split):
-                    targets = split.targets[lo:hi].to(state.device, non_blocking=True)
-                else:
-                    targets = torch.cat(seen) if seen else torch.zeros(
-                        0, dtype=torch.long, device=state.device)
-                found = torch.cat(predictions) if predictions else targets.new_zeros(0)
-                parts.append(confusion_matrix(targets, found, classes).flatten().float())
-            sums = torch.cat(parts)
+            if sums is None:  # an empty share of the split (a DDP rank's)
+                sums = torch.zeros(1 + (classes * classes if classes else 1), device=state.device)
+            sums = torch.cat([sums, torch.as_tensor(count, device=state.device,
+                                                    dtype=torch.float32).view(1)])
         # The one sync of this evaluation (with DDP: the ranks' shares summed).
         host = (sums if self.dist is None else self.dist.reduce_sums(sums)).tolist()
         seconds = self.clock.now() - t
         model.train(was_training)
-        confusion = None
-        if classes:
-            confusion = [host[3 + r * classes: 3 + (r + 1) * classes] for r in range(classes)]
-        return task.finalize(host[0], host[1], host[2], confusion), seconds, batches
+        loss_total, weight = host[0], host[-1]
+        if not classes:
+            return task.finalize(loss_total, host[1], weight), seconds, batches
+        confusion = [host[1 + r * classes: 1 + (r + 1) * classes] for r in range(classes)]
+        correct = math.fsum(confusion[c][c] for c in range(classes))
+        return task.finalize(loss_total, correct, weight, confusion), seconds, batches
 
     def _validate(self) -> None:
         state = self._run_state
@@ -698,7 +694,8 @@ class _Trainer(Resumable):
             t = time.perf_counter()
             records, self.buffer = self.buffer, []
             self.sink.write(records)
-            self.io_time += time.perf_counter() - t
+            self.flushed_at = time.perf_counter()
+            self.io_time += self.flushed_at - t
 
     def _peak_too_low(self) -> bool:
         """Whether an epoch of this run beat the measured peak (its MFU is then unreliable)."""
@@ -759,6 +756,9 @@ class _Trainer(Resumable):
         if self.grad_norms:
             out["grad_norm_median"] = statistics.median(self.grad_norms)
         return out
+
+
+FLUSH_EVERY_S = 1.0  # mid-epoch log points: at most this long in memory before the store
 
 
 def _loader_seed(seed: int, epoch: int) -> int:

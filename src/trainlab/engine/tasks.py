@@ -119,6 +119,17 @@ class TaskKind:
         loss = F.mse_loss(out, y, reduction="sum")
         return loss, loss.new_zeros(())
 
+    def eval_sums(self, out: torch.Tensor, y: torch.Tensor,
+                  classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed loss, summed metric numerator) over an evaluation batch, on the device; with
+        ``classes`` (classification with F1 and MCC) the second is the batch's flattened
+        confusion matrix instead, whose trace is the correct count: one ``argmax`` per batch
+        gives accuracy, F1 and MCC, with no predictions kept and no targets gathered again."""
+        if not classes:
+            return self.sums(out, y)
+        loss = F.cross_entropy(out, y, reduction="sum")
+        return loss, confusion_matrix(y, out.argmax(-1), classes).flatten()
+
     def finalize(self, loss_sum: float, metric_sum: float, count: float,
                  confusion: list[list[float]] | None = None) -> dict[str, float]:
         """Loss and task metrics from sums over ``count`` units (and the confusion matrix)."""
@@ -135,6 +146,17 @@ class TaskKind:
         return out
 
 
+def eval_batch_size(task: str, batch_size: int, given: int | None, examples: int) -> int:
+    """Examples per evaluation batch over a split (or a rank's share) of ``examples``:
+    ``data.eval_batch_size`` where ``given``; else the training batch for a language model and
+    at least 256 otherwise, and a split at most a quarter over that is one batch (what a plain
+    script's one forward does) rather than a full batch and a runt: 1.25x the memory at most."""
+    if given is not None:
+        return given
+    size = batch_size if task == "lm" else max(batch_size, 256)
+    return max(examples, 1) if examples <= size + size // 4 else size
+
+
 def confusion_matrix(targets: torch.Tensor, predictions: torch.Tensor,
                      classes: int) -> torch.Tensor:
     """``[classes, classes]`` counts, rows true class, columns predicted; on the device."""
@@ -149,11 +171,11 @@ def f1_score(confusion: list[list[float]]) -> float:
     """
     k = len(confusion)
     scores = []
+    predicted = [sum(col) for col in zip(*confusion)]  # column sums, each once (per epoch)
     for c in range(k):
         tp = confusion[c][c]
-        predicted = sum(confusion[r][c] for r in range(k))
         actual = sum(confusion[c])
-        scores.append(2 * tp / (predicted + actual) if predicted + actual else 0.0)
+        scores.append(2 * tp / (predicted[c] + actual) if predicted[c] + actual else 0.0)
     if k == 2:
         return scores[1]
     return sum(scores) / k if k else 0.0
@@ -167,7 +189,7 @@ def matthews_corrcoef(confusion: list[list[float]]) -> float:
     k = len(confusion)
     n = sum(sum(row) for row in confusion)
     correct = sum(confusion[c][c] for c in range(k))
-    predicted = [sum(confusion[r][c] for r in range(k)) for c in range(k)]
+    predicted = [sum(col) for col in zip(*confusion)]
     actual = [sum(row) for row in confusion]
     cov = correct * n - sum(p * t for p, t in zip(predicted, actual))
     denom = math.sqrt((n * n - sum(p * p for p in predicted))

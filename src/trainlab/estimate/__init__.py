@@ -45,6 +45,7 @@ from trainlab.engine.allocator import rss_bytes
 from trainlab.engine.flops import measure_peak_flops, train_step_flops
 from trainlab.engine.measure import storage_bytes
 from trainlab.engine.speed import GATHER_BYTES, intra_op_threads
+from trainlab.engine.tasks import eval_batch_size
 from trainlab.engine.threads import setup_key
 from trainlab.errors import ConfigError
 from trainlab.estimate.memory import state_bytes, trace
@@ -119,8 +120,9 @@ def estimate_run(config: RunConfig, *, calibrate: bool = True,
     steps_per_epoch = math.ceil(len(data.train) / bs)
     default_eval = bs if data.info.task == "lm" else max(bs, 256)
     eval_bs = config.data.eval_batch_size or default_eval
-    eval_batches = math.ceil(len(data.valid) / eval_bs)
-    test_batches = math.ceil(len(data.test) / eval_bs)
+    # As the engine batches them: a split that fits the evaluation batch is one forward.
+    eval_batches, test_batches = (math.ceil(len(s) / eval_batch_size(
+        data.info.task, bs, config.data.eval_batch_size, len(s))) for s in (data.valid, data.test))
     if measured is not None:
         step_s, eval_batch_s = measured.step_s, measured.eval_batch_s
         base, step_bytes, probe_s = measured.base_bytes, measured.step_bytes, measured.seconds

@@ -151,3 +151,20 @@ def test_an_input_bound_epoch_is_not_judged_by_its_cpu_share() -> None:
     assert c.disturbed(low_share, cpu_bound=c.cpu_bound("cpu", 0.05)) is True
     assert c.disturbed(low_share, cpu_bound=c.cpu_bound("cpu", 0.9)) is None
     assert not c.cpu_bound("cuda", 0.0)
+
+
+def test_one_machine_reading_per_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An epoch's end reading is the next epoch's start: epochs + 1 readings in a run."""
+    taken: list[Reading] = []
+    real = machine.read
+
+    def read() -> Reading:
+        taken.append(real())
+        return taken[-1]
+
+    monkeypatch.setattr(machine, "read", read)
+    raw = {**BUSY_RUN, "data": {**BUSY_RUN["data"], "n_samples": 200}, "train": {
+        **BUSY_RUN["train"], "epochs": 3}}
+    outcome = train(resolve_run(raw))
+    assert outcome.status == "ok", outcome.error
+    assert len(taken) == 3 + 1

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from sklearn.metrics import f1_score as sk_f1
 from sklearn.metrics import matthews_corrcoef as sk_mcc
 
+from trainlab.components import load_dataset
 from trainlab.config.schema import resolve_run
 from trainlab.engine import train
 from trainlab.engine.tasks import (
@@ -22,6 +23,7 @@ from trainlab.engine.tasks import (
     matthews_corrcoef,
 )
 from trainlab.errors import ConfigError
+from trainlab.hooks import Callback, RunState
 from trainlab.records import NullSink
 
 
@@ -171,3 +173,39 @@ def test_lm_task_loss_is_the_lean_cross_entropy_on_3d_logits() -> None:
     (g1,) = torch.autograd.grad(loss, out)
     (g2,) = torch.autograd.grad(want, out)
     assert torch.allclose(g1, g2, atol=1e-8)
+
+
+class _Reference(Callback):
+    """Valid metrics recomputed by hand (one forward, scikit-learn) at every evaluation."""
+
+    def __init__(self, valid: Any) -> None:
+        self.valid, self.seen, self.reference = valid, [], []
+
+    def on_eval_end(self, state: RunState, values: dict[str, float]) -> None:
+        model = state.model
+        model.eval()
+        with torch.no_grad():
+            out = model(self.valid.inputs)
+        model.train()
+        y, pred = self.valid.targets.numpy(), out.argmax(-1).numpy()
+        self.seen.append({k: values[f"valid/{k}"] for k in ("loss", "accuracy", "f1", "mcc")})
+        self.reference.append({"loss": F.cross_entropy(out, self.valid.targets).item(),
+                               "accuracy": float((pred == y).mean()),
+                               "f1": float(sk_f1(y, pred, average="macro")),
+                               "mcc": float(sk_mcc(y, pred))})
+
+
+@pytest.mark.parametrize("eval_batch_size", [None, 7])  # one batch (the split fits) or many
+def test_validation_metrics_equal_a_hand_computed_reference(eval_batch_size: int | None) -> None:
+    """The device-side confusion matrix (accuracy as its trace) gives the same numbers as one
+    plain forward over the split and scikit-learn, however the split is batched."""
+    raw = {**RAW, "data": {**RAW["data"], "eval_batch_size": eval_batch_size}}
+    config = resolve_run(raw)
+    reference = _Reference(load_dataset(config.data, config.model).valid)
+    outcome = train(config, callbacks=[reference])
+    assert outcome.status == "ok", outcome.error
+    assert len(reference.seen) == RAW["train"]["epochs"]
+    for seen, expected in zip(reference.seen, reference.reference):
+        assert seen["loss"] == pytest.approx(expected["loss"], rel=1e-6)
+        for key in ("accuracy", "f1", "mcc"):
+            assert seen[key] == pytest.approx(expected[key], abs=1e-12), key
