@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import write_section
+from benchmarks.common import section_name, write_section
 from trainlab.components import build_model, build_optimizer, load_dataset
 from trainlab.config.schema import resolve_run
 from trainlab.engine import epoch_permutation, train
@@ -297,7 +297,7 @@ def main() -> None:
                 "seconds per epoch pair, median over the pooled pairs of epochs 2 to E "
                 "[range of the per-round medians] (goal: within 3 %). Per step, the seconds "
                 "spent waiting inside next() and the rest.\n\n")
-        write_section(args.out, "benchmarks.loader", head + table)
+        write_section(args.out, section_name("benchmarks.loader"), head + table)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

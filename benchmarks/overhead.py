@@ -87,6 +87,7 @@ from benchmarks.common import (
     median_step_ratio,
     plain,
     script,
+    section_name,
     write_section,
 )
 from trainlab.components import load_dataset
@@ -459,7 +460,7 @@ def main() -> None:
         text = process_markdown(result, args.rounds)
         print(text)
         if not args.no_write:
-            write_section(args.out, "benchmarks.overhead.process", text)
+            write_section(args.out, section_name("benchmarks.overhead.process"), text)
         if args.json:
             args.json.write_text(json.dumps(result, indent=2))
         return

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import trainlab
-from benchmarks.common import write_section
+from benchmarks.common import section_name, write_section
 from trainlab.store import open_store
 
 LRS = [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]
@@ -133,7 +133,7 @@ def main() -> None:
                 f"({len(LRS) * len(WIDTHS) * len(OPTIMIZERS)} points). Compute: each run's "
                 "seconds from start to its last validation (training and evaluation), summed; "
                 "one seed per run, sampler seed 0; the search in a store of its own.\n\n")
-        write_section(args.out, "benchmarks.search", head + table)
+        write_section(args.out, section_name("benchmarks.search"), head + table)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.common import write_section
+from benchmarks.common import section_name, write_section
 
 LRS = [0.01, 0.03, 0.1, 0.3]
 WEIGHT_DECAYS = [0.0, 1e-3]
@@ -207,7 +207,7 @@ def main() -> None:
                 "over rounds.\n\n")
         name = "benchmarks.stack" + (f".{args.model}" if args.model != "mlp" else "") + (
             ".no-estimate" if args.no_estimate else "")
-        write_section(args.out, name, head + table)
+        write_section(args.out, section_name(name), head + table)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

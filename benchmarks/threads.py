@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import WORKLOADS, engine, write_section
+from benchmarks.common import WORKLOADS, engine, section_name, write_section
 from trainlab.engine import machine, threads
 from trainlab.engine.measure import cpu_name
 
@@ -203,7 +203,7 @@ def main() -> None:
     text = markdown(result, machine_info, command)
     print(text)
     if str(args.out) != "-":
-        write_section(args.out, SECTION, text)
+        write_section(args.out, section_name(SECTION), text)
         print(f"wrote the {SECTION} section of {args.out}")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine_info, "result": result}, indent=2))
