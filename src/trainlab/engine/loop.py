@@ -722,8 +722,11 @@ class _Trainer(Resumable):
         test = out.pop("test", None)
         if test:
             out.update({k.replace("/", "_"): v for k, v in test.items()})
-        if self.state is not None:
-            out.update(epochs=self.state.epoch, steps=self.state.step,
+        if self.state is not None:  # trainable: what trained by the end (gradual unfreezing)
+            trained = sum(p.numel() for p in {id(p): p for p in self.params if p.requires_grad
+                                              }.values())
+            out.update(epochs=self.state.epoch, steps=self.state.step, params_trainable=trained,
+                       params_trainable_pct=100.0 * trained / max(out.get("params_total", 1), 1),
                        train_time=self.state.train_time, device=str(self.state.device))
         if self.epoch_stats:
             out["samples_per_s"] = median_of(self.epoch_stats, "throughput/samples_per_s")

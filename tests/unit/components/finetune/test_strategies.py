@@ -177,6 +177,20 @@ def test_gradual_unfreeze_schedule_and_no_gradients_for_frozen_groups() -> None:
     assert outcome.summary["params_trainable_pct"] == pytest.approx(100.0)
 
 
+def test_gradual_unfreeze_that_ends_early_reports_what_trained() -> None:
+    """Three epochs unfreeze three of four groups: the embeddings never trained, and the
+    summary's trainable share says so (not 100 %)."""
+    net = _model(GPT, LM)
+    groups = {g.name: g.names for g in layer_groups(net)}
+    sizes = dict(net.named_parameters())
+    trained = sum(sizes[n].numel() for g in ("block2", "block1", "block0") for n in groups[g])
+    outcome, _ = _run({"name": "gradual-unfreeze"}, epochs=3)
+    assert outcome.summary["params_trainable"] == trained
+    assert outcome.summary["params_trainable_pct"] == pytest.approx(
+        100.0 * trained / outcome.summary["params_total"])
+    assert outcome.summary["params_trainable_pct"] < 100.0
+
+
 def test_gradual_unfreeze_every_two_epochs_with_discriminative_lrs() -> None:
     _net, setup = _setup({"name": "gradual-unfreeze", "every": 2, "decay": 2.0})
     callback = setup.callbacks[0]
