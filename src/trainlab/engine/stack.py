@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import statistics
 import time
 import traceback
 import warnings
@@ -68,7 +69,7 @@ from trainlab.engine import threads as thread_rules
 from trainlab.engine.checkpoint import save_atomic
 from trainlab.engine.loop import OOM_TEXTS, epoch_permutation, seed_everything
 from trainlab.engine.measure import PeakMemory, TensorTracker
-from trainlab.engine.stack_fast import LinearChain, batched_loss
+from trainlab.engine.stack_fast import LinearChain, batched_loss, stacked_grad_norms
 from trainlab.engine.stack_optim import StackedOptimizer
 from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix, training_loss
 from trainlab.engine.threads import ThreadChoice
@@ -144,6 +145,7 @@ class _Member:
     best_state: dict[str, Tensor] | None = None
     records: list[MetricRecord] = field(default_factory=list)
     last_step_loss: float | None = None
+    grad_norms: list[float] = field(default_factory=list)  # at log points, for the median
 
     @property
     def alive(self) -> bool:
@@ -469,6 +471,7 @@ class _StackTrainer:
         step_fn = self._losses
         per_step = [m.schedule for m in self.members if m.schedule.per_step]
         interval: list[tuple[Tensor, Tensor, Tensor]] = []
+        norms: Tensor | None = None  # each model's gradient norm [N] at the log step
         sums = torch.zeros(3, n, dtype=torch.float64)  # loss, metric, weight per model
         lrs = [m.lr if m.alive else 0.0 for m in self.members]
         stop = interrupt.FLAG
@@ -478,9 +481,10 @@ class _StackTrainer:
         for start in range(0, n_train, bs):
             idx = orders[:, start:start + bs]
             x, y = inputs[idx], targets[idx]
+            is_log = (self.step + 1) % log_every == 0
             if self.warmup_time is None:  # the first step: warm-up, timed apart, measured
                 t = time.perf_counter()
-                losses, out = self._warm_step(x, y, lrs, (orders, idx, x, y))
+                losses, out, norms = self._warm_step(x, y, lrs, (orders, idx, x, y), is_log)
                 synchronize(self.device)
                 self.warmup_time = time.perf_counter() - t
                 paused += self.warmup_time
@@ -488,6 +492,8 @@ class _StackTrainer:
             else:
                 losses, out = step_fn(self.params, self.buffers, x, y)
                 losses.sum().backward()
+                if is_log:  # as the solo run: the log step's gradients, before the step
+                    norms = stacked_grad_norms(self.params.values(), n, self.device)
                 self.optimizer.step(lrs)
                 for p in self.params.values():
                     p.grad = None
@@ -501,9 +507,9 @@ class _StackTrainer:
             if self.step % log_every == 0:
                 t = time.perf_counter()
                 self._log(interval, sums,
-                          (t - t_interval - paused_interval) / timed if timed else None)
+                          (t - t_interval - paused_interval) / timed if timed else None, norms)
                 lrs = [m.lr if m.alive else 0.0 for m in self.members]
-                interval, timed, paused_interval = [], 0, 0.0
+                interval, timed, paused_interval, norms = [], 0, 0.0, None
                 t_interval = time.perf_counter()
                 paused += t_interval - t
             if stop[0]:
@@ -536,8 +542,8 @@ class _StackTrainer:
         self.epoch_samples.append(n_train / epoch_time if epoch_time else 0.0)
         self._flush()
 
-    def _warm_step(self, x: Tensor, y: Tensor, lrs: Sequence[float],
-                   batch: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
+    def _warm_step(self, x: Tensor, y: Tensor, lrs: Sequence[float], batch: tuple[Tensor, ...],
+                   is_log: bool) -> tuple[Tensor, Tensor, Tensor | None]:
         """The first stacked step, with the peak of the stack's own tensors tracked over it on
         CPU (:class:`~trainlab.engine.measure.TensorTracker`, from what the stack holds as it
         starts: weights, buffers, data splits, the epoch's orders and the batch; made a steady
@@ -555,17 +561,19 @@ class _StackTrainer:
             if tracker is not None:
                 tracker.after_forward = tracker.peak
             losses.sum().backward()
+            norms = (stacked_grad_norms(self.params.values(), x.shape[0], self.device)
+                     if is_log else None)
             optimizer.step(lrs)
             for p in self.params.values():
                 p.grad = None
         if tracker is not None:
             self.memory.tensor_peak = tracker.steady_peak
-        return losses, out
+        return losses, out, norms
 
     def _log(self, interval: list[tuple[Tensor, Tensor, Tensor]], sums: Tensor,
-             step_time: float | None) -> None:
-        """Read the interval's per-model loss (and metric) in one host sync; mask out models
-        whose loss is no longer finite."""
+             step_time: float | None, norms: Tensor | None = None) -> None:
+        """Read the interval's per-model loss (and metric) and the log step's per-model
+        gradient norms in one host sync; mask out models whose loss is no longer finite."""
         losses = torch.stack([loss for loss, _, _ in interval])  # [steps, N]
         weights = torch.tensor([float(y[0].numel()) for _, _, y in interval])
         loss_sum = (losses.double() * weights.to(losses.device, torch.float64)[:, None]).sum(0)
@@ -574,8 +582,10 @@ class _StackTrainer:
                                   ).sum(0).double()
         else:
             correct = torch.zeros_like(loss_sum)
-        host = torch.stack([loss_sum, correct, weights.sum().double().expand_as(loss_sum)]
-                           ).cpu()  # the one sync of this log point
+        rows = [loss_sum, correct, weights.sum().double().expand_as(loss_sum)]
+        if norms is not None:
+            rows.append(norms.detach().to(loss_sum.device, torch.float64))
+        host = torch.stack(rows).cpu()  # the one sync of this log point
         step_values = host[0] / host[2]
         for i, m in enumerate(self.members):
             if not m.alive:
@@ -585,8 +595,11 @@ class _StackTrainer:
                 self._diverge(i, f"train loss became {loss} by step {self.step} "
                               f"(epoch {self.epoch}, lr {m.lr:.3g})")
                 continue
-            sums[:, i] += host[:, i]
+            sums[:, i] += host[:3, i]
             values = {"train/step_loss": loss, "lr": m.lr}
+            if norms is not None:
+                values["grad_norm"] = float(host[3, i])
+                m.grad_norms.append(values["grad_norm"])
             if step_time is not None:
                 values["time/step"] = step_time
             self._record(m, self.step, values)
@@ -736,6 +749,10 @@ class _StackTrainer:
                    stack=list(self.run_ids),
                    params_total=getattr(self, "total", None),
                    params_trainable=getattr(self, "trainable", None))
+        if getattr(self, "total", None) is not None:
+            out["params_trainable_pct"] = 100.0 * self.trainable / max(self.total, 1)
+        if m.grad_norms:
+            out["grad_norm_median"] = statistics.median(m.grad_norms)
         if self.epoch_samples:
             out["samples_per_s"] = sorted(self.epoch_samples)[len(self.epoch_samples) // 2]
         if getattr(self, "threads", None) is not None:

@@ -15,6 +15,7 @@ the stack's trial step checks its losses against each model's own before using i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -100,3 +101,16 @@ def batched_loss(task: str, out: Tensor, y: Tensor) -> Tensor | None:
     if task == "regression" and out.shape == y.shape:
         return F.mse_loss(out, y, reduction="none").reshape(n, -1).mean(1)
     return None
+
+
+def stacked_grad_norms(params: Iterable[Tensor], n: int, device: torch.device) -> Tensor:
+    """Each model's global L2 gradient norm ``[N]`` from stacked gradients ``[N, ...]``, left
+    on the device (no host sync): per tensor a norm over all but the model dimension, then
+    the norm of those, as :func:`trainlab.engine.measure.grad_norm` of each solo run.  No
+    gradient at all: zeros."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(n, device=device)
+    per_tensor = torch.stack([torch.linalg.vector_norm(g.reshape(n, -1), 2.0, dim=1)
+                              for g in grads])  # [tensors, N]
+    return torch.linalg.vector_norm(per_tensor, 2.0, dim=0)

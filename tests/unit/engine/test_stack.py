@@ -19,13 +19,13 @@ from trainlab.records import NullSink
 
 
 def _config(optimizer: dict[str, Any], seed: int, schedule: dict[str, Any] | None = None,
-            epochs: int = 10, **model: Any) -> RunConfig:
+            epochs: int = 10, log_every: int = 25, **model: Any) -> RunConfig:
     # 960 examples in batches of 32: 30 steps an epoch, 300 steps in 10 epochs.
     return resolve_run({
         "data": {"name": "digits", "batch_size": 32, "limit": 960},
         "model": {"name": "mlp", "hidden_dim": 32, **model},
         "optimizer": optimizer, "schedule": schedule or {"name": "constant"},
-        "train": {"epochs": epochs, "seed": seed, "threads": 1, "log_every": 25}})
+        "train": {"epochs": epochs, "seed": seed, "threads": 1, "log_every": log_every}})
 
 
 def _solo_weights(config: RunConfig, tmp: Path) -> tuple[dict[str, torch.Tensor], float]:
@@ -211,6 +211,39 @@ def test_each_run_of_a_stack_records_the_stacks_memory_peaks() -> None:
         steps = [r.value for r in sink.records
                  if r.run_id == config.run_id and r.key == "time/step"]
         assert steps and all(s > 0 for s in steps)
+
+
+@pytest.mark.parametrize(("path", "log_every"), [("batched matmul", 7), ("vmap", 7),
+                                                 ("batched matmul", 1)])
+def test_each_stacked_run_records_its_own_grad_norm_and_trainable_share(
+        path: str, log_every: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stacked run's grad norms at its log points (the warm-up step's included) are its
+    solo run's, and its summary has the solo run's trainable share and grad norm median."""
+    if path == "vmap":
+        monkeypatch.setattr("trainlab.engine.stack.LinearChain.of", lambda model: None)
+    # Log points at steps 7, 14, ..., 56 of 60 (mid-epoch, across the epoch boundary), or at
+    # every step (the warm-up step's included).
+    configs = [_config(opt, seed, sched, epochs=2, log_every=log_every)
+               for seed, (opt, sched) in enumerate(CASES["sgd"])]
+    sink = NullSink()
+    outcomes = train_stack(configs, [c.run_id for c in configs], [None] * 2, sink)
+    for i, (config, outcome) in enumerate(zip(configs, outcomes)):
+        assert outcome.status == "ok", outcome.error
+        solo_sink = NullSink()
+        solo = train(config, run_dir=tmp_path / str(i), sink=solo_sink)
+        assert solo.status == "ok", solo.error
+
+        def norms(records: Any, run_id: str) -> dict[int, float]:
+            return {r.step: r.value for r in records
+                    if r.run_id == run_id and r.key == "grad_norm"}
+
+        mine, alone = norms(sink.records, config.run_id), norms(solo_sink.records, solo.run_id)
+        assert sorted(mine) == sorted(alone) == list(range(log_every, 61, log_every))
+        for step, value in alone.items():
+            assert mine[step] == pytest.approx(value, rel=1e-5), step
+        for key in ("params_total", "params_trainable", "params_trainable_pct",
+                    "grad_norm_median"):
+            assert outcome.summary[key] == pytest.approx(solo.summary[key], rel=1e-5), key
 
 
 @pytest.mark.parametrize(("error", "oom"), [
