@@ -147,7 +147,14 @@ class Speed:
 
     def _item_batches(self, split: ItemSplit, batches: Sequence[Tensor], seed: int
                       ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        for idx, (x, y) in zip(batches, self.item_loader(split).batches(batches, seed)):
+        # The loader (or a stream's) already put each batch on the device: only channels-last
+        # is left, so no per-step .to() (two calls of a no-op copy) where it is off.
+        loaded = self.item_loader(split).batches(batches, seed)
+        if not self.channels_last:
+            for idx, (x, y) in zip(batches, loaded):
+                yield idx, x, y
+            return
+        for idx, (x, y) in zip(batches, loaded):
             yield (idx, *self._place(x, y))
 
     def _place(self, x: Tensor, y: Tensor, non_blocking: bool = True
