@@ -122,6 +122,21 @@ def start_method(threads: int, gpus: list[str] | None) -> str:
     return "spawn"
 
 
+def refill(feed: RunFeed | None, todo: deque[PlannedRun], chosen: dict[str, Any],
+           store: RunStore, observer: SweepObserver) -> RunFeed | None:
+    """Ask ``feed`` for its next runs into ``todo`` (their ``lr: auto`` range tests run here,
+    in the store's process, into ``chosen``); the feed, or None once it has no more."""
+    while feed is not None:
+        more = feed.more()
+        if more is None:
+            return None
+        if more.todo:
+            chosen.update(resolve_plan_lrs(more, store, observer))
+            todo.extend(more.todo)
+            return feed
+    return None
+
+
 @dataclass
 class _Worker:
     slot: int
@@ -305,14 +320,7 @@ class _Pool:
 
     def _refill(self) -> None:
         """The queue ran dry: ask the feed for more (its ``lr: auto`` range tests run here)."""
-        while self.feed is not None:
-            more = self.feed.more()
-            if more is None:
-                self.feed = None
-            elif more.todo:
-                self.executor.chosen.update(resolve_plan_lrs(more, self.store, self.observer))
-                self.todo.extend(more.todo)
-                return
+        self.feed = refill(self.feed, self.todo, self.executor.chosen, self.store, self.observer)
 
     def _finished(self, planned: PlannedRun, outcome: RunOutcome) -> None:
         self.result.outcomes.append(outcome)

@@ -235,15 +235,11 @@ class _Driver:
     def _refill(self) -> bool:
         """The queue ran dry with room for more: ask the feed (its ``lr: auto`` range tests
         run here, on the driver)."""
-        while self.feed is not None:
-            more = self.feed.more()
-            if more is None:
-                self.feed = None
-            elif more.todo:
-                self.executor.chosen.update(resolve_plan_lrs(more, self.store, self.observer))
-                self.todo.extend(more.todo)
-                return True
-        return False
+        from trainlab.execute.pool import refill
+
+        before = len(self.todo)
+        self.feed = refill(self.feed, self.todo, self.executor.chosen, self.store, self.observer)
+        return len(self.todo) > before
 
     def _submit(self, planned: PlannedRun) -> None:
         cpus, gpus = self.executor.resources(planned)

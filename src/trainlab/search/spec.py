@@ -16,6 +16,7 @@ search:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,15 +129,8 @@ def parse_search(sweep: SweepConfig) -> SearchSpec:
             raise _fail(f"search.{key}", f"is not a search field.{hint} Valid fields: "
                         f"{', '.join(_FIELDS)}.")
     method = raw.get("method", "tpe")
-    if method not in METHODS:
-        guess = closest(str(method), METHODS)
-        hint = f"; did you mean {guess!r}?" if guess else ""
-        raise _fail("search.method", f"{method!r} is not a search method{hint} Valid: "
-                    f"{', '.join(METHODS)}.")
-    trials = raw.get("trials", 20)
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise _fail("search.trials", f"must be an integer of at least 1 (trials per study); "
-                    f"got {trials!r}")
+    _one_of("search.method", method, METHODS, "a search method")
+    trials = _at_least_one("search.trials", raw.get("trials", 20), " (trials per study)")
     metric = raw.get("metric", sweep.train.get("monitor", "valid/loss"))
     if metric not in METRICS:
         guess = closest(str(metric), METRICS)
@@ -245,17 +239,26 @@ def _prune(raw: Any, metric: str, sweep: SweepConfig) -> PruneSpec:
             raise _fail(f"search.prune.{key}", f"is not a prune field. Valid fields: "
                         f"{', '.join(_PRUNE_FIELDS)}.")
     method = raw.get("method", "median")
-    if method not in PRUNERS:
-        guess = closest(str(method), PRUNERS)
-        hint = f"; did you mean {guess!r}?" if guess else ""
-        raise _fail("search.prune.method", f"{method!r} is not a pruner{hint} Valid: "
-                    f"{', '.join(PRUNERS)}.")
-    min_epochs = raw.get("min_epochs", 1)
-    if isinstance(min_epochs, bool) or not isinstance(min_epochs, int) or min_epochs < 1:
-        raise _fail("search.prune.min_epochs", f"must be an integer of at least 1; got "
-                    f"{min_epochs!r}")
+    _one_of("search.prune.method", method, PRUNERS, "a pruner")
+    min_epochs = _at_least_one("search.prune.min_epochs", raw.get("min_epochs", 1), "")
     if method != "none" and metric not in MONITORS:
         raise _fail("search.prune", f"prunes on search.metric {metric!r}, which a run records "
                     "once, at its end, not per epoch; prune on a per-epoch metric "
                     f"({', '.join(MONITORS)}) or use prune: none")
     return PruneSpec(method, min_epochs)
+
+
+def _one_of(field: str, value: Any, valid: Sequence[str], what: str) -> None:
+    """Exit 2 (naming ``field``, a close guess and every valid value) unless ``value`` is one
+    of ``valid``."""
+    if value not in valid:
+        guess = closest(str(value), list(valid))
+        hint = f"; did you mean {guess!r}?" if guess else ""
+        raise _fail(field, f"{value!r} is not {what}{hint} Valid: {', '.join(valid)}.")
+
+
+def _at_least_one(field: str, value: Any, meaning: str) -> int:
+    """``value`` when it is an integer of at least 1; otherwise exit 2 naming ``field``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _fail(field, f"must be an integer of at least 1{meaning}; got {value!r}")
+    return value
