@@ -7,7 +7,7 @@ decoupled from the adaptive step (Loshchilov & Hutter).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias
 
 from pydantic import Field, PositiveFloat, field_validator
@@ -51,24 +51,54 @@ OPTIMIZERS: Registry[Builder] = Registry("optimizer", base=OptimizerSpec)
 
 @contextmanager
 def no_dynamo_import() -> Iterator[None]:
-    """Build optimizers without importing ``torch._dynamo`` (1-5 s): torch's
-    ``Optimizer.add_param_group`` imports it on its first call, only to mark itself as not
-    to be compiled.  Where nothing is compiled (the plan's checks, a stack's LR carriers),
-    for the block's duration the mark is the function itself; afterwards torch does as it
-    would have (stepping a torch optimizer imports it)."""
+    """Run the block without importing ``torch._dynamo`` (1.5-5 s a process).
+
+    Torch marks many of its own functions as not to be compiled with ``torch._disable_dynamo``
+    (``Optimizer.add_param_group``, a dispatch mode's handler, the Python meta kernels that a
+    meta-device trace runs), and that mark imports ``torch._dynamo`` on the function's first
+    call, only to wrap it.  Where nothing is compiled (the plan's checks, the estimate's
+    meta-device trace, a stack's LR carriers), for the block's duration ``torch._dynamo`` is
+    a stand-in whose ``disable`` returns the function itself; afterwards the marks are
+    removed and torch does as it would have (the next call imports the real one).  Code
+    that asks the stand-in for anything else gets the real module, imported then."""
     import sys
+    import types
 
     import torch
 
-    fn = getattr(torch.optim.Optimizer.add_param_group, "__wrapped__", None)
-    if fn is None or "torch._dynamo" in sys.modules or hasattr(fn, "__dynamo_disable"):
+    if "torch._dynamo" in sys.modules:
         yield
         return
-    fn.__dynamo_disable = fn
+    marked: list[Any] = []
+
+    def disable(fn: Any = None, recursive: bool = True, **_: Any) -> Any:
+        if fn is not None and not isinstance(fn, type):
+            marked.append(fn)
+            return fn
+        return lambda f: f
+
+    def real(name: str) -> Any:  # anything else: the real module, imported now
+        if sys.modules.get("torch._dynamo") is stand_in:
+            del sys.modules["torch._dynamo"]
+        import importlib
+
+        return getattr(importlib.import_module("torch._dynamo"), name)
+
+    stand_in = types.ModuleType("torch._dynamo")
+    stand_in.disable = disable  # type: ignore[attr-defined]
+    stand_in.__getattr__ = real  # type: ignore[attr-defined]
+    sys.modules["torch._dynamo"] = stand_in
     try:
         yield
     finally:
-        del fn.__dynamo_disable
+        if sys.modules.get("torch._dynamo") is stand_in:
+            del sys.modules["torch._dynamo"]
+        if torch.__dict__.get("_dynamo") is stand_in:
+            del torch._dynamo
+        for fn in marked:
+            if getattr(fn, "__dynamo_disable", None) is fn:
+                with suppress(AttributeError):
+                    del fn.__dynamo_disable
 
 
 def build_optimizer(spec: OptimizerSpec, params: Params) -> torch.optim.Optimizer:

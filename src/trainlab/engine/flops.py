@@ -21,6 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from trainlab.components import DataInfo, build_finetune, build_model
 from trainlab.components.finetune.base import FinetuneSpec
 from trainlab.components.models import ModelSpec
+from trainlab.components.optimizers import no_dynamo_import
 from trainlab.devices import synchronize
 from trainlab.engine import contention, machine, peak_cache
 
@@ -33,13 +34,15 @@ def train_step_flops(model_spec: ModelSpec, info: DataInfo, batch_size: int,
     so adapter or LoRA steps cost less than full fine-tuning.
     """
     try:
-        with torch.device("meta"):
+        # no_dynamo_import: the meta kernels and the counter's dispatch are marked
+        # not-to-compile, which would import torch._dynamo (about 1 s) for nothing.
+        with no_dynamo_import(), torch.device("meta"):
             model = build_model(model_spec, info)
             if finetune is not None:
                 model = build_finetune(finetune, model, lr).model or model
             x = info.example_batch(batch_size)
         counter = FlopCounterMode(display=False)
-        with counter:
+        with no_dynamo_import(), counter:
             out = model(x)
             out.float().sum().backward()
         return int(counter.get_total_flops())

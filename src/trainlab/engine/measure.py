@@ -151,6 +151,14 @@ class TensorTracker(TorchDispatchMode):
     """Live bytes of the storages on one device that the run holds or that operators return,
     and their peak (see the module docstring)."""
 
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """Leave ``__torch_dispatch__`` unwrapped: torch wraps a mode's dispatch in
+        ``torch._disable_dynamo``, which imports ``torch._dynamo`` (2 s here) on the first
+        operator, only to mark the function as not to be compiled.  Nothing is compiled while
+        this mode is on (it is never used with ``train.compile``)."""
+        return False
+
     def __init__(self, device: torch.device, held: Iterable[Any] = ()) -> None:
         super().__init__()
         self.device_type = device.type

@@ -2,7 +2,7 @@
 
 Parameter, gradient and optimizer-state bytes are exact (counted from the model and the
 optimizer's update rule).  Activations come from tracing one forward and backward pass on the
-meta device with torch's ``MemTracker`` (no memory, no time).  The trace counts tensors, not
+meta device (no memory, no time).  The trace counts tensors, not
 library workspaces or allocator overhead, so on CPU it undercounts a real step by 25-40 % on
 LSTMs and transformers; the calibration probe (see ``probe.py``) measures the real thing.
 """
@@ -20,7 +20,7 @@ from torch import nn
 from trainlab.components import DataInfo, build_finetune, build_model
 from trainlab.components.finetune.base import FinetuneSpec
 from trainlab.components.models import ModelSpec
-from trainlab.components.optimizers import OptimizerSpec
+from trainlab.components.optimizers import OptimizerSpec, no_dynamo_import
 
 
 @dataclass(frozen=True)
@@ -73,43 +73,49 @@ def trace(model_spec: ModelSpec, finetune: FinetuneSpec, info: DataInfo, batch_s
     """Peak bytes by category of one forward and backward pass, traced on the meta device.
 
     Returns ``{"params", "grads", "activations", "peak"}`` (activations: what the forward pass
-    keeps for the backward pass), or None when the model cannot be traced (an op without a
-    meta kernel).
+    keeps for the backward pass, its output included), or None when the model cannot be
+    traced (an op without a meta kernel).  Counted by the engine's own storage tracker
+    (:class:`~trainlab.engine.measure.TensorTracker`), not torch's ``MemTracker``, whose
+    import (``torch.distributed._tools``: DTensor, inductor) costs about 2 s a process.
     """
     try:
-        from torch.distributed._tools.mem_tracker import MemTracker
-    except ImportError:  # a torch without it
-        return None
-    try:
-        # A trace that fails (frozen parameters: MemTracker hooks every parameter's gradient)
-        # makes torch warn from inside its hooks; the failure is reported as "not traced".
-        with warnings.catch_warnings():
+        # A trace that fails makes torch warn from inside hooks; reported as "not traced".
+        # The meta kernels are marked not-to-compile, which would import torch._dynamo.
+        with warnings.catch_warnings(), no_dynamo_import():
             warnings.simplefilter("ignore")
-            return _trace(MemTracker, model_spec, finetune, info, batch_size, lr)
+            return _trace(model_spec, finetune, info, batch_size, lr)
     except Exception:
         return None
 
 
-def _trace(tracker_type: Any, model_spec: ModelSpec, finetune: FinetuneSpec, info: DataInfo,
-           batch_size: int, lr: float) -> dict[str, int]:
-    with torch.device("meta"):
+def _trace(model_spec: ModelSpec, finetune: FinetuneSpec, info: DataInfo, batch_size: int,
+           lr: float) -> dict[str, int]:
+    from trainlab.engine.measure import TensorTracker, storage_bytes
+
+    meta = torch.device("meta")
+    with meta:
         model = build_model(model_spec, info)
         # Freezes what the strategy freezes; adapters / PEFT wrap or extend the model.
         model = build_finetune(finetune, model, lr).model or model
         x = info.example_batch(batch_size)
-    tracker = tracker_type()
-    tracker.track_external(model)
+    weights = storage_bytes([*model.parameters(), *model.buffers()], meta)
+    tracker = TensorTracker(meta, [*model.parameters(), *model.buffers(), *_tensors(x)])
     with tracker:
         out = model(x).float().sum()
         # After the forward pass, every tensor kept for the backward pass is alive.
-        forward = _parts(tracker.get_tracker_snapshot())
+        activations = tracker.live - tracker.start
         out.backward()
-    peak = _parts(tracker.get_tracker_snapshot("peak"))
-    return {"params": peak.get("PARAM", 0) + peak.get("BUFFER", 0),
-            "grads": peak.get("GRAD", 0), "activations": forward.get("ACT", 0),
-            "peak": peak.get("Total", 0)}
+    grads = storage_bytes([p.grad for p in model.parameters() if p.grad is not None], meta)
+    return {"params": weights, "grads": grads, "activations": activations,
+            "peak": tracker.peak}
 
 
-def _parts(snapshot: Mapping[Any, Mapping[Any, int]]) -> dict[str, int]:
-    """A MemTracker snapshot of the (one) device, keyed by category name."""
-    return {str(k).rsplit(".", 1)[-1]: int(v) for k, v in next(iter(snapshot.values())).items()}
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors of a batch: a tensor, or a mapping / sequence of them."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return [t for v in value.values() for t in _tensors(v)]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
