@@ -69,7 +69,7 @@ def no_dynamo_import() -> Iterator[None]:
     if "torch._dynamo" in sys.modules:
         yield
         return
-    marked: list[Any] = []
+    marked: list[Callable[..., Any]] = []
 
     def disable(fn: Any = None, recursive: bool = True, **_: Any) -> Any:
         if fn is not None and not isinstance(fn, type):
@@ -85,8 +85,8 @@ def no_dynamo_import() -> Iterator[None]:
         return getattr(importlib.import_module("torch._dynamo"), name)
 
     stand_in = types.ModuleType("torch._dynamo")
-    stand_in.disable = disable  # type: ignore[attr-defined]
-    stand_in.__getattr__ = real  # type: ignore[attr-defined]
+    setattr(stand_in, "disable", disable)  # noqa: B010 (a module made here)
+    setattr(stand_in, "__getattr__", real)  # noqa: B010
     sys.modules["torch._dynamo"] = stand_in
     try:
         yield
@@ -98,7 +98,7 @@ def no_dynamo_import() -> Iterator[None]:
         for fn in marked:
             if getattr(fn, "__dynamo_disable", None) is fn:
                 with suppress(AttributeError):
-                    del fn.__dynamo_disable
+                    delattr(fn, "__dynamo_disable")
 
 
 def build_optimizer(spec: OptimizerSpec, params: Params) -> torch.optim.Optimizer:
