@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,10 +123,17 @@ def run(
         if not yes:  # and before estimating: 10,000 runs' estimates would take a while
             confirm_size(len(the_plan.todo), the_plan.sweep.name)
         if (estimate or fit_memory) and the_plan.todo:
-            estimates.update(estimate_plan(the_plan, the_plan.todo, calibrate=True,
-                                       quiet=quiet or as_json))
+            with _eager(the_plan):
+                estimates.update(estimate_plan(the_plan, the_plan.todo, calibrate=True,
+                                               quiet=quiet or as_json))
             if fit_memory:
                 check_fit(the_plan, estimates, fit_memory)
+        elif any(p.run.config.train.stack == "auto" for p in the_plan.todo):
+            # No estimate: train.stack: auto's memory cap all the same (the meta-device trace,
+            # no probe), remembered for the executor's stacks (estimate/stacked.py).
+            from trainlab.estimate.stacked import layout
+
+            layout(the_plan.todo, remember=True)
 
     from trainlab.errors import ConfigError
 
@@ -164,7 +172,7 @@ def run(
     try:
         observer = _Progress(the_plan, quiet=quiet or as_json)
         try:
-            with graceful_sigint(notify):
+            with graceful_sigint(notify), _eager(the_plan):
                 result = prepared.executor.execute(the_plan, prepared.store, observer)
         finally:
             observer.close()
@@ -245,6 +253,17 @@ def _remove_partial_files(store: Any, plan: Plan) -> None:
         for tmp in store.run_dir(planned.run_id).glob("*.tmp"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def _eager(the_plan: Plan) -> AbstractContextManager[None]:
+    """Training and estimating without importing ``torch._dynamo`` unless something uses it
+    (:func:`~trainlab.components.optimizers.no_dynamo_import`: 0.8-3 s a process, a fifth of
+    a small run), when no run to train compiles (``train.compile``)."""
+    if any(p.run.config.train.compile for p in the_plan.todo):
+        return nullcontext()
+    from trainlab.components.optimizers import no_dynamo_import
+
+    return no_dynamo_import()
 
 
 def _warn_slow_precision(plan: Plan) -> None:

@@ -51,16 +51,21 @@ OPTIMIZERS: Registry[Builder] = Registry("optimizer", base=OptimizerSpec)
 
 @contextmanager
 def no_dynamo_import() -> Iterator[None]:
-    """Run the block without importing ``torch._dynamo`` (1.5-5 s a process).
+    """Run the block without importing ``torch._dynamo`` (0.8-3 s a process) unless it is
+    really used.
 
-    Torch marks many of its own functions as not to be compiled with ``torch._disable_dynamo``
-    (``Optimizer.add_param_group``, a dispatch mode's handler, the Python meta kernels that a
-    meta-device trace runs), and that mark imports ``torch._dynamo`` on the function's first
-    call, only to wrap it.  Where nothing is compiled (the plan's checks, the estimate's
-    meta-device trace, a stack's LR carriers), for the block's duration ``torch._dynamo`` is
-    a stand-in whose ``disable`` returns the function itself; afterwards the marks are
-    removed and torch does as it would have (the next call imports the real one).  Code
-    that asks the stand-in for anything else gets the real module, imported then."""
+    Eager PyTorch imports the compiler only to say "do not compile this": torch marks many
+    of its own functions with ``torch._disable_dynamo`` (``Optimizer.add_param_group`` and
+    ``zero_grad``, a dispatch mode's handler, the Python meta kernels of a meta-device trace),
+    which imports ``torch._dynamo`` on the function's first call only to wrap it, and every
+    ``Optimizer.step`` imports it to call ``graph_break()``, which does nothing outside a
+    compiled region.  For the block's duration ``torch._dynamo`` is a stand-in whose
+    ``disable`` returns the function itself and whose ``graph_break`` does nothing; asked for
+    anything else (an attribute, a submodule: ``torch.compile``, DDP's compiled-mode checks),
+    it imports the real module then and gets out of the way, and the functions it marked are
+    unmarked so torch does as it would have.  The marks are removed when the block ends too.
+    Not for blocks that compile (``train.compile``): those import the real module anyway."""
+    import importlib
     import sys
     import types
 
@@ -70,35 +75,46 @@ def no_dynamo_import() -> Iterator[None]:
         yield
         return
     marked: list[Callable[..., Any]] = []
+    stand_in = types.ModuleType("torch._dynamo", "a stand-in: see trainlab's no_dynamo_import")
 
-    def disable(fn: Any = None, recursive: bool = True, **_: Any) -> Any:
-        if fn is not None and not isinstance(fn, type):
-            marked.append(fn)
-            return fn
-        return lambda f: f
-
-    def real(name: str) -> Any:  # anything else: the real module, imported now
-        if sys.modules.get("torch._dynamo") is stand_in:
-            del sys.modules["torch._dynamo"]
-        import importlib
-
-        return getattr(importlib.import_module("torch._dynamo"), name)
-
-    stand_in = types.ModuleType("torch._dynamo")
-    setattr(stand_in, "disable", disable)  # noqa: B010 (a module made here)
-    setattr(stand_in, "__getattr__", real)  # noqa: B010
-    sys.modules["torch._dynamo"] = stand_in
-    try:
-        yield
-    finally:
-        if sys.modules.get("torch._dynamo") is stand_in:
-            del sys.modules["torch._dynamo"]
-        if torch.__dict__.get("_dynamo") is stand_in:
-            del torch._dynamo
+    def unmark() -> None:
         for fn in marked:
             if getattr(fn, "__dynamo_disable", None) is fn:
                 with suppress(AttributeError):
                     delattr(fn, "__dynamo_disable")
+        marked.clear()
+
+    def leave() -> None:
+        if sys.modules.get("torch._dynamo") is stand_in:
+            del sys.modules["torch._dynamo"]
+        if torch.__dict__.get("_dynamo") is stand_in:
+            del torch._dynamo
+        unmark()
+
+    def real(name: str) -> Any:
+        if name.startswith("__") and name.endswith("__") and name != "__path__":
+            raise AttributeError(name)  # what tools probe modules for: no import for that
+        leave()  # the real module from now on
+        return getattr(importlib.import_module("torch._dynamo"), name)
+
+    def disable(fn: Any = None, recursive: bool = True, **kwargs: Any) -> Any:
+        if fn is None or isinstance(fn, type) or sys.modules.get("torch._dynamo") is not stand_in:
+            return real("disable")(fn, recursive, **kwargs)
+        marked.append(fn)
+        return fn
+
+    def graph_break(*_: Any, **__: Any) -> None:  # outside a compiled region: nothing
+        return None
+
+    for name, value in (("disable", disable), ("graph_break", graph_break),
+                        ("__getattr__", real), ("__file__", None)):
+        setattr(stand_in, name, value)
+    sys.modules["torch._dynamo"] = stand_in
+    torch._dynamo = stand_in  # as an import would set it
+    try:
+        yield
+    finally:
+        leave()
 
 
 def build_optimizer(spec: OptimizerSpec, params: Params) -> torch.optim.Optimizer:

@@ -62,3 +62,66 @@ def test_a_stand_in_asked_for_more_than_disable_gives_the_real_module() -> None:
     """)
     assert "inside is compiling: False" in out
     assert "real: True" in out
+
+
+def test_trainlab_run_trains_without_dynamo_and_the_same_weights(tmp_path) -> None:
+    """A whole ``trainlab run`` (estimate included) never imports the real ``torch._dynamo``,
+    and trains exactly the weights a process that imported it trains."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\ndata: {name: digits, batch_size: 32}\n"
+                      "model: {name: mlp, hidden_dim: 32}\n"
+                      "optimizer: {name: adam, lr: 0.01}\ntrain: {epochs: 2}\n")
+    out = _python(f"""
+        import sys
+        sys.argv = ["trainlab", "run", {str(config)!r}, "--store", {str(tmp_path / "a")!r},
+                    "--quiet"]
+        from trainlab.cli import main
+        try:
+            main()
+        except SystemExit as exc:
+            assert not exc.code, exc.code
+        module = sys.modules.get("torch._dynamo")
+        print("real dynamo:", module is not None and "optimize" in vars(module))
+    """)
+    assert "real dynamo: False" in out
+    _python(f"""
+        import sys
+        import torch._dynamo  # the real one, before anything runs
+        sys.argv = ["trainlab", "run", {str(config)!r}, "--store", {str(tmp_path / "b")!r},
+                    "--quiet"]
+        from trainlab.cli import main
+        try:
+            main()
+        except SystemExit as exc:
+            assert not exc.code, exc.code
+    """)
+    import torch
+
+    a = sorted((tmp_path / "a").rglob("last.pt"))
+    b = sorted((tmp_path / "b").rglob("last.pt"))
+    assert len(a) == len(b) == 1
+    wa = torch.load(a[0], weights_only=False)["model"]
+    wb = torch.load(b[0], weights_only=False)["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_compile_inside_the_block_gets_the_real_module() -> None:
+    out = _python("""
+        import sys
+        import torch
+        from trainlab.components.optimizers import no_dynamo_import
+
+        with no_dynamo_import():
+            p = torch.nn.Parameter(torch.ones(3))
+            opt = torch.optim.SGD([p], lr=0.5)
+            (p * 2).sum().backward()
+            opt.step()
+            opt.zero_grad()
+            print("after a step:", "optimize" in vars(sys.modules["torch._dynamo"]))
+            import torch._dynamo.utils  # a submodule: the real package is imported for it
+            print("submodule:", "optimize" in vars(sys.modules["torch._dynamo"]))
+        print("value:", p.detach().tolist())
+    """)
+    assert "after a step: False" in out
+    assert "submodule: True" in out
+    assert "value: [0.0, 0.0, 0.0]" in out
