@@ -19,6 +19,7 @@ from trainlab.cli.common import (
     StoreOpt,
     app,
     command_store,
+    eager,
     err,
     escape,
     guard,
@@ -121,7 +122,7 @@ def lr_find(
                   f"{again} to quit at once.")
 
     stopped: RangeTestInterrupted | None = None
-    with interrupt.graceful_sigint(notify):
+    with interrupt.graceful_sigint(notify), eager(run.config for run in runs):
         for group in range_groups(runs, lambda run: settings):
             if interrupt.stop_requested():
                 stopped = RangeTestInterrupted(0, settings.steps)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from trainlab.cli.common import (
     cost_cells,
     describe_run,
     disturbed_note,
+    eager,
     err,
     escape,
     fail,
@@ -123,7 +123,7 @@ def run(
         if not yes:  # and before estimating: 10,000 runs' estimates would take a while
             confirm_size(len(the_plan.todo), the_plan.sweep.name)
         if (estimate or fit_memory) and the_plan.todo:
-            with _eager(the_plan):
+            with eager(p.run.config for p in the_plan.todo):
                 estimates.update(estimate_plan(the_plan, the_plan.todo, calibrate=True,
                                                quiet=quiet or as_json))
             if fit_memory:
@@ -172,7 +172,7 @@ def run(
     try:
         observer = _Progress(the_plan, quiet=quiet or as_json)
         try:
-            with graceful_sigint(notify), _eager(the_plan):
+            with graceful_sigint(notify), eager(p.run.config for p in the_plan.todo):
                 result = prepared.executor.execute(the_plan, prepared.store, observer)
         finally:
             observer.close()
@@ -253,17 +253,6 @@ def _remove_partial_files(store: Any, plan: Plan) -> None:
         for tmp in store.run_dir(planned.run_id).glob("*.tmp"):
             with contextlib.suppress(OSError):
                 tmp.unlink()
-
-
-def _eager(the_plan: Plan) -> AbstractContextManager[None]:
-    """Training and estimating without importing ``torch._dynamo`` unless something uses it
-    (:func:`~trainlab.components.optimizers.no_dynamo_import`: 0.8-3 s a process, a fifth of
-    a small run), when no run to train compiles (``train.compile``)."""
-    if any(p.run.config.train.compile for p in the_plan.todo):
-        return nullcontext()
-    from trainlab.components.optimizers import no_dynamo_import
-
-    return no_dynamo_import()
 
 
 def _warn_slow_precision(plan: Plan) -> None:
