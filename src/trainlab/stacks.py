@@ -5,22 +5,26 @@ Runs stack when they share everything a stacked model must share (data, model ar
 shapes, batch size, epochs, the rest of ``train``, the optimizer's kind) and differ only in what
 can differ per model: the optimizer's hyperparameters (``lr``, ``weight_decay``, ``momentum``,
 ``betas``, ``eps``), the schedule and the seed.  Up to ``train.stack`` runs form one stack
-(``auto``: up to :data:`AUTO_STACK`), in the sweep's order.  No torch here: ``trainlab plan``
-shows the stacks without it.  The stacked trainer is :mod:`trainlab.engine.stack`.
+(``auto``: up to :data:`AUTO_STACK`, and no more than a memory budget holds), in the sweep's
+order.  No torch here: the bound for ``auto`` comes in from the estimate
+(:mod:`trainlab.estimate.stacked`, which knows each model's memory) as ``limit_for``, or from
+what the last estimate in this process remembered (:func:`remember_caps`: ``trainlab run``
+estimates before its executor plans the stacks).  The stacked trainer is
+:mod:`trainlab.engine.stack`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from trainlab.config.schema import RunConfig
     from trainlab.plan import PlannedRun
 
-AUTO_STACK = 16  # train.stack: auto stacks up to this many runs (no memory budget yet)
+AUTO_STACK = 16  # train.stack: auto stacks up to this many runs (fewer where memory says so)
 # The optimizers the stacked trainer implements (trainlab.engine.stack_optim).
 STACKABLE_OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 # Optimizer fields each model of a stack may have its own value of.
@@ -85,12 +89,39 @@ def stack_key(config: RunConfig) -> str:
 
 
 @dataclass(frozen=True)
+class StackCap:
+    """The most runs one stack of ``train.stack: auto`` may hold, and why (the memory budget:
+    :func:`trainlab.estimate.stacked.memory_cap`)."""
+
+    size: int
+    why: str
+
+
+# The caps the last estimate in this process found, by stack_key: what plan_stacks applies when
+# no limit_for is passed (the executor plans its stacks after `trainlab run`'s estimate).
+_REMEMBERED: dict[str, StackCap] = {}
+
+
+def remember_caps(caps: Mapping[str, StackCap]) -> None:
+    """Keep ``caps`` (by :func:`stack_key`) for later :func:`plan_stacks` calls that pass no
+    ``limit_for``; replaces what an earlier estimate remembered."""
+    _REMEMBERED.clear()
+    _REMEMBERED.update(caps)
+
+
+def _remembered(config: RunConfig) -> StackCap | None:
+    return _REMEMBERED.get(stack_key(config)) if _REMEMBERED else None
+
+
+@dataclass(frozen=True)
 class StackPlan:
     """The stacks (two runs or more each, in sweep order) and, for each run with
-    ``train.stack`` set that trains alone, why."""
+    ``train.stack`` set that trains alone, why; ``capped``: for each run of a ``train.stack:
+    auto`` group that the memory budget split into smaller stacks, the line that says so."""
 
     stacks: list[list[PlannedRun]]
     alone: dict[str, str]
+    capped: dict[str, str] = field(default_factory=dict)
 
     def stack_of(self, run_id: str) -> list[PlannedRun] | None:
         for stack in self.stacks:
@@ -99,12 +130,20 @@ class StackPlan:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        return {"stacks": [[p.run_id for p in s] for s in self.stacks], "alone": self.alone}
+        return {"stacks": [[p.run_id for p in s] for s in self.stacks], "alone": self.alone,
+                **({"capped": self.capped} if self.capped else {})}
 
 
-def plan_stacks(runs: Sequence[PlannedRun]) -> StackPlan:
+def plan_stacks(runs: Sequence[PlannedRun],
+                limit_for: Callable[[RunConfig], StackCap | None] | None = None) -> StackPlan:
     """Group the runs to train into stacks (runs without ``train.stack`` train alone and
-    are not listed)."""
+    are not listed).
+
+    ``limit_for(config)``: the cap of a ``train.stack: auto`` group (None: no cap), called once
+    per group of two runs or more; without it, the caps the last estimate remembered.  An
+    explicit ``train.stack: N`` is kept as given.
+    """
+    cap_of = limit_for if limit_for is not None else _remembered
     groups: dict[str, list[PlannedRun]] = {}
     alone: dict[str, str] = {}
     for planned in runs:
@@ -119,15 +158,33 @@ def plan_stacks(runs: Sequence[PlannedRun]) -> StackPlan:
             continue
         groups.setdefault(stack_key(config), []).append(planned)
     stacks: list[list[PlannedRun]] = []
+    capped: dict[str, str] = {}
     for members in groups.values():
-        limit = stack_limit(members[0].run.config)
-        for start in range(0, len(members), limit):
-            chunk = members[start:start + limit]
+        config = members[0].run.config
+        limit = stack_limit(config)
+        cap = cap_of(config) if config.train.stack == "auto" and len(members) > 1 else None
+        if cap is not None and cap.size < min(limit, len(members)):
+            limit = max(1, cap.size)
+            # As even as the cap allows (16 runs capped at 5: four stacks of 4, none alone).
+            count = -(-len(members) // limit)
+            chunks = [members[len(members) * i // count:len(members) * (i + 1) // count]
+                      for i in range(count)]
+            sizes = sorted({len(c) for c in chunks}, reverse=True)
+            line = (f"train.stack: auto capped by memory: {len(members)} runs as {count} "
+                    f"{'stacks' if limit > 1 else 'runs alone'}"
+                    + (f" of {' and '.join(map(str, sizes))}" if limit > 1 else "")
+                    + f" (at most {limit} a stack: {cap.why})")
+            capped.update((p.run_id, line) for p in members)
+        else:
+            chunks = [members[a:a + limit] for a in range(0, len(members), limit)]
+        for chunk in chunks:
             if len(chunk) > 1:
                 stacks.append(chunk)
+            elif cap is not None and limit == 1:
+                alone[chunk[0].run_id] = f"the memory budget holds one model ({cap.why})"
             else:
                 alone[chunk[0].run_id] = (
                     "no other run to train shares its data, model, batch size, epochs and "
                     "optimizer kind (runs stack when they differ only in optimizer "
                     "hyperparameters, schedule and seed)")
-    return StackPlan(stacks, alone)
+    return StackPlan(stacks, alone, capped)

@@ -205,7 +205,8 @@ def eager(configs: Iterable[RunConfig]) -> AbstractContextManager[None]:
     """Training and estimating without importing ``torch._dynamo`` unless something uses it
     (:func:`~trainlab.components.optimizers.no_dynamo_import`: 0.8-3 s a process, a fifth of
     a small run), when none of ``configs`` compiles (``train.compile``)."""
-    if any(c.train.compile for c in configs):
+    configs = list(configs)
+    if not configs or any(c.train.compile for c in configs):  # none: no torch needed at all
         return nullcontext()
     from trainlab.components.optimizers import no_dynamo_import
 

@@ -19,6 +19,7 @@ from trainlab.cli.common import (
     app,
     describe_run,
     err,
+    escape,
     format_value,
     guard,
     load_config,
@@ -43,6 +44,32 @@ def estimate_plan(plan: Plan, runs: Sequence[PlannedRun], *, calibrate: bool,
                   + (" (a short calibration probe per distinct setup)" if calibrate else ""))
     configs = {r.run_id: r.run.config for r in runs}
     return estimate_runs(configs, calibrate=calibrate)
+
+
+def stack_lines(estimates: Mapping[str, Any], index: Mapping[str, int]) -> list[str]:
+    """What the table's stacked rows mean, and each stack's notes (its memory cap, an explicit
+    size over the budget, a stacked probe that failed; a stack estimated alone)."""
+    stacked = {e.stack: e for e in estimates.values() if e.stack is not None}
+    lines = []
+    if stacked:
+        steps = sorted({e.stack_step for e in stacked.values() if e.stack_step})
+        lines.append(
+            f"stack S#: {len(stacked)} stack(s) (train.stack), each trained as one model: a "
+            "stacked run's ms/step, s/epoch and run time are its stack's (the wall-clock "
+            "every run of the stack records), "
+            + ("measured on a probe of the stacked step" if steps else
+               "from its N models' FLOPs (a lower bound)")
+            + (f" ({', '.join(steps)})" if steps else "") + "; its memory is the stack's, all "
+            "its models together; the sweep's time counts each stack once.")
+    notes: dict[str, list[str]] = {}
+    for run_id, e in estimates.items():
+        for note in (e.note or "").split("; "):
+            if note and (e.stack is not None or "stacked step" in note):
+                notes.setdefault(note, []).append(f"#{index.get(run_id, '?')}")
+    from trainlab.cli.plan import span
+
+    lines.extend(f"{span(runs)}: {note}" for note, runs in notes.items())
+    return lines
 
 
 def check_fit(plan: Plan, estimates: Mapping[str, Any], budget_text: str) -> None:
@@ -97,7 +124,9 @@ def estimate_cmd(
     the_plan = guard(lambda: make_plan(sweep, None))
     estimates = guard(lambda: estimate_plan(the_plan, the_plan.runs, calibrate=calibrate,
                                          quiet=as_json))
-    total = sum(e.run_s for e in estimates.values())
+    from trainlab.estimate.stacked import sweep_seconds
+
+    total = sweep_seconds(estimates)
     if as_json:
         out.print_json(data={"sweep": sweep.name, "total_run_s": total, "runs": [
             {"index": r.index, "run_id": r.run_id, "varied": r.varied,
@@ -107,14 +136,20 @@ def estimate_cmd(
         method = next(iter(estimates.values())).method
         table = Table(title=f"sweep {sweep.name}: predicted ({method} method); whole sweep "
                             f"{human_seconds(total)}", title_justify="left")
-        for col in ["#", *labels.values(), "params", "trainable", "weights+grads+opt",
-                    "activations", "tensor peak", "peak memory", "ms/step", "s/epoch", "run"]:
+        stacked = any(e.stack is not None for e in estimates.values())
+        for col in ["#", *labels.values(), *(["stack"] if stacked else []), "params",
+                    "trainable", "weights+grads+opt", "activations", "tensor peak",
+                    "peak memory", "ms/step", "s/epoch", "run"]:
             table.add_column(col, justify="right")
         for r in the_plan.runs:
             e = estimates[r.run_id]
             mark = f" {DISTURBED_MARK}" if e.disturbed else ""
+            stack_cell = ([f"S{e.stack} ({e.stack_size})" if e.stack is not None else
+                           "alone" if r.run.config.train.stack != "off" else ""]
+                          if stacked else [])
             table.add_row(
                 str(r.index), *[format_value(r.varied[k]) for k in the_plan.varied],
+                *stack_cell,
                 f"{e.params_total:,}", f"{e.params_trainable:,}",
                 format_bytes(e.param_bytes + e.grad_bytes + e.optimizer_bytes),
                 format_bytes(e.activation_bytes) if e.activation_bytes is not None else "?",
@@ -128,6 +163,8 @@ def estimate_cmd(
                   "memory/peak_bytes: on CPU the process's peak RSS (Python, torch and the "
                   "data included); activations are traced on the meta device.",
                   highlight=False)
+        for line in stack_lines(estimates, {r.run_id: r.index for r in the_plan.runs}):
+            out.print(escape(line), highlight=False)
         if any(estimates[r.run_id].disturbed for r in the_plan.runs):
             out.print(disturbed_legend(), highlight=False)
         if any(estimates[r.run_id].activation_bytes is None for r in the_plan.runs):

@@ -122,19 +122,25 @@ def plan(
 
 
 def _stacks(the_plan: Plan) -> StackView | None:
-    """The stacks of the runs to train, when some run sets ``train.stack``."""
+    """The stacks of the runs to train, when some run sets ``train.stack``: ``auto`` groups
+    capped by the memory budget (estimate/stacked.py: one model's memory from the meta-device
+    trace, no probe)."""
     if all(p.run.config.train.stack == "off" for p in the_plan.todo):
         return None
-    from trainlab.stacks import plan_stacks
+    from trainlab.estimate.stacked import layout
 
-    return StackView(plan_stacks(the_plan.todo), {p.run_id: p.index for p in the_plan.runs})
+    found = layout(the_plan.todo)
+    return StackView(found.plan, {p.run_id: p.index for p in the_plan.runs}, found.warnings)
 
 
 class StackView:
-    """The plan's stacks as table cells and lines: ``S1 (16)``, or ``alone`` and why."""
+    """The plan's stacks as table cells and lines: ``S1 (16)``, or ``alone`` and why; the
+    memory cap of ``train.stack: auto`` and, for an explicit size over the budget, a warning."""
 
-    def __init__(self, stacks: StackPlan, index: dict[str, int]) -> None:
+    def __init__(self, stacks: StackPlan, index: dict[str, int],
+                 warnings: dict[str, str] | None = None) -> None:
         self.stacks, self.index = stacks, index
+        self.warnings = warnings or {}
         self.names = {p.run_id: f"S{i} ({len(s)})" for i, s in enumerate(stacks.stacks, 1)
                       for p in s}
 
@@ -147,8 +153,21 @@ class StackView:
         out = [f"train.stack: {len(self.stacks.stacks)} stack(s) of "
                f"{sum(len(s) for s in self.stacks.stacks)} runs, each stack trained as one "
                "model (--executor local; times are the stack's)"]
+        for said in (self.stacks.capped, self.warnings):
+            lines: dict[str, list[str]] = {}
+            for run_id, line in said.items():
+                lines.setdefault(line, []).append(f"#{self.index[run_id]}")
+            out.extend(f"{line} ({span(runs)})" for line, runs in lines.items())
         why: dict[str, list[str]] = {}
         for run_id, reason in self.stacks.alone.items():
             why.setdefault(reason, []).append(f"#{self.index[run_id]}")
         out.extend(f"trains alone ({', '.join(runs)}): {reason}" for reason, runs in why.items())
         return out
+
+
+def span(runs: list[str]) -> str:
+    """``#1-#16`` for a run of consecutive numbers, else the list."""
+    numbers = [int(r[1:]) for r in runs]
+    if len(numbers) > 2 and numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+        return f"{runs[0]}-{runs[-1]}"
+    return ", ".join(runs)

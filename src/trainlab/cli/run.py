@@ -129,8 +129,8 @@ def run(
             if fit_memory:
                 check_fit(the_plan, estimates, fit_memory)
         elif any(p.run.config.train.stack == "auto" for p in the_plan.todo):
-            # No estimate: train.stack: auto's memory cap all the same (the meta-device trace,
-            # no probe), remembered for the executor's stacks (estimate/stacked.py).
+            # No estimate: train.stack: auto's memory cap all the same (a traced pass, no
+            # probe), remembered for the executor's stacks (estimate/stacked.py).
             from trainlab.estimate.stacked import layout
 
             layout(the_plan.todo, remember=True)

@@ -152,9 +152,12 @@ class TrainSpec(_Frozen):
     stack: Literal["off", "auto"] | PositiveInt = Field(
         default="off", description="train the runs of a sweep that differ only in what can "
         "differ per model (LR and other optimizer hyperparameters, weight decay, schedule, seed) "
-        "together as one stacked model (torch.func.vmap), up to N at a time (auto: up to 16); "
-        "each run keeps its own data order, init, metrics and status, and its wall-clock is "
-        "the stack's (off: one run at a time)", json_schema_extra={"run_id": "when set"})
+        "together as one stacked model (torch.func.vmap), up to N at a time (auto: up to 16, "
+        "and no more than fit half the available RAM or half the GPU's free memory, counting "
+        "each model's weights, gradients, optimizer state and activations; "
+        "TRAINLAB_STACK_MEMORY sets that budget); each run keeps its own data order, init, "
+        "metrics and status, and its wall-clock and memory are the stack's (off: one run at "
+        "a time)", json_schema_extra={"run_id": "when set"})
 
     @field_validator("stack", mode="before")
     @classmethod

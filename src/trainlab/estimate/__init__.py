@@ -21,6 +21,10 @@ the engine gathers it) and the optimizer's state to the peak of a forward and ba
 traced on the meta device (weights, gradients, activations; rougher: on CPU the trace misses
 some of a real step's tensors, a third of an LSTM's).
 
+Runs that will train stacked (``train.stack``) are estimated by :mod:`.stacked`: one probe of
+the stacked step per stack shape, no solo probe, every run of a stack the stack's time and
+memory; ``train.stack: auto`` is capped there by a memory budget.
+
 A probe whose timed steps other work on the machine disturbed (its threads waited for a core,
 or the hypervisor stole CPU: the thresholds of ``engine/contention.py``) makes every estimate
 it serves ``disturbed``, with the values it measured: its times are the machine's, not the
@@ -67,7 +71,7 @@ class Estimate:
     step_bytes: int  # what the model, optimizer and a step add
     peak_bytes: int  # predicted memory/peak_bytes
     flops_per_step: int | None
-    peak_flops_per_s: float
+    peak_flops_per_s: float  # 0.0: not measured (a stack whose step its probe timed)
     step_s: float
     epoch_train_s: float
     epoch_eval_s: float
@@ -85,6 +89,14 @@ class Estimate:
     threads: int | None = None
     # Predicted memory/tensor_peak_bytes: the run's own tensors (None: not predicted).
     tensor_peak_bytes: int | None = None
+    # A run that trains stacked (train.stack, estimate/stacked.py): its stack's number (S1 is
+    # 1, as `trainlab plan` numbers them), size and step path; its times and memory are then
+    # the stack's.  per_model_bytes: one model's weights, gradients, optimizer state and
+    # activations (what train.stack: auto's memory bound counts).
+    stack: int | None = None
+    stack_size: int | None = None
+    stack_step: str | None = None
+    per_model_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -184,33 +196,7 @@ def _batch_bytes(train: Any, bs: int) -> int:
 
 def _measure_setup(config: RunConfig, device: torch.device,
                    calibrate: bool) -> tuple[dict[str, Any], Probe | None, str | None]:
-    data = load_dataset(config.data, config.model,
-                        steps_per_epoch=config.train.steps_per_epoch)
-    bs = config.data.batch_size
-    lr = resolved_lr(config.optimizer)
-    with torch.device("meta"):
-        model = build_model(config.model, data.info)
-        tuning = build_finetune(config.finetune, model, lr)
-        model = tuning.model or model  # adapters / PEFT wrap or extend it
-    trainable = [p for g in tuning.param_groups for p in g["params"] if p.requires_grad]
-    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision,
-                                                                   torch.float32)
-    with torch.random.fork_rng(devices=[]):
-        parts: dict[str, Any] = {
-            "params_total": total,
-            "params_trainable": sum(p.numel() for p in trainable),
-            "state": state_bytes(model, config.optimizer, trainable),
-            "trace": trace(config.model, config.finetune, data.info, bs, lr),
-            "flops": train_step_flops(config.model, data.info, bs, config.finetune, lr),
-            "base": (torch.cuda.memory_allocated(device) if device.type == "cuda"
-                     else rss_bytes()),
-            # The data splits a CPU run keeps in memory (memory/tensor_peak_bytes counts them).
-            "data_bytes": storage_bytes(
-                (getattr(split, name, None) for split in (data.train, data.valid, data.test)
-                 for name in ("inputs", "targets")), torch.device("cpu"))
-            + _batch_bytes(data.train, bs),
-        }
+    parts = _parts(config, device)
     measured, note = None, None
     if calibrate:
         try:
@@ -225,10 +211,63 @@ def _measure_setup(config: RunConfig, device: torch.device,
     # The matmul peak at the threads the run will train with (the probe's, which train.threads:
     # auto picks there; the process's without a probe): the run's start then finds it measured
     # a moment ago and does not measure again (flops.PEAK_FRESH_S), about 0.5 s on a CPU.
-    with torch.random.fork_rng(devices=[]), intra_op_threads(
-            measured.threads if measured is not None and measured.threads else None):
-        parts["peak_flops"] = measure_peak_flops(device, dtype)
+    parts["peak_flops"] = _peak_flops(config, device, measured.threads
+                                      if measured is not None and measured.threads else None)
     return parts, measured, note
+
+
+def _peak_flops(config: RunConfig, device: torch.device, threads: int | None) -> float:
+    """The device's matmul peak at the run's precision, at ``threads`` (None: the process's)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.train.precision,
+                                                                   torch.float32)
+    with torch.random.fork_rng(devices=[]), intra_op_threads(threads):
+        return measure_peak_flops(device, dtype)
+
+
+LIGHT_TRACE_PARAMS = 1 << 20  # light parts: a model this small is traced for real on the CPU
+
+
+def _flops(config: RunConfig, info: Any) -> int | None:
+    """FLOPs of one training step (counted on the meta device)."""
+    return train_step_flops(config.model, info, config.data.batch_size, config.finetune,
+                            resolved_lr(config.optimizer))
+
+
+def _parts(config: RunConfig, device: torch.device, *, light: bool = False) -> dict[str, Any]:
+    """What the estimate knows of a setup without running it: parameter counts, exact state
+    bytes, the meta-device trace, FLOPs per step, the process's memory now and the data's.
+
+    ``light`` (a stacked setup, whose step the stacked probe times): no FLOP count (None, for
+    :func:`_flops` to count when needed) and a model of at most :data:`LIGHT_TRACE_PARAMS`
+    parameters traced for real on the CPU: the meta device's kernels import sympy (1-2 s of a
+    process), which a stacked run never does."""
+    data = load_dataset(config.data, config.model,
+                        steps_per_epoch=config.train.steps_per_epoch)
+    bs = config.data.batch_size
+    lr = resolved_lr(config.optimizer)
+    with torch.device("meta"):
+        model = build_model(config.model, data.info)
+        tuning = build_finetune(config.finetune, model, lr)
+        model = tuning.model or model  # adapters / PEFT wrap or extend it
+    trainable = [p for g in tuning.param_groups for p in g["params"] if p.requires_grad]
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    with torch.random.fork_rng(devices=[]):
+        parts: dict[str, Any] = {
+            "params_total": total,
+            "params_trainable": sum(p.numel() for p in trainable),
+            "state": state_bytes(model, config.optimizer, trainable),
+            "trace": trace(config.model, config.finetune, data.info, bs, lr,
+                           "cpu" if light and total <= LIGHT_TRACE_PARAMS else "meta"),
+            "flops": None if light else _flops(config, data.info),
+            "base": (torch.cuda.memory_allocated(device) if device.type == "cuda"
+                     else rss_bytes()),
+            # The data splits a CPU run keeps in memory (memory/tensor_peak_bytes counts them).
+            "data_bytes": storage_bytes(
+                (getattr(split, name, None) for split in (data.train, data.valid, data.test)
+                 for name in ("inputs", "targets")), torch.device("cpu"))
+            + _batch_bytes(data.train, bs),
+        }
+    return parts
 
 
 def largest_fitting_batch(config: RunConfig, budget: int, estimate: Estimate) -> int | None:
@@ -275,19 +314,36 @@ __all__ = ["Estimate", "estimate_run", "largest_fitting_batch", "memory_budget"]
 
 
 def estimate_runs(configs: dict[str, RunConfig], *, calibrate: bool = True,
-                  on_setup: Any = None) -> dict[str, Estimate]:
+                  on_setup: Any = None, stack_budget: int | None = None
+                  ) -> dict[str, Estimate]:
     """Estimates for several runs (keyed by run id), one probe per distinct setup.
 
+    Runs that will train stacked (``train.stack``, grouped as the executor groups them) get
+    their stack's estimate, from one probe of the stacked step per distinct stack shape
+    (:mod:`trainlab.estimate.stacked`), and no solo probe; ``stack_budget``: the bytes a
+    ``train.stack: auto`` stack may take (default: half the available memory).
     ``on_setup(done, total)`` is called as setups are measured (for a progress display).
     """
-    cache: dict[str, Any] = {}
-    keys = {_setup_key(c) for c in configs.values()}
-    out = {}
-    for run_id, config in configs.items():
-        out[run_id] = estimate_run(config, calibrate=calibrate, cache=cache)
+    cache: dict[Any, Any] = {}
+    out: dict[str, Estimate] = {}
+    alone: dict[str, str] = {}
+    if any(c.train.stack != "off" for c in configs.values()):
+        from trainlab.estimate.stacked import estimate_stacked
+
+        stacked, found = estimate_stacked(configs, calibrate=calibrate, cache=cache,
+                                          budget=stack_budget)
+        out.update(stacked)
+        alone = found.fallback
+    solo = {k: c for k, c in configs.items() if k not in out}
+    keys = {_setup_key(c) for c in solo.values()}
+    for run_id, config in solo.items():
+        est = estimate_run(config, calibrate=calibrate, cache=cache)
+        if run_id in alone:
+            est = replace(est, note="; ".join(x for x in (alone[run_id], est.note) if x))
+        out[run_id] = est
         if on_setup is not None:
-            on_setup(len(cache), len(keys))
-    return out
+            on_setup(len([k for k in cache if isinstance(k, str)]), len(keys))
+    return {k: out[k] for k in configs}
 
 
 __all__ += ["estimate_runs"]

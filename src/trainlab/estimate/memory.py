@@ -69,8 +69,11 @@ def state_bytes(model: nn.Module, optimizer: OptimizerSpec,
 
 
 def trace(model_spec: ModelSpec, finetune: FinetuneSpec, info: DataInfo, batch_size: int,
-          lr: float = 1e-3) -> dict[str, int] | None:
-    """Peak bytes by category of one forward and backward pass, traced on the meta device.
+          lr: float = 1e-3, device: str = "meta") -> dict[str, int] | None:
+    """Peak bytes by category of one forward and backward pass, traced on the meta device
+    (``device="cpu"``: run for real on the CPU, for a small model: the meta kernels' dtype
+    rules import sympy, 1-2 s of a process that otherwise never needs it; call it under a
+    forked RNG, as the model's init draws from it).
 
     Returns ``{"params", "grads", "activations", "peak"}`` (activations: what the forward pass
     keeps for the backward pass, its output included), or None when the model cannot be
@@ -83,16 +86,15 @@ def trace(model_spec: ModelSpec, finetune: FinetuneSpec, info: DataInfo, batch_s
         # The meta kernels are marked not-to-compile, which would import torch._dynamo.
         with warnings.catch_warnings(), no_dynamo_import():
             warnings.simplefilter("ignore")
-            return _trace(model_spec, finetune, info, batch_size, lr)
+            return _trace(model_spec, finetune, info, batch_size, lr, torch.device(device))
     except Exception:
         return None
 
 
 def _trace(model_spec: ModelSpec, finetune: FinetuneSpec, info: DataInfo, batch_size: int,
-           lr: float) -> dict[str, int]:
+           lr: float, meta: torch.device) -> dict[str, int]:
     from trainlab.engine.measure import TensorTracker, storage_bytes
 
-    meta = torch.device("meta")
     with meta:
         model = build_model(model_spec, info)
         # Freezes what the strategy freezes; adapters / PEFT wrap or extend the model.
