@@ -152,7 +152,7 @@ class StackView:
     def lines(self) -> list[str]:
         out = [f"train.stack: {len(self.stacks.stacks)} stack(s) of "
                f"{sum(len(s) for s in self.stacks.stacks)} runs, each stack trained as one "
-               "model (--executor local; times are the stack's)"]
+               "model in one process (local, --jobs and Ray alike; times are the stack's)"]
         for said in (self.stacks.capped, self.warnings):
             lines: dict[str, list[str]] = {}
             for run_id, line in said.items():

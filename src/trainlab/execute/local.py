@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -10,6 +10,7 @@ from trainlab.components.optimizers import is_auto
 from trainlab.devices import resolve_device
 from trainlab.engine import interrupt  # no torch: the loop and torch load in run_one
 from trainlab.errors import DiskFull
+from trainlab.execute.units import Unit, plan_units
 from trainlab.hooks import Callback, RunOutcome
 from trainlab.plan import Plan, PlannedRun
 from trainlab.records import MetricRecord, RecordSink
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
 if TYPE_CHECKING:
     from trainlab.lr.study import AutoLR
-    from trainlab.stacks import StackPlan
 
 
 class SweepObserver(Protocol):
@@ -136,6 +136,52 @@ def run_one(planned: PlannedRun, store: RunStore, callbacks: Sequence[Callback] 
     return outcome
 
 
+CallbacksFor = Callable[[PlannedRun], Sequence[Callback]]
+
+
+def train_unit(unit: Unit, store: RunStore, callbacks: CallbacksFor,
+               auto: AutoLR | None = None) -> list[tuple[PlannedRun, RunOutcome]]:
+    """Train ``unit`` into ``store``: each of its runs with its outcome, stored.
+
+    A stack trains with :func:`trainlab.execute.stacked.run_stack` (runs another process holds
+    are ``busy``; when it cannot stack, its runs train alone, one after another); a run alone
+    with :func:`run_one` (``auto``: its ``lr: auto`` range test), the
+    reason it did not stack added to its summary.  ``callbacks(planned)``: the engine
+    callbacks of a run that trains alone."""
+    if unit.stacked:
+        from trainlab.execute.stacked import run_stack
+
+        return run_stack(list(unit.runs), store, _StackObserver(callbacks), run_one)
+    planned = unit.first
+    outcome = run_one(planned, store, callbacks(planned), auto)
+    if unit.alone is not None and outcome.status != "busy":
+        outcome = note_alone(store, outcome, unit.alone)
+    return [(planned, outcome)]
+
+
+def note_alone(store: RunStore, outcome: RunOutcome, reason: str) -> RunOutcome:
+    """A run with ``train.stack`` set that trained alone: why, in its summary."""
+    summary = {**outcome.summary, "stack_alone": f"trained alone: {reason}"}
+    store.finish_run(outcome.run_id, outcome.status, outcome.error, summary)
+    return RunOutcome(outcome.run_id, outcome.status, outcome.error, summary)
+
+
+class _StackObserver:
+    """The observer :func:`~trainlab.execute.stacked.run_stack` reads callbacks from."""
+
+    def __init__(self, callbacks: CallbacksFor) -> None:
+        self.for_run = callbacks
+
+    def on_sweep_start(self, plan: Plan) -> None:
+        pass
+
+    def callbacks(self, planned: PlannedRun) -> Sequence[Callback]:
+        return self.for_run(planned)
+
+    def on_run_end(self, planned: PlannedRun, outcome: RunOutcome) -> None:
+        pass
+
+
 def _final_status(outcome: RunOutcome, callbacks: Sequence[Any]) -> RunOutcome:
     """An ``ok`` outcome with the status a run's own callback gave it (``pruned``: a search
     trial's pruner stopped it), and what that callback adds to its summary."""
@@ -197,27 +243,11 @@ class LocalExecutor:
         result = SweepResult(plan)
         observer.on_sweep_start(plan)
         chosen = resolve_plan_lrs(plan, store, observer)
-        stacks = _stacks(plan)
-        trained: set[str] = set()
-        for planned in plan.todo:
-            if planned.run_id in trained:  # trained in its stack already
-                continue
+        for unit in plan_units(plan.todo):  # a run alone, or a stack (train.stack)
             if interrupt.stop_requested():  # Ctrl-C between runs: start no new run
                 result.interrupted = True
                 break
-            stack = stacks.stack_of(planned.run_id) if stacks is not None else None
-            if stack is not None:  # train.stack: its runs train together, stored one by one
-                from trainlab.execute.stacked import run_stack
-
-                pairs = run_stack(stack, store, observer, run_one)
-                trained.update(p.run_id for p in stack)
-            else:
-                outcome = run_one(planned, store, observer.callbacks(planned),
-                                  auto_for(planned, chosen))
-                if stacks is not None and planned.run_id in stacks.alone \
-                        and outcome.status != "busy":
-                    outcome = _note_alone(store, outcome, stacks.alone[planned.run_id])
-                pairs = [(planned, outcome)]
+            pairs = train_unit(unit, store, observer.callbacks, auto_for(unit.first, chosen))
             for one, outcome in pairs:
                 result.outcomes.append(outcome)
                 observer.on_run_end(one, outcome)
@@ -242,22 +272,6 @@ def stop_if_disk_full(outcome: RunOutcome) -> None:
     if last.startswith(_DISK_FULL):
         raise DiskFull(f"the sweep stopped at run {outcome.run_id}, which failed because its "
                        f"disk is full: {last[len(_DISK_FULL):]}")
-
-
-def _stacks(plan: Plan) -> StackPlan | None:
-    """The plan's stacks, when some run to train sets ``train.stack``."""
-    if all(p.run.config.train.stack == "off" for p in plan.todo):
-        return None
-    from trainlab.stacks import plan_stacks
-
-    return plan_stacks(plan.todo)
-
-
-def _note_alone(store: RunStore, outcome: RunOutcome, reason: str) -> RunOutcome:
-    """A run with ``train.stack`` set that trained alone: why, in its summary."""
-    summary = {**outcome.summary, "stack_alone": f"trained alone: {reason}"}
-    store.finish_run(outcome.run_id, outcome.status, outcome.error, summary)
-    return RunOutcome(outcome.run_id, outcome.status, outcome.error, summary)
 
 
 def resolve_plan_lrs(plan: Plan, store: Any, observer: SweepObserver | None = None

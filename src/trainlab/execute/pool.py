@@ -1,6 +1,8 @@
 """``--jobs N``: runs in parallel in N persistent local worker processes.
 
-Workers are started once and train one run after another.  How they start:
+Workers are started once and train one unit after another: a run, or the runs of one stack
+(``train.stack``, :mod:`trainlab.execute.units`), which a worker trains as one model and stores
+run by run, so N workers train N stacks at once.  How they start:
 
 - **fork**, when each job gets one intra-op thread (and no run sets ``train.threads`` above
   one), no GPU and CUDA is not initialised here (``--jobs`` = cores on a CPU machine): the
@@ -54,6 +56,7 @@ from trainlab.execute.local import (
     auto_for,
     resolve_plan_lrs,
     stop_if_disk_full,
+    train_unit,
 )
 from trainlab.execute.relay import (
     ConnectionChannel,
@@ -63,6 +66,7 @@ from trainlab.execute.relay import (
     RunStore,
     answer,
 )
+from trainlab.execute.units import Claims, Unit, plan_units
 from trainlab.hooks import Callback, RunOutcome
 from trainlab.plan import Plan, PlannedRun
 
@@ -122,17 +126,19 @@ def start_method(threads: int, gpus: list[str] | None) -> str:
     return "spawn"
 
 
-def refill(feed: RunFeed | None, todo: deque[PlannedRun], chosen: dict[str, Any],
+def refill(feed: RunFeed | None, todo: deque[Unit], chosen: dict[str, Any],
            store: RunStore, observer: SweepObserver) -> RunFeed | None:
-    """Ask ``feed`` for its next runs into ``todo`` (their ``lr: auto`` range tests run here,
-    in the store's process, into ``chosen``); the feed, or None once it has no more."""
+    """Ask ``feed`` for its next runs into ``todo``, as units (the runs of one plan it gives
+    stack together as a sweep's do: a search trial's seeds); their ``lr: auto`` range tests
+    run here, in the store's process, into ``chosen``.  The feed, or None once it has no
+    more."""
     while feed is not None:
         more = feed.more()
         if more is None:
             return None
         if more.todo:
             chosen.update(resolve_plan_lrs(more, store, observer))
-            todo.extend(more.todo)
+            todo.extend(plan_units(more.todo))
             return feed
     return None
 
@@ -143,8 +149,9 @@ class _Worker:
     process: BaseProcess
     conn: Connection
     ready: bool = False
-    run: PlannedRun | None = None
-    callbacks: list[Callback] = field(default_factory=list)
+    unit: Unit | None = None  # one run, or a stack's runs
+    callbacks: dict[str, list[Callback]] = field(default_factory=dict)  # by run id
+    claims: Claims = field(default_factory=Claims)  # of its unit's runs
     signalled: bool = False
 
 
@@ -194,14 +201,20 @@ class PoolExecutor:
             worker.conn.close()
         self.workers.clear()
 
-    def prepare(self, plan: Plan) -> None:
-        """Refuse runs that cannot get their devices inside one job's slot; end the workers
-        the plan has no run for (they would only compete for the cores)."""
-        for worker in self.workers[len(plan.todo):]:
+    def _trim(self, needed: int) -> None:
+        """End the workers past the first ``needed`` (they would only compete for the
+        cores)."""
+        for worker in self.workers[needed:]:
             worker.process.kill()
             worker.process.join(timeout=5)
             worker.conn.close()
-        del self.workers[len(plan.todo):]
+        del self.workers[needed:]
+
+    def prepare(self, plan: Plan) -> None:
+        """Refuse runs that cannot get their devices inside one job's slot; end the workers
+        the plan has no run for (a search's feed may give more runs later: the workers its
+        first plan's stacks leave idle are ended only by :meth:`execute` without a feed)."""
+        self._trim(len(plan.todo))
         if self.start_method == "fork" and any(
                 isinstance(t := p.run.config.train.threads, int) and t > 1 for p in plan.todo):
             # A run that sets train.threads above one would use the OpenMP pool in a forked
@@ -230,10 +243,13 @@ class PoolExecutor:
                 feed: RunFeed | None = None) -> SweepResult:
         observer = observer or NullObserver()
         result = SweepResult(plan)
-        todo = deque(plan.todo)
+        # The units of work: a run alone, or a stack of runs (train.stack) one worker trains.
+        todo = deque(plan_units(plan.todo))
+        needed = len(todo) if feed is None else len(plan.todo)
         if not self.workers:  # forked workers, or executed again after a close
             # Before the progress display starts its thread: a fork copies only this one.
-            self.workers.extend(self.spawn(i) for i in range(min(self.jobs, len(todo))))
+            self.workers.extend(self.spawn(i) for i in range(min(self.jobs, needed)))
+        self._trim(needed)
         observer.on_sweep_start(plan)
         # optimizer.lr: auto: the range tests run here, in the store's process, once per
         # group, while the workers finish importing; each run is sent with its result.
@@ -252,7 +268,7 @@ class _Pool:
     """The dispatch loop: hand out runs, answer workers, notice deaths and Ctrl-C."""
 
     def __init__(self, executor: PoolExecutor, store: RunStore, observer: SweepObserver,
-                 result: SweepResult, todo: deque[PlannedRun], feed: RunFeed | None = None
+                 result: SweepResult, todo: deque[Unit], feed: RunFeed | None = None
                  ) -> None:
         self.store, self.observer, self.result, self.todo = store, observer, result, todo
         self.executor, self.feed = executor, feed
@@ -285,19 +301,24 @@ class _Pool:
             self._died(worker)
             return
         if frame == "req":
-            worker.conn.send((answer(self.store, message), self.stopping))
+            value = answer(self.store, message)
+            worker.claims.note(message, value)
+            worker.conn.send((value, self.stopping))
             return
         kind = message[0]
         if kind == "ready":
             worker.ready = True
             self._assign(worker)
         elif kind == "hook":
-            self.replayer.replay(worker.callbacks, *message[1:])
+            self.replayer.replay(worker.callbacks.get(message[2], []), *message[1:])
         elif kind == "done":
-            planned, outcome = worker.run, message[1]
-            worker.run, worker.callbacks, worker.signalled = None, [], False
-            if planned is not None:
-                self._finished(planned, outcome)
+            unit, outcomes = worker.unit, message[1]
+            worker.unit, worker.callbacks, worker.signalled = None, {}, False
+            worker.claims = Claims()
+            if unit is not None:
+                runs = {p.run_id: p for p in unit.runs}
+                for outcome in outcomes:  # in the order the worker stored them
+                    self._finished(runs[outcome.run_id], outcome)
             self._assign(worker)
 
     def _drain(self, worker: _Worker) -> None:
@@ -309,11 +330,11 @@ class _Pool:
         if not self.todo and not self.stopping:
             self._refill()
         if self.todo and not self.stopping:
-            planned = self.todo.popleft()
-            worker.run = planned
-            worker.callbacks = list(self.observer.callbacks(planned))
-            worker.conn.send(("run", planned, self.root,
-                              auto_for(planned, self.executor.chosen)))
+            unit = self.todo.popleft()
+            worker.unit = unit
+            worker.callbacks = {p.run_id: list(self.observer.callbacks(p)) for p in unit.runs}
+            worker.conn.send(("run", unit, self.root,
+                              auto_for(unit.first, self.executor.chosen)))
         else:
             worker.conn.send(("exit",))
             self._retire(worker)
@@ -343,23 +364,23 @@ class _Pool:
         self._retire(worker)
         how = (f"was killed by signal {signal.Signals(-code).name}" if code is not None
                and code < 0 else f"exited with code {code}")
-        if worker.run is not None:
-            planned = worker.run
-            error = (f"the worker process training this run (pid {worker.process.pid}) {how}; "
+        if worker.unit is not None:
+            what = "this run's stack" if worker.unit.stacked else "this run"
+            error = (f"the worker process training {what} (pid {worker.process.pid}) {how}; "
                      "rerun the sweep to retry it (it resumes from its last checkpoint)")
-            self.store.finish_run(planned.run_id, "failed", error, {})
-            self._finished(planned, RunOutcome(planned.run_id, "failed", error, {}))
+            for planned, outcome in worker.claims.lost(worker.unit, self.store, error):
+                self._finished(planned, outcome)
         elif not worker.ready:
             self.failed_starts += 1
         if self.stopping or not (self.todo or self.feed is not None):
             return
         if self.failed_starts > self.executor.jobs:  # workers cannot start: fail what is left
             self.feed = None
+            error = f"no worker process could start (the last {how}); see the output above"
             while self.todo:
-                planned = self.todo.popleft()
-                error = f"no worker process could start (the last {how}); see the output above"
-                self.store.finish_run(planned.run_id, "failed", error, {})
-                self._finished(planned, RunOutcome(planned.run_id, "failed", error, {}))
+                for planned in self.todo.popleft().runs:
+                    self.store.finish_run(planned.run_id, "failed", error, {})
+                    self._finished(planned, RunOutcome(planned.run_id, "failed", error, {}))
             return
         # Spawned, not forked: the progress display's thread runs now, and a fork could copy
         # a lock it holds.
@@ -376,7 +397,7 @@ class _Pool:
         self.stopping = True
         self.result.interrupted = True
         for worker in list(self.workers):
-            if worker.run is None:
+            if worker.unit is None:
                 if worker.ready:
                     worker.conn.send(("exit",))
                     self._retire(worker)
@@ -406,8 +427,6 @@ def _worker_main(conn: Connection, threads: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; see the module doc
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # Slurm signals every process of the step
     signal.signal(signal.SIGUSR1, lambda signum, frame: interrupt.request_stop())
-    from trainlab.execute.local import run_one
-
     torch.set_num_threads(threads)
     channel = ConnectionChannel(conn, on_stop=interrupt.request_stop)
     conn.send(("post", ("ready",)))
@@ -418,7 +437,7 @@ def _worker_main(conn: Connection, threads: int) -> None:
             return  # the parent is gone
         if message[0] != "run":
             return
-        planned: PlannedRun = message[1]
+        unit: Unit = message[1]  # one run, or a stack trained as one model (train.stack)
         store = RemoteStore(channel, Path(message[2]))
-        outcome = run_one(planned, store, [RelayCallback(channel)], message[3])
-        conn.send(("post", ("done", outcome)))
+        pairs = train_unit(unit, store, lambda planned: [RelayCallback(channel)], message[3])
+        conn.send(("post", ("done", [outcome for _, outcome in pairs])))

@@ -1,7 +1,9 @@
 """``--executor ray``: runs as Ray tasks, on a local Ray or on a cluster (``--ray-address``).
 
 Each run is one task with its own resources (``--cpus-per-run``, ``--gpus-per-run``; a DDP
-run asks for ``nproc`` of them and launches torchrun inside its task).  Tasks on other nodes
+run asks for ``nproc`` of them and launches torchrun inside its task); the runs of one stack
+(``train.stack``) are one task with one run's resources, which trains them as one model and
+stores them run by run (:mod:`trainlab.execute.units`).  Tasks on other nodes
 cannot reach the driver's SQLite file, so every task talks to a small relay actor, and this
 process (the driver) drains the relay into the store: each write a task makes is answered
 after the driver's commit (see :mod:`trainlab.execute.relay`), so results reach the store as
@@ -35,8 +37,10 @@ from trainlab.execute.local import (
     SweepResult,
     auto_for,
     resolve_plan_lrs,
+    train_unit,
 )
 from trainlab.execute.relay import RelayCallback, RemoteStore, Replayer, answer
+from trainlab.execute.units import Claims, Unit, plan_units
 from trainlab.hooks import Callback, RunOutcome
 from trainlab.plan import Plan, PlannedRun
 from trainlab.store.base import RunStore
@@ -180,7 +184,7 @@ class RayExecutor:
         # optimizer.lr: auto: the range tests run on the driver, which owns the store, once
         # per group; each task is sent with its result.
         self.chosen = resolve_plan_lrs(plan, store, observer)
-        driver = _Driver(self, ray, store, observer, result, deque(plan.todo), feed)
+        driver = _Driver(self, ray, store, observer, result, deque(plan_units(plan.todo)), feed)
         try:
             driver.run()
         finally:
@@ -191,7 +195,7 @@ class RayExecutor:
 
 class _Driver:
     def __init__(self, executor: RayExecutor, ray: Any, store: RunStore,
-                 observer: SweepObserver, result: SweepResult, todo: deque[PlannedRun],
+                 observer: SweepObserver, result: SweepResult, todo: deque[Unit],
                  feed: RunFeed | None = None) -> None:
         self.executor, self.ray, self.store, self.feed = executor, ray, store, feed
         self.observer, self.result, self.todo = observer, result, todo
@@ -199,9 +203,9 @@ class _Driver:
         self.task = ray.remote(_train_task)
         cpus = executor.cluster_cpus or 1.0
         self.window = executor.jobs or max(1, int(cpus // max(executor.cpus_per_run, 1e-9)))
-        self.inflight: dict[Any, PlannedRun] = {}
+        self.inflight: dict[Any, Unit] = {}  # a task: one run, or one stack's runs
         self.callbacks: dict[str, list[Callback]] = {}
-        self.claimed: set[str] = set()
+        self.claims = Claims()  # what the driver answered the tasks' runs
         self.replayer = Replayer()
         self.stopping = False
 
@@ -241,51 +245,54 @@ class _Driver:
         self.feed = refill(self.feed, self.todo, self.executor.chosen, self.store, self.observer)
         return len(self.todo) > before
 
-    def _submit(self, planned: PlannedRun) -> None:
-        cpus, gpus = self.executor.resources(planned)
+    def _submit(self, unit: Unit) -> None:
+        cpus, gpus = self.executor.resources(unit.first)  # a stack's runs share them
         ref = self.task.options(num_cpus=cpus, num_gpus=gpus, max_retries=0).remote(
-            planned, self.relay, str(self.store.root), max(1, int(cpus)),
-            auto_for(planned, self.executor.chosen))
-        self.inflight[ref] = planned
-        self.callbacks[planned.run_id] = list(self.observer.callbacks(planned))
+            unit, self.relay, str(self.store.root), max(1, int(cpus)),
+            auto_for(unit.first, self.executor.chosen))
+        self.inflight[ref] = unit
+        for planned in unit.runs:
+            self.callbacks[planned.run_id] = list(self.observer.callbacks(planned))
 
     def _answer(self, message: tuple[Any, ...]) -> Any:
-        if message[0] == "start_run":
-            if self.stopping:
-                return False  # Ctrl-C came first: leave the run pending
-            claimed = answer(self.store, message)
-            if claimed:
-                self.claimed.add(message[1])
-            return claimed
-        return answer(self.store, message)
+        if message[0] == "start_run" and self.stopping:
+            return False  # Ctrl-C came first: leave the run pending (not noted as busy)
+        value = answer(self.store, message)
+        self.claims.note(message, value)
+        return value
 
     def _done(self, ref: Any) -> None:
-        planned = self.inflight.pop(ref)
+        unit = self.inflight.pop(ref)
+        claimed = self.claims.claimed
         try:
-            outcome: RunOutcome = self.ray.get(ref)
+            outcomes: list[RunOutcome] = self.ray.get(ref)
         except Exception as exc:  # the task died (worker crash, node lost) or was cancelled
-            if self.stopping and planned.run_id not in self.claimed:
-                return  # cancelled before it started: it stays pending
-            error = (f"the Ray task training this run failed: "
+            what = "this run's stack" if unit.stacked else "this run"
+            error = (f"the Ray task training {what} failed: "
                      f"{type(exc).__name__}: {str(exc).strip()[-1500:]}")
-            self.store.finish_run(planned.run_id, "failed", error, {})
-            outcome = RunOutcome(planned.run_id, "failed", error, {})
-        if outcome.status == "busy" and self.stopping and planned.run_id not in self.claimed:
-            return  # never started
-        self.result.outcomes.append(outcome)
-        self.observer.on_run_end(planned, outcome)
-        if self.feed is not None:
-            self.feed.finished(planned, outcome)
-        if outcome.status == "interrupted":
-            self.result.interrupted = True
+            # Cancelled before a run started: it stays pending.
+            pairs = self.claims.lost(unit, self.store, error,
+                                     skip=lambda rid: self.stopping and rid not in claimed)
+        else:
+            runs = {p.run_id: p for p in unit.runs}
+            pairs = [(runs[o.run_id], o) for o in outcomes]
+        for planned, outcome in pairs:
+            if outcome.status == "busy" and self.stopping and planned.run_id not in claimed:
+                continue  # never started
+            self.result.outcomes.append(outcome)
+            self.observer.on_run_end(planned, outcome)
+            if self.feed is not None:
+                self.feed.finished(planned, outcome)
+            if outcome.status == "interrupted":
+                self.result.interrupted = True
 
     def _stop(self) -> None:
         """First Ctrl-C: queued tasks are cancelled; running ones stop at their next write."""
         self.stopping = True
         self.result.interrupted = True
         self.relay.answer.remote([], True)
-        for ref, planned in self.inflight.items():
-            if planned.run_id not in self.claimed:
+        for ref, unit in self.inflight.items():
+            if not any(p.run_id in self.claims.claimed for p in unit.runs):
                 self.ray.cancel(ref)
 
     def cancel_all(self) -> None:
@@ -351,16 +358,19 @@ class _RayChannel:
         self.relay.post.remote(message)
 
 
-def _train_task(planned: PlannedRun, relay: Any, root: str, threads: int,
-                auto: AutoLR | None = None) -> RunOutcome:
-    """One run inside a Ray worker process (reused across tasks: reset what a run changes)."""
-    from trainlab.execute.local import run_one
+def _train_task(unit: Unit, relay: Any, root: str, threads: int,
+                auto: AutoLR | None = None) -> list[RunOutcome]:
+    """One run, or one stack's runs, inside a Ray worker process (reused across tasks: reset
+    what a run changes); each run's outcome, as stored."""
+    import dataclasses
 
     interrupt.clear()
     torch.set_num_threads(threads)
-    planned = _code_here(planned)
+    unit = dataclasses.replace(unit, runs=tuple(_code_here(p) for p in unit.runs))
     channel = _RayChannel(relay)
-    return run_one(planned, RemoteStore(channel, Path(root)), [RelayCallback(channel)], auto)
+    pairs = train_unit(unit, RemoteStore(channel, Path(root)),
+                       lambda planned: [RelayCallback(channel)], auto)
+    return [outcome for _, outcome in pairs]
 
 
 def code_runtime_env(runs: list[PlannedRun], store_root: Path | None) -> dict[str, Any] | None:
