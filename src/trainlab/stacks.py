@@ -52,6 +52,9 @@ def why_alone(config: RunConfig) -> str | None:
         return "optimizer.fused: true asks for torch's fused kernel, which steps one model"
     if opt.lr == "auto":
         return "optimizer.lr: auto picks each run's LR with a range test first"
+    if getattr(config.schedule, "cycle_momentum", False):
+        return (f"schedule.cycle_momentum cycles the optimizer's momentum, which the stacked "
+                f"optimizer keeps fixed (schedule {config.schedule.name!r})")
     if getattr(model, "dropout", 0.0):
         return ("model.dropout draws masks from one random stream: a stacked run's masks would "
                 "differ from its solo run's")

@@ -49,6 +49,19 @@ def test_runs_that_differ_per_model_stack_and_the_others_say_why() -> None:
     assert [len(s) for s in auto.stacks] == [4, 2]
 
 
+def test_a_schedule_cycling_momentum_trains_alone() -> None:
+    """The stacked optimizer keeps momentum fixed: onecycle with cycle_momentum would train
+    differently stacked than alone, so such runs do not stack (without it they do)."""
+    doc = {**_sweep(), "runs": [],
+           "schedule": {"name": "onecycle", "cycle_momentum": True},
+           "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}}
+    stacks = plan_stacks(_planned(doc))
+    assert not stacks.stacks and len(stacks.alone) == 4
+    assert all("cycle_momentum" in why for why in stacks.alone.values())
+    doc["schedule"] = {"name": "onecycle"}
+    assert [len(s) for s in plan_stacks(_planned(doc)).stacks] == [2, 2]
+
+
 def test_stack_is_in_the_run_id_only_when_set() -> None:
     doc = _sweep()
     doc["train"] = {"epochs": 2, "threads": 1}

@@ -26,8 +26,11 @@ and kept out of training time, as a solo run's.
 An out-of-memory error in the stacked step splits the stack: :func:`train_stack` trains each
 half the same way, down to runs alone, and each run's summary says so (``stack_split``).
 
-A stack keeps no mid-training checkpoint: after a kill, a rerun trains the stack again from its
-start (each run's records are rewound).
+Each run keeps its own checkpoints as if it had trained alone: at epoch ends (the solo rule:
+``train.checkpoint_every_s``, always the last epoch) every live run writes its ``last.pt`` in the
+solo engine's format, and a rerun after a kill resumes every run of the stack from them, or,
+when they do not agree, trains the stack again from its start (:mod:`trainlab.engine.stack_resume`).
+A run that diverges is stored ``diverged`` at once (``finished``), so a rerun leaves it be.
 """
 
 from __future__ import annotations
@@ -39,7 +42,6 @@ import statistics
 import time
 import traceback
 import warnings
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +50,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
-from torch.utils.hooks import RemovableHandle
 
 from trainlab.components import (
     ScheduleContext,
@@ -64,13 +65,12 @@ from trainlab.components.optimizers import no_dynamo_import, resolved_lr
 from trainlab.components.schedules import Schedule
 from trainlab.config.schema import RunConfig
 from trainlab.devices import release_cached, resolve_device, synchronize
-from trainlab.engine import allocator, interrupt
+from trainlab.engine import allocator, interrupt, stack_resume
 from trainlab.engine import threads as thread_rules
-from trainlab.engine.checkpoint import save_atomic
 from trainlab.engine.loop import OOM_TEXTS, epoch_permutation, seed_everything
 from trainlab.engine.measure import PeakMemory, TensorTracker
 from trainlab.engine.stack_fast import LinearChain, batched_loss, stacked_grad_norms
-from trainlab.engine.stack_optim import StackedOptimizer
+from trainlab.engine.stack_optim import StackedOptimizer, TrackedOptimizer
 from trainlab.engine.tasks import TASKS, TaskKind, confusion_matrix, training_loss
 from trainlab.engine.threads import ThreadChoice
 from trainlab.hooks import RunOutcome
@@ -102,34 +102,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(t in text for t in OOM_TEXTS)
 
 
-class _TrackedOptimizer:
-    """What :meth:`TensorTracker.watch` reads of a torch optimizer (its parameters, state and
-    a step pre-hook), over the stacked optimizer: the first step's tensor peak then covers the
-    optimizer state that later steps hold throughout."""
-
-    def __init__(self, optimizer: StackedOptimizer) -> None:
-        self.optimizer = optimizer
-        self.hooks: OrderedDict[int, Any] = OrderedDict()  # weakly referenced by the handles
-
-    @property
-    def param_groups(self) -> list[dict[str, Any]]:
-        return [{"params": self.optimizer.params}]
-
-    @property
-    def state(self) -> dict[int, dict[str, Tensor]]:
-        return dict(enumerate(self.optimizer.state))
-
-    def register_step_pre_hook(self, hook: Any) -> RemovableHandle:
-        handle = RemovableHandle(self.hooks)
-        self.hooks[handle.id] = hook
-        return handle
-
-    def step(self, lrs: Sequence[float]) -> None:
-        for hook in list(self.hooks.values()):
-            hook(self, (), {})
-        self.optimizer.step(lrs)
-
-
 @dataclass
 class _Member:
     """One run of the stack: its config, id, records and fate."""
@@ -146,6 +118,9 @@ class _Member:
     records: list[MetricRecord] = field(default_factory=list)
     last_step_loss: float | None = None
     grad_norms: list[float] = field(default_factory=list)  # at log points, for the median
+    layout: stack_resume.SoloLayout | None = None  # its solo optimizer's groups, its RNG
+    best_unsaved: bool = False  # best_state is newer than its best.pt
+    epoch_stats: list[dict[str, float]] = field(default_factory=list)  # as its last.pt has
 
     @property
     def alive(self) -> bool:
@@ -158,8 +133,10 @@ class _Member:
 
 def train_stack(configs: Sequence[RunConfig], run_ids: Sequence[str],
                 run_dirs: Sequence[Path | None], sink: RecordSink,
-                alone: Callable[[int], RunOutcome] | None = None) -> list[RunOutcome]:
-    """Train the runs of one stack together; one outcome per run, in order.
+                alone: Callable[[int], RunOutcome] | None = None,
+                finished: Callable[[RunOutcome], None] | None = None) -> list[RunOutcome]:
+    """Train the runs of one stack together; one outcome per run, in order (``finished``
+    hears of a run that diverged as it is masked out, to store it at once).
 
     Raises :class:`StackUnsupported` (before any record is written) when the models cannot be
     stacked.  Never raises for a run that fails in training: a failure of the stack fails
@@ -173,7 +150,8 @@ def train_stack(configs: Sequence[RunConfig], run_ids: Sequence[str],
     """
     n = len(configs)
     try:
-        return _StackTrainer(list(configs), list(run_ids), list(run_dirs), sink).run()
+        return _StackTrainer(list(configs), list(run_ids), list(run_dirs), sink,
+                             finished).run()
     except _StackOutOfMemory as exc:
         error = str(exc)  # the trainer and its tensors are gone with the exception's frames
     device = resolve_device(configs[0].train.device)
@@ -193,7 +171,8 @@ def train_stack(configs: Sequence[RunConfig], run_ids: Sequence[str],
             got = train_stack([configs[i] for i in part], [run_ids[i] for i in part],
                               [run_dirs[i] for i in part], sink,
                               None if alone is None else
-                              (lambda j, part=part: alone(part[j])))  # type: ignore[misc]
+                              (lambda j, part=part: alone(part[j])),  # type: ignore[misc]
+                              finished)
         for o in got:
             splits = [note, *o.summary.get("stack_split", [])]
             outcomes.append(RunOutcome(o.run_id, o.status, o.error,
@@ -203,13 +182,17 @@ def train_stack(configs: Sequence[RunConfig], run_ids: Sequence[str],
 
 class _StackTrainer:
     def __init__(self, configs: list[RunConfig], run_ids: list[str],
-                 run_dirs: list[Path | None], sink: RecordSink) -> None:
+                 run_dirs: list[Path | None], sink: RecordSink,
+                 finished: Callable[[RunOutcome], None] | None = None) -> None:
         self.configs, self.run_ids, self.run_dirs, self.sink = configs, run_ids, run_dirs, sink
+        self.finished = finished
+        self.notes: list[str] = []  # how it resumed or why it could not
         self.members: list[_Member] = []
         self.epoch = 0
         self.step = 0
         self.train_time = 0.0
-        self.t0 = time.perf_counter()
+        self.t0 = self.checkpointed_at = time.perf_counter()
+        self.unsaved: stack_resume.EpochEnd | None = None  # not yet on disk: Ctrl-C writes it
         self.epoch_samples: list[float] = []
         self.memory_stats: list[dict[str, float]] = []
         self.warmup_time: float | None = None
@@ -236,9 +219,8 @@ class _StackTrainer:
                     f"out of memory at data.batch_size={self.configs[0].data.batch_size}: "
                     f"{str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__}")
         except KeyboardInterrupt:
-            status, error = "interrupted", ("interrupted by the user (Ctrl-C); a stack keeps "
-                                            "no mid-training checkpoint: a rerun trains it "
-                                            "again from the start")
+            status, error = "interrupted", ("interrupted by the user (Ctrl-C); a rerun resumes "
+                                            "every run of the stack from its last checkpoint")
         finally:
             torch.set_num_threads(threads)
         if len(self.members) < len(self.run_ids):  # setup failed before every run was built
@@ -248,6 +230,8 @@ class _StackTrainer:
                 m.status, m.error = status, error
         try:
             self._flush()
+            if status == "interrupted":  # the last epoch end's checkpoints, if not on disk
+                stack_resume.write_unsaved(self)
         except KeyboardInterrupt:
             for m in self.members:
                 if m.alive:
@@ -282,6 +266,7 @@ class _StackTrainer:
             tuning = build_finetune(config.finetune, model, resolved_lr(config.optimizer))
             model = (tuning.model if tuning.model is not None else model).to(device)
             models.append(model)
+            layout = stack_resume.solo_layout(config, tuning.param_groups, model, device)
             placeholder = nn.Parameter(torch.zeros(1))
             # Never stepped nor compiled: built without importing torch._dynamo (about 2 s
             # of a stacked run that the stacked step never needs).
@@ -293,7 +278,8 @@ class _StackTrainer:
                 warnings.simplefilter("ignore", UserWarning)
                 schedule = build_schedule(config.schedule, carrier, ScheduleContext(
                     config.train.epochs, self.steps_per_epoch))
-            self.members.append(_Member(config, run_id, run_dir, schedule, carrier))
+            self.members.append(_Member(config, run_id, run_dir, schedule, carrier,
+                                        layout=layout))
         self.base = copy.deepcopy(models[0]).to("meta")
         # Flatten/Linear/activation models with the task's own loss: batched matmuls without
         # vmap (engine/stack_fast.py), once the trial step has shown they give each model's
@@ -310,6 +296,8 @@ class _StackTrainer:
         self._trial()
         self.threads = self._choose_threads()
         torch.set_num_threads(self.threads.threads)
+        if stack_resume.restore(self):  # each run from its last.pt, its later rows rewound
+            return
         for m in self.members:  # a new start: whatever an earlier attempt recorded goes
             self.sink.rewind(m.run_id, -1)
             self._record(m, 0, {
@@ -451,7 +439,7 @@ class _StackTrainer:
 
     def _fit(self) -> None:
         epochs = self.configs[0].train.epochs
-        for epoch in range(1, epochs + 1):
+        for epoch in range(self.epoch + 1, epochs + 1):  # after a resumed checkpoint's
             if interrupt.stop_requested():
                 raise KeyboardInterrupt
             if not any(m.alive for m in self.members):
@@ -539,8 +527,10 @@ class _StackTrainer:
                                n * n_train / epoch_time if epoch_time else 0.0})
             values.update(memory)
             self._record(m, self.step, values)
+            m.epoch_stats.append(values)
         self.epoch_samples.append(n_train / epoch_time if epoch_time else 0.0)
         self._flush()
+        stack_resume.checkpoint(self, epoch)  # each run's last.pt, after its records
 
     def _warm_step(self, x: Tensor, y: Tensor, lrs: Sequence[float], batch: tuple[Tensor, ...],
                    is_log: bool) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -548,7 +538,7 @@ class _StackTrainer:
         CPU (:class:`~trainlab.engine.measure.TensorTracker`, from what the stack holds as it
         starts: weights, buffers, data splits, the epoch's orders and the batch; made a steady
         step's peak as a solo run's is).  On CUDA the allocator counts them."""
-        optimizer = _TrackedOptimizer(self.optimizer)
+        optimizer = TrackedOptimizer(self.optimizer)
         tracker = None
         if self.device.type != "cuda":
             held = [*self.params.values(), *self.buffers.values(),
@@ -614,6 +604,9 @@ class _StackTrainer:
             for p in self.params.values():
                 p[index].zero_()
         self.optimizer.reset_model(index)
+        if self.finished is not None:  # stored now: a rerun after a kill leaves it diverged
+            self._flush()
+            self.finished(RunOutcome(m.run_id, m.status, m.error, self._summary(m)))
 
     # --- evaluation --------------------------------------------------------------------------
 
@@ -689,6 +682,7 @@ class _StackTrainer:
                           best_step=self.step, best_valid=dict(values))
             m.best_state = {k: v[index].detach().clone() for k, v in
                             {**self.params, **self.buffers}.items()}
+            m.best_unsaved = True  # best.pt: with the next last.pt, or before the test
 
     def _test(self) -> None:
         """Each run's best weights on the test split (as its solo run: best.pt, then test)."""
@@ -700,9 +694,8 @@ class _StackTrainer:
             if m.best_state is None:  # no validation split: the last weights
                 m.best_state = {k: v[i].detach().clone() for k, v in
                                 {**self.params, **self.buffers}.items()}
-            if m.run_dir is not None:
-                save_atomic({"model": m.best_state, "epoch": m.best.get("best_epoch", self.epoch),
-                             "step": m.best.get("best_step", self.step)}, m.run_dir / "best.pt")
+                m.best_unsaved = True
+        stack_resume.save_best(self, [self.members[i] for i in alive])
         if len(self.test_split) == 0:
             return
         assert all(self.members[i].best_state is not None for i in alive)
@@ -770,5 +763,5 @@ class _StackTrainer:
             out["memory_of"] = f"stack of {len(self.members)}"
         if self.warmup_time is not None:
             out["warmup_time"] = self.warmup_time
-        out["notes"] = [STACK_NOTE.format(n=len(self.members))]
+        out["notes"] = [STACK_NOTE.format(n=len(self.members)), *self.notes]
         return out

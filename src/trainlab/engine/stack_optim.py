@@ -13,10 +13,13 @@ not bit for bit (tests/unit/engine/test_stack.py measures it).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
 from trainlab.components.optimizers import OptimizerSpec
 
@@ -144,3 +147,31 @@ class StackedOptimizer:
         for state in self.state:
             for tensor in state.values():
                 tensor[index].zero_()
+
+
+class TrackedOptimizer:
+    """What :meth:`TensorTracker.watch` reads of a torch optimizer (its parameters, state and
+    a step pre-hook), over the stacked optimizer: the first step's tensor peak then covers the
+    optimizer state that later steps hold throughout."""
+
+    def __init__(self, optimizer: StackedOptimizer) -> None:
+        self.optimizer = optimizer
+        self.hooks: OrderedDict[int, Any] = OrderedDict()  # weakly referenced by the handles
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [{"params": self.optimizer.params}]
+
+    @property
+    def state(self) -> dict[int, dict[str, Tensor]]:
+        return dict(enumerate(self.optimizer.state))
+
+    def register_step_pre_hook(self, hook: Any) -> RemovableHandle:
+        handle = RemovableHandle(self.hooks)
+        self.hooks[handle.id] = hook
+        return handle
+
+    def step(self, lrs: Sequence[float]) -> None:
+        for hook in list(self.hooks.values()):
+            hook(self, (), {})
+        self.optimizer.step(lrs)

@@ -21,7 +21,10 @@ def run_stack(members: Sequence[PlannedRun], store: RunStore, observer: SweepObs
     are ``busy``; when fewer than two are left, or vmap cannot batch the model, the runs train
     alone with ``run_one`` (the local executor's, one after another, with the reason in their
     summary).  An out-of-memory error splits the stack (:func:`~trainlab.engine.stack.
-    train_stack`); a run a split leaves alone trains with ``run_one`` too."""
+    train_stack`); a run a split leaves alone trains with ``run_one`` too.  A run that diverges
+    is stored at once (a rerun after a kill leaves it ``diverged``); the others are stored at
+    the stack's end, and each keeps its own ``last.pt`` to resume from
+    (:mod:`trainlab.engine.stack_resume`)."""
     import torch
 
     from trainlab.engine.measure import environment
@@ -46,10 +49,14 @@ def run_stack(members: Sequence[PlannedRun], store: RunStore, observer: SweepObs
             torch.set_num_threads(threads)
             return run_one(claimed[i], store, observer.callbacks(claimed[i]))
 
+        def finished(outcome: RunOutcome) -> None:  # a diverged run, stored as it is masked
+            store.finish_run(outcome.run_id, outcome.status, outcome.error, outcome.summary)
+
         try:
             outcomes = train_stack([p.run.config for p in claimed],
                                    [p.run_id for p in claimed],
-                                   [store.run_dir(p.run_id) for p in claimed], store, alone)
+                                   [store.run_dir(p.run_id) for p in claimed], store, alone,
+                                   finished)
         except StackUnsupported as exc:
             reason = exc.reason
         else:
