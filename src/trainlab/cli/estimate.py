@@ -161,7 +161,8 @@ def estimate_cmd(
                   "optimizer state, activations, data, batch), what the run reports as "
                   "memory/tensor_peak_bytes; peak memory is what it reports as "
                   "memory/peak_bytes: on CPU the process's peak RSS (Python, torch and the "
-                  "data included); activations are traced on the meta device.",
+                  "data included); activations are traced: on the meta device (no memory), or on "
+                  "the CPU for a stack's small model.",
                   highlight=False)
         for line in stack_lines(estimates, {r.run_id: r.index for r in the_plan.runs}):
             out.print(escape(line), highlight=False)
