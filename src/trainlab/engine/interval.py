@@ -80,6 +80,9 @@ class LogInterval:
     @torch.no_grad()
     def correct(self) -> Tensor | None:
         """Correct predictions of this process's steps (classification), on the device."""
+        return self._correct()
+
+    def _correct(self) -> Tensor | None:  # (under no_grad: read, carry, device_steps)
         if not self.keeps_outputs:
             return None
         if not self.outputs:  # only steps carried over a Ctrl-C: their count is carried
@@ -91,15 +94,17 @@ class LogInterval:
         """(loss sum, correct, weight, gradient norm) in one host sync; then empty."""
         n = len(self)
         on_device = self.host_weights[0] is None
-        parts = [self._losses(n).float()]
-        if on_device:  # token counts of LM batches with ignored targets
-            parts.append(self.weights[:n].float())
-        correct_now = self.correct()
-        if correct_now is not None:
-            parts.append(correct_now.float().view(1))
-        if norm is not None:
-            parts.append(norm.float().view(1))
-        host = torch.cat(parts).tolist()  # the one sync of this interval
+        correct_now = self._correct()
+        host = self._scalars(correct_now, norm)
+        if host is None:
+            parts = [self._losses(n).float()]
+            if on_device:  # token counts of LM batches with ignored targets
+                parts.append(self.weights[:n].float())
+            if correct_now is not None:
+                parts.append(correct_now.float().view(1))
+            if norm is not None:
+                parts.append(norm.float().view(1))
+            host = torch.cat(parts).tolist()  # the one sync of this interval
         weights = host[n:2 * n] if on_device else [float(w or 0) for w in self.host_weights]
         # Exact summation on the host: the epoch's loss does not depend on where intervals
         # (or a Ctrl-C) split it.
@@ -109,6 +114,24 @@ class LogInterval:
                   host[-1] if norm is not None else None)
         self.clear()
         return result
+
+    def _scalars(self, correct: Tensor | None, norm: Tensor | None) -> list[float] | None:
+        """Classification's read with one op less: its steps' float32 losses, the correct
+        count as float32 and the norm (all 0-dim) in one ``stack`` (the general read stacks,
+        then concatenates); 18 vs 23 us for 40 steps (CPU, one thread).  The count is cast
+        first: a ``stack`` of mixed dtypes promotes on a slow path (52 us).  None where the
+        interval is not that (the general read then reads it)."""
+        losses = self.step_losses
+        if not self.keeps_outputs or correct is None or not losses or correct.dim() \
+                or (norm is not None and (norm.dim() or norm.dtype != torch.float32)):
+            return None
+        f32 = torch.float32
+        for loss in losses:
+            if loss.dtype != f32 or loss.dim():
+                return None
+        count = correct.float()
+        scalars = [*losses, count] if norm is None else [*losses, count, norm]
+        return torch.stack(scalars).tolist()  # the one sync of this interval
 
     @torch.no_grad()
     def device_steps(self) -> tuple[tuple[Tensor, Tensor], Tensor | None]:
@@ -120,7 +143,7 @@ class LogInterval:
         else:
             weights = torch.tensor([float(w or 0) for w in self.host_weights],
                                    device=self.device)
-        correct = self.correct()
+        correct = self._correct()
         if correct is not None and self.carried_correct:
             correct = correct + self.carried_correct
         steps = (self._losses(n), weights)
@@ -134,7 +157,7 @@ class LogInterval:
             return None
         n = len(self)
         on_device = self.host_weights[0] is None
-        correct = self.correct()
+        correct = self._correct()
         parts = [self._losses(n).float()]
         if on_device:
             parts.append(self.weights[:n].float())

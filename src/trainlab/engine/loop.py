@@ -44,6 +44,7 @@ from trainlab.engine import allocator, contention, distributed, flops, interrupt
 from trainlab.engine.callbacks import EarlyStopping
 from trainlab.engine.checkpoint import load_latest, load_verified
 from trainlab.engine.determinism import deterministic
+from trainlab.engine.evaluate import evaluation_result, evaluation_sums, read_sums
 from trainlab.engine.flops import (
     measure_peak_flops,
     raise_peak_flops,
@@ -388,8 +389,9 @@ class _Trainer(Resumable):
             batches, loss_fn = self.dist.shard(batches, loss_fn, first_batch)
         step_schedule = schedule.after_step if schedule.per_step else None
         batch = first_batch  # batches done in this epoch (1-based index of the last one)
-        steps = iter(speed.batches(self.train_split, batches[first_batch:],
-                                   seed=_loader_seed(tc.seed, epoch)))
+        # Only a Dataset's DataLoader workers take a seed (a SeedSequence is ~40 us an epoch).
+        seed = _loader_seed(tc.seed, epoch) if isinstance(self.train_split, ItemSplit) else 0
+        steps = iter(speed.batches(self.train_split, batches[first_batch:], seed=seed))
         # train.profile: the loop stops short of the window's batches, which the profiled
         # path (engine/profile.py) takes from the same iterator; the step itself is untouched.
         window = window_for(tc.profile, epoch, len(batches), first_batch, self.notes)
@@ -519,7 +521,9 @@ class _Trainer(Resumable):
                              values["perf/flops_per_s"] / world, tf32=self.peak_tf32)
         self.epoch_stats.append(values)
         self._record(state.step, values)
-        self._flush()
+        # Like log points, an epoch's records reach the store at most FLUSH_EVERY_S after the
+        # last write, and always before a checkpoint (_checkpoint) and at the run's end.
+        self._flush(defer=time.perf_counter() - self.flushed_at < FLUSH_EVERY_S)
         self._epoch_checkpoint(epoch)
         merged = {**values, **state.last}
         for cb in self.callbacks:
@@ -571,45 +575,28 @@ class _Trainer(Resumable):
     # --- evaluation --------------------------------------------------------------------------
 
     def _evaluate(self, split: Split | ItemSplit) -> tuple[dict[str, float], float, int]:
-        """(loss and metric, seconds, batches) over ``split``; one host sync at the end."""
+        """(loss and metric, seconds, batches) over ``split``; one host sync at the end
+        (engine/evaluate.py)."""
         state, task, speed = self._run_state, self.task, self.speed
         model = state.model
         was_training = model.training
         model.eval()
-        forward = self.eval_forward
         lo, hi = (0, len(split)) if self.dist is None else self.dist.eval_range(len(split))
         if self.dist is not None:
             self.dist.sync_buffers(model)
         t = self.clock.now()
-        # F1 and MCC from a confusion matrix summed on the device, batch by batch; accuracy is
-        # its trace.  A split that fits the evaluation batch is one forward (eval_batch_size).
         classes = state.info.num_outputs if task.extra_metrics else 0
         size = eval_batch_size(task.name, self.config.data.batch_size,
                                self.config.data.eval_batch_size, hi - lo)
-        sums: Tensor | None = None
-        count: float | Tensor = 0  # examples on the host; an LM's token count on the device
-        batches = 0
         with torch.inference_mode(), speed.autocast():
-            for x, y in speed.eval_batches(split, lo, hi, size):
-                batch_loss, batch_metric = task.eval_sums(forward(x), y, classes)
-                part = torch.cat([batch_loss.float().view(1), batch_metric.float().view(-1)])
-                sums = part if sums is None else sums.add_(part)
-                count = count + task.weight(y)
-                batches += 1
-            if sums is None:  # an empty share of the split (a DDP rank's)
-                sums = torch.zeros(1 + (classes * classes if classes else 1), device=state.device)
-            sums = torch.cat([sums, torch.as_tensor(count, device=state.device,
-                                                    dtype=torch.float32).view(1)])
+            sums, count, batches = evaluation_sums(
+                task, speed.eval_batches(split, lo, hi, size), self.eval_forward, classes,
+                state.device, host_count=self.dist is None)
         # The one sync of this evaluation (with DDP: the ranks' shares summed).
-        host = (sums if self.dist is None else self.dist.reduce_sums(sums)).tolist()
+        host = read_sums(sums, count, None if self.dist is None else self.dist.reduce_sums)
         seconds = self.clock.now() - t
         model.train(was_training)
-        loss_total, weight = host[0], host[-1]
-        if not classes:
-            return task.finalize(loss_total, host[1], weight), seconds, batches
-        confusion = [host[1 + r * classes: 1 + (r + 1) * classes] for r in range(classes)]
-        correct = math.fsum(confusion[c][c] for c in range(classes))
-        return task.finalize(loss_total, correct, weight, confusion), seconds, batches
+        return evaluation_result(task, host, classes), seconds, batches
 
     def _validate(self) -> None:
         state = self._run_state
@@ -697,6 +684,10 @@ class _Trainer(Resumable):
             self.flushed_at = time.perf_counter()
             self.io_time += self.flushed_at - t
 
+    def _checkpoint(self, epoch: int, partial: dict[str, Any] | None = None) -> None:
+        self._flush()  # the store holds every record the checkpoint saw (resume rewinds to it)
+        super()._checkpoint(epoch, partial)
+
     def _peak_too_low(self) -> bool:
         """Whether an epoch of this run beat the measured peak (its MFU is then unreliable)."""
         return any("perf/mfu_unreliable" in s for s in self.epoch_stats)
@@ -761,7 +752,9 @@ class _Trainer(Resumable):
         return out
 
 
-FLUSH_EVERY_S = 1.0  # mid-epoch log points: at most this long in memory before the store
+# Records (log points, epochs shorter than this) at most this long in memory before the store:
+# a transaction per ~20 ms digits epoch was 0.15-0.5 ms of it (~30 keys, a B-tree page each).
+FLUSH_EVERY_S = 1.0
 
 
 def _loader_seed(seed: int, epoch: int) -> int:
