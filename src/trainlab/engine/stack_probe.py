@@ -34,7 +34,7 @@ from trainlab.engine import contention, machine
 from trainlab.engine.allocator import rss_bytes
 from trainlab.engine.loop import epoch_permutation
 from trainlab.engine.stack import _StackTrainer
-from trainlab.engine.timing import trimmed_mean
+from trainlab.engine.timing import sample_steps, trimmed_mean
 from trainlab.records import NullSink
 
 WINDOW = 5  # stacked steps per timed sample on an accelerator (as the solo probe's)
@@ -119,20 +119,10 @@ def _probe(configs: list[RunConfig], device: torch.device, t_begin: float, min_s
         synchronize(device)
         return time.perf_counter() - t
 
-    times: list[float] = []
-    warm: list[float] = []
-    timed = 0.0
     before = machine.read()
     per = 1 if device.type == "cpu" else WINDOW
-    while len(times) < max_steps or (timed < min_window_s and len(times) < 20 * max_steps):
-        seconds = steps(per) / per
-        if len(warm) < 2 or (len(warm) < 10 and not times and seconds < 0.67 * min(warm)):
-            warm.append(seconds)
-            continue
-        times.append(seconds)
-        timed += seconds * per
-        if len(times) >= min_steps and timed > budget_s:
-            break
+    times, _ = sample_steps(lambda: steps(per), min_steps=min_steps, max_steps=max_steps,
+                            budget_s=budget_s, min_window_s=min_window_s, per=per)
     busy = contention.epoch_contention(before, machine.read(), torch.get_num_threads(),
                                        cpu_bound=device.type == "cpu")
     eval_bs = configs[0].data.eval_batch_size or max(bs, 256)

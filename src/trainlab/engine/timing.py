@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from trainlab.mfu import mfu_record
 
@@ -62,3 +62,27 @@ def trimmed_mean(values: list[float], cut: float = 0.1) -> float:
     ordered = sorted(values)
     k = int(len(ordered) * cut)
     return statistics.fmean(ordered[k:len(ordered) - k])
+
+
+def sample_steps(take: Callable[[], float], *, min_steps: int, max_steps: int,
+                 budget_s: float, min_window_s: float, per: int = 1
+                 ) -> tuple[list[float], list[float]]:
+    """A probe's step samples: ``take()`` times ``per`` steps and returns their seconds; each
+    sample is a step's mean.  Warm-up (lazy initialisation, kernel selection) lasts until
+    steps stop getting faster: at least two samples, at most ten.  Then at least
+    ``max_steps`` samples, more while the timed window is under ``min_window_s`` (at most 20
+    times as many); past ``min_steps``, it stops once ``budget_s`` is spent.  Returns the
+    timed samples and the warm-up ones."""
+    times: list[float] = []
+    warm: list[float] = []
+    timed = 0.0  # seconds of the timed steps so far
+    while len(times) < max_steps or (timed < min_window_s and len(times) < 20 * max_steps):
+        seconds = take() / per
+        if len(warm) < 2 or (len(warm) < 10 and not times and seconds < 0.67 * min(warm)):
+            warm.append(seconds)
+            continue
+        times.append(seconds)
+        timed += seconds * per
+        if len(times) >= min_steps and timed > budget_s:
+            break
+    return times, warm

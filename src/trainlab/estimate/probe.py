@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 
@@ -39,7 +40,7 @@ from trainlab.engine.bench import Bench, choose_threads
 from trainlab.engine.measure import PeakMemory, held_tensors
 from trainlab.engine.speed import gathered, intra_op_threads
 from trainlab.engine.tasks import TASKS
-from trainlab.engine.timing import trimmed_mean
+from trainlab.engine.timing import sample_steps, trimmed_mean
 
 WINDOW = 5  # steps per timed sample on an accelerator
 
@@ -113,24 +114,13 @@ def _probe(config: RunConfig, min_steps: int, max_steps: int, budget_s: float,
                 threads.remember(config, limit, choice)
             torch.set_num_threads(choice.threads)  # the probe's caller gets its count back
         tensor_peak = _tensor_peak(bench, memory, [data.train, data.valid, data.test])
-        times: list[float] = []
-        warm: list[float] = []
-        timed = 0.0  # seconds of the timed steps so far
         before = machine.read()
         # On an accelerator each sample is the mean of WINDOW steps with one sync at each end
         # (the run syncs only to log); on a CPU a step is a sample (a sync there is a no-op).
         per = 1 if device.type == "cpu" else WINDOW
-        while len(times) < max_steps or (timed < min_window_s and len(times) < 20 * max_steps):
-            seconds = bench.step() if per == 1 else bench.steps(per) / per
-            # Warm-up (lazy initialisation, kernel selection) lasts until steps stop getting
-            # faster: at least two steps, at most ten.
-            if len(warm) < 2 or (len(warm) < 10 and not times and seconds < 0.67 * min(warm)):
-                warm.append(seconds)
-                continue
-            times.append(seconds)
-            timed += seconds * per
-            if len(times) >= min_steps and timed > budget_s:
-                break
+        times, _ = sample_steps(bench.step if per == 1 else partial(bench.steps, per),
+                                min_steps=min_steps, max_steps=max_steps, budget_s=budget_s,
+                                min_window_s=min_window_s, per=per)
         busy = contention.epoch_contention(before, machine.read(), torch.get_num_threads(),
                                            cpu_bound=device.type == "cpu")
         default_eval = bs if data.info.task == "lm" else max(bs, 256)
