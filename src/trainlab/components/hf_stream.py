@@ -19,6 +19,7 @@ first items (said in the run's notes).
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import threading
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from trainlab.components.arrow_data import _documents, _encode_labelled, _encode_padded
 from trainlab.components.datasets import DataInfo, Dataset, Split
@@ -63,7 +65,7 @@ class HFStream:
 
             ds = split_dataset_by_node(ds, rank=rank, world_size=world)
         if self.buffer:
-            ds = ds.shuffle(seed=seed % 2**32, buffer_size=self.buffer)
+            ds = ds.shuffle(seed=seed % 2**32, buffer_size=self.buffer, **_one_shard(ds))
         rows = iter(ds)
         try:
             yield from self._pairs(rows)
@@ -96,6 +98,26 @@ class HFStream:
                     yield window[:-1], window[1:]
                     start += length
                 carry = carry[start:]
+
+
+def _one_shard(ds: Any) -> dict[str, Any]:
+    """``shuffle``'s arguments for a reader (this process, or this DataLoader worker) of at
+    most one shard: no interleaving of shards into the buffer (``max_buffer_input_shards=1``).
+
+    ``datasets`` fills the shuffle buffer from up to 10 shards at a time, read on threads of
+    their own; for parquet it then sleeps ``SLEEP_TIME_ON_THREADS_SHUTDOWN`` (5 s) as a pass
+    ends or is closed (a PyArrow threads workaround).  Interleaving one shard mixes nothing, so
+    a reader of one shard skips it and its pause: the same shuffle, in another order.  Readers
+    of several shards keep it (the buffer then mixes them) and its pause."""
+    if "max_buffer_input_shards" not in inspect.signature(type(ds).shuffle).parameters:
+        return {}  # a datasets without the argument: its own shuffle
+    shards = getattr(ds, "num_shards", None)
+    if not isinstance(shards, int):
+        return {}
+    info = get_worker_info()
+    if info is not None:  # the worker reads its share of this process's shards
+        shards = shards // info.num_workers + (info.id < shards % info.num_workers)
+    return {"max_buffer_input_shards": 1} if shards <= 1 else {}
 
 
 def _close_later(rows: Iterator[Any]) -> None:

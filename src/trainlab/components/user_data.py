@@ -50,7 +50,13 @@ from trainlab.components.datasets import (
     held_out_sources,
 )
 from trainlab.components.items import ItemSplit, conform
-from trainlab.components.streams import SAMPLE, StreamSplit, UserStream, read_whole
+from trainlab.components.streams import (
+    SAMPLE,
+    StreamSplit,
+    UserStream,
+    rank_and_world,
+    read_whole,
+)
 from trainlab.errors import ConfigError
 from trainlab.usercode import where_raised
 
@@ -225,6 +231,11 @@ def _streaming(spec: PythonDataSpec, train: StreamSplit, valid: AnySplit | None,
     if not hasattr(train.stream.iterable, "set_epoch"):  # type: ignore[attr-defined]
         notes.append("data: the IterableDataset has no set_epoch(n), so every epoch reads it "
                      "in the same order from its start; define set_epoch to vary it by epoch")
+    world = rank_and_world()[1]
+    if world > 1 and not train.stream.ranked:  # type: ignore[attr-defined]
+        notes.append(f"data: the IterableDataset has no set_rank(rank, world), so each of the "
+                     f"{world} ranks reads the whole stream and keeps every {world}th item; "
+                     "define set_rank to have each rank read only its share")
     if (spec.task == "classification" and spec.num_classes is None) or (
             spec.task == "lm" and spec.vocab_size is None):
         field = "num_classes" if spec.task == "classification" else "vocab_size"

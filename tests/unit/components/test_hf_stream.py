@@ -147,3 +147,37 @@ def test_streaming_fields_left_out_keep_run_ids() -> None:
     same = resolve_run({"data": {"name": "hf", "path": "x", "streaming": None},
                         "model": {"name": "mlp"}}).run_id
     assert same == base
+
+
+def test_a_reader_of_one_parquet_shard_skips_the_pause_as_a_pass_ends(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """datasets sleeps 5 s as a parquet pass ends when it interleaves shards into the shuffle
+    buffer; a reader of one shard (one file, or one of a worker's share) does not interleave."""
+    import time
+
+    from trainlab.components import hf_stream
+
+    files = _parquet(tmp_path)
+    one = datasets.load_dataset("parquet", data_files=str(tmp_path / "train-0.parquet"),
+                                streaming=True)["train"]
+    two = datasets.load_dataset("parquet", data_files=files["train"], streaming=True)["train"]
+    assert hf_stream._one_shard(one) == {"max_buffer_input_shards": 1}
+    assert hf_stream._one_shard(two) == {}  # interleaved: the buffer mixes the two files
+    t = time.perf_counter()
+    rows = list(one.shuffle(seed=3, buffer_size=64, **hf_stream._one_shard(one)))
+    assert len(rows) == 120 and time.perf_counter() - t < 2.5  # a whole pass, no 5 s pause
+    assert rows != list(one)  # still shuffled
+    worker = type("Info", (), {"num_workers": 2, "id": 1})()
+    monkeypatch.setattr(hf_stream, "get_worker_info", lambda: worker)
+    assert hf_stream._one_shard(two) == {"max_buffer_input_shards": 1}  # 1 of the 2 files
+
+
+def test_a_one_file_parquet_stream_restarts_without_waiting(tiny_hf: dict[str, str],
+                                                            tmp_path: Path) -> None:
+    raw = _raw(tmp_path, tiny_hf, epochs=1, steps_per_epoch=10)  # 7 batches a pass
+    raw["data"]["data_files"]["train"] = str(tmp_path / "train-0.parquet")
+    sink = NullSink()
+    outcome = train(resolve_run(raw), sink=sink)
+    assert outcome.status == "ok", outcome.error
+    assert any("restarted" in n for n in outcome.summary["notes"])
+    assert recorded(sink, "time/data_wait")[0] < 2.5

@@ -5,19 +5,22 @@ streaming data is in test_hf_stream.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import yaml
+from torch import Tensor
+from torch.utils.data import IterableDataset, get_worker_info
 from typer.testing import CliRunner
 
 from tests.helpers import StopAt, recorded
 from trainlab.cli import app
 from trainlab.components import load_dataset
-from trainlab.components.datasets import Split
-from trainlab.components.streams import StreamSplit
+from trainlab.components.datasets import LoaderSpec, Split
+from trainlab.components.streams import StreamBatches, StreamSplit, UserStream
 from trainlab.config import expand, load_sweep
 from trainlab.config.schema import RunConfig
 from trainlab.engine import interrupt, train
@@ -29,6 +32,7 @@ USER = '''
 import random
 
 import torch
+from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 
@@ -75,6 +79,17 @@ def splits(n=None, shard=True, epochs=True):
 
 def train_only():
     return {"train": Stream()}
+
+
+class Ranked(Stream):
+    """Splits itself between ranks (set_rank), then between workers."""
+
+    def set_rank(self, rank, world):
+        self.rank, self.world = rank, world
+
+
+def ranked():
+    return {"train": Ranked(), "valid": Fixed(40, 1)}
 '''
 
 
@@ -205,3 +220,93 @@ def test_steps_per_epoch_left_out_keeps_run_ids() -> None:
     base = resolve_run(raw).run_id
     assert resolve_run({**raw, "train": {"steps_per_epoch": None}}).run_id == base
     assert resolve_run({**raw, "train": {"steps_per_epoch": 5}}).run_id != base
+
+
+class _Counted(IterableDataset[Any]):
+    """Items 0..n-1 (a pass's order from set_epoch), each carrying the pid that read it and a
+    draw of the reading process's torch RNG; split between workers; counts what it reads.
+    With ``ranked``, it splits itself between ranks too (``set_rank``)."""
+
+    def __init__(self, n: int, ranked: bool = False) -> None:
+        self.n, self.epoch, self.rank, self.world, self.read = n, 0, 0, 1, 0
+        if ranked:
+            self.set_rank = self._set_rank
+
+    def set_epoch(self, n: int) -> None:
+        self.epoch = n
+
+    def _set_rank(self, rank: int, world: int) -> None:
+        self.rank, self.world = rank, world
+
+    def __iter__(self) -> Any:
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.epoch))
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        for i in order[self.rank::self.world].tolist()[worker::workers]:
+            self.read += 1
+            yield torch.tensor([float(i), float(os.getpid()), float(torch.rand(()))]), i % 3
+
+
+def _epochs(persistent: bool, n: int, epochs: int = 3) -> tuple[list[Tensor], set[int]]:
+    """Batches of 8 of 4-step epochs of ``_Counted(n)`` read by 2 workers, and the pids that
+    read them."""
+    split = StreamSplit.of(UserStream(_Counted(n), "counted"), "classification").sized(4, 8)
+    loader = StreamBatches(split, LoaderSpec(workers=2, persistent=persistent),
+                           torch.device("cpu"))
+    got: list[Tensor] = []
+    try:
+        for epoch in range(epochs):
+            got += [x for x, _ in loader.batches([range(8)] * 4, seed=100 + epoch)]
+    finally:
+        loader.close()
+    return got, {int(p) for x in got for p in x[:, 1]}
+
+
+@pytest.mark.parametrize("n", [400, 24])  # 24: a pass of 2 batches, 2 passes an epoch
+def test_persistent_workers_read_what_workers_started_each_pass_read(n: int) -> None:
+    kept, kept_pids = _epochs(True, n)
+    fresh, fresh_pids = _epochs(False, n)
+    assert len(kept) == len(fresh) == 12
+    for a, b in zip(kept, fresh):  # the same items, and the same draws of the workers' RNG
+        assert torch.equal(a[:, [0, 2]], b[:, [0, 2]])
+    passes = 3 * (2 if n == 24 else 1)
+    assert len(kept_pids) == 2 and len(fresh_pids) == 2 * passes  # started once, not per pass
+
+
+def test_persistent_workers_train_as_workers_started_each_pass(tmp_path: Path) -> None:
+    data = {"loader": {"workers": 2}, "args": {"n": 40}}  # passes end inside epochs
+    _, kept = _losses(_config(_write(tmp_path, data)))
+    data["loader"]["persistent"] = False
+    (tmp_path / "fresh").mkdir()
+    _, fresh = _losses(_config(_write(tmp_path / "fresh", data)))
+    assert kept == fresh
+
+
+@pytest.mark.parametrize("ranked", [True, False])
+def test_each_rank_reads_a_disjoint_share_and_all_ranks_the_whole(ranked: bool) -> None:
+    shares = []
+    for rank in range(2):
+        iterable = _Counted(50, ranked)
+        stream = UserStream(iterable, "counted")
+        assert stream.ranked == ranked
+        shares.append([int(x[0]) for x, _ in stream.items(7, rank, 2)])
+        # set_rank: the rank reads its share only; without, the whole stream
+        assert iterable.read == (25 if ranked else 50)
+    assert not set(shares[0]) & set(shares[1])
+    assert sorted(shares[0] + shares[1]) == list(range(50))
+    alone = UserStream(_Counted(50, ranked), "counted")
+    assert [int(x[0]) for x, _ in alone.items(7, 0, 1)] != shares[0]  # world 1: everything
+    assert sorted(int(x[0]) for x, _ in alone.items(7, 0, 1)) == list(range(50))
+
+
+def test_under_nproc_an_iterable_without_set_rank_is_noted(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainlab.components.user_data as user_data
+
+    monkeypatch.setattr(user_data, "rank_and_world", lambda: (0, 2))
+    config = _config(_write(tmp_path))
+    notes = load_dataset(config.data, config.model, steps_per_epoch=6).info.notes
+    assert any("set_rank" in n and "whole stream" in n for n in notes), notes
+    ranked = _config(_write(tmp_path, {"target": "streams.py:ranked"}))
+    notes = load_dataset(ranked.data, ranked.model, steps_per_epoch=6).info.notes
+    assert not any("set_rank" in n for n in notes), notes
