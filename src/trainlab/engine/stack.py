@@ -355,6 +355,12 @@ class _StackTrainer:
         if choice is not None:
             return choice
         free = thread_rules.room(limit, others)
+        # The estimate's probe of this stack timed it a moment ago: its answer, within the
+        # cores free now.
+        scope = f" stack of {len(self.members)}"
+        recalled = thread_rules.recall(self.configs[0], limit, most=free, scope=scope)
+        if recalled is not None:
+            return recalled
 
         def step_at(count: int) -> float:
             torch.set_num_threads(count)
@@ -362,7 +368,9 @@ class _StackTrainer:
             self._trial_step()
             return time.perf_counter() - t
 
-        return thread_rules.choose(step_at, free, free_cores=free)
+        choice = thread_rules.choose(step_at, free, free_cores=free)
+        thread_rules.remember(self.configs[0], limit, choice, scope=scope)
+        return choice
 
     def _trial_batch(self) -> tuple[Tensor, Tensor]:
         n = len(self.members)

@@ -243,16 +243,19 @@ def setup_key(config: RunConfig) -> str:
 _CHOICES: dict[tuple[str, int], tuple[float, ThreadChoice]] = {}
 
 
-def remember(config: RunConfig, limit: int, choice: ThreadChoice) -> None:
+def remember(config: RunConfig, limit: int, choice: ThreadChoice, scope: str = "") -> None:
     """Keep a timed ``choice`` for later runs of the same setup and thread ceiling in this
-    process (a busy machine is checked afresh by every run: :func:`before_timing`)."""
-    _CHOICES[(setup_key(config), limit)] = (time.monotonic(), choice)
+    process (a busy machine is checked afresh by every run: :func:`before_timing`);
+    ``scope`` tells apart steps of the same setup that differ (a stack of N models)."""
+    _CHOICES[(setup_key(config) + scope, limit)] = (time.monotonic(), choice)
 
 
-def recall(config: RunConfig, limit: int, most: int | None = None) -> ThreadChoice | None:
-    """A choice timed for this setup and ceiling in the last :data:`FRESH_S` seconds, at most
-    ``most`` threads (the cores other work leaves free now)."""
-    hit = _CHOICES.get((setup_key(config), limit))
+def recall(config: RunConfig, limit: int, most: int | None = None,
+           scope: str = "") -> ThreadChoice | None:
+    """A choice timed for this setup (and ``scope``) and ceiling in the last
+    :data:`FRESH_S` seconds, at most ``most`` threads (the cores other work leaves free
+    now)."""
+    hit = _CHOICES.get((setup_key(config) + scope, limit))
     if hit is None or time.monotonic() - hit[0] > FRESH_S:
         return None
     count = hit[1].threads if most is None else max(1, min(hit[1].threads, most))

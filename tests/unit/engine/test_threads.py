@@ -126,6 +126,12 @@ def test_a_choice_is_remembered_per_setup_for_a_while(monkeypatch: pytest.Monkey
     assert threads.recall(other_model, 2) is None
     assert threads.recall(a, 2, most=1).threads == 1  # never above the cores free now
     assert threads.recall(a, 4) is None  # another ceiling (--jobs): another choice
+    # A stack of N models steps N times the work: its choice is kept apart (scope).
+    assert threads.recall(a, 2, scope=" stack of 16") is None
+    threads.remember(a, 2, ThreadChoice(1, "fastest", {1: 1.0, 2: 1.5}, 0.2),
+                     scope=" stack of 16")
+    assert threads.recall(other_lr, 2, scope=" stack of 16").threads == 1
+    assert threads.recall(a, 2).threads == 2  # the solo choice is untouched
     monkeypatch.setattr(threads, "FRESH_S", -1.0)
     assert threads.recall(a, 2) is None  # old: measured again
 
