@@ -65,13 +65,14 @@ from trainlab.engine.measure import (
 from trainlab.engine.profile import run_window, window_for
 from trainlab.engine.resume import Resumable, frozen_keys
 from trainlab.engine.sampler import nvml_sampler
+from trainlab.engine.seeding import seed_word
 from trainlab.engine.speed import Speed, decide, intra_op_threads, scaler_sync_note
 from trainlab.engine.tasks import TASKS, TaskKind, eval_batch_size, training_loss
 from trainlab.engine.timing import epoch_rates, median_of, training_seconds
 from trainlab.errors import Diverged
 from trainlab.hooks import Callback, RunOutcome, RunState, StopTraining
 from trainlab.mfu import UNRELIABLE_NOTE
-from trainlab.records import MetricRecord, NullSink, RecordSink
+from trainlab.records import MetricRecord, NullSink, RecordSink, metric_records
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -80,7 +81,7 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     Using a generator of its own (never the global RNG) keeps dropout masks independent of
     data order, and makes a resumed run see exactly the batches an uninterrupted one would.
     """
-    epoch_seed = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+    epoch_seed = seed_word((seed, epoch))  # SeedSequence([seed, epoch]) in plain Python
     return torch.randperm(n, generator=torch.Generator().manual_seed(epoch_seed))
 
 
@@ -672,8 +673,7 @@ class _Trainer(Resumable):
         state = self._run_state
         now = self.elapsed_offset + (time.perf_counter() - self.t0)
         ep = state.epoch if epoch is None else epoch
-        for key, value in values.items():
-            self.buffer.append(MetricRecord(self.run_id, key, step, ep, now, float(value)))
+        self.buffer += metric_records(self.run_id, step, ep, now, values)
         state.last.update(values)
 
     def _flush(self, defer: bool = False) -> None:
@@ -759,7 +759,7 @@ FLUSH_EVERY_S = 1.0
 
 def _loader_seed(seed: int, epoch: int) -> int:
     """The seed of an epoch's DataLoader workers: a function of (seed, epoch) only."""
-    return int(np.random.SeedSequence([seed, epoch, 1]).generate_state(1)[0])
+    return seed_word((seed, epoch, 1))  # SeedSequence([seed, epoch, 1])'s first word
 
 
 def _samples(batches: Sequence[Tensor], first: int, done: int) -> int:

@@ -128,7 +128,10 @@ class TaskKind:
         if not classes:
             return self.sums(out, y)
         loss = F.cross_entropy(out, y, reduction="sum")
-        return loss, confusion_matrix(y, out.argmax(-1), classes).flatten()
+        # confusion_matrix's counts, flat, with two ops less: the index built in place in the
+        # fresh argmax (``pred + classes * y``, the same integers) and no reshape to undo.
+        index = out.argmax(-1).add_(y if y.dtype == torch.long else y.long(), alpha=classes)
+        return loss, torch.bincount(index, minlength=classes * classes)
 
     def finalize(self, loss_sum: float, metric_sum: float, count: float,
                  confusion: list[list[float]] | None = None) -> dict[str, float]:
@@ -142,7 +145,7 @@ class TaskKind:
             value = math.sqrt(loss)
         out = {"loss": loss, self.metric: value}
         if confusion is not None and self.extra_metrics:
-            out.update(f1=f1_score(confusion), mcc=matthews_corrcoef(confusion))
+            out["f1"], out["mcc"] = f1_and_mcc(confusion)
         return out
 
 
@@ -169,16 +172,7 @@ def f1_score(confusion: list[list[float]]) -> float:
 
     A class never predicted and never present scores 0, as scikit-learn's default.
     """
-    k = len(confusion)
-    scores = []
-    predicted = [sum(col) for col in zip(*confusion)]  # column sums, each once (per epoch)
-    for c in range(k):
-        tp = confusion[c][c]
-        actual = sum(confusion[c])
-        scores.append(2 * tp / (predicted[c] + actual) if predicted[c] + actual else 0.0)
-    if k == 2:
-        return scores[1]
-    return sum(scores) / k if k else 0.0
+    return f1_and_mcc(confusion)[0]
 
 
 def matthews_corrcoef(confusion: list[list[float]]) -> float:
@@ -186,15 +180,25 @@ def matthews_corrcoef(confusion: list[list[float]]) -> float:
 
     0 when it is undefined (every prediction or every target in one class), as scikit-learn.
     """
+    return f1_and_mcc(confusion)[1]
+
+
+def f1_and_mcc(confusion: list[list[float]]) -> tuple[float, float]:
+    """(:func:`f1_score`, :func:`matthews_corrcoef`) of one confusion matrix, its row and
+    column sums taken once for both (each validation's end); the same sums in the same order
+    as each computed alone, so the same floats (tested)."""
     k = len(confusion)
-    n = sum(sum(row) for row in confusion)
-    correct = sum(confusion[c][c] for c in range(k))
-    predicted = [sum(col) for col in zip(*confusion)]
-    actual = [sum(row) for row in confusion]
-    cov = correct * n - sum(p * t for p, t in zip(predicted, actual))
+    predicted = [sum(col) for col in zip(*confusion)]  # column sums
+    actual = [sum(row) for row in confusion]  # row sums
+    diagonal = [confusion[c][c] for c in range(k)]
+    scores = [2 * tp / (p + t) if p + t else 0.0
+              for tp, p, t in zip(diagonal, predicted, actual)]
+    f1 = scores[1] if k == 2 else (sum(scores) / k if k else 0.0)
+    n = sum(actual)
+    cov = sum(diagonal) * n - sum(p * t for p, t in zip(predicted, actual))
     denom = math.sqrt((n * n - sum(p * p for p in predicted))
                       * (n * n - sum(t * t for t in actual)))
-    return cov / denom if denom else 0.0
+    return f1, (cov / denom if denom else 0.0)
 
 
 TASKS = {

@@ -168,3 +168,75 @@ def test_one_machine_reading_per_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     outcome = train(resolve_run(raw))
     assert outcome.status == "ok", outcome.error
     assert len(taken) == 3 + 1
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="Linux /proc")
+def test_kept_proc_files_read_what_fresh_reads_read() -> None:
+    """machine.py keeps /proc/stat and the threads' schedstat open (pread at offset 0): each
+    reading is the file's text now, the same fields a fresh open reads; ended threads' files
+    are closed, new threads are read."""
+    import threading
+
+    def fresh_threads() -> dict[int, tuple[int, int]]:
+        out = {}
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                fields = f.read(128).split()
+            out[int(tid)] = (int(fields[0]), int(fields[1]))
+        return out
+
+    def spin(seconds: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            pass
+
+    first = machine.thread_schedstat()
+    assert first is not None
+    spin(0.05)  # this thread's run time moves on: a kept file must not replay old text
+    kept = machine.thread_schedstat()
+    now = fresh_threads()
+    assert kept is not None and set(kept) == set(now)
+    me = threading.get_native_id()
+    assert first[me][0] < kept[me][0] <= now[me][0]
+    # A thread started after the first reading is read; once ended, its file is closed.
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    try:
+        with_worker = machine.thread_schedstat()
+        assert with_worker is not None and worker.native_id in with_worker
+    finally:
+        release.set()
+        worker.join()
+    after = machine.thread_schedstat()
+    assert after is not None and worker.native_id not in after
+    assert not any(p.endswith(f"/{worker.native_id}/schedstat") for p in machine._OPEN)
+    # /proc/stat: ticks through the kept descriptor equal a fresh read's at the same moment
+    # (to within the ticks between the two reads) and move on with time.
+    stat0 = machine.cpu_steal_ticks()
+    spin(0.05)
+    stat1 = machine.cpu_steal_ticks()
+    with open("/proc/stat", "rb") as f:
+        fields = [int(v) for v in f.read(256).split(b"\n", 1)[0].split()[1:9]]
+    assert stat0 is not None and stat1 is not None and stat1[1] > stat0[1]
+    assert stat1[1] <= sum(fields) <= stat1[1] + 50 * (os.cpu_count() or 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.exists("/proc/self/task"),
+                    reason="fork and /proc")
+def test_a_forked_child_reads_its_own_threads() -> None:
+    assert machine.thread_schedstat()  # the parent's files kept open
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its one thread, not the parent's
+        try:
+            threads = machine.thread_schedstat() or {}
+            os.write(write, b"ok" if set(threads) == {os.getpid()} else b"no")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        assert os.read(read, 2) == b"ok"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)

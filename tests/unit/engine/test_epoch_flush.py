@@ -96,3 +96,86 @@ def test_every_checkpoint_follows_the_records_it_saw(monkeypatch: pytest.MonkeyP
     _run(monkeypatch, 3600.0, run_dir=tmp_path / "run", checkpoint_every_s=0)
     assert [e for e, _ in seen] == [1, 2, 3, 4]
     assert all(written >= epoch for epoch, written in seen)
+
+
+# --- the best weights copied into the last copy's host tensors: the same best.pt ---------------
+
+def _old_keep_best(self: Any) -> None:
+    """resume.Resumable._keep_best before _best_copy, verbatim."""
+    state = self._run_state
+    self.best_unsaved = {"model": {k: v.detach().to("cpu", copy=True)
+                                   for k, v in self._model_state().items()},
+                         "epoch": state.epoch, "step": state.step}
+
+
+@pytest.mark.parametrize("every_s", [0.0, 1e9])  # best.pt at every epoch, or once at the end
+def test_best_weights_kept_in_place_are_the_old_best_pt(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, every_s: float) -> None:
+    import torch
+
+    from trainlab.engine.checkpoint import load_verified
+    kept_at: list[int] = []
+    new_copy = resume.Resumable._best_copy
+
+    def counting(self: Any, weights: Any) -> Any:
+        kept_at.append(self._run_state.epoch)
+        return new_copy(self, weights)
+
+    monkeypatch.setattr(resume.Resumable, "_best_copy", counting)
+    new = _run(monkeypatch, 0.0, tmp_path / "new", epochs=6, checkpoint_every_s=every_s)
+    monkeypatch.setattr(resume.Resumable, "_keep_best", _old_keep_best)
+    old = _run(monkeypatch, 0.0, tmp_path / "old", epochs=6, checkpoint_every_s=every_s)
+    assert len(kept_at) >= 3  # improved more than once: the host tensors were reused
+    assert _values(new) == _values(old)
+    a, b = load_verified(tmp_path / "new" / "best.pt"), load_verified(tmp_path / "old" / "best.pt")
+    assert a is not None and b is not None and a["epoch"] == b["epoch"]
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]) and value.stride() == b["model"][key].stride()
+
+
+def test_best_copy_reuses_only_matching_host_tensors() -> None:
+    import torch
+
+    class Holder(resume.Resumable):
+        pass
+
+    holder = Holder()
+    w = {"a": torch.randn(3, 4), "b": torch.randn(4).t(), "n": torch.tensor(7)}
+    first = holder._best_copy(w)
+    assert all(torch.equal(first[k], w[k]) and first[k] is not w[k] for k in w)
+    held = {k: v.clone() for k, v in first.items()}
+    w2 = {k: v + 1 for k, v in w.items()}
+    second = holder._best_copy(w2)
+    assert second is first and all(torch.equal(second[k], w2[k]) for k in w)
+    assert not all(torch.equal(held[k], second[k]) for k in w)  # overwritten in place
+    reshaped = {"a": torch.randn(4, 3), "b": w["b"], "n": w["n"]}
+    third = holder._best_copy(reshaped)  # a shape changed: new tensors
+    assert third is not first and torch.equal(third["a"], reshaped["a"])
+    retyped = {k: v.double() if k == "a" else v for k, v in reshaped.items()}
+    assert holder._best_copy(retyped)["a"].dtype == torch.float64
+    reordered = {"n": w["n"], "b": w["b"], "a": retyped["a"]}
+    fourth = holder._best_copy(reordered)
+    assert list(fourth) == ["n", "b", "a"] and torch.equal(fourth["a"], retyped["a"])
+
+
+def test_metric_records_are_the_constructors_records() -> None:
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from trainlab.records import metric_records
+    values = {"a": 1, "b": 2.5, "c": np.float32(0.1), "d": True, "e": torch.tensor(3.25).item(),
+              "f": float("nan")}
+    built = metric_records("run", 7, 2, 1.5, values)
+    want = [MetricRecord("run", k, 7, 2, 1.5, float(v)) for k, v in values.items()]
+    assert [dataclasses.astuple(r) for r in built[:-1]] == \
+        [dataclasses.astuple(r) for r in want[:-1]]
+    assert built[:-1] == want[:-1] and [hash(r) for r in built[:-1]] == \
+        [hash(r) for r in want[:-1]]
+    assert all(type(r) is MetricRecord and type(r.value) is float for r in built)
+    assert built[-1].key == "f" and built[-1].value != built[-1].value  # nan stays nan
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built[0].value = 2.0  # type: ignore[misc]
+    assert metric_records("run", 0, 0, 0.0, {}) == []

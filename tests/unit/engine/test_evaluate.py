@@ -95,3 +95,61 @@ def test_an_empty_share_reads_zeros() -> None:
     model = torch.nn.Linear(4, 3)
     assert _new(TASKS["classification"], [], model, 3) == \
         _old(TASKS["classification"], [], model, 3)
+
+
+# --- F1 and MCC from shared sums, the confusion index built in place: the same values ---------
+
+def _old_f1(confusion: list[list[float]]) -> float:
+    """tasks.f1_score before f1_and_mcc, verbatim."""
+    k = len(confusion)
+    scores = []
+    predicted = [sum(col) for col in zip(*confusion)]
+    for c in range(k):
+        tp = confusion[c][c]
+        actual = sum(confusion[c])
+        scores.append(2 * tp / (predicted[c] + actual) if predicted[c] + actual else 0.0)
+    if k == 2:
+        return scores[1]
+    return sum(scores) / k if k else 0.0
+
+
+def _old_mcc(confusion: list[list[float]]) -> float:
+    """tasks.matthews_corrcoef before f1_and_mcc, verbatim."""
+    k = len(confusion)
+    n = sum(sum(row) for row in confusion)
+    correct = sum(confusion[c][c] for c in range(k))
+    predicted = [sum(col) for col in zip(*confusion)]
+    actual = [sum(row) for row in confusion]
+    cov = correct * n - sum(p * t for p, t in zip(predicted, actual))
+    denom = math.sqrt((n * n - sum(p * p for p in predicted))
+                      * (n * n - sum(t * t for t in actual)))
+    return cov / denom if denom else 0.0
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 10, 37])
+def test_f1_and_mcc_are_the_old_floats(classes: int) -> None:
+    from trainlab.engine.tasks import f1_and_mcc, f1_score, matthews_corrcoef
+    gen = torch.Generator().manual_seed(classes)
+    for trial in range(200):
+        high = 1 if trial % 7 == 0 else 1000  # some all-zero matrices (undefined scores)
+        counts = torch.randint(0, high, (classes, classes), generator=gen)
+        if trial % 5 == 1:  # a column never predicted, a row never present
+            counts[:, 0] = 0
+            counts[-1, :] = 0
+        confusion = [[float(v) for v in row] for row in counts.float().tolist()]
+        want = (_old_f1(confusion), _old_mcc(confusion))
+        assert f1_and_mcc(confusion) == want
+        assert (f1_score(confusion), matthews_corrcoef(confusion)) == want
+    assert f1_and_mcc([]) == (_old_f1([]), _old_mcc([]))
+
+
+def test_eval_sums_confusion_is_the_old_one() -> None:
+    from trainlab.engine.tasks import confusion_matrix
+    torch.manual_seed(1)
+    for classes, size in [(2, 7), (10, 360), (10, 1), (37, 500)]:
+        out = torch.randn(size, classes)
+        y = torch.randint(0, classes, (size,))
+        loss, flat = TASKS["classification"].eval_sums(out, y, classes)
+        old = confusion_matrix(y, out.argmax(-1), classes).flatten()
+        assert flat.dtype == old.dtype and torch.equal(flat, old)
+        assert loss.item() == torch.nn.functional.cross_entropy(out, y, reduction="sum").item()
