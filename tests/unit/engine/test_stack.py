@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import ReadsAValue
 from trainlab.config.schema import RunConfig, resolve_run
 from trainlab.engine import train
 from trainlab.engine.checkpoint import load_verified
@@ -117,21 +118,10 @@ def test_a_diverging_run_is_masked_out_and_the_others_go_on(tmp_path: Path) -> N
                    if r.run_id == configs[0].run_id)
 
 
-class _ReadsAValue(nn.Module):
-    """A model vmap cannot batch: its forward reads a value on the host."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = float(x.abs().max().item())
-        return self.linear(x.flatten(1)) / max(scale, 1.0)
-
 
 def test_a_model_vmap_cannot_batch_is_refused_before_any_record(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("trainlab.engine.stack.build_model", lambda spec, info: _ReadsAValue())
+    monkeypatch.setattr("trainlab.engine.stack.build_model", lambda spec, info: ReadsAValue())
     configs = [_config({"name": "sgd", "lr": 0.1}, seed, epochs=1) for seed in (0, 1)]
     sink = NullSink()
     with pytest.raises(StackUnsupported, match="vmap cannot batch"):
@@ -155,7 +145,7 @@ def test_the_fast_path_takes_linear_chains_only() -> None:
         assert chain(name="mlp", hidden_dim=8, layers=2, activation=activation) is not None
     assert chain(name="linear", bias=False) is not None
     assert chain(name="mlp", hidden_dim=8, batch_norm=True) is None  # buffers: vmap
-    assert LinearChain.of(_ReadsAValue()) is None
+    assert LinearChain.of(ReadsAValue()) is None
 
 
 def test_the_fast_path_gives_each_models_own_outputs_and_gradients() -> None:

@@ -14,10 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import torch
-from torch import nn
 from typer.testing import CliRunner
 
+from tests.helpers import ReadsAValue
 from trainlab import stacks
 from trainlab.cli import app
 from trainlab.config.schema import RunConfig, resolve_run
@@ -86,21 +85,10 @@ def test_a_stacked_grid_gets_the_stacks_step_and_no_solo_probe(
                                                     rel=0.05)
 
 
-class _ReadsAValue(nn.Module):
-    """A model vmap cannot batch: its forward reads a value on the host."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.linear = nn.Linear(64, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = float(x.abs().max().item())
-        return self.linear(x.flatten(1)) / max(scale, 1.0)
-
 
 def test_a_model_the_stacked_step_cannot_batch_falls_back_to_the_solo_probe(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("trainlab.engine.stack.build_model", lambda spec, info: _ReadsAValue())
+    monkeypatch.setattr("trainlab.engine.stack.build_model", lambda spec, info: ReadsAValue())
     estimates = estimate_runs(_grid(1, epochs=1))
     for e in estimates.values():
         assert e.method == "probe" and e.stack is None and e.stack_size is None
