@@ -511,6 +511,26 @@ def model_spec(raw: dict[str, Any]) -> Any:
 # --- Where a result was measured: one block of BENCHMARKS.md per machine ------------------
 
 
+def listed_batches_loader(split: Any, settings: Any, batches: list[list[int]]) -> Any:
+    """A plain PyTorch ``DataLoader`` over a Dataset split's items with ``data.loader``'s
+    settings, whose batches are the index lists in ``batches`` (filled by the caller before
+    each epoch, so a plain loop reads the batches trainlab's run reads)."""
+    from torch.utils.data import DataLoader
+
+    class Sampler:
+        def __iter__(self) -> Any:
+            return iter(batches)
+
+        def __len__(self) -> int:
+            return len(batches)
+
+    extra = ({"prefetch_factor": settings.prefetch, "persistent_workers": settings.persistent}
+             if settings.workers else {})
+    return DataLoader(split.items, batch_sampler=Sampler(), num_workers=settings.workers,
+                      collate_fn=split.collate, generator=torch.Generator().manual_seed(0),
+                      **extra)
+
+
 def _slug(text: str) -> str:
     """``text`` as a marker-safe key: lower case, letters, digits and single dashes."""
     out = "".join(c if c.isalnum() else "-" for c in text.lower())

@@ -43,9 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 
-from benchmarks.common import section_name, write_section
+from benchmarks.common import listed_batches_loader, section_name, write_section
 from trainlab.components import build_model, build_optimizer, load_dataset
 from trainlab.config.schema import resolve_run
 from trainlab.engine import epoch_permutation, train
@@ -120,22 +119,7 @@ class PlainLoop:
         settings = config.data.loader
         assert settings is not None
         self.batches: list[list[int]] = []
-        batches = self.batches
-
-        class Sampler:
-            def __iter__(self) -> Any:
-                return iter(batches)
-
-            def __len__(self) -> int:
-                return len(batches)
-
-        extra = ({"prefetch_factor": settings.prefetch, "persistent_workers": settings.persistent}
-                 if settings.workers else {})
-        train_split = self.data.train
-        self.loader = DataLoader(train_split.items, batch_sampler=Sampler(),  # type: ignore[union-attr]
-                                 num_workers=settings.workers,
-                                 collate_fn=train_split.collate,  # type: ignore[union-attr]
-                                 generator=torch.Generator().manual_seed(0), **extra)
+        self.loader = listed_batches_loader(self.data.train, settings, self.batches)
         self.seconds: dict[int, float] = {}
         self.wait: dict[int, float] = {}
 

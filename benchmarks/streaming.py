@@ -51,7 +51,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.common import command_line, write_result
+from benchmarks.common import command_line, listed_batches_loader, write_result
 from trainlab.components import build_model, build_optimizer, load_dataset
 from trainlab.config.schema import resolve_run
 from trainlab.engine import epoch_permutation, train
@@ -158,20 +158,7 @@ class Plain:
         self.batches: list[list[int]] = []
         if kind == "map":
             self.size = len(split)
-            batches = self.batches
-
-            class Sampler:
-                def __iter__(self) -> Any:
-                    return iter(batches)
-
-                def __len__(self) -> int:
-                    return len(batches)
-
-            extra = ({"prefetch_factor": settings.prefetch,
-                      "persistent_workers": settings.persistent} if workers else {})
-            self.loader: DataLoader[Any] = DataLoader(
-                split.items, batch_sampler=Sampler(), num_workers=workers,
-                collate_fn=split.collate, generator=torch.Generator().manual_seed(0), **extra)
+            self.loader: DataLoader[Any] = listed_batches_loader(split, settings, self.batches)
         else:  # the user's IterableDataset itself, as PyTorch's docs load one
             self.size = N
             self.iterable = split.stream.iterable

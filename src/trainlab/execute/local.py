@@ -10,6 +10,7 @@ from trainlab.components.optimizers import is_auto
 from trainlab.devices import resolve_device
 from trainlab.engine import interrupt  # no torch: the loop and torch load in run_one
 from trainlab.errors import DiskFull
+from trainlab.execute.stacked import note_alone
 from trainlab.execute.units import Unit, plan_units
 from trainlab.hooks import Callback, RunOutcome
 from trainlab.plan import Plan, PlannedRun
@@ -57,6 +58,17 @@ class SweepResult:
     plan: Plan
     outcomes: list[RunOutcome] = field(default_factory=list)
     interrupted: bool = False
+
+    def settle(self, planned: PlannedRun, outcome: RunOutcome, observer: SweepObserver,
+               feed: Any = None) -> None:
+        """A run's outcome, as every executor takes it: kept, told to the observer and to a
+        search's feed (its ``finished``), and an interrupted run ends the sweep."""
+        self.outcomes.append(outcome)
+        observer.on_run_end(planned, outcome)
+        if feed is not None:
+            feed.finished(planned, outcome)
+        if outcome.status == "interrupted":
+            self.interrupted = True
 
     @property
     def exit_code(self) -> int:
@@ -159,13 +171,6 @@ def train_unit(unit: Unit, store: RunStore, callbacks: CallbacksFor,
     return [(planned, outcome)]
 
 
-def note_alone(store: RunStore, outcome: RunOutcome, reason: str) -> RunOutcome:
-    """A run with ``train.stack`` set that trained alone: why, in its summary."""
-    summary = {**outcome.summary, "stack_alone": f"trained alone: {reason}"}
-    store.finish_run(outcome.run_id, outcome.status, outcome.error, summary)
-    return RunOutcome(outcome.run_id, outcome.status, outcome.error, summary)
-
-
 class _StackObserver:
     """The observer :func:`~trainlab.execute.stacked.run_stack` reads callbacks from."""
 
@@ -249,12 +254,10 @@ class LocalExecutor:
                 break
             pairs = train_unit(unit, store, observer.callbacks, auto_for(unit.first, chosen))
             for one, outcome in pairs:
-                result.outcomes.append(outcome)
-                observer.on_run_end(one, outcome)
+                result.settle(one, outcome, observer)
             for _, outcome in pairs:
                 stop_if_disk_full(outcome)
-            if any(o.status == "interrupted" for _, o in pairs):
-                result.interrupted = True
+            if result.interrupted:
                 break
         return result
 

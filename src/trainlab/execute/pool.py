@@ -344,12 +344,7 @@ class _Pool:
         self.feed = refill(self.feed, self.todo, self.executor.chosen, self.store, self.observer)
 
     def _finished(self, planned: PlannedRun, outcome: RunOutcome) -> None:
-        self.result.outcomes.append(outcome)
-        self.observer.on_run_end(planned, outcome)
-        if self.feed is not None:
-            self.feed.finished(planned, outcome)
-        if outcome.status == "interrupted":
-            self.result.interrupted = True
+        self.result.settle(planned, outcome, self.observer, self.feed)
         try:
             stop_if_disk_full(outcome)
         except DiskFull as exc:  # every later run would fail the same way: start none

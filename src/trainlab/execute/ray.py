@@ -279,12 +279,7 @@ class _Driver:
         for planned, outcome in pairs:
             if outcome.status == "busy" and self.stopping and planned.run_id not in claimed:
                 continue  # never started
-            self.result.outcomes.append(outcome)
-            self.observer.on_run_end(planned, outcome)
-            if self.feed is not None:
-                self.feed.finished(planned, outcome)
-            if outcome.status == "interrupted":
-                self.result.interrupted = True
+            self.result.settle(planned, outcome, self.observer, self.feed)
 
     def _stop(self) -> None:
         """First Ctrl-C: queued tasks are cancelled; running ones stop at their next write."""

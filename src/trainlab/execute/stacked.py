@@ -70,10 +70,15 @@ def run_stack(members: Sequence[PlannedRun], store: RunStore, observer: SweepObs
     for planned in claimed:  # alone after all: each run as if it had never been stacked
         outcome = run_one(planned, store, observer.callbacks(planned))
         if outcome.status != "busy":
-            summary = {**outcome.summary, "stack_alone": f"trained alone: {reason}"}
-            store.finish_run(planned.run_id, outcome.status, outcome.error, summary)
-            outcome = RunOutcome(outcome.run_id, outcome.status, outcome.error, summary)
+            outcome = note_alone(store, outcome, reason)
         done.append((planned, outcome))
         if outcome.status == "interrupted":
             break
     return done
+
+
+def note_alone(store: RunStore, outcome: RunOutcome, reason: str) -> RunOutcome:
+    """A run with ``train.stack`` set that trained alone: why, in its summary, stored."""
+    summary = {**outcome.summary, "stack_alone": f"trained alone: {reason}"}
+    store.finish_run(outcome.run_id, outcome.status, outcome.error, summary)
+    return RunOutcome(outcome.run_id, outcome.status, outcome.error, summary)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 
 def _python(code: str) -> str:
@@ -64,17 +65,13 @@ def test_a_stand_in_asked_for_more_than_disable_gives_the_real_module() -> None:
     assert "real: True" in out
 
 
-def test_trainlab_run_trains_without_dynamo_and_the_same_weights(tmp_path) -> None:
-    """A whole ``trainlab run`` (estimate included) never imports the real ``torch._dynamo``,
-    and trains exactly the weights a process that imported it trains."""
-    config = tmp_path / "tiny.yaml"
-    config.write_text("name: tiny\ndata: {name: digits, batch_size: 32}\n"
-                      "model: {name: mlp, hidden_dim: 32}\n"
-                      "optimizer: {name: adam, lr: 0.01}\ntrain: {epochs: 2}\n")
-    out = _python(f"""
+def _trainlab_run(config: Path, store: Path, first: str = "") -> str:
+    """``trainlab run config`` in a fresh process (``first`` run before it); its output says
+    whether the real ``torch._dynamo`` was imported."""
+    return _python(f"""
         import sys
-        sys.argv = ["trainlab", "run", {str(config)!r}, "--store", {str(tmp_path / "a")!r},
-                    "--quiet"]
+        {first}
+        sys.argv = ["trainlab", "run", {str(config)!r}, "--store", {str(store)!r}, "--quiet"]
         from trainlab.cli import main
         try:
             main()
@@ -83,18 +80,19 @@ def test_trainlab_run_trains_without_dynamo_and_the_same_weights(tmp_path) -> No
         module = sys.modules.get("torch._dynamo")
         print("real dynamo:", module is not None and "optimize" in vars(module))
     """)
+
+
+def test_trainlab_run_trains_without_dynamo_and_the_same_weights(tmp_path: Path) -> None:
+    """A whole ``trainlab run`` (estimate included) never imports the real ``torch._dynamo``,
+    and trains exactly the weights a process that imported it trains."""
+    config = tmp_path / "tiny.yaml"
+    config.write_text("name: tiny\ndata: {name: digits, batch_size: 32}\n"
+                      "model: {name: mlp, hidden_dim: 32}\n"
+                      "optimizer: {name: adam, lr: 0.01}\ntrain: {epochs: 2}\n")
+    out = _trainlab_run(config, tmp_path / "a")
     assert "real dynamo: False" in out
-    _python(f"""
-        import sys
-        import torch._dynamo  # the real one, before anything runs
-        sys.argv = ["trainlab", "run", {str(config)!r}, "--store", {str(tmp_path / "b")!r},
-                    "--quiet"]
-        from trainlab.cli import main
-        try:
-            main()
-        except SystemExit as exc:
-            assert not exc.code, exc.code
-    """)
+    out = _trainlab_run(config, tmp_path / "b", first="import torch._dynamo")
+    assert "real dynamo: True" in out  # the real one, imported before anything ran
     import torch
 
     a = sorted((tmp_path / "a").rglob("last.pt"))
